@@ -1,0 +1,301 @@
+//! Finding numbers in what a job prints: `name=value` / `name: value` tokens (a hand-written byte
+//! scanner, because it runs on every line and must keep up with millions of lines a second),
+//! configured regexes with named groups, and rows of CSV / JSON-lines metric files.
+
+use regex::Regex;
+
+/// Names whose value is the step of the other numbers on the same line.
+const STEP_NAMES: &[&str] = &["step", "epoch", "iter", "iteration"];
+
+/// The numbers found on one line.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Found {
+    pub step: Option<f64>,
+    pub values: Vec<(String, f64)>,
+}
+
+impl Found {
+    fn push(&mut self, name: &str, value: f64) {
+        if self.step.is_none() && STEP_NAMES.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            self.step = Some(value);
+        }
+        // A later token of the same name on one line wins.
+        if let Some(slot) = self.values.iter_mut().find(|(n, _)| n == name) {
+            slot.1 = value;
+        } else {
+            self.values.push((name.to_string(), value));
+        }
+    }
+}
+
+pub struct Extractor {
+    tokens: bool,
+    patterns: Vec<(Regex, Vec<String>)>,
+}
+
+#[derive(Debug)]
+pub enum PatternError {
+    Bad(String, regex::Error),
+    NoGroups(String),
+}
+
+impl std::error::Error for PatternError {}
+
+impl std::fmt::Display for PatternError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PatternError::Bad(p, e) => write!(f, "metric pattern {p:?}: {e}"),
+            PatternError::NoGroups(p) => {
+                write!(f, "metric pattern {p:?} has no named group (write (?P<loss>[0-9.eE+-]+))")
+            }
+        }
+    }
+}
+
+impl Extractor {
+    pub fn new(tokens: bool, patterns: &[String]) -> Result<Extractor, PatternError> {
+        let mut compiled = Vec::new();
+        for p in patterns {
+            let re = Regex::new(p).map_err(|e| PatternError::Bad(p.clone(), e))?;
+            let names: Vec<String> = re.capture_names().flatten().map(String::from).collect();
+            if names.is_empty() {
+                return Err(PatternError::NoGroups(p.clone()));
+            }
+            compiled.push((re, names));
+        }
+        Ok(Extractor {
+            tokens,
+            patterns: compiled,
+        })
+    }
+
+    /// All metrics on one line (without its newline).
+    pub fn line(&self, line: &[u8]) -> Option<Found> {
+        let mut found = Found::default();
+        if self.tokens {
+            scan_tokens(line, &mut found);
+        }
+        if !self.patterns.is_empty() {
+            if let Ok(text) = std::str::from_utf8(line) {
+                for (re, names) in &self.patterns {
+                    if let Some(caps) = re.captures(text) {
+                        for name in names {
+                            if let Some(v) = caps.name(name).and_then(|m| parse_number(m.as_str().as_bytes())) {
+                                found.push(name, v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (!found.values.is_empty()).then_some(found)
+    }
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'/' || b == b'-'
+}
+
+/// `name=value`, `name = value`, `name: value`; name starts with a letter or `_`.
+fn scan_tokens(line: &[u8], found: &mut Found) {
+    let mut i = 0;
+    while i < line.len() {
+        let b = line[i];
+        if b != b'=' && b != b':' {
+            i += 1;
+            continue;
+        }
+        let sep = i;
+        // Name: walk back over spaces, then name bytes.
+        let mut end = sep;
+        while end > 0 && line[end - 1] == b' ' {
+            end -= 1;
+        }
+        let mut start = end;
+        while start > 0 && is_name_byte(line[start - 1]) {
+            start -= 1;
+        }
+        // Trim leading punctuation that cannot start a name (`--lr=3` → `lr`).
+        while start < end && !(line[start].is_ascii_alphabetic() || line[start] == b'_') {
+            start += 1;
+        }
+        i = sep + 1;
+        if start == end {
+            continue;
+        }
+        // `==`, `:=` etc. are not tokens.
+        if i < line.len() && (line[i] == b'=' || line[i] == b':') {
+            i += 1;
+            continue;
+        }
+        let mut v = i;
+        while v < line.len() && line[v] == b' ' {
+            v += 1;
+        }
+        let mut vend = v;
+        while vend < line.len() && matches!(line[vend], b'0'..=b'9' | b'.' | b'-' | b'+' | b'e' | b'E' | b'n' | b'a' | b'i' | b'f' | b'N' | b'I') {
+            vend += 1;
+        }
+        // The value must end the token: `lr=0.1,` fine, `x=3abc` not a number.
+        if vend == v || (vend < line.len() && (line[vend].is_ascii_alphanumeric() || line[vend] == b'_')) {
+            continue;
+        }
+        // A trailing `.` belongs to the sentence, not the number.
+        let mut num_end = vend;
+        while num_end > v && line[num_end - 1] == b'.' {
+            num_end -= 1;
+        }
+        if let Some(value) = parse_number(&line[v..num_end]) {
+            if let Ok(name) = std::str::from_utf8(&line[start..end]) {
+                found.push(name, value);
+            }
+        }
+        i = vend;
+    }
+}
+
+fn parse_number(bytes: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if !text.bytes().any(|b| b.is_ascii_digit()) && !matches!(text.to_ascii_lowercase().as_str(), "nan" | "inf" | "-inf" | "+inf") {
+        return None;
+    }
+    text.parse::<f64>().ok()
+}
+
+/// Split a chunk of bytes into complete lines, keeping the unfinished tail in `pending`.
+pub struct LineSplitter {
+    pending: Vec<u8>,
+}
+
+impl Default for LineSplitter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LineSplitter {
+    pub fn new() -> Self {
+        LineSplitter { pending: Vec::new() }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8], mut each: impl FnMut(&[u8])) {
+        let mut rest = chunk;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            let (line, tail) = rest.split_at(pos);
+            if self.pending.is_empty() {
+                each(trim_cr(line));
+            } else {
+                self.pending.extend_from_slice(line);
+                each(trim_cr(&self.pending));
+                self.pending.clear();
+            }
+            rest = &tail[1..];
+        }
+        self.pending.extend_from_slice(rest);
+        // A job that prints megabytes without a newline: give up on that line, keep memory flat.
+        if self.pending.len() > 1 << 20 {
+            self.pending.clear();
+        }
+    }
+
+    /// The last unterminated line, at end of stream.
+    pub fn finish(&mut self, mut each: impl FnMut(&[u8])) {
+        if !self.pending.is_empty() {
+            each(trim_cr(&self.pending));
+            self.pending.clear();
+        }
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Metrics in a CSV row, given the header.
+pub fn csv_row(header: &[String], line: &str) -> Option<Found> {
+    let mut found = Found::default();
+    for (name, cell) in header.iter().zip(line.split(',')) {
+        if let Some(v) = parse_number(cell.trim().as_bytes()) {
+            found.push(name, v);
+        }
+    }
+    (!found.values.is_empty()).then_some(found)
+}
+
+pub fn csv_header(line: &str) -> Vec<String> {
+    line.split(',').map(|h| h.trim().trim_matches('"').to_string()).collect()
+}
+
+/// Metrics in one JSON object line (numeric members; booleans and strings are skipped).
+pub fn jsonl_row(line: &str) -> Option<Found> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let obj = value.as_object()?;
+    let mut found = Found::default();
+    for (k, v) in obj {
+        if let Some(n) = v.as_f64() {
+            found.push(k, n);
+        }
+    }
+    (!found.values.is_empty()).then_some(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(line: &str) -> Vec<(String, f64)> {
+        Extractor::new(true, &[]).unwrap().line(line.as_bytes()).map(|f| f.values).unwrap_or_default()
+    }
+
+    #[test]
+    fn finds_name_value_tokens() {
+        assert_eq!(
+            tokens("epoch=3 loss=0.25 errorrate=1e-2"),
+            [("epoch".into(), 3.0), ("loss".into(), 0.25), ("errorrate".into(), 0.01)]
+        );
+        assert_eq!(tokens("val/acc: 0.91, lr = 3e-4."), [("val/acc".into(), 0.91), ("lr".into(), 3e-4)]);
+        assert_eq!(tokens("--lr=0.5"), [("lr".into(), 0.5)]);
+        let nan = tokens("loss=nan");
+        assert_eq!(nan.len(), 1);
+        assert!(nan[0].1.is_nan());
+    }
+
+    #[test]
+    fn ignores_what_is_not_a_metric() {
+        assert!(tokens("at 12:30:45 started").is_empty());
+        assert!(tokens("see http://example.org").is_empty());
+        assert!(tokens("a==3 mode=fast x=3abc").is_empty());
+        assert!(tokens("no numbers here").is_empty());
+    }
+
+    #[test]
+    fn step_comes_from_epoch() {
+        let f = Extractor::new(true, &[]).unwrap().line(b"epoch=7 loss=1").unwrap();
+        assert_eq!(f.step, Some(7.0));
+    }
+
+    #[test]
+    fn named_group_patterns() {
+        let ex = Extractor::new(false, &[r"Acc (?P<acc>[0-9.]+)%".into()]).unwrap();
+        assert_eq!(ex.line(b"Test Acc 93.5% done").unwrap().values, [("acc".into(), 93.5)]);
+        assert!(Extractor::new(false, &["(".into()]).is_err());
+        assert!(Extractor::new(false, &["[0-9]+".into()]).is_err());
+    }
+
+    #[test]
+    fn splitter_keeps_partial_lines() {
+        let mut s = LineSplitter::new();
+        let mut lines = Vec::new();
+        s.feed(b"a=1\nb=", |l| lines.push(l.to_vec()));
+        s.feed(b"2\r\nc", |l| lines.push(l.to_vec()));
+        s.finish(|l| lines.push(l.to_vec()));
+        assert_eq!(lines, [b"a=1".to_vec(), b"b=2".to_vec(), b"c".to_vec()]);
+    }
+
+    #[test]
+    fn files_rows() {
+        let h = csv_header("step,loss,name");
+        assert_eq!(csv_row(&h, "3,0.5,x").unwrap().values, [("step".into(), 3.0), ("loss".into(), 0.5)]);
+        assert_eq!(jsonl_row(r#"{"loss": 2, "tag": "a"}"#).unwrap().values, [("loss".into(), 2.0)]);
+    }
+}

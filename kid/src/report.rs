@@ -1,0 +1,219 @@
+//! What a kid writes to its run directory: the job spec it reads (`kid.json`) and the durable
+//! event log it appends (`events.jsonl`, one JSON object per line). mum tails the event log; a
+//! format change here is a format change on disk, so snapshot tests pin it.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// File names inside a run directory.
+pub const EVENTS_FILE: &str = "events.jsonl";
+pub const SPEC_FILE: &str = "kid.json";
+pub const STDOUT_FILE: &str = "stdout.log";
+pub const STDERR_FILE: &str = "stderr.log";
+
+/// What the kid needs to know beyond the command line (written by mum as `kid.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KidSpec {
+    /// Experiment id, for messages and the `id` field of rules.
+    #[serde(default)]
+    pub id: String,
+    /// This row's parameters, available to the rule as fields.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Auto-termination rule (SPEC §5 expression); empty = none.
+    #[serde(default)]
+    pub abort_when: Option<String>,
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+    /// SIGTERM → SIGKILL grace, seconds.
+    #[serde(default = "default_grace")]
+    pub grace_secs: f64,
+    /// Resource sample period, seconds.
+    #[serde(default = "default_sample")]
+    pub sample_secs: f64,
+}
+
+fn default_grace() -> f64 {
+    10.0
+}
+fn default_sample() -> f64 {
+    5.0
+}
+
+/// How the kid finds numbers (SPEC §7 `metrics:`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// Read `name=value` / `name: value` numeric tokens from stdout and stderr.
+    #[serde(default = "yes")]
+    pub tokens: bool,
+    /// Regexes with one named group per metric, tried on every stdout/stderr line.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Files in the run directory (relative) or absolute, tailed while the job runs.
+    #[serde(default)]
+    pub files: Vec<MetricFile>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec {
+            tokens: true,
+            patterns: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricFile {
+    pub path: String,
+    pub format: MetricFileFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricFileFormat {
+    /// Comma-separated, header row first; numeric cells become metrics.
+    Csv,
+    /// One JSON object per line; numeric members become metrics.
+    Jsonl,
+}
+
+/// One line of `events.jsonl`. `t` is seconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum KidEvent {
+    /// The job process is running; `pid` is the kid, `job_pid` the job (its process group).
+    Started {
+        t: f64,
+        pid: u32,
+        job_pid: u32,
+        host: String,
+    },
+    Environment {
+        t: f64,
+        report: EnvReport,
+    },
+    /// The numbers found on one log line (or one metrics-file row).
+    Metrics {
+        t: f64,
+        step: Option<f64>,
+        values: Vec<(String, f64)>,
+    },
+    Resources {
+        t: f64,
+        cpu_percent: f64,
+        rss_bytes: u64,
+        processes: u32,
+    },
+    /// The auto-termination rule matched; the kid is stopping the job.
+    RuleFired {
+        t: f64,
+        rule: String,
+    },
+    /// The last event of a run.
+    Exited {
+        t: f64,
+        outcome: Outcome,
+    },
+}
+
+impl KidEvent {
+    pub fn time(&self) -> f64 {
+        match self {
+            KidEvent::Started { t, .. }
+            | KidEvent::Environment { t, .. }
+            | KidEvent::Metrics { t, .. }
+            | KidEvent::Resources { t, .. }
+            | KidEvent::RuleFired { t, .. }
+            | KidEvent::Exited { t, .. } => *t,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The job exited by itself with this code.
+    Exit { code: i32 },
+    /// The job died from a signal nobody in Neronet sent.
+    Signal { signal: i32 },
+    /// Stopped by the user (SIGTERM to the kid) or by the rule.
+    Aborted { by: AbortCause, signal: Option<i32>, code: Option<i32> },
+    /// The command could not be started at all.
+    FailedToStart { error: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "by", content = "detail", rename_all = "snake_case")]
+pub enum AbortCause {
+    User,
+    Rule(String),
+}
+
+/// Where and on what the job ran.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnvReport {
+    pub host: String,
+    pub cpus: usize,
+    pub mem_total_bytes: u64,
+    pub gpus: Vec<String>,
+    pub git_commit: Option<String>,
+    pub cwd: String,
+    pub user: String,
+    pub kid_version: String,
+    pub started_at: f64,
+    /// Scheduler variables seen (SLURM_JOB_ID, JOB_ID, ...).
+    pub scheduler: BTreeMap<String, String>,
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Snapshot: the on-disk event format. A change here breaks old run directories.
+    #[test]
+    fn event_log_format_is_stable() {
+        let events = vec![
+            KidEvent::Started { t: 1.5, pid: 10, job_pid: 11, host: "n1".into() },
+            KidEvent::Metrics { t: 2.0, step: Some(3.0), values: vec![("loss".into(), 0.25)] },
+            KidEvent::Resources { t: 3.0, cpu_percent: 99.5, rss_bytes: 1024, processes: 2 },
+            KidEvent::RuleFired { t: 4.0, rule: "loss>1".into() },
+            KidEvent::Exited {
+                t: 5.0,
+                outcome: Outcome::Aborted { by: AbortCause::Rule("loss>1".into()), signal: Some(15), code: None },
+            },
+            KidEvent::Exited { t: 6.0, outcome: Outcome::Exit { code: 0 } },
+        ];
+        let text: Vec<String> = events.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+        assert_eq!(
+            text,
+            [
+                r#"{"event":"started","t":1.5,"pid":10,"job_pid":11,"host":"n1"}"#,
+                r#"{"event":"metrics","t":2.0,"step":3.0,"values":[["loss",0.25]]}"#,
+                r#"{"event":"resources","t":3.0,"cpu_percent":99.5,"rss_bytes":1024,"processes":2}"#,
+                r#"{"event":"rule_fired","t":4.0,"rule":"loss>1"}"#,
+                r#"{"event":"exited","t":5.0,"outcome":{"how":"aborted","by":{"by":"rule","detail":"loss>1"},"signal":15,"code":null}}"#,
+                r#"{"event":"exited","t":6.0,"outcome":{"how":"exit","code":0}}"#,
+            ]
+        );
+        for line in &text {
+            let back: KidEvent = serde_json::from_str(line).unwrap();
+            assert_eq!(&serde_json::to_string(&back).unwrap(), line);
+        }
+    }
+}

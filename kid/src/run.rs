@@ -1,0 +1,410 @@
+//! Supervising one job: start it in its own process group, copy stdout/stderr into the run
+//! directory while scanning them for metrics, sample resources, evaluate the abort rule, and append
+//! every finding to `events.jsonl` (written before anyone is told). Stop = SIGTERM to the group,
+//! a grace period, then SIGKILL.
+
+use crate::expr::{self, FieldValue, Fields};
+use crate::metrics::{self, Extractor, Found, LineSplitter};
+use crate::probe;
+use crate::report::*;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub enum KidError {
+    Io { about: String, source: io::Error },
+    Spec(String),
+}
+
+impl std::fmt::Display for KidError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KidError::Io { about, source } => write!(f, "{about}: {source}"),
+            KidError::Spec(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for KidError {}
+
+fn io_err(about: impl Into<String>) -> impl FnOnce(io::Error) -> KidError {
+    let about = about.into();
+    move |source| KidError::Io { about, source }
+}
+
+/// The durable event log: one JSON line per event, written with a single `write` call.
+pub struct EventLog {
+    file: File,
+}
+
+impl EventLog {
+    pub fn open(dir: &Path) -> Result<EventLog, KidError> {
+        let path = dir.join(EVENTS_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        Ok(EventLog { file })
+    }
+
+    pub fn append(&mut self, events: &[KidEvent]) -> io::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(128 * events.len());
+        for e in events {
+            serde_json::to_writer(&mut buf, e).map_err(io::Error::other)?;
+            buf.push(b'\n');
+        }
+        self.file.write_all(&buf)
+    }
+
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+/// Read every complete event in a run directory's log (skipping a torn last line).
+pub fn read_events(dir: &Path) -> io::Result<Vec<KidEvent>> {
+    let file = File::open(dir.join(EVENTS_FILE))?;
+    let mut out = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let line = line?;
+        if let Ok(e) = serde_json::from_str(&line) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+struct RuleFields<'a> {
+    spec: &'a KidSpec,
+    last: &'a HashMap<String, f64>,
+    runtime: f64,
+}
+
+impl Fields for RuleFields<'_> {
+    fn id(&self) -> &str {
+        &self.spec.id
+    }
+    fn state(&self) -> Option<&str> {
+        Some("running")
+    }
+    fn field(&self, name: &str) -> Option<FieldValue> {
+        if name == "runtime" {
+            return Some(FieldValue::Num(self.runtime));
+        }
+        if let Some(v) = self.last.get(name) {
+            return Some(FieldValue::Num(*v));
+        }
+        self.spec.params.get(name).map(|v| match v.trim().parse::<f64>() {
+            Ok(n) => FieldValue::Num(n),
+            Err(_) => FieldValue::Text(v.clone()),
+        })
+    }
+}
+
+enum Msg {
+    Found(f64, Found),
+    Closed,
+}
+
+fn spawn_reader(
+    mut from: impl Read + Send + 'static,
+    mut to: File,
+    extractor: Arc<Extractor>,
+    tx: mpsc::Sender<Msg>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut split = LineSplitter::new();
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            // The log file first: whatever the job printed is kept even if parsing is behind.
+            let _ = to.write_all(&buf[..n]);
+            let t = now();
+            split.feed(&buf[..n], |line| {
+                if let Some(found) = extractor.line(line) {
+                    let _ = tx.send(Msg::Found(t, found));
+                }
+            });
+        }
+        split.finish(|line| {
+            if let Some(found) = extractor.line(line) {
+                let _ = tx.send(Msg::Found(now(), found));
+            }
+        });
+        let _ = tx.send(Msg::Closed);
+    })
+}
+
+/// Follows one metrics file in the run directory.
+struct FileTail {
+    path: PathBuf,
+    format: MetricFileFormat,
+    offset: u64,
+    header: Option<Vec<String>>,
+    split: LineSplitter,
+}
+
+impl FileTail {
+    fn poll(&mut self, out: &mut Vec<(f64, Found)>) {
+        let Ok(mut f) = File::open(&self.path) else { return };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut chunk = Vec::new();
+        if f.read_to_end(&mut chunk).is_err() || chunk.is_empty() {
+            return;
+        }
+        self.offset += chunk.len() as u64;
+        let t = now();
+        let (format, header) = (self.format, &mut self.header);
+        self.split.feed(&chunk, |line| {
+            let Ok(text) = std::str::from_utf8(line) else { return };
+            if text.trim().is_empty() {
+                return;
+            }
+            let found = match format {
+                MetricFileFormat::Jsonl => metrics::jsonl_row(text),
+                MetricFileFormat::Csv => match header {
+                    None => {
+                        *header = Some(metrics::csv_header(text));
+                        None
+                    }
+                    Some(h) => metrics::csv_row(h, text),
+                },
+            };
+            if let Some(found) = found {
+                out.push((t, found));
+            }
+        });
+    }
+}
+
+fn signal_group(pgid: i32, sig: i32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+    unsafe {
+        libc::kill(-pgid, sig);
+    }
+}
+
+/// Run `command` under supervision in `dir`; returns the exit code the kid should exit with.
+pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidError> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let rule = match spec.abort_when.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+        Some(r) => Some(expr::parse(r).map_err(|e| KidError::Spec(format!("abort_when {r:?}: {e}")))?),
+        None => None,
+    };
+    let extractor = Arc::new(
+        Extractor::new(spec.metrics.tokens, &spec.metrics.patterns).map_err(|e| KidError::Spec(e.to_string()))?,
+    );
+    let mut log = EventLog::open(dir)?;
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(sig, Arc::clone(&stop_requested))
+            .map_err(io_err("install signal handler"))?;
+    }
+    let open_log = |name: &str| {
+        let p = dir.join(name);
+        OpenOptions::new().create(true).append(true).open(&p).map_err(io_err(format!("open {}", p.display())))
+    };
+    let (out_file, err_file) = (open_log(STDOUT_FILE)?, open_log(STDERR_FILE)?);
+    let cwd = std::env::current_dir().unwrap_or_else(|_| dir.to_path_buf());
+
+    let Some((program, args)) = command.split_first() else {
+        return Err(KidError::Spec("no command given".into()));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NERO_RUN_DIR", dir)
+        .process_group(0);
+    let mut child: Child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            log.append(&[KidEvent::Exited {
+                t: now(),
+                outcome: Outcome::FailedToStart { error: format!("{program}: {e}") },
+            }])
+            .and_then(|_| log.sync())
+            .map_err(io_err("write event log"))?;
+            return Ok(127);
+        }
+    };
+    let started = Instant::now();
+    let job_pid = child.id() as i32;
+    log.append(&[
+        KidEvent::Started { t: now(), pid: std::process::id(), job_pid: job_pid as u32, host: probe::hostname() },
+        KidEvent::Environment { t: now(), report: probe::env_report(&cwd) },
+    ])
+    .map_err(io_err("write event log"))?;
+
+    let (tx, rx) = mpsc::channel();
+    let readers = [
+        spawn_reader(child.stdout.take().expect("piped stdout"), out_file, Arc::clone(&extractor), tx.clone()),
+        spawn_reader(child.stderr.take().expect("piped stderr"), err_file, Arc::clone(&extractor), tx.clone()),
+    ];
+    drop(tx);
+    let mut tails: Vec<FileTail> = spec
+        .metrics
+        .files
+        .iter()
+        .map(|f| FileTail {
+            path: dir.join(&f.path),
+            format: f.format,
+            offset: 0,
+            header: None,
+            split: LineSplitter::new(),
+        })
+        .collect();
+
+    let mut last: HashMap<String, f64> = HashMap::new();
+    let mut abort: Option<(AbortCause, Instant)> = None;
+    let mut killed = false;
+    let mut open_streams = 2;
+    let (ticks, page) = (probe::ticks_per_second(), probe::page_size());
+    let mut prev_sample: Option<(Instant, u64)> = None;
+    let mut next_sample = started + Duration::from_secs_f64(spec.sample_secs.min(1.0));
+    let mut next_tail = started;
+    let mut exit_status = None;
+    let mut streams_done_at: Option<Instant> = None;
+    let mut pending: Vec<KidEvent> = Vec::new();
+
+    loop {
+        // Gather what the readers found, up to 100 ms of waiting.
+        let mut found: Vec<(f64, Found)> = Vec::new();
+        if open_streams > 0 {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Msg::Found(t, f)) => found.push((t, f)),
+                Ok(Msg::Closed) => open_streams -= 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => open_streams = 0,
+            }
+            while let Ok(m) = rx.try_recv() {
+                match m {
+                    Msg::Found(t, f) => found.push((t, f)),
+                    Msg::Closed => open_streams -= 1,
+                }
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let now_i = Instant::now();
+        if now_i >= next_tail && !tails.is_empty() {
+            for tail in &mut tails {
+                tail.poll(&mut found);
+            }
+            next_tail = now_i + Duration::from_millis(500);
+        }
+        for (t, f) in found {
+            for (name, v) in &f.values {
+                last.insert(name.clone(), *v);
+            }
+            pending.push(KidEvent::Metrics { t, step: f.step, values: f.values });
+        }
+        if now_i >= next_sample && exit_status.is_none() {
+            let s = probe::sample_group(job_pid);
+            let cpu_percent = match prev_sample {
+                Some((at, prev)) => {
+                    let dt = now_i.duration_since(at).as_secs_f64().max(1e-3);
+                    (s.cpu_ticks.saturating_sub(prev) as f64 / ticks) / dt * 100.0
+                }
+                None => {
+                    (s.cpu_ticks as f64 / ticks) / started.elapsed().as_secs_f64().max(1e-3) * 100.0
+                }
+            };
+            prev_sample = Some((now_i, s.cpu_ticks));
+            if s.processes > 0 {
+                pending.push(KidEvent::Resources {
+                    t: now(),
+                    cpu_percent: (cpu_percent * 10.0).round() / 10.0,
+                    rss_bytes: s.rss_pages * page,
+                    processes: s.processes,
+                });
+            }
+            next_sample = now_i + Duration::from_secs_f64(spec.sample_secs.max(0.2));
+        }
+        // Decide whether to stop the job.
+        if abort.is_none() && exit_status.is_none() {
+            if stop_requested.load(Ordering::Relaxed) {
+                abort = Some((AbortCause::User, now_i));
+            } else if let Some(rule) = &rule {
+                let fields = RuleFields { spec, last: &last, runtime: started.elapsed().as_secs_f64() };
+                if rule.matches(&fields) {
+                    let text = rule.to_string();
+                    pending.push(KidEvent::RuleFired { t: now(), rule: text.clone() });
+                    abort = Some((AbortCause::Rule(text), now_i));
+                }
+            }
+            if abort.is_some() {
+                signal_group(job_pid, libc::SIGTERM);
+            }
+        }
+        if let Some((_, since)) = &abort {
+            if !killed && exit_status.is_none() && since.elapsed().as_secs_f64() >= spec.grace_secs {
+                signal_group(job_pid, libc::SIGKILL);
+                killed = true;
+            }
+        }
+        // Durable before anything else learns of it.
+        log.append(&pending).map_err(io_err("write event log"))?;
+        pending.clear();
+
+        if exit_status.is_none() {
+            if let Some(status) = child.try_wait().map_err(io_err("wait for job"))? {
+                exit_status = Some(status);
+            }
+        }
+        if let Some(status) = exit_status {
+            if open_streams == 0 {
+                break;
+            }
+            // The job is gone but something it started still holds the pipes: end the group.
+            let since = *streams_done_at.get_or_insert(now_i);
+            if since.elapsed() > Duration::from_secs(2) {
+                signal_group(job_pid, libc::SIGKILL);
+                if since.elapsed() > Duration::from_secs(5) {
+                    break;
+                }
+            }
+            let _ = status;
+        }
+    }
+    // Drop stragglers in the group so no process outlives its run.
+    signal_group(job_pid, libc::SIGKILL);
+    for r in readers {
+        if r.is_finished() {
+            let _ = r.join();
+        }
+    }
+    let status = exit_status.expect("loop ends only after the job exited");
+    let (code, signal) = (status.code(), status.signal());
+    let outcome = match abort {
+        Some((by, _)) => Outcome::Aborted { by, signal, code },
+        None => match (code, signal) {
+            (Some(code), _) => Outcome::Exit { code },
+            (None, Some(signal)) => Outcome::Signal { signal },
+            (None, None) => Outcome::Exit { code: -1 },
+        },
+    };
+    log.append(&[KidEvent::Exited { t: now(), outcome }])
+        .and_then(|_| log.sync())
+        .map_err(io_err("write event log"))?;
+    Ok(code.unwrap_or_else(|| 128 + signal.unwrap_or(0)))
+}
