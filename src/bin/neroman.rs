@@ -1,1 +1,124 @@
-fn main(){}
+//! `neroman`: the researcher's CLI (and, later, the watcher daemon). Parses arguments and calls
+//! `neronet::commands`; exit codes are in `neronet::commands::exit`.
+
+use clap::{Parser, Subcommand};
+use neronet::actions::Verb;
+use neronet::commands::{self, exit};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "neroman",
+    version,
+    about = "Run and watch training experiments from a spreadsheet",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Project directory (holds experiments.xlsx and neronet.yaml).
+    #[arg(short = 'C', long = "dir", global = true, default_value = ".")]
+    dir: PathBuf,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Start the selected experiments (same as `neroman start SEL`).
+    #[arg(long, value_name = "SEL")]
+    start: Option<String>,
+    /// Start a new run of the selected experiments.
+    #[arg(long, value_name = "SEL")]
+    restart: Option<String>,
+    /// Stop the selected experiments' runs.
+    #[arg(long, value_name = "SEL")]
+    abort: Option<String>,
+    /// With --start/--restart/--abort: wait for the runs to end.
+    #[arg(long)]
+    wait: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a project: experiments.xlsx from the template and a commented neronet.yaml.
+    Init {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Start the selected experiments (e.g. `all`, `3-7,12`, `lr<0.1`).
+    Start { selection: String, #[arg(long)] wait: bool },
+    /// Start a new run of the selected experiments (e.g. `crashed,144-149`).
+    Restart { selection: String, #[arg(long)] wait: bool },
+    /// Stop runs of the selected experiments (e.g. `runtime>7200&&errorrate>0.40`).
+    #[command(alias = "stop")]
+    Abort { selection: String, #[arg(long)] wait: bool },
+    /// Show experiments, states, parameters and last metrics.
+    Status {
+        selection: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the output of an experiment's latest run.
+    Logs {
+        id: String,
+        /// Keep printing until the run ends.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Write results.xlsx now.
+    Results,
+    /// Run the whole loop on this machine with the embedded sample project.
+    Demo,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    let dir = cli.dir.clone();
+    let flag_action = [(Verb::Start, &cli.start), (Verb::Restart, &cli.restart), (Verb::Abort, &cli.abort)]
+        .into_iter()
+        .filter_map(|(v, s)| s.as_ref().map(|s| (v, s.clone())))
+        .collect::<Vec<_>>();
+    let result = match (cli.command, flag_action.as_slice()) {
+        (None, [(verb, sel)]) => commands::act::run(&dir, *verb, sel, cli.wait),
+        (None, []) => {
+            eprintln!("neroman: nothing to do; try `neroman demo` or `neroman --help`");
+            std::process::exit(exit::USAGE);
+        }
+        (None, _) => {
+            eprintln!("neroman: give one of --start, --restart, --abort at a time");
+            std::process::exit(exit::USAGE);
+        }
+        (Some(cmd), _) => match cmd {
+            Cmd::Init { dir: d, force } => commands::init::run(&d.unwrap_or(dir), force).map(|_| exit::OK),
+            Cmd::Start { selection, wait } => commands::act::run(&dir, Verb::Start, &selection, wait || cli.wait),
+            Cmd::Restart { selection, wait } => commands::act::run(&dir, Verb::Restart, &selection, wait || cli.wait),
+            Cmd::Abort { selection, wait } => commands::act::run(&dir, Verb::Abort, &selection, wait || cli.wait),
+            Cmd::Status { selection, json } => commands::status::run(&dir, selection.as_deref(), json),
+            Cmd::Logs { id, follow, stderr } => commands::logs::run(&dir, &id, follow, stderr),
+            Cmd::Results => commands::results::run(&dir),
+            Cmd::Demo => {
+                let explicit = (dir != PathBuf::from(".")).then_some(dir.as_path());
+                commands::demo::run(explicit)
+            }
+        },
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("neroman: {e:#}");
+            std::process::exit(exit::ERROR);
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Everything on the far side of a cluster connection: the wire protocol, the neromum agent with
+//! its journal and wardens, and the client neroman uses to reach a mum (starting it when none
+//! answers). Knows nothing about workbooks; the neroman core joins this with `sheet`.
+
+pub mod client;
+pub mod mum;
+pub mod protocol;
+
+use std::path::{Path, PathBuf};
+
+/// Where the mum serving `workdir` listens. Unix socket paths are limited to ~108 bytes, so a deep
+/// workdir gets a socket under /tmp named by a hash of the workdir.
+pub fn socket_path(workdir: &Path) -> PathBuf {
+    let direct = workdir.join("mum.sock");
+    if direct.as_os_str().len() < 100 {
+        return direct;
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("neronet-{uid}"));
+    let _ = std::fs::create_dir_all(&dir);
+    let hash = workdir.as_os_str().as_encoded_bytes().iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    });
+    dir.join(format!("{hash:016x}.sock"))
+}
+
+/// A sibling program installed next to the running one (`target/debug/nerokid` beside
+/// `target/debug/neroman`), else found on PATH.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+            // Test binaries live in target/debug/deps.
+            if let Some(up) = dir.parent().map(|d| d.join(name)).filter(|c| c.is_file()) {
+                return up;
+            }
+        }
+    }
+    PathBuf::from(name)
+}

@@ -1,0 +1,105 @@
+//! `neroman start|restart|abort SEL [--wait]` (and the flag forms `--start SEL`, ...): act on a
+//! selection, return once mum has accepted, or with `--wait` follow the runs to their end.
+
+use super::{exit, open_synced, print_changes};
+use crate::actions::{act, ActionReport, Verb};
+use crate::project::{Experiments, Project};
+use nerokid::expr::Expr;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Parse a selection against what this project knows.
+pub fn parse(project: &Project, exps: &Experiments, src: &str) -> anyhow::Result<Expr> {
+    let metric_names = project.store.metric_names()?;
+    let config_metrics: Vec<String> = project
+        .config
+        .metrics
+        .iter()
+        .flat_map(|m| m.patterns.iter())
+        .filter_map(|p| regex::Regex::new(p).ok())
+        .flat_map(|r| r.capture_names().flatten().map(String::from).collect::<Vec<_>>())
+        .collect();
+    crate::select::parse_selection(src, exps, &metric_names, &config_metrics).map_err(anyhow::Error::msg)
+}
+
+pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Result<i32> {
+    let (mut project, exps, sync) = open_synced(dir)?;
+    print_changes(&sync);
+    let expr = parse(&project, &exps, selection)?;
+    let (report, sync) = act(&mut project, &exps, verb, &expr)?;
+    print_report(verb, &report);
+    print_changes(&sync);
+    let path = crate::view::write_results(&project, &exps)?;
+    tracing::info!("wrote {}", path.display());
+    if wait && !report.touched_runs().is_empty() {
+        let ok = wait_for(&mut project, &exps, &report.touched_runs(), false)?;
+        return Ok(if ok { exit::OK } else { exit::RUNS_FAILED });
+    }
+    Ok(exit::OK)
+}
+
+pub fn print_report(verb: Verb, r: &ActionReport) {
+    for (id, uid) in &r.started {
+        println!("{id}: submitted (run {})", uid.rsplit('.').next().unwrap_or(uid));
+    }
+    for (id, _) in &r.aborted {
+        println!("{id}: abort sent");
+    }
+    for (id, why) in &r.skipped {
+        println!("{id}: not {}: {why}", past(verb));
+    }
+}
+
+fn past(verb: Verb) -> &'static str {
+    match verb {
+        Verb::Start => "started",
+        Verb::Restart => "restarted",
+        Verb::Abort => "aborted",
+    }
+}
+
+/// Follow runs until every one is in a final state, syncing every half second and rewriting
+/// results.xlsx when something changed. `live` redraws a status table (for a terminal).
+/// Returns whether every run finished (exit 0).
+pub fn wait_for(project: &mut Project, exps: &Experiments, runs: &[String], live: bool) -> anyhow::Result<bool> {
+    let live = live && std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut last_drawn_lines = 0usize;
+    let mut last_results = Instant::now();
+    let mut dirty = true;
+    loop {
+        let sync = project.sync()?;
+        if !sync.changes.is_empty() || sync.metric_values > 0 {
+            dirty = true;
+        }
+        if !live {
+            print_changes(&sync);
+        }
+        let states: Vec<_> = runs.iter().filter_map(|u| project.store.run(u).ok().flatten()).collect();
+        let done = states.iter().all(|r| r.state.is_terminal());
+        // Results at most every second while running; always at the end.
+        if dirty && (done || last_results.elapsed() >= Duration::from_secs(1)) {
+            crate::view::write_results(project, exps)?;
+            last_results = Instant::now();
+            dirty = false;
+        }
+        if live {
+            let table = crate::view::status_table(project, exps, None, 4)?;
+            let mut out = std::io::stdout().lock();
+            if last_drawn_lines > 0 {
+                // Move up and clear what we drew last time.
+                write!(out, "\x1b[{last_drawn_lines}A\x1b[J")?;
+            }
+            let running = states.iter().filter(|r| !r.state.is_terminal()).count();
+            let header = format!("{} of {} runs still going, {:.0}s elapsed\n", running, states.len(), started.elapsed().as_secs_f64());
+            write!(out, "{header}{table}")?;
+            out.flush()?;
+            last_drawn_lines = table.lines().count() + 1;
+        }
+        if done {
+            return Ok(states.iter().all(|r| r.state.name() == crate::state::StateName::Finished));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

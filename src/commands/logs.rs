@@ -1,0 +1,37 @@
+//! `neroman logs ID [-f] [--stderr]`: the latest run's output, read through mum (the same path
+//! for a local or a remote cluster).
+
+use super::{exit, open_synced};
+use crate::cluster::protocol::LogStream;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+pub fn run(dir: &Path, id: &str, follow: bool, stderr: bool) -> anyhow::Result<i32> {
+    let (project, exps, _) = open_synced(dir)?;
+    let Some(exp) = exps.get(id) else {
+        anyhow::bail!("no experiment has the id {id:?}");
+    };
+    let latest = project.store.latest_runs()?;
+    let Some(run) = latest.get(&exp.row.id) else {
+        anyhow::bail!("experiment {id} has not run yet");
+    };
+    let stream = if stderr { LogStream::Stderr } else { LogStream::Stdout };
+    let mut client = project.connect(&run.cluster)?;
+    let mut offset = 0;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let chunk = client.read_log(&run.uid, stream, offset)?;
+        out.write_all(chunk.text.as_bytes())?;
+        out.flush()?;
+        let got_some = chunk.next > offset;
+        offset = chunk.next;
+        if chunk.complete || (!follow && !got_some) {
+            break;
+        }
+        if !got_some {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    Ok(exit::OK)
+}

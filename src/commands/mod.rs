@@ -1,0 +1,45 @@
+//! One file per CLI subcommand. Each opens the project, syncs from mum first (so output is current
+//! without a daemon), does its work, and returns an exit code from [`exit`].
+
+pub mod act;
+pub mod demo;
+pub mod init;
+pub mod logs;
+pub mod results;
+pub mod status;
+
+use crate::project::{CoreError, Experiments, Project, SyncReport};
+use std::path::Path;
+
+/// Documented exit codes of `neroman`.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// Something failed: the message says what.
+    pub const ERROR: i32 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// `--wait`: at least one run ended other than `finished`.
+    pub const RUNS_FAILED: i32 = 3;
+}
+
+/// Open the project, sync every cluster with runs in flight, read and check the workbook.
+pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), CoreError> {
+    let mut project = Project::open(dir)?;
+    let sync = project.sync()?;
+    for c in &sync.restarted_mum {
+        tracing::warn!("cluster {c}: neromum was not running; started it again (runs in flight are picked up)");
+    }
+    let exps = project.read_experiments()?;
+    for p in exps.problems() {
+        tracing::warn!("{p}");
+    }
+    Ok((project, exps, sync))
+}
+
+/// Print state changes as they happen, one line each.
+pub fn print_changes(sync: &SyncReport) {
+    for (_, id, state) in &sync.changes {
+        let reason = state.reason().map(|r| format!(" ({r})")).unwrap_or_default();
+        println!("{id}: {}{reason}", state.name().as_str());
+    }
+}

@@ -1,0 +1,19 @@
+//! `neroman status [SEL] [--json]`: the experiments, their states, parameters and last metrics.
+
+use super::{exit, open_synced};
+use std::path::Path;
+
+pub fn run(dir: &Path, selection: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let (project, exps, _) = open_synced(dir)?;
+    let sel = match selection {
+        Some(s) => Some(super::act::parse(&project, &exps, s)?),
+        None => None,
+    };
+    if json {
+        let v = crate::view::status_json(&project, &exps, sel.as_ref())?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", crate::view::status_table(&project, &exps, sel.as_ref(), 6)?);
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,303 @@
+//! `neronet.yaml` (SPEC §7): the project's file, laid over the user's defaults in the XDG config
+//! dir (`~/.config/neronet/neronet.yaml`). Unknown keys and bad values are errors that name the key
+//! and the line. The `local` cluster always exists.
+
+use nerokid::report::{MetricFile, MetricsSpec};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "neronet.yaml";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The experiments workbook, relative to the project directory.
+    #[serde(default)]
+    pub workbook: Option<String>,
+    /// Default command for rows without a `command` cell.
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// Default auto-termination rule.
+    #[serde(default)]
+    pub abort_when: Option<String>,
+    #[serde(default)]
+    pub email: Option<EmailConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Host alias from ~/.ssh/config or user@host; none for `local`.
+    #[serde(default)]
+    pub ssh: Option<String>,
+    #[serde(default)]
+    pub warden: Warden,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
+    #[serde(default)]
+    pub poll_interval: Option<String>,
+    #[serde(default)]
+    pub requeue: bool,
+    #[serde(default)]
+    pub slurm: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub sge: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub setup: Vec<String>,
+    /// Seconds between SIGTERM and SIGKILL when a job is stopped.
+    #[serde(default)]
+    pub grace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Warden {
+    #[default]
+    Local,
+    Slurm,
+    Sge,
+}
+
+/// A YAML scalar given as an option value (`time: 2:00:00`, `mem: 4G`, `cpus: 4`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Scan stdout/stderr for `name=value` and `name: value` (default true).
+    #[serde(default)]
+    pub tokens: Option<bool>,
+    /// Regexes with named groups.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    #[serde(default)]
+    pub files: Vec<MetricFileConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricFileConfig {
+    pub path: String,
+    pub format: nerokid::report::MetricFileFormat,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub smtp: Option<SmtpConfig>,
+    pub sendmail: Option<String>,
+    #[serde(default)]
+    pub on: Vec<String>,
+    #[serde(default)]
+    pub when: Vec<String>,
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: Option<u16>,
+    pub tls: Option<SmtpTls>,
+    pub user: Option<String>,
+    /// Name of the environment variable holding the password (never the password itself).
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    Starttls,
+    Tls,
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// The project's config over the user's defaults.
+    pub fn load(project_dir: &Path) -> Result<Config, ConfigError> {
+        let user = user_config_path().map(|p| load_file(&p)).transpose()?.flatten();
+        let project = load_file(&project_dir.join(CONFIG_FILE))?;
+        let mut cfg = match (user, project) {
+            (Some(u), Some(p)) => u.overlay(p),
+            (u, p) => p.or(u).unwrap_or_default(),
+        };
+        cfg.clusters.entry("local".into()).or_default();
+        cfg.validate(&project_dir.join(CONFIG_FILE))?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_saphyr::from_str::<Config>(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `other` wins key by key; clusters merge by name.
+    fn overlay(mut self, other: Config) -> Config {
+        self.clusters.extend(other.clusters);
+        Config {
+            workbook: other.workbook.or(self.workbook),
+            command: other.command.or(self.command),
+            clusters: self.clusters,
+            metrics: other.metrics.or(self.metrics),
+            abort_when: other.abort_when.or(self.abort_when),
+            email: other.email.or(self.email),
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
+        if let Some(rule) = &self.abort_when {
+            nerokid::expr::parse(rule).map_err(|e| bad(format!("abort_when: {rule:?}: {e}")))?;
+        }
+        for (name, c) in &self.clusters {
+            if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+                return Err(bad(format!("clusters.{name}: a cluster name is letters, digits, '-' and '_'")));
+            }
+            if c.max_parallel == Some(0) {
+                return Err(bad(format!("clusters.{name}.max_parallel: must be at least 1")));
+            }
+            for (key, value) in [("poll_interval", &c.poll_interval), ("grace", &c.grace)] {
+                if let Some(v) = value {
+                    parse_duration(v).ok_or_else(|| bad(format!("clusters.{name}.{key}: {v:?} is not a duration (like 30s, 5m)")))?;
+                }
+            }
+            if c.warden != Warden::Local || c.ssh.is_some() {
+                return Err(bad(format!(
+                    "clusters.{name}: remote clusters (ssh, slurm, sge) are not supported yet by this version; only local runs"
+                )));
+            }
+        }
+        if let Some(m) = &self.metrics {
+            nerokid::metrics::Extractor::new(true, &m.patterns).map_err(|e| bad(format!("metrics.patterns: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn metrics_spec(&self) -> MetricsSpec {
+        match &self.metrics {
+            None => MetricsSpec::default(),
+            Some(m) => MetricsSpec {
+                tokens: m.tokens.unwrap_or(true),
+                patterns: m.patterns.clone(),
+                files: m.files.iter().map(|f| MetricFile { path: f.path.clone(), format: f.format }).collect(),
+            },
+        }
+    }
+
+    pub fn workbook_path(&self, project_dir: &Path) -> PathBuf {
+        project_dir.join(self.workbook.as_deref().unwrap_or("experiments.xlsx"))
+    }
+}
+
+impl ClusterConfig {
+    pub fn grace_secs(&self) -> f64 {
+        self.grace.as_deref().and_then(parse_duration).unwrap_or(10.0)
+    }
+}
+
+fn load_file(path: &Path) -> Result<Option<Config>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Config::parse(&text, path).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(ConfigError::Read { path: path.to_path_buf(), err }),
+    }
+}
+
+/// `~/.config/neronet/neronet.yaml` (honours XDG_CONFIG_HOME).
+pub fn user_config_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "neronet").map(|d| d.config_dir().join(CONFIG_FILE))
+}
+
+/// `90`, `90s`, `30m`, `1h`, `2d` → seconds.
+pub fn parse_duration(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 's') => (&s[..i], 1.0),
+        (i, 'm') => (&s[..i], 60.0),
+        (i, 'h') => (&s[..i], 3600.0),
+        (i, 'd') => (&s[..i], 86400.0),
+        _ => (s, 1.0),
+    };
+    num.trim().parse::<f64>().ok().filter(|n| *n >= 0.0).map(|n| n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "command: python3 train.py\nclusters:\n  local:\n    max_paralel: 2\n";
+        let e = Config::parse(text, Path::new("neronet.yaml")).unwrap_err().to_string();
+        assert!(e.contains("max_paralel"), "{e}");
+        assert!(e.contains('4'), "line number missing: {e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Config::parse("clusters:\n  local:\n    max_parallel: lots\n", Path::new("n.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_parallel") || e.contains("line 3"), "{e}");
+        let cfg = Config::parse("abort_when: 'loss>>1'\n", Path::new("n.yaml")).unwrap();
+        assert!(cfg.validate(Path::new("n.yaml")).unwrap_err().to_string().contains("abort_when"));
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+workbook: experiments.xlsx
+command: python3 train.py --lr {lr}
+abort_when: epoch>=3 && loss>3
+clusters:
+  local:
+    max_parallel: 2
+    setup: ["echo hi"]
+metrics:
+  patterns: ['acc (?P<acc>[0-9.]+)']
+  files: [{path: metrics.csv, format: csv}]
+email:
+  to: me@example.org
+  smtp: {host: localhost, port: 2525, tls: none}
+  on: [crashed, finished]
+"#;
+        let cfg = Config::parse(text, Path::new("n.yaml")).unwrap();
+        cfg.validate(Path::new("n.yaml")).unwrap();
+        assert_eq!(cfg.clusters["local"].max_parallel, Some(2));
+        assert_eq!(cfg.metrics_spec().files.len(), 1);
+        assert_eq!(parse_duration("30m"), Some(1800.0));
+    }
+}

@@ -1,0 +1,387 @@
+//! The neroman core: a project directory (config, workbook, state store) joined with its clusters.
+//! Reads and validates the workbook rows against the config (the checks that need both), renders
+//! each row's command with shell-quoted values, and syncs the store from each cluster's mum.
+
+use crate::cluster::client::{ClientError, LocalMum, MumClient};
+use crate::cluster::protocol::RunSpec;
+use crate::cluster::sibling_binary;
+use crate::config::{Config, ConfigError};
+use crate::sheet::read::{read_experiments, ExperimentSheet, Problem, SheetError, SheetRow};
+use crate::state::RunState;
+use crate::store::{tx, Store, StoreError};
+use nerokid::report::{now, KidEvent, KidSpec};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub const STATE_DIR: &str = ".neronet";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Sheet(#[from] SheetError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cluster {cluster}")]
+    Cluster {
+        cluster: String,
+        #[source]
+        err: ClientError,
+    },
+    #[error("{0}")]
+    Selection(String),
+    #[error("{dir} is not a Neronet project (no {what}); run `neroman init` there first")]
+    NotAProject { dir: PathBuf, what: String },
+}
+
+pub struct Project {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub store: Store,
+}
+
+/// A workbook row with everything the core decided about it.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub row: SheetRow,
+    pub cluster: String,
+    /// The rendered shell command, when the row is valid.
+    pub command: Option<String>,
+    pub abort_when: Option<String>,
+    /// Reasons this row must not be acted on (sheet problems and config checks).
+    pub problems: Vec<Problem>,
+}
+
+impl Experiment {
+    pub fn is_valid(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+pub struct Experiments {
+    pub sheet: ExperimentSheet,
+    pub list: Vec<Experiment>,
+}
+
+impl Experiments {
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.list.iter().flat_map(|e| e.problems.iter())
+    }
+    pub fn get(&self, id: &str) -> Option<&Experiment> {
+        let key = crate::sheet::read::canonical_id(id);
+        self.list.iter().find(|e| crate::sheet::read::canonical_id(&e.row.id) == key)
+    }
+}
+
+/// What one sync learned: state changes in order (run uid, experiment id, new state).
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub changes: Vec<(String, String, RunState)>,
+    pub metric_values: usize,
+    pub restarted_mum: Vec<String>,
+}
+
+impl Project {
+    /// Open the project in `dir` (config and state store).
+    pub fn open(dir: &Path) -> Result<Project, CoreError> {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let config = Config::load(&dir)?;
+        let workbook = config.workbook_path(&dir);
+        if !workbook.exists() {
+            return Err(CoreError::NotAProject { dir: dir.clone(), what: workbook.display().to_string() });
+        }
+        let store = Store::open(&dir.join(STATE_DIR).join("state.db"))?;
+        Ok(Project { dir, config, store })
+    }
+
+    pub fn workbook_path(&self) -> PathBuf {
+        self.config.workbook_path(&self.dir)
+    }
+
+    pub fn results_path(&self) -> PathBuf {
+        let wb = self.workbook_path();
+        wb.parent().unwrap_or(&self.dir).join("results.xlsx")
+    }
+
+    /// Read the workbook, check every row, and note row changes in the store (for `tmod`).
+    pub fn read_experiments(&mut self) -> Result<Experiments, CoreError> {
+        let sheet = read_experiments(&self.workbook_path())?;
+        let list: Vec<Experiment> = sheet.rows.iter().map(|row| self.check_row(&sheet, row)).collect();
+        let noted: Vec<(String, u32, String)> = list
+            .iter()
+            .filter(|e| !e.row.id.is_empty())
+            .map(|e| (e.row.id.clone(), e.row.row, row_fingerprint(&e.row)))
+            .collect();
+        self.store.note_rows(&noted, now())?;
+        Ok(Experiments { sheet, list })
+    }
+
+    fn check_row(&self, sheet: &ExperimentSheet, row: &SheetRow) -> Experiment {
+        let mut problems = row.invalid.clone();
+        let id = (!row.id.is_empty()).then(|| row.id.clone());
+        let problem = |cell: &str, message: String| Problem {
+            cell: if cell.is_empty() { row.id_cell.clone() } else { cell.to_string() },
+            id: id.clone(),
+            message,
+        };
+        let cluster = row.cluster.clone().unwrap_or_else(|| "local".into());
+        if !self.config.clusters.contains_key(&cluster) {
+            let known: Vec<&str> = self.config.clusters.keys().map(String::as_str).collect();
+            problems.push(problem(&row.cluster_cell, format!("unknown cluster {cluster:?} (known: {})", known.join(", "))));
+        }
+        let abort_when = row.abort_when.clone().or_else(|| self.config.abort_when.clone());
+        if let Some(rule) = &row.abort_when {
+            if let Err(e) = nerokid::expr::parse(rule) {
+                problems.push(problem(&row.abort_when_cell, format!("bad abort_when {rule:?}: {e}")));
+            }
+        }
+        let template = row.command.clone().or_else(|| self.config.command.clone());
+        let command = match &template {
+            None => {
+                problems.push(problem(
+                    &row.command_cell,
+                    "no command: the command cell is empty and neronet.yaml has no `command:`".into(),
+                ));
+                None
+            }
+            Some(t) => match render_command(t, row, &sheet.params) {
+                Ok(c) => Some(c),
+                Err(m) => {
+                    let cell = if row.command.is_some() { row.command_cell.clone() } else { String::new() };
+                    let m = if row.command.is_some() { m } else { format!("{m} (in neronet.yaml `command:`)") };
+                    problems.push(problem(&cell, m));
+                    None
+                }
+            },
+        };
+        Experiment { row: row.clone(), cluster, command, abort_when, problems }
+    }
+
+    fn local_mum(&self, cluster: &str) -> LocalMum {
+        let c = self.config.clusters.get(cluster).cloned().unwrap_or_default();
+        let workdir = match &c.workdir {
+            Some(w) => self.dir.join(w),
+            None => self.dir.join(STATE_DIR).join(format!("mum-{cluster}")),
+        };
+        LocalMum {
+            workdir,
+            mum_binary: sibling_binary("neromum"),
+            kid_binary: sibling_binary("nerokid"),
+            max_parallel: c.max_parallel.unwrap_or_else(|| default_parallel()),
+            idle_exit_secs: std::env::var("NERONET_MUM_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(900),
+        }
+    }
+
+    pub fn connect(&self, cluster: &str) -> Result<MumClient, CoreError> {
+        MumClient::connect_or_start(&self.local_mum(cluster))
+            .map_err(|err| CoreError::Cluster { cluster: cluster.into(), err })
+    }
+
+    /// Bring the store up to date from every cluster that has runs in flight.
+    pub fn sync(&mut self) -> Result<SyncReport, CoreError> {
+        let mut clusters: Vec<String> = self.store.active_runs()?.into_iter().map(|r| r.cluster).collect();
+        clusters.sort();
+        clusters.dedup();
+        let mut report = SyncReport::default();
+        for cluster in clusters {
+            let mut client = self.connect(&cluster)?;
+            if client.started {
+                report.restarted_mum.push(cluster.clone());
+            }
+            self.sync_with(&cluster, &mut client, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Apply everything mum journaled since our last sync point, batch by batch.
+    pub fn sync_with(&mut self, cluster: &str, client: &mut MumClient, report: &mut SyncReport) -> Result<(), CoreError> {
+        let cerr = |err| CoreError::Cluster { cluster: cluster.into(), err };
+        let epoch = client.hello.epoch.clone();
+        let mut since = match self.store.sync_point(cluster)? {
+            Some((e, seq)) if e == epoch => seq,
+            _ => 0,
+        };
+        loop {
+            let batch = client.sync(since).map_err(cerr)?;
+            if let Some(last) = batch.entries.last() {
+                since = last.seq;
+            }
+            apply_entries(&mut self.store, cluster, &epoch, since, &batch.entries, report)?;
+            if !batch.more {
+                break;
+            }
+        }
+        // Runs we recorded but mum never confirmed (we died between the two): send them again.
+        let stale = self.store.unconfirmed_specs(cluster, now() - 5.0)?;
+        if !stale.is_empty() {
+            let specs: Vec<RunSpec> = stale.iter().filter_map(|s| serde_json::from_str(s).ok()).collect();
+            client.submit(specs).map_err(cerr)?;
+        }
+        Ok(())
+    }
+
+    /// Build the run spec mum needs for one experiment's next run.
+    pub fn run_spec(&self, exp: &Experiment, uid: &str) -> Option<RunSpec> {
+        let command = exp.command.clone()?;
+        let cluster = self.config.clusters.get(&exp.cluster)?;
+        let params: BTreeMap<String, String> = exp.row.params.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
+        let mut env: Vec<(String, String)> = vec![("NERO_ID".into(), exp.row.id.clone())];
+        for (k, v) in &params {
+            env.push((format!("NERO_PARAM_{}", env_name(k)), v.clone()));
+        }
+        Some(RunSpec {
+            run: uid.to_string(),
+            command,
+            cwd: Some(self.dir.display().to_string()),
+            env,
+            setup: cluster.setup.clone(),
+            kid: KidSpec {
+                id: exp.row.id.clone(),
+                params,
+                abort_when: exp.abort_when.clone(),
+                metrics: self.config.metrics_spec(),
+                grace_secs: cluster.grace_secs(),
+                sample_secs: 5.0,
+            },
+        })
+    }
+}
+
+fn default_parallel() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// `learning-rate` → `LEARNING_RATE`.
+pub fn env_name(param: &str) -> String {
+    param.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+}
+
+/// What makes a row "changed" for `tmod`: everything but the status cell the tool itself writes.
+fn row_fingerprint(row: &SheetRow) -> String {
+    let params: BTreeMap<&String, &String> = row.params.iter().map(|(k, v)| (k, &v.text)).collect();
+    serde_json::json!({
+        "command": row.command, "cluster": row.cluster, "abort_when": row.abort_when,
+        "warden": row.warden_options, "params": params,
+    })
+    .to_string()
+}
+
+/// Substitute `{name}` placeholders with shell-quoted cell values; `{{` and `}}` are literal braces.
+pub fn render_command(template: &str, row: &SheetRow, columns: &[String]) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut chars = template.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '{' if chars.peek().map(|p| p.1) == Some('{') => {
+                chars.next();
+                out.push('{');
+            }
+            '}' if chars.peek().map(|p| p.1) == Some('}') => {
+                chars.next();
+                out.push('}');
+            }
+            '{' => {
+                let rest = &template[i + 1..];
+                let Some(end) = rest.find('}') else {
+                    return Err(format!("unclosed '{{' at character {} of the command", i + 1));
+                };
+                let name = rest[..end].trim();
+                for _ in 0..rest[..end].chars().count() + 1 {
+                    chars.next();
+                }
+                let value = if name.eq_ignore_ascii_case("id") {
+                    row.id.clone()
+                } else {
+                    let column = columns.iter().find(|c| c.eq_ignore_ascii_case(name));
+                    match column {
+                        None => {
+                            let hint = crate::select::nearest(name, columns.iter().map(String::as_str))
+                                .map(|n| format!("; did you mean {{{n}}}?"))
+                                .unwrap_or_default();
+                            return Err(format!("placeholder {{{name}}} has no column{hint}"));
+                        }
+                        Some(col) => match row.params.get(col) {
+                            Some(v) => v.text.clone(),
+                            None => return Err(format!("placeholder {{{name}}}: this row's {col} cell is empty")),
+                        },
+                    }
+                };
+                let quoted = shlex::try_quote(&value).map_err(|_| format!("{{{name}}}: value holds a NUL byte"))?;
+                out.push_str(&quoted);
+            }
+            '}' => return Err(format!("stray '}}' at character {} of the command (write '}}}}' for a brace)", i + 1)),
+            _ => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Apply journal entries to the store in one transaction, with the new sync point.
+fn apply_entries(
+    store: &mut Store,
+    cluster: &str,
+    epoch: &str,
+    last_seq: u64,
+    entries: &[crate::cluster::protocol::JournalEntry],
+    report: &mut SyncReport,
+) -> Result<(), CoreError> {
+    use crate::cluster::protocol::MumEvent;
+    use tx::RunColumn;
+    let mut cache: HashMap<String, Option<crate::store::RunRow>> = HashMap::new();
+    let tx = store.transaction()?;
+    for e in entries {
+        let run = match cache.get(&e.run) {
+            Some(r) => r.clone(),
+            None => {
+                let full = load_run(&tx, &e.run)?;
+                cache.insert(e.run.clone(), full.clone());
+                full
+            }
+        };
+        // A run this project does not know (another project sharing the workdir): not ours.
+        let Some(mut run) = run else { continue };
+        match &e.event {
+            MumEvent::Queued { run_dir } => tx::set_field(&tx, &run.uid, RunColumn::RunDir, run_dir)?,
+            MumEvent::Launched { job } => tx::set_field(&tx, &run.uid, RunColumn::JobId, job)?,
+            MumEvent::AbortSent => {
+                tx::set_field(&tx, &run.uid, RunColumn::AbortSent, &1)?;
+                run.abort_sent = true;
+            }
+            MumEvent::Kid { event } => match event {
+                KidEvent::Metrics { t, step, values } => {
+                    tx::add_metrics(&tx, &run.uid, *t, *step, values)?;
+                    report.metric_values += values.len();
+                }
+                KidEvent::Resources { cpu_percent, rss_bytes, .. } => {
+                    tx::set_field(&tx, &run.uid, RunColumn::CpuPercent, cpu_percent)?;
+                    tx::set_field(&tx, &run.uid, RunColumn::RssBytes, &(*rss_bytes as i64))?;
+                }
+                KidEvent::Environment { report: env, .. } => {
+                    let json = serde_json::to_string(env).unwrap_or_default();
+                    tx::set_field(&tx, &run.uid, RunColumn::EnvJson, &json)?;
+                }
+                KidEvent::Started { host, .. } => tx::set_field(&tx, &run.uid, RunColumn::Node, host)?,
+                _ => {}
+            },
+            _ => {}
+        }
+        if let Some(next) = run.state.next(&e.event, e.t, run.abort_sent) {
+            tx::set_state(&tx, &run, &next, next.reason().as_deref())?;
+            report.changes.push((run.uid.clone(), run.exp_id.clone(), next.clone()));
+            run.state = next;
+        }
+        cache.insert(e.run.clone(), Some(run));
+    }
+    tx::set_sync_point(&tx, cluster, epoch, last_seq)?;
+    tx.commit().map_err(StoreError::from)?;
+    Ok(())
+}
+
+fn load_run(tx: &rusqlite::Transaction<'_>, uid: &str) -> Result<Option<crate::store::RunRow>, CoreError> {
+    use rusqlite::OptionalExtension;
+    Ok(tx
+        .query_row(&format!("{} WHERE uid = ?1", crate::store::RUN_SELECT), [uid], crate::store::run_from_row)
+        .optional()
+        .map_err(StoreError::from)?)
+}

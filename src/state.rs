@@ -1,0 +1,214 @@
+//! The run state machine (SPEC §4) — the one place that decides transitions. States carry their
+//! own data, so a `finished` run without an exit code cannot be built. Terminal states absorb:
+//! a late or replayed event never moves a run backwards.
+
+use crate::cluster::protocol::MumEvent;
+use nerokid::report::{AbortCause, KidEvent, Outcome};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RunState {
+    /// neroman sent it; mum has not confirmed yet.
+    Submitted { at: f64 },
+    /// mum holds it (waiting for a slot, or in the warden's queue).
+    Queued { at: f64, submitted_at: f64 },
+    Running { at: f64, node: String },
+    Finished { at: f64, started_at: Option<f64> },
+    Crashed { at: f64, started_at: Option<f64>, exit_code: Option<i32>, signal: Option<i32>, reason: String },
+    Aborted { at: f64, started_at: Option<f64>, reason: String },
+    Timeout { at: f64, started_at: Option<f64> },
+    Lost { at: f64, reason: String },
+}
+
+/// The bare state names, as shown to users and used in selections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateName {
+    Defined,
+    Submitted,
+    Queued,
+    Running,
+    Finished,
+    Crashed,
+    Aborted,
+    Timeout,
+    Lost,
+}
+
+impl StateName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateName::Defined => "defined",
+            StateName::Submitted => "submitted",
+            StateName::Queued => "queued",
+            StateName::Running => "running",
+            StateName::Finished => "finished",
+            StateName::Crashed => "crashed",
+            StateName::Aborted => "aborted",
+            StateName::Timeout => "timeout",
+            StateName::Lost => "lost",
+        }
+    }
+}
+
+impl RunState {
+    pub fn name(&self) -> StateName {
+        match self {
+            RunState::Submitted { .. } => StateName::Submitted,
+            RunState::Queued { .. } => StateName::Queued,
+            RunState::Running { .. } => StateName::Running,
+            RunState::Finished { .. } => StateName::Finished,
+            RunState::Crashed { .. } => StateName::Crashed,
+            RunState::Aborted { .. } => StateName::Aborted,
+            RunState::Timeout { .. } => StateName::Timeout,
+            RunState::Lost { .. } => StateName::Lost,
+        }
+    }
+
+    /// When this state was entered.
+    pub fn at(&self) -> f64 {
+        match self {
+            RunState::Submitted { at }
+            | RunState::Queued { at, .. }
+            | RunState::Running { at, .. }
+            | RunState::Finished { at, .. }
+            | RunState::Crashed { at, .. }
+            | RunState::Aborted { at, .. }
+            | RunState::Timeout { at, .. }
+            | RunState::Lost { at, .. } => *at,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, RunState::Submitted { .. } | RunState::Queued { .. } | RunState::Running { .. })
+    }
+
+    /// (started_at, finished_at, exit_code) for the store's columns.
+    pub fn times_and_code(&self) -> (Option<f64>, Option<f64>, Option<i32>) {
+        match self {
+            RunState::Running { at, .. } => (Some(*at), None, None),
+            RunState::Finished { at, started_at } => (*started_at, Some(*at), Some(0)),
+            RunState::Crashed { at, started_at, exit_code, .. } => (*started_at, Some(*at), *exit_code),
+            RunState::Aborted { at, started_at, .. } | RunState::Timeout { at, started_at } => (*started_at, Some(*at), None),
+            RunState::Lost { at, .. } => (None, Some(*at), None),
+            _ => (None, None, None),
+        }
+    }
+
+    /// A short human explanation (for crashed/aborted/lost).
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            RunState::Crashed { reason, .. } | RunState::Aborted { reason, .. } | RunState::Lost { reason, .. } => {
+                Some(reason.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn started_at(&self) -> Option<f64> {
+        match self {
+            RunState::Running { at, .. } => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// The next state after a mum event, if the event changes the state.
+    /// `abort_sent` tells whether an abort was passed on (a kid lost after that counts as aborted).
+    pub fn next(&self, event: &MumEvent, t: f64, abort_sent: bool) -> Option<RunState> {
+        if self.is_terminal() {
+            return None;
+        }
+        let started_at = self.started_at();
+        match event {
+            MumEvent::Queued { .. } => match self {
+                RunState::Submitted { at } => Some(RunState::Queued { at: t, submitted_at: *at }),
+                _ => None,
+            },
+            MumEvent::Launched { .. } | MumEvent::AbortSent => None,
+            MumEvent::Cancelled => Some(RunState::Aborted { at: t, started_at, reason: "cancelled before it started".into() }),
+            MumEvent::Lost { reason } if abort_sent => {
+                Some(RunState::Aborted { at: t, started_at, reason: format!("aborted by user ({reason})") })
+            }
+            MumEvent::Lost { reason } => Some(RunState::Lost { at: t, reason: reason.clone() }),
+            MumEvent::Kid { event } => match event {
+                KidEvent::Started { t, host, .. } => match self {
+                    RunState::Running { .. } => None,
+                    _ => Some(RunState::Running { at: *t, node: host.clone() }),
+                },
+                KidEvent::Exited { t, outcome } => Some(match outcome {
+                    Outcome::Exit { code: 0 } => RunState::Finished { at: *t, started_at },
+                    Outcome::Exit { code } => RunState::Crashed {
+                        at: *t,
+                        started_at,
+                        exit_code: Some(*code),
+                        signal: None,
+                        reason: format!("exit code {code}"),
+                    },
+                    Outcome::Signal { signal } => RunState::Crashed {
+                        at: *t,
+                        started_at,
+                        exit_code: None,
+                        signal: Some(*signal),
+                        reason: format!("killed by signal {signal} ({})", signal_name(*signal)),
+                    },
+                    Outcome::Aborted { by: AbortCause::User, .. } => {
+                        RunState::Aborted { at: *t, started_at, reason: "aborted by user".into() }
+                    }
+                    Outcome::Aborted { by: AbortCause::Rule(rule), .. } => {
+                        RunState::Aborted { at: *t, started_at, reason: format!("rule {rule}") }
+                    }
+                    Outcome::FailedToStart { error } => RunState::Crashed {
+                        at: *t,
+                        started_at,
+                        exit_code: None,
+                        signal: None,
+                        reason: format!("could not start: {error}"),
+                    },
+                }),
+                _ => None,
+            },
+        }
+    }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        6 => "SIGABRT",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_absorb_late_events() {
+        let s = RunState::Submitted { at: 1.0 };
+        let q = s.next(&MumEvent::Queued { run_dir: "d".into() }, 2.0, false).unwrap();
+        let started = KidEvent::Started { t: 3.0, pid: 1, job_pid: 2, host: "h".into() };
+        let r = q.next(&MumEvent::Kid { event: started.clone() }, 3.0, false).unwrap();
+        assert_eq!(r.name(), StateName::Running);
+        let exit = KidEvent::Exited { t: 9.0, outcome: Outcome::Signal { signal: 9 } };
+        let c = r.next(&MumEvent::Kid { event: exit }, 9.0, false).unwrap();
+        assert_eq!(c.name(), StateName::Crashed);
+        assert_eq!(c.times_and_code(), (Some(3.0), Some(9.0), None));
+        assert!(c.next(&MumEvent::Kid { event: started }, 10.0, false).is_none());
+        assert!(c.next(&MumEvent::Lost { reason: "x".into() }, 10.0, false).is_none());
+    }
+
+    /// Snapshot: the state as stored in state.db.
+    #[test]
+    fn stored_state_format_is_stable() {
+        let s = RunState::Crashed { at: 2.0, started_at: Some(1.0), exit_code: Some(3), signal: None, reason: "exit code 3".into() };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"state":"crashed","at":2.0,"started_at":1.0,"exit_code":3,"signal":null,"reason":"exit code 3"}"#
+        );
+    }
+}

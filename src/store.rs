@@ -1,0 +1,473 @@
+//! The state store `.neronet/state.db` (SQLite, WAL): experiments as last seen in the workbook
+//! (with the time each row last changed, for `tmod`), runs (every restart is a new run), every
+//! state change with its time, metric time series, and how far each cluster's journal was synced.
+//! The schema is versioned (`PRAGMA user_version`) and migrated forward on open.
+
+use crate::state::RunState;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        err: rusqlite::Error,
+    },
+    #[error("state store {path} has schema version {found}, newer than this neroman ({supported}); upgrade neroman")]
+    TooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error("state store query")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Each entry upgrades the schema by one version.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE experiments (
+        id TEXT PRIMARY KEY,
+        sheet_row INTEGER NOT NULL,
+        row_json TEXT NOT NULL,
+        row_hash TEXT NOT NULL,
+        row_changed_at REAL NOT NULL,
+        first_seen REAL NOT NULL,
+        in_workbook INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE TABLE runs (
+        uid TEXT PRIMARY KEY,
+        exp_id TEXT NOT NULL,
+        run_no INTEGER NOT NULL,
+        cluster TEXT NOT NULL,
+        state_json TEXT NOT NULL,
+        state TEXT NOT NULL,
+        job_id TEXT,
+        node TEXT,
+        run_dir TEXT,
+        submitted_at REAL,
+        started_at REAL,
+        finished_at REAL,
+        exit_code INTEGER,
+        command TEXT NOT NULL,
+        spec_json TEXT NOT NULL,
+        params_json TEXT NOT NULL,
+        env_json TEXT,
+        cpu_percent REAL,
+        rss_bytes INTEGER,
+        abort_sent INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        UNIQUE (exp_id, run_no)
+    );
+    CREATE INDEX runs_by_exp ON runs (exp_id, run_no);
+    CREATE TABLE state_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_uid TEXT NOT NULL,
+        state TEXT NOT NULL,
+        at REAL NOT NULL,
+        detail TEXT
+    );
+    CREATE TABLE metrics (
+        run_uid TEXT NOT NULL,
+        t REAL NOT NULL,
+        step REAL,
+        name TEXT NOT NULL,
+        value REAL
+    );
+    CREATE INDEX metrics_by_run ON metrics (run_uid, t);
+    CREATE TABLE last_metrics (
+        run_uid TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value REAL,
+        t REAL NOT NULL,
+        PRIMARY KEY (run_uid, name)
+    );
+    CREATE TABLE cluster_sync (
+        cluster TEXT PRIMARY KEY,
+        epoch TEXT NOT NULL,
+        last_seq INTEGER NOT NULL
+    );
+    "#,
+];
+
+pub struct Store {
+    conn: Connection,
+}
+
+/// A run as the store knows it.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub uid: String,
+    pub exp_id: String,
+    pub run_no: i64,
+    pub cluster: String,
+    pub state: RunState,
+    pub job_id: Option<String>,
+    pub node: Option<String>,
+    pub run_dir: Option<String>,
+    pub submitted_at: Option<f64>,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    pub exit_code: Option<i64>,
+    pub params: BTreeMap<String, String>,
+    pub cpu_percent: Option<f64>,
+    pub rss_bytes: Option<i64>,
+    pub abort_sent: bool,
+    pub updated_at: f64,
+}
+
+/// What a new run is made from.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub exp_id: &'a str,
+    /// The run spec as sent to mum (JSON), kept to resubmit it if mum never confirmed it.
+    pub spec_json: &'a str,
+    pub cluster: &'a str,
+    pub command: &'a str,
+    pub params: &'a BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExperimentRow {
+    pub id: String,
+    pub row_changed_at: f64,
+    pub first_seen: f64,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let open_err = |err| StoreError::Open { path: path.to_path_buf(), err };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        let mut store = Store { conn };
+        store.migrate(path)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
+        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version, supported });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn transaction(&mut self) -> Result<Transaction<'_>, StoreError> {
+        Ok(self.conn.transaction()?)
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Record the workbook rows as read now: a row whose content changed gets a new change time.
+    pub fn note_rows(&mut self, rows: &[(String, u32, String)], now: f64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("UPDATE experiments SET in_workbook = 0", [])?;
+        for (id, sheet_row, row_json) in rows {
+            let hash = format!("{:016x}", fnv(row_json.as_bytes()));
+            let changed = tx.execute(
+                "UPDATE experiments SET sheet_row = ?2, row_json = ?3, in_workbook = 1,
+                     row_changed_at = CASE WHEN row_hash = ?4 THEN row_changed_at ELSE ?5 END,
+                     row_hash = ?4
+                 WHERE id = ?1",
+                params![id, sheet_row, row_json, hash, now],
+            )?;
+            if changed == 0 {
+                tx.execute(
+                    "INSERT INTO experiments (id, sheet_row, row_json, row_hash, row_changed_at, first_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                    params![id, sheet_row, row_json, hash, now],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn experiments(&self) -> Result<BTreeMap<String, ExperimentRow>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, row_changed_at, first_seen FROM experiments")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ExperimentRow { id: r.get(0)?, row_changed_at: r.get(1)?, first_seen: r.get(2)? })
+        })?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let r = r?;
+            out.insert(r.id.clone(), r);
+        }
+        Ok(out)
+    }
+
+    /// The number the next run of an experiment gets.
+    pub fn next_run_no(&self, exp_id: &str) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(run_no), 0) + 1 FROM runs WHERE exp_id = ?1", [exp_id], |r| r.get(0))?)
+    }
+
+    /// Record a new run (numbered `run_no`) in state `submitted`.
+    pub fn new_run(&mut self, run: &NewRun<'_>, run_no: i64, now: f64) -> Result<RunRow, StoreError> {
+        let tx = self.conn.transaction()?;
+        let uid = run_uid(run.exp_id, run_no);
+        let state = RunState::Submitted { at: now };
+        tx.execute(
+            "INSERT INTO runs (uid, exp_id, run_no, cluster, state_json, state, submitted_at, command, params_json, spec_json, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?7)",
+            params![
+                uid,
+                run.exp_id,
+                run_no,
+                run.cluster,
+                serde_json::to_string(&state).expect("state serializes"),
+                state.name().as_str(),
+                now,
+                run.command,
+                serde_json::to_string(run.params).expect("params serialize"),
+                run.spec_json,
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO state_changes (run_uid, state, at, detail) VALUES (?1, ?2, ?3, NULL)",
+            params![uid, state.name().as_str(), now],
+        )?;
+        tx.commit()?;
+        self.run(&uid)?.ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    pub fn run(&self, uid: &str) -> Result<Option<RunRow>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(&format!("{RUN_SELECT} WHERE uid = ?1"), [uid], run_from_row)
+            .optional()?)
+    }
+
+    /// The newest run of each experiment.
+    pub fn latest_runs(&self) -> Result<BTreeMap<String, RunRow>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "{RUN_SELECT} WHERE run_no = (SELECT MAX(run_no) FROM runs r2 WHERE r2.exp_id = runs.exp_id)"
+        ))?;
+        let rows = stmt.query_map([], run_from_row)?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let r = r?;
+            out.insert(r.exp_id.clone(), r);
+        }
+        Ok(out)
+    }
+
+    pub fn active_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!("{RUN_SELECT} WHERE state IN ('submitted','queued','running')"))?;
+        let rows = stmt.query_map([], run_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Last value of every metric, per run.
+    pub fn last_metrics(&self) -> Result<BTreeMap<String, BTreeMap<String, f64>>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT run_uid, name, value FROM last_metrics")?;
+        let mut out: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<f64>>(2)?)))?;
+        for r in rows {
+            let (run, name, value) = r?;
+            out.entry(run).or_default().insert(name, value.unwrap_or(f64::NAN));
+        }
+        Ok(out)
+    }
+
+    /// Metric series of the given runs, oldest first: (run_uid, t, step, name, value).
+    pub fn history(&self, runs: &[&str], limit: usize) -> Result<Vec<(String, f64, Option<f64>, String, f64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut stmt = self.conn.prepare(
+            "SELECT run_uid, t, step, name, value FROM metrics WHERE run_uid = ?1 ORDER BY rowid LIMIT ?2",
+        )?;
+        for run in runs {
+            let rows = stmt.query_map(params![run, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, Option<f64>>(4)?.unwrap_or(f64::NAN)))
+            })?;
+            for r in rows {
+                out.push(r?);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn metric_count(&self, run: &str) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM metrics WHERE run_uid = ?1", [run], |r| r.get(0))?)
+    }
+
+    pub fn metric_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT DISTINCT name FROM last_metrics ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every state change of a run, oldest first.
+    pub fn state_changes(&self, run: &str) -> Result<Vec<(String, f64, Option<String>)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT state, at, detail FROM state_changes WHERE run_uid = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Specs of runs mum has not confirmed yet (to resubmit).
+    pub fn unconfirmed_specs(&self, cluster: &str, older_than: f64) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT spec_json FROM runs WHERE cluster = ?1 AND state = 'submitted' AND submitted_at < ?2",
+        )?;
+        let rows = stmt.query_map(params![cluster, older_than], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn sync_point(&self, cluster: &str) -> Result<Option<(String, u64)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT epoch, last_seq FROM cluster_sync WHERE cluster = ?1", [cluster], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()?)
+    }
+}
+
+pub const RUN_SELECT: &str = "SELECT uid, exp_id, run_no, cluster, state_json, job_id, node, run_dir, submitted_at, \
+     started_at, finished_at, exit_code, params_json, cpu_percent, rss_bytes, abort_sent, updated_at FROM runs";
+
+pub fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    let state_json: String = r.get(4)?;
+    let params_json: String = r.get(12)?;
+    Ok(RunRow {
+        uid: r.get(0)?,
+        exp_id: r.get(1)?,
+        run_no: r.get(2)?,
+        cluster: r.get(3)?,
+        state: serde_json::from_str(&state_json).unwrap_or(RunState::Lost {
+            at: 0.0,
+            reason: format!("unreadable state in store: {state_json}"),
+        }),
+        job_id: r.get(5)?,
+        node: r.get(6)?,
+        run_dir: r.get(7)?,
+        submitted_at: r.get(8)?,
+        started_at: r.get(9)?,
+        finished_at: r.get(10)?,
+        exit_code: r.get(11)?,
+        params: serde_json::from_str(&params_json).unwrap_or_default(),
+        cpu_percent: r.get(13)?,
+        rss_bytes: r.get(14)?,
+        abort_sent: r.get::<_, i64>(15)? != 0,
+        updated_at: r.get(16)?,
+    })
+}
+
+/// Run uid: the experiment id made safe for a directory name, then the run number.
+pub fn run_uid(exp_id: &str, run_no: i64) -> String {
+    let safe: String = exp_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(40)
+        .collect();
+    if safe == exp_id {
+        format!("{safe}.{run_no}")
+    } else {
+        // Two ids that sanitize alike must not share a directory.
+        format!("{safe}-{:08x}.{run_no}", fnv(exp_id.as_bytes()) as u32)
+    }
+}
+
+pub fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
+/// Update helpers used inside a sync transaction.
+pub mod tx {
+    use super::*;
+
+    pub fn set_state(tx: &Transaction<'_>, run: &RunRow, state: &RunState, detail: Option<&str>) -> Result<(), StoreError> {
+        let (started, finished, exit_code) = state.times_and_code();
+        tx.execute(
+            "UPDATE runs SET state_json = ?2, state = ?3, updated_at = ?4,
+                 started_at = COALESCE(?5, started_at), finished_at = COALESCE(?6, finished_at),
+                 exit_code = COALESCE(?7, exit_code)
+             WHERE uid = ?1",
+            params![
+                run.uid,
+                serde_json::to_string(state).expect("state serializes"),
+                state.name().as_str(),
+                state.at(),
+                started,
+                finished,
+                exit_code,
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO state_changes (run_uid, state, at, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![run.uid, state.name().as_str(), state.at(), detail],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_field(tx: &Transaction<'_>, uid: &str, column: RunColumn, value: &dyn rusqlite::ToSql) -> Result<(), StoreError> {
+        tx.execute(&format!("UPDATE runs SET {} = ?2 WHERE uid = ?1", column.name()), params![uid, value])?;
+        Ok(())
+    }
+
+    pub fn add_metrics(tx: &Transaction<'_>, uid: &str, t: f64, step: Option<f64>, values: &[(String, f64)]) -> Result<(), StoreError> {
+        let mut ins = tx.prepare_cached("INSERT INTO metrics (run_uid, t, step, name, value) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+        let mut last = tx.prepare_cached(
+            "INSERT INTO last_metrics (run_uid, name, value, t) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (run_uid, name) DO UPDATE SET value = excluded.value, t = excluded.t",
+        )?;
+        for (name, value) in values {
+            // SQLite stores NaN as NULL; the value stays "not a number" when read back.
+            let v = value.is_finite().then_some(*value);
+            ins.execute(params![uid, t, step, name, v])?;
+            last.execute(params![uid, name, v, t])?;
+        }
+        tx.execute("UPDATE runs SET updated_at = MAX(updated_at, ?2) WHERE uid = ?1", params![uid, t])?;
+        Ok(())
+    }
+
+    pub fn set_sync_point(tx: &Transaction<'_>, cluster: &str, epoch: &str, seq: u64) -> Result<(), StoreError> {
+        tx.execute(
+            "INSERT INTO cluster_sync (cluster, epoch, last_seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (cluster) DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq",
+            params![cluster, epoch, seq as i64],
+        )?;
+        Ok(())
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    pub enum RunColumn {
+        JobId,
+        Node,
+        RunDir,
+        EnvJson,
+        CpuPercent,
+        RssBytes,
+        AbortSent,
+    }
+
+    impl RunColumn {
+        fn name(self) -> &'static str {
+            match self {
+                RunColumn::JobId => "job_id",
+                RunColumn::Node => "node",
+                RunColumn::RunDir => "run_dir",
+                RunColumn::EnvJson => "env_json",
+                RunColumn::CpuPercent => "cpu_percent",
+                RunColumn::RssBytes => "rss_bytes",
+                RunColumn::AbortSent => "abort_sent",
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! What the user sees of the project: one view per experiment (latest run, parameters, last
+//! metrics), turned into the results workbook, the `status` table, or `status --json`.
+
+use crate::project::{CoreError, Experiments, Project};
+use crate::select::Candidate;
+use crate::sheet::results::{HistoryRow, ProblemRow, ResultRow, Results, Value};
+use nerokid::expr::{format_number, Expr};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+const HISTORY_LIMIT: usize = 1_100_000;
+
+/// Metric names in a useful order: step-like first, then alphabetical.
+fn order_metrics(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = names.collect();
+    v.sort();
+    v.dedup();
+    let rank = |n: &str| match n {
+        "step" | "epoch" | "iter" | "iteration" => 0,
+        _ => 1,
+    };
+    v.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+    v
+}
+
+pub struct Snapshot {
+    pub latest: BTreeMap<String, crate::store::RunRow>,
+    pub metrics: BTreeMap<String, BTreeMap<String, f64>>,
+    pub seen: BTreeMap<String, crate::store::ExperimentRow>,
+}
+
+impl Snapshot {
+    pub fn take(project: &Project) -> Result<Snapshot, CoreError> {
+        Ok(Snapshot {
+            latest: project.store.latest_runs()?,
+            metrics: project.store.last_metrics()?,
+            seen: project.store.experiments()?,
+        })
+    }
+
+    pub fn candidates<'a>(&'a self, exps: &'a Experiments, sel: Option<&Expr>) -> Vec<Candidate<'a>> {
+        crate::actions::select(exps, &self.latest, &self.metrics, &self.seen, sel.unwrap_or(&Expr::All))
+    }
+
+    fn metric_names(&self, cands: &[Candidate<'_>]) -> Vec<String> {
+        order_metrics(cands.iter().filter_map(|c| c.metrics).flat_map(|m| m.keys().cloned()))
+    }
+}
+
+/// Build the results workbook content.
+pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreError> {
+    let snap = Snapshot::take(project)?;
+    let cands = snap.candidates(exps, None);
+    let metric_names = snap.metric_names(&cands);
+    let mut out = Results { params: exps.sheet.params.clone(), metrics: metric_names.clone(), ..Results::default() };
+    let mut run_ids: Vec<(&str, &str, i64)> = Vec::new();
+    for c in &cands {
+        let run = c.run;
+        out.rows.push(ResultRow {
+            id: c.exp.row.id.clone(),
+            state: state_label(c),
+            cluster: c.exp.cluster.clone(),
+            run: run.map(|r| r.run_no),
+            job_id: run.and_then(|r| r.job_id.clone()),
+            node: run.and_then(|r| r.node.clone()),
+            submitted: run.and_then(|r| r.submitted_at),
+            started: run.and_then(|r| r.started_at),
+            finished: run.and_then(|r| r.finished_at),
+            runtime: c.runtime(),
+            exit_code: run.and_then(|r| r.exit_code),
+            reason: run.and_then(|r| r.state.reason()).or_else(|| {
+                (!c.exp.is_valid()).then(|| c.exp.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))
+            }),
+            params: exps
+                .sheet
+                .params
+                .iter()
+                .map(|p| {
+                    c.exp.row.params.get(p).map(|v| match v.number {
+                        Some(n) => Value::Num(n),
+                        None => Value::Text(v.text.clone()),
+                    })
+                })
+                .collect(),
+            metrics: metric_names.iter().map(|m| c.metrics.and_then(|ms| ms.get(m)).copied()).collect(),
+            updated: run.map(|r| r.updated_at),
+        });
+        if let Some(r) = run {
+            run_ids.push((&r.uid, &r.exp_id, r.run_no));
+        }
+    }
+    let uids: Vec<&str> = run_ids.iter().map(|r| r.0).collect();
+    let by_uid: BTreeMap<&str, (&str, i64)> = run_ids.iter().map(|(u, e, n)| (*u, (*e, *n))).collect();
+    for (uid, t, step, metric, value) in project.store.history(&uids, HISTORY_LIMIT)? {
+        let (id, run) = by_uid.get(uid.as_str()).copied().unwrap_or(("?", 0));
+        out.history.push(HistoryRow { id: id.to_string(), run, t, step, metric, value });
+    }
+    out.problems = exps
+        .problems()
+        .map(|p| ProblemRow { place: p.cell.clone(), id: p.id.clone(), message: p.message.clone() })
+        .collect();
+    Ok(out)
+}
+
+/// Write results.xlsx next to the workbook.
+pub fn write_results(project: &Project, exps: &Experiments) -> Result<std::path::PathBuf, CoreError> {
+    let r = results(project, exps)?;
+    let path = project.results_path();
+    crate::sheet::results::write(&path, &r).map_err(|e| CoreError::Selection(crate::cluster::mum::error_chain(&e)))?;
+    Ok(path)
+}
+
+fn state_label(c: &Candidate<'_>) -> String {
+    let s = c.state_name().to_string();
+    if !c.exp.is_valid() && c.run.is_none() {
+        "invalid".into()
+    } else if c.exp.row.status == "hold" && c.run.is_none() {
+        format!("{s} (hold)")
+    } else {
+        s
+    }
+}
+
+/// `status --json`: one object per experiment.
+pub fn status_json(project: &Project, exps: &Experiments, sel: Option<&Expr>) -> Result<serde_json::Value, CoreError> {
+    let snap = Snapshot::take(project)?;
+    let items: Vec<serde_json::Value> = snap
+        .candidates(exps, sel)
+        .iter()
+        .map(|c| {
+            let params: BTreeMap<&String, serde_json::Value> = c
+                .exp
+                .row
+                .params
+                .iter()
+                .map(|(k, v)| (k, v.number.map_or_else(|| json!(v.text), |n| json!(n))))
+                .collect();
+            let metrics: BTreeMap<&String, serde_json::Value> = c
+                .metrics
+                .map(|m| m.iter().map(|(k, v)| (k, if v.is_finite() { json!(v) } else { json!(v.to_string()) })).collect())
+                .unwrap_or_default();
+            json!({
+                "id": c.exp.row.id,
+                "state": state_label(c),
+                "cluster": c.exp.cluster,
+                "runtime": c.runtime(),
+                "run": c.run.map(|r| r.run_no),
+                "exit_code": c.run.and_then(|r| r.exit_code),
+                "reason": c.run.and_then(|r| r.state.reason()),
+                "problems": c.exp.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "params": params,
+                "metrics": metrics,
+                "run_dir": c.run.and_then(|r| r.run_dir.clone()),
+            })
+        })
+        .collect();
+    Ok(serde_json::Value::Array(items))
+}
+
+/// A readable table of the selected experiments.
+pub fn status_table(project: &Project, exps: &Experiments, sel: Option<&Expr>, max_metrics: usize) -> Result<String, CoreError> {
+    let snap = Snapshot::take(project)?;
+    let cands = snap.candidates(exps, sel);
+    let metric_names: Vec<String> = snap.metric_names(&cands).into_iter().take(max_metrics).collect();
+    let mut header: Vec<String> = ["id", "state", "cluster", "runtime"].iter().map(|s| s.to_string()).collect();
+    header.extend(exps.sheet.params.iter().cloned());
+    header.extend(metric_names.iter().cloned());
+    header.push("note".into());
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for c in &cands {
+        let mut row = vec![
+            c.exp.row.id.clone(),
+            state_label(c),
+            c.exp.cluster.clone(),
+            c.runtime().map(crate::util::human_duration).unwrap_or_default(),
+        ];
+        for p in &exps.sheet.params {
+            row.push(c.exp.row.params.get(p).map(|v| v.text.clone()).unwrap_or_default());
+        }
+        for m in &metric_names {
+            row.push(c.metrics.and_then(|ms| ms.get(m)).map(|v| short_number(*v)).unwrap_or_default());
+        }
+        let note = c
+            .run
+            .and_then(|r| r.state.reason())
+            .or_else(|| c.exp.problems.first().map(|p| p.to_string()))
+            .unwrap_or_default();
+        row.push(note);
+        rows.push(row);
+    }
+    Ok(render_table(&header, &rows))
+}
+
+fn short_number(v: f64) -> String {
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    if v.fract() == 0.0 && v.abs() < 1e9 {
+        return format_number(v);
+    }
+    let s = format!("{v:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+pub fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count().min(60));
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        let last = cells.len().saturating_sub(1);
+        for (i, c) in cells.iter().enumerate() {
+            let c: String = c.chars().take(if i == last { 200 } else { 60 }).collect();
+            if i == last {
+                out.push_str(&c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        let trimmed = out.trim_end().len();
+        out.truncate(trimmed);
+        out.push('\n');
+    };
+    line(header, &mut out);
+    for r in rows {
+        line(r, &mut out);
+    }
+    out
+}
