@@ -10,8 +10,7 @@ use std::path::PathBuf;
 #[command(
     name = "neroman",
     version,
-    about = "Run and watch training experiments from a spreadsheet",
-    args_conflicts_with_subcommands = true
+    about = "Run and watch training experiments from a spreadsheet"
 )]
 struct Cli {
     /// Project directory (holds experiments.xlsx and neronet.yaml).
@@ -96,8 +95,8 @@ fn main() {
             eprintln!("neroman: nothing to do; try `neroman demo` or `neroman --help`");
             std::process::exit(exit::USAGE);
         }
-        (None, _) => {
-            eprintln!("neroman: give one of --start, --restart, --abort at a time");
+        (None, _) | (Some(_), [_, ..]) => {
+            eprintln!("neroman: give one action at a time (--start, --restart, --abort, or a subcommand)");
             std::process::exit(exit::USAGE);
         }
         (Some(cmd), _) => match cmd {

@@ -33,8 +33,9 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     let path = crate::view::write_results(&project, &exps)?;
     tracing::info!("wrote {}", path.display());
     if wait && !report.touched_runs().is_empty() {
-        let ok = wait_for(&mut project, &exps, &report.touched_runs(), false)?;
-        return Ok(if ok { exit::OK } else { exit::RUNS_FAILED });
+        let all_finished = wait_for(&mut project, &exps, &report.touched_runs(), false)?;
+        // Waiting for an abort succeeds when the runs have ended, however they ended.
+        return Ok(if all_finished || verb == Verb::Abort { exit::OK } else { exit::RUNS_FAILED });
     }
     Ok(exit::OK)
 }

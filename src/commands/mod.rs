@@ -18,7 +18,7 @@ pub mod exit {
     pub const ERROR: i32 = 1;
     /// Bad command line (clap's own code).
     pub const USAGE: i32 = 2;
-    /// `--wait`: at least one run ended other than `finished`.
+    /// `start/restart --wait`: at least one run ended other than `finished`.
     pub const RUNS_FAILED: i32 = 3;
 }
 

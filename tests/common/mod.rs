@@ -1,0 +1,195 @@
+//! Shared fixtures for the integration tests: a throw-away project directory, workbooks written
+//! cell by cell, the real binaries, LibreOffice for reading files back, and polling helpers.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use rust_xlsxwriter::Workbook;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub fn neroman_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_neroman"))
+}
+
+/// nerokid is another package's binary: `cargo build --workspace` puts it beside neroman.
+pub fn nerokid_bin() -> PathBuf {
+    let p = neroman_bin().with_file_name("nerokid");
+    assert!(p.is_file(), "{} is missing: build the workspace first (cargo build --workspace)", p.display());
+    p
+}
+
+pub struct Project {
+    pub dir: PathBuf,
+    xdg: PathBuf,
+}
+
+/// A cell for `write_workbook`.
+pub enum V<'a> {
+    N(f64),
+    S(&'a str),
+    E,
+}
+
+impl Project {
+    /// An empty project directory with a neronet.yaml.
+    pub fn new(name: &str, yaml: &str) -> Project {
+        let base = std::env::temp_dir().join(format!("neronet-test-{name}-{}-{}", std::process::id(), unique()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("project");
+        let xdg = base.join("xdg");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&xdg).unwrap();
+        std::fs::write(dir.join("neronet.yaml"), yaml).unwrap();
+        nerokid_bin();
+        Project { dir, xdg }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        std::fs::write(self.dir.join(rel), text).unwrap();
+    }
+
+    /// Write `experiments.xlsx` with a header row and data rows.
+    pub fn workbook(&self, header: &[&str], rows: &[Vec<V<'_>>]) {
+        write_workbook(&self.path("experiments.xlsx"), "experiments", header, rows);
+    }
+
+    /// Run neroman in this project; returns the output (not asserting success).
+    pub fn neroman(&self, args: &[&str]) -> Output {
+        Command::new(neroman_bin())
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("XDG_CONFIG_HOME", &self.xdg)
+            .env("NERONET_MUM_IDLE_SECS", "60")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run neroman")
+    }
+
+    /// Run neroman and require exit 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.neroman(args);
+        let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "neroman {args:?} failed ({}):\nstdout:\n{so}\nstderr:\n{se}", out.status);
+        so.into_owned()
+    }
+
+    /// `status --json` as parsed JSON.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        let text = self.ok(&["status", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&text).unwrap().as_array().unwrap().clone()
+    }
+
+    pub fn state_of(&self, id: &str) -> String {
+        self.status()
+            .iter()
+            .find(|e| e["id"] == id)
+            .map(|e| e["state"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no experiment {id} in status"))
+    }
+
+    pub fn mum_dir(&self) -> PathBuf {
+        self.path(".neronet/mum-local")
+    }
+
+    pub fn mum_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.mum_dir().join("mum.lock")).ok()?.trim().parse().ok()
+    }
+
+    pub fn store(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.path(".neronet/state.db")).unwrap()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        // Stop this project's mum so tests leave no agents behind.
+        if let Some(pid) = self.mum_pid() {
+            if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("neromum")) {
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed) * 1000 + (nerokid::report::now().fract() * 1000.0) as u64
+}
+
+pub fn write_workbook(path: &Path, sheet: &str, header: &[&str], rows: &[Vec<V<'_>>]) {
+    let mut book = Workbook::new();
+    let ws = book.add_worksheet();
+    ws.set_name(sheet).unwrap();
+    for (c, h) in header.iter().enumerate() {
+        ws.write_string(0, c as u16, *h).unwrap();
+    }
+    for (r, row) in rows.iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            let (r, c) = (r as u32 + 1, c as u16);
+            match v {
+                V::N(n) => {
+                    ws.write_number(r, c, *n).unwrap();
+                }
+                V::S(s) => {
+                    ws.write_string(r, c, *s).unwrap();
+                }
+                V::E => {}
+            }
+        }
+    }
+    book.save(path).unwrap();
+}
+
+/// Poll `cond` every 100 ms until it holds; panic with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// LibreOffice must be installed for these tests (the test script installs it); never skip.
+pub fn soffice() -> PathBuf {
+    let found = ["/usr/bin/soffice", "/usr/bin/libreoffice"].iter().map(PathBuf::from).find(|p| p.exists());
+    found.expect("LibreOffice (soffice) is required by this test: run the README's test command, which installs it")
+}
+
+/// Convert one sheet of a workbook to CSV with a real LibreOffice; fails on any complaint.
+pub fn soffice_csv(book: &Path, sheet_index: usize) -> String {
+    let out_dir = book.parent().unwrap().join(format!("csv-{}", unique()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let profile = out_dir.join("profile");
+    // Filter options: comma, double quote, UTF-8, line 1, ..., sheet number (1-based).
+    let filter = format!("csv:Text - txt - csv (StarCalc):44,34,76,1,,0,false,true,false,false,false,{}", sheet_index + 1);
+    let out = Command::new(soffice())
+        .arg("--headless")
+        .arg(format!("-env:UserInstallation=file://{}", profile.display()))
+        .arg("--convert-to")
+        .arg(&filter)
+        .arg("--outdir")
+        .arg(&out_dir)
+        .arg(book)
+        .output()
+        .expect("run soffice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "soffice failed on {}: {stderr}", book.display());
+    let stem = book.file_stem().unwrap().to_string_lossy();
+    let csv = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "csv") && p.file_name().unwrap().to_string_lossy().starts_with(&*stem))
+        .unwrap_or_else(|| panic!("soffice wrote no CSV for {} (stderr: {stderr})", book.display()));
+    std::fs::read_to_string(csv).unwrap()
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    unsafe { libc::kill(pid, sig) };
+}
