@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Benchmarks (release build; figures go to docs/BENCHMARKS.md by hand). Prints figures only;
+# nothing here is a pass/fail test. Run on a quiet machine and compare numbers from one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo bench -p nerokid --bench kid
+cargo bench -p neronet --bench workbooks
