@@ -106,9 +106,11 @@ impl Project {
 
     /// Read the workbook, check every row, and note row changes in the store (for `tmod`).
     pub fn read_experiments(&mut self) -> Result<Experiments, CoreError> {
-        let sheet = read_experiments(&self.workbook_path())?;
-        let list: Vec<Experiment> = sheet.rows.iter().map(|row| self.check_row(&sheet, row)).collect();
-        let noted: Vec<(String, u32, String)> = list
+        let mut sheet = read_experiments(&self.workbook_path())?;
+        let rows = std::mem::take(&mut sheet.rows);
+        let mut rules = HashMap::new();
+        let list: Vec<Experiment> = rows.into_iter().map(|row| self.check_row(&sheet, row, &mut rules)).collect();
+        let noted: Vec<(String, u32, u64)> = list
             .iter()
             .filter(|e| !e.row.id.is_empty())
             .map(|e| (e.row.id.clone(), e.row.row, row_fingerprint(&e.row)))
@@ -117,7 +119,8 @@ impl Project {
         Ok(Experiments { sheet, list })
     }
 
-    fn check_row(&self, sheet: &ExperimentSheet, row: &SheetRow) -> Experiment {
+    /// `rules` caches parse results: a sweep repeats the same rule on thousands of rows.
+    fn check_row(&self, sheet: &ExperimentSheet, row: SheetRow, rules: &mut HashMap<String, Option<String>>) -> Experiment {
         let mut problems = row.invalid.clone();
         let id = (!row.id.is_empty()).then(|| row.id.clone());
         let problem = |cell: &str, message: String| Problem {
@@ -132,7 +135,8 @@ impl Project {
         }
         let abort_when = row.abort_when.clone().or_else(|| self.config.abort_when.clone());
         if let Some(rule) = &row.abort_when {
-            if let Err(e) = nerokid::expr::parse(rule) {
+            let error = rules.entry(rule.clone()).or_insert_with(|| nerokid::expr::parse(rule).err().map(|e| e.to_string()));
+            if let Some(e) = error {
                 problems.push(problem(&row.abort_when_cell, format!("bad abort_when {rule:?}: {e}")));
             }
         }
@@ -145,7 +149,7 @@ impl Project {
                 ));
                 None
             }
-            Some(t) => match render_command(t, row, &sheet.params) {
+            Some(t) => match render_command(t, &row, &sheet.params) {
                 Ok(c) => Some(c),
                 Err(m) => {
                     let cell = if row.command.is_some() { row.command_cell.clone() } else { String::new() };
@@ -155,7 +159,7 @@ impl Project {
                 }
             },
         };
-        Experiment { row: row.clone(), cluster, command, abort_when, problems }
+        Experiment { row, cluster, command, abort_when, problems }
     }
 
     fn local_mum(&self, cluster: &str) -> LocalMum {
@@ -258,13 +262,24 @@ pub fn env_name(param: &str) -> String {
 }
 
 /// What makes a row "changed" for `tmod`: everything but the status cell the tool itself writes.
-fn row_fingerprint(row: &SheetRow) -> String {
-    let params: BTreeMap<&String, &String> = row.params.iter().map(|(k, v)| (k, &v.text)).collect();
-    serde_json::json!({
-        "command": row.command, "cluster": row.cluster, "abort_when": row.abort_when,
-        "warden": row.warden_options, "params": params,
-    })
-    .to_string()
+fn row_fingerprint(row: &SheetRow) -> u64 {
+    let mut bytes = Vec::with_capacity(256);
+    let mut put = |s: &str| {
+        bytes.extend_from_slice(s.as_bytes());
+        bytes.push(0);
+    };
+    for v in [&row.command, &row.cluster, &row.abort_when] {
+        put(v.as_deref().unwrap_or("\u{1}"));
+    }
+    for (k, v) in &row.warden_options {
+        put(k);
+        put(v);
+    }
+    for (k, v) in &row.params {
+        put(k);
+        put(&v.text);
+    }
+    crate::store::fnv(&bytes)
 }
 
 /// Substitute `{name}` placeholders with shell-quoted cell values; `{{` and `}}` are literal braces.

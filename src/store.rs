@@ -5,7 +5,7 @@
 
 use crate::state::RunState;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE experiments (
         id TEXT PRIMARY KEY,
         sheet_row INTEGER NOT NULL,
-        row_json TEXT NOT NULL,
         row_hash TEXT NOT NULL,
         row_changed_at REAL NOT NULL,
         first_seen REAL NOT NULL,
@@ -173,24 +172,43 @@ impl Store {
     }
 
     /// Record the workbook rows as read now: a row whose content changed gets a new change time.
-    pub fn note_rows(&mut self, rows: &[(String, u32, String)], now: f64) -> Result<(), StoreError> {
+    /// `rows` is (id, sheet row, content fingerprint). Rows that did not change are not written.
+    pub fn note_rows(&mut self, rows: &[(String, u32, u64)], now: f64) -> Result<(), StoreError> {
+        let known: HashMap<String, (u32, String, bool)> = {
+            let mut stmt = self.conn.prepare("SELECT id, sheet_row, row_hash, in_workbook FROM experiments")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0))))?;
+            rows.collect::<Result<_, _>>()?
+        };
         let tx = self.conn.transaction()?;
-        tx.execute("UPDATE experiments SET in_workbook = 0", [])?;
-        for (id, sheet_row, row_json) in rows {
-            let hash = format!("{:016x}", fnv(row_json.as_bytes()));
-            let changed = tx.execute(
-                "UPDATE experiments SET sheet_row = ?2, row_json = ?3, in_workbook = 1,
-                     row_changed_at = CASE WHEN row_hash = ?4 THEN row_changed_at ELSE ?5 END,
-                     row_hash = ?4
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE experiments SET sheet_row = ?2, in_workbook = 1,
+                     row_changed_at = CASE WHEN row_hash = ?3 THEN row_changed_at ELSE ?4 END, row_hash = ?3
                  WHERE id = ?1",
-                params![id, sheet_row, row_json, hash, now],
             )?;
-            if changed == 0 {
-                tx.execute(
-                    "INSERT INTO experiments (id, sheet_row, row_json, row_hash, row_changed_at, first_seen)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                    params![id, sheet_row, row_json, hash, now],
-                )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO experiments (id, sheet_row, row_hash, row_changed_at, first_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
+            )?;
+            let mut present = std::collections::HashSet::with_capacity(rows.len());
+            for (id, sheet_row, fingerprint) in rows {
+                let hash = format!("{fingerprint:016x}");
+                present.insert(id.as_str());
+                match known.get(id) {
+                    Some((r, h, inside)) if r == sheet_row && *h == hash && *inside => {}
+                    Some(_) => {
+                        update.execute(params![id, sheet_row, hash, now])?;
+                    }
+                    None => {
+                        insert.execute(params![id, sheet_row, hash, now])?;
+                    }
+                }
+            }
+            let mut gone = tx.prepare_cached("UPDATE experiments SET in_workbook = 0 WHERE id = ?1")?;
+            for (id, (_, _, inside)) in &known {
+                if *inside && !present.contains(id.as_str()) {
+                    gone.execute([id])?;
+                }
             }
         }
         tx.commit()?;

@@ -113,18 +113,32 @@ impl Fields for RuleFields<'_> {
 }
 
 enum Msg {
-    Found(f64, Found),
+    /// The numbers found in one chunk of output, each with the time it was read.
+    Found(Vec<(f64, Found)>),
     Closed,
 }
 
+/// How long a reader lets output pile up after a short read. Bounds the kid's wake-ups (and so
+/// its CPU) for jobs that flush every line, at the cost of this much latency.
+const COALESCE: Duration = Duration::from_millis(50);
+
+/// A bigger pipe lets a chatty job run on while the reader coalesces (Linux; best effort).
+fn grow_pipe(fd: &impl std::os::unix::io::AsRawFd) {
+    // SAFETY: fcntl on a pipe descriptor we own; failure is harmless.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
+}
+
 fn spawn_reader(
-    mut from: impl Read + Send + 'static,
+    mut from: impl Read + std::os::unix::io::AsRawFd + Send + 'static,
     mut to: File,
     extractor: Arc<Extractor>,
     tx: mpsc::Sender<Msg>,
 ) -> std::thread::JoinHandle<()> {
+    grow_pipe(&from);
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 256 * 1024];
         let mut split = LineSplitter::new();
         loop {
             let n = match from.read(&mut buf) {
@@ -136,17 +150,28 @@ fn spawn_reader(
             // The log file first: whatever the job printed is kept even if parsing is behind.
             let _ = to.write_all(&buf[..n]);
             let t = now();
+            let mut found = Vec::new();
             split.feed(&buf[..n], |line| {
-                if let Some(found) = extractor.line(line) {
-                    let _ = tx.send(Msg::Found(t, found));
+                if let Some(f) = extractor.line(line) {
+                    found.push((t, f));
                 }
             });
+            if !found.is_empty() {
+                let _ = tx.send(Msg::Found(found));
+            }
+            if n < buf.len() {
+                std::thread::sleep(COALESCE);
+            }
         }
+        let mut found = Vec::new();
         split.finish(|line| {
-            if let Some(found) = extractor.line(line) {
-                let _ = tx.send(Msg::Found(now(), found));
+            if let Some(f) = extractor.line(line) {
+                found.push((now(), f));
             }
         });
+        if !found.is_empty() {
+            let _ = tx.send(Msg::Found(found));
+        }
         let _ = tx.send(Msg::Closed);
     })
 }
@@ -201,6 +226,9 @@ fn signal_group(pgid: i32, sig: i32) {
         libc::kill(-pgid, sig);
     }
 }
+
+/// The kid's round: events reach the log at most this late; also bounds its wake-ups.
+const TICK: Duration = Duration::from_millis(250);
 
 /// Run `command` under supervision in `dir`; returns the exit code the kid should exit with.
 pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidError> {
@@ -287,23 +315,19 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     let mut pending: Vec<KidEvent> = Vec::new();
 
     loop {
-        // Gather what the readers found, up to 100 ms of waiting.
+        // One round every TICK: what the readers found meanwhile is written in one go.
+        std::thread::sleep(TICK);
         let mut found: Vec<(f64, Found)> = Vec::new();
-        if open_streams > 0 {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Msg::Found(t, f)) => found.push((t, f)),
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Found(f)) => found.extend(f),
                 Ok(Msg::Closed) => open_streams -= 1,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => open_streams = 0,
-            }
-            while let Ok(m) = rx.try_recv() {
-                match m {
-                    Msg::Found(t, f) => found.push((t, f)),
-                    Msg::Closed => open_streams -= 1,
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open_streams = 0;
+                    break;
                 }
             }
-        } else {
-            std::thread::sleep(Duration::from_millis(50));
         }
         let now_i = Instant::now();
         if now_i >= next_tail && !tails.is_empty() {
