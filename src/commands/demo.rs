@@ -62,8 +62,9 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
     println!("  results         {}", results.display());
     println!("  run directories {}", dir.join(".neronet/mum-local/runs").display());
     println!("  state store     {}", dir.join(".neronet/state.db").display());
-    println!("\ntry: neroman --dir {} status", dir.display());
-    println!("     neroman --dir {} logs 6", dir.display());
-    println!("     neroman --dir {} restart 'aborted'", dir.display());
+    let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "neroman".into());
+    println!("\ntry: {me} --dir {} status", dir.display());
+    println!("     {me} --dir {} logs 6", dir.display());
+    println!("     {me} --dir {} restart aborted", dir.display());
     Ok(if finished + aborted == runs.len() { exit::OK } else { exit::ERROR })
 }

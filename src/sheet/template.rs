@@ -88,7 +88,7 @@ pub fn quickstart_spec() -> BookSpec {
             row(3.0, 1.0, 16.0, ""),
             row(4.0, 1.0, 32.0, "widest"),
             row(5.0, 0.3, 32.0, ""),
-            row(6.0, 40.0, 16.0, "learning rate far too high: diverges"),
+            row(6.0, 3000.0, 16.0, "learning rate far too high: diverges"),
         ],
     }
 }
