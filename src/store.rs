@@ -193,7 +193,10 @@ impl Store {
             let mut present = std::collections::HashSet::with_capacity(rows.len());
             for (id, sheet_row, fingerprint) in rows {
                 let hash = format!("{fingerprint:016x}");
-                present.insert(id.as_str());
+                // A duplicated id (an invalid row) is tracked by its first row only.
+                if !present.insert(id.as_str()) {
+                    continue;
+                }
                 match known.get(id) {
                     Some((r, h, inside)) if r == sheet_row && *h == hash && *inside => {}
                     Some(_) => {
