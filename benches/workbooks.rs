@@ -27,13 +27,33 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("neronet-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("neronet.yaml"), "command: python3 train.py --lr {lr} --width {width} --seed {seed} --opt {opt}\n").unwrap();
+    std::fs::write(
+        dir.join("neronet.yaml"),
+        "command: python3 train.py --lr {lr} --width {width} --seed {seed} --opt {opt}\n",
+    )
+    .unwrap();
 
     // A realistic 10,000-row workbook: reserved columns, 10 parameters, notes.
     let mut book = Workbook::new();
     let ws = book.add_worksheet();
     ws.set_name("experiments").unwrap();
-    let header = ["id", "status", "cluster", "abort_when", "lr", "width", "seed", "opt", "depth", "dropout", "batch", "wd", "warmup", "tag", "notes"];
+    let header = [
+        "id",
+        "status",
+        "cluster",
+        "abort_when",
+        "lr",
+        "width",
+        "seed",
+        "opt",
+        "depth",
+        "dropout",
+        "batch",
+        "wd",
+        "warmup",
+        "tag",
+        "notes",
+    ];
     for (c, h) in header.iter().enumerate() {
         ws.write_string(0, c as u16, *h).unwrap();
     }
@@ -49,23 +69,37 @@ fn main() {
         ws.write_number(r, 4, 0.001 * (r % 50) as f64).unwrap();
         ws.write_number(r, 5, (16 << (r % 4)) as f64).unwrap();
         ws.write_number(r, 6, r as f64).unwrap();
-        ws.write_string(r, 7, ["adam", "sgd", "adamw"][r as usize % 3]).unwrap();
+        ws.write_string(r, 7, ["adam", "sgd", "adamw"][r as usize % 3])
+            .unwrap();
         for c in 8..13 {
             ws.write_number(r, c, (r % 13) as f64 / 10.0).unwrap();
         }
-        ws.write_string(r, 13, format!("sweep-{}", r / 100)).unwrap();
-        ws.write_string(r, 14, "a short note about this run").unwrap();
+        ws.write_string(r, 13, format!("sweep-{}", r / 100))
+            .unwrap();
+        ws.write_string(r, 14, "a short note about this run")
+            .unwrap();
     }
     let wb = dir.join("experiments.xlsx");
     book.save(&wb).unwrap();
-    println!("experiments workbook: {ROWS} rows x {} columns, {:.1} MB", header.len(), std::fs::metadata(&wb).unwrap().len() as f64 / 1e6);
+    println!(
+        "experiments workbook: {ROWS} rows x {} columns, {:.1} MB",
+        header.len(),
+        std::fs::metadata(&wb).unwrap().len() as f64 / 1e6
+    );
 
     let (best, median) = best_of(7, || neronet::sheet::read::read_experiments(&wb).unwrap());
-    println!("read sheet (calamine + row checks):          best {:.0} ms, median {:.0} ms", best * 1e3, median * 1e3);
+    println!(
+        "read sheet (calamine + row checks):          best {:.0} ms, median {:.0} ms",
+        best * 1e3,
+        median * 1e3
+    );
     let mut project = neronet::project::Project::open(&dir).unwrap();
     let (best, median) = best_of(7, || {
         let e = project.read_experiments().unwrap();
-        assert_eq!(e.list.iter().filter(|x| x.is_valid()).count(), ROWS as usize);
+        assert_eq!(
+            e.list.iter().filter(|x| x.is_valid()).count(),
+            ROWS as usize
+        );
     });
     println!("read + validate (+ config checks, commands, store): best {:.0} ms, median {:.0} ms  (goal <= 300 ms)", best * 1e3, median * 1e3);
 
@@ -89,7 +123,15 @@ fn main() {
                 runtime: Some(895.0),
                 exit_code: Some(0),
                 reason: None,
-                params: (0..10).map(|i| Some(if i == 3 { Value::Text("adam".into()) } else { Value::Num(i as f64 * 0.1) })).collect(),
+                params: (0..10)
+                    .map(|i| {
+                        Some(if i == 3 {
+                            Value::Text("adam".into())
+                        } else {
+                            Value::Num(i as f64 * 0.1)
+                        })
+                    })
+                    .collect(),
                 metrics: (0..7).map(|i| Some(1.0 / (i + r + 1) as f64)).collect(),
                 updated: Some(1.79e9 + r as f64 + 900.0),
             })
@@ -99,7 +141,9 @@ fn main() {
     };
     let columns = 12 + params.len() + metrics.len() + 1;
     let out = dir.join("results.xlsx");
-    let (best, median) = best_of(5, || neronet::sheet::results::write(&out, &results).unwrap());
+    let (best, median) = best_of(5, || {
+        neronet::sheet::results::write(&out, &results).unwrap()
+    });
     println!(
         "write results.xlsx ({ROWS} rows x {columns} columns, {:.1} MB): best {:.0} ms, median {:.0} ms  (goal <= 1000 ms)",
         std::fs::metadata(&out).unwrap().len() as f64 / 1e6,

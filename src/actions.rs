@@ -37,7 +37,11 @@ pub struct ActionReport {
 
 impl ActionReport {
     pub fn touched_runs(&self) -> Vec<String> {
-        self.started.iter().chain(&self.aborted).map(|(_, r)| r.clone()).collect()
+        self.started
+            .iter()
+            .chain(&self.aborted)
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 }
 
@@ -68,55 +72,92 @@ pub fn select<'a>(
 }
 
 /// Apply a verb to a selection. The store must have been synced just before.
-pub fn act(project: &mut Project, exps: &Experiments, verb: Verb, expr: &Expr) -> Result<(ActionReport, SyncReport), CoreError> {
+pub fn act(
+    project: &mut Project,
+    exps: &Experiments,
+    verb: Verb,
+    expr: &Expr,
+) -> Result<(ActionReport, SyncReport), CoreError> {
     let latest = project.store.latest_runs()?;
     let metrics = project.store.last_metrics()?;
     let seen = project.store.experiments()?;
     let chosen = select(exps, &latest, &metrics, &seen, expr);
     let mut report = ActionReport::default();
     // cluster → (exp id, uid, run_no, spec)
-    let mut to_start: BTreeMap<String, Vec<(String, String, i64, crate::cluster::protocol::RunSpec)>> = BTreeMap::new();
+    let mut to_start: BTreeMap<
+        String,
+        Vec<(String, String, i64, crate::cluster::protocol::RunSpec)>,
+    > = BTreeMap::new();
     let mut to_abort: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for c in &chosen {
         let id = c.exp.row.id.clone();
         let active = c.run.filter(|r| !r.state.is_terminal());
         match verb {
             Verb::Abort => match active {
-                Some(r) => to_abort.entry(r.cluster.clone()).or_default().push((id, r.uid.clone())),
-                None => report.skipped.push((id, format!("not running (state {})", c.state_name()))),
+                Some(r) => to_abort
+                    .entry(r.cluster.clone())
+                    .or_default()
+                    .push((id, r.uid.clone())),
+                None => report
+                    .skipped
+                    .push((id, format!("not running (state {})", c.state_name()))),
             },
             Verb::Start | Verb::Restart => {
                 if let Some(r) = active {
-                    report.skipped.push((id, format!("already {} (run {}); abort it first", r.state.name().as_str(), r.run_no)));
+                    report.skipped.push((
+                        id,
+                        format!(
+                            "already {} (run {}); abort it first",
+                            r.state.name().as_str(),
+                            r.run_no
+                        ),
+                    ));
                     continue;
                 }
                 if verb == Verb::Start {
                     if let Some(r) = c.run {
-                        report.skipped.push((id, format!("already ran ({}); use restart for a new run", r.state.name().as_str())));
+                        report.skipped.push((
+                            id,
+                            format!(
+                                "already ran ({}); use restart for a new run",
+                                r.state.name().as_str()
+                            ),
+                        ));
                         continue;
                     }
                 }
                 if c.exp.row.status == "hold" {
-                    report.skipped.push((id, "on hold (status cell says hold)".into()));
+                    report
+                        .skipped
+                        .push((id, "on hold (status cell says hold)".into()));
                     continue;
                 }
                 if !c.exp.is_valid() {
                     let why: Vec<String> = c.exp.problems.iter().map(|p| p.to_string()).collect();
-                    report.skipped.push((id, format!("invalid row: {}", why.join("; "))));
+                    report
+                        .skipped
+                        .push((id, format!("invalid row: {}", why.join("; "))));
                     continue;
                 }
                 let run_no = project.store.next_run_no(&id)?;
                 let uid = run_uid(&id, run_no);
                 let Some(spec) = project.run_spec(c.exp, &uid) else {
-                    report.skipped.push((id, "cannot build the run (no command or cluster)".into()));
+                    report
+                        .skipped
+                        .push((id, "cannot build the run (no command or cluster)".into()));
                     continue;
                 };
-                to_start.entry(c.exp.cluster.clone()).or_default().push((id, uid, run_no, spec));
+                to_start
+                    .entry(c.exp.cluster.clone())
+                    .or_default()
+                    .push((id, uid, run_no, spec));
             }
         }
     }
     if chosen.is_empty() {
-        return Err(CoreError::Selection("the selection matches no experiment".into()));
+        return Err(CoreError::Selection(
+            "the selection matches no experiment".into(),
+        ));
     }
 
     let mut sync = SyncReport::default();
@@ -126,16 +167,32 @@ pub fn act(project: &mut Project, exps: &Experiments, verb: Verb, expr: &Expr) -
         for (id, _uid, run_no, spec) in &runs {
             let spec_json = serde_json::to_string(spec).expect("run spec serializes");
             let exp = exps.get(id).expect("selected from this list");
-            let params: BTreeMap<String, String> = exp.row.params.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
+            let params: BTreeMap<String, String> = exp
+                .row
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.text.clone()))
+                .collect();
             project.store.new_run(
-                &NewRun { exp_id: id, spec_json: &spec_json, cluster: &cluster, command: &spec.command, params: &params },
+                &NewRun {
+                    exp_id: id,
+                    spec_json: &spec_json,
+                    cluster: &cluster,
+                    command: &spec.command,
+                    params: &params,
+                },
                 *run_no,
                 t,
             )?;
         }
         let specs = runs.iter().map(|r| r.3.clone()).collect();
-        client.submit(specs).map_err(|err| CoreError::Cluster { cluster: cluster.clone(), err })?;
-        report.started.extend(runs.into_iter().map(|(id, uid, _, _)| (id, uid)));
+        client.submit(specs).map_err(|err| CoreError::Cluster {
+            cluster: cluster.clone(),
+            err,
+        })?;
+        report
+            .started
+            .extend(runs.into_iter().map(|(id, uid, _, _)| (id, uid)));
         project.sync_with(&cluster, &mut client, &mut sync)?;
     }
     for (cluster, runs) in to_abort {
@@ -143,7 +200,10 @@ pub fn act(project: &mut Project, exps: &Experiments, verb: Verb, expr: &Expr) -
         project.sync_with(&cluster, &mut client, &mut sync)?;
         client
             .abort(runs.iter().map(|(_, uid)| uid.clone()).collect())
-            .map_err(|err| CoreError::Cluster { cluster: cluster.clone(), err })?;
+            .map_err(|err| CoreError::Cluster {
+                cluster: cluster.clone(),
+                err,
+            })?;
         report.aborted.extend(runs);
         project.sync_with(&cluster, &mut client, &mut sync)?;
     }

@@ -143,7 +143,10 @@ pub enum ConfigError {
 impl Config {
     /// The project's config over the user's defaults.
     pub fn load(project_dir: &Path) -> Result<Config, ConfigError> {
-        let user = user_config_path().map(|p| load_file(&p)).transpose()?.flatten();
+        let user = user_config_path()
+            .map(|p| load_file(&p))
+            .transpose()?
+            .flatten();
         let project = load_file(&project_dir.join(CONFIG_FILE))?;
         let mut cfg = match (user, project) {
             (Some(u), Some(p)) => u.overlay(p),
@@ -178,20 +181,35 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
+        let bad = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
         if let Some(rule) = &self.abort_when {
             nerokid::expr::parse(rule).map_err(|e| bad(format!("abort_when: {rule:?}: {e}")))?;
         }
         for (name, c) in &self.clusters {
-            if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-                return Err(bad(format!("clusters.{name}: a cluster name is letters, digits, '-' and '_'")));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                return Err(bad(format!(
+                    "clusters.{name}: a cluster name is letters, digits, '-' and '_'"
+                )));
             }
             if c.max_parallel == Some(0) {
-                return Err(bad(format!("clusters.{name}.max_parallel: must be at least 1")));
+                return Err(bad(format!(
+                    "clusters.{name}.max_parallel: must be at least 1"
+                )));
             }
             for (key, value) in [("poll_interval", &c.poll_interval), ("grace", &c.grace)] {
                 if let Some(v) = value {
-                    parse_duration(v).ok_or_else(|| bad(format!("clusters.{name}.{key}: {v:?} is not a duration (like 30s, 5m)")))?;
+                    parse_duration(v).ok_or_else(|| {
+                        bad(format!(
+                            "clusters.{name}.{key}: {v:?} is not a duration (like 30s, 5m)"
+                        ))
+                    })?;
                 }
             }
             if c.warden != Warden::Local || c.ssh.is_some() {
@@ -201,7 +219,8 @@ impl Config {
             }
         }
         if let Some(m) = &self.metrics {
-            nerokid::metrics::Extractor::new(true, &m.patterns).map_err(|e| bad(format!("metrics.patterns: {e}")))?;
+            nerokid::metrics::Extractor::new(true, &m.patterns)
+                .map_err(|e| bad(format!("metrics.patterns: {e}")))?;
         }
         Ok(())
     }
@@ -212,7 +231,14 @@ impl Config {
             Some(m) => MetricsSpec {
                 tokens: m.tokens.unwrap_or(true),
                 patterns: m.patterns.clone(),
-                files: m.files.iter().map(|f| MetricFile { path: f.path.clone(), format: f.format }).collect(),
+                files: m
+                    .files
+                    .iter()
+                    .map(|f| MetricFile {
+                        path: f.path.clone(),
+                        format: f.format,
+                    })
+                    .collect(),
             },
         }
     }
@@ -224,7 +250,10 @@ impl Config {
 
 impl ClusterConfig {
     pub fn grace_secs(&self) -> f64 {
-        self.grace.as_deref().and_then(parse_duration).unwrap_or(10.0)
+        self.grace
+            .as_deref()
+            .and_then(parse_duration)
+            .unwrap_or(10.0)
     }
 }
 
@@ -232,7 +261,10 @@ fn load_file(path: &Path) -> Result<Option<Config>, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Config::parse(&text, path).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(ConfigError::Read { path: path.to_path_buf(), err }),
+        Err(err) => Err(ConfigError::Read {
+            path: path.to_path_buf(),
+            err,
+        }),
     }
 }
 
@@ -251,7 +283,11 @@ pub fn parse_duration(s: &str) -> Option<f64> {
         (i, 'd') => (&s[..i], 86400.0),
         _ => (s, 1.0),
     };
-    num.trim().parse::<f64>().ok().filter(|n| *n >= 0.0).map(|n| n * mult)
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| *n >= 0.0)
+        .map(|n| n * mult)
 }
 
 #[cfg(test)]
@@ -261,19 +297,28 @@ mod tests {
     #[test]
     fn unknown_key_is_named_with_its_line() {
         let text = "command: python3 train.py\nclusters:\n  local:\n    max_paralel: 2\n";
-        let e = Config::parse(text, Path::new("neronet.yaml")).unwrap_err().to_string();
+        let e = Config::parse(text, Path::new("neronet.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_paralel"), "{e}");
         assert!(e.contains('4'), "line number missing: {e}");
     }
 
     #[test]
     fn bad_value_is_named() {
-        let e = Config::parse("clusters:\n  local:\n    max_parallel: lots\n", Path::new("n.yaml"))
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse(
+            "clusters:\n  local:\n    max_parallel: lots\n",
+            Path::new("n.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("max_parallel") || e.contains("line 3"), "{e}");
         let cfg = Config::parse("abort_when: 'loss>>1'\n", Path::new("n.yaml")).unwrap();
-        assert!(cfg.validate(Path::new("n.yaml")).unwrap_err().to_string().contains("abort_when"));
+        assert!(cfg
+            .validate(Path::new("n.yaml"))
+            .unwrap_err()
+            .to_string()
+            .contains("abort_when"));
     }
 
     #[test]

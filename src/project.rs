@@ -70,7 +70,9 @@ impl Experiments {
     }
     pub fn get(&self, id: &str) -> Option<&Experiment> {
         let key = crate::sheet::read::canonical_id(id);
-        self.list.iter().find(|e| crate::sheet::read::canonical_id(&e.row.id) == key)
+        self.list
+            .iter()
+            .find(|e| crate::sheet::read::canonical_id(&e.row.id) == key)
     }
 }
 
@@ -89,7 +91,10 @@ impl Project {
         let config = Config::load(&dir)?;
         let workbook = config.workbook_path(&dir);
         if !workbook.exists() {
-            return Err(CoreError::NotAProject { dir: dir.clone(), what: workbook.display().to_string() });
+            return Err(CoreError::NotAProject {
+                dir: dir.clone(),
+                what: workbook.display().to_string(),
+            });
         }
         let store = Store::open(&dir.join(STATE_DIR).join("state.db"))?;
         Ok(Project { dir, config, store })
@@ -109,7 +114,10 @@ impl Project {
         let mut sheet = read_experiments(&self.workbook_path())?;
         let rows = std::mem::take(&mut sheet.rows);
         let mut rules = HashMap::new();
-        let list: Vec<Experiment> = rows.into_iter().map(|row| self.check_row(&sheet, row, &mut rules)).collect();
+        let list: Vec<Experiment> = rows
+            .into_iter()
+            .map(|row| self.check_row(&sheet, row, &mut rules))
+            .collect();
         let noted: Vec<(String, u32, u64)> = list
             .iter()
             .filter(|e| !e.row.id.is_empty())
@@ -120,24 +128,44 @@ impl Project {
     }
 
     /// `rules` caches parse results: a sweep repeats the same rule on thousands of rows.
-    fn check_row(&self, sheet: &ExperimentSheet, row: SheetRow, rules: &mut HashMap<String, Option<String>>) -> Experiment {
+    fn check_row(
+        &self,
+        sheet: &ExperimentSheet,
+        row: SheetRow,
+        rules: &mut HashMap<String, Option<String>>,
+    ) -> Experiment {
         let mut problems = row.invalid.clone();
         let id = (!row.id.is_empty()).then(|| row.id.clone());
         let problem = |cell: &str, message: String| Problem {
-            cell: if cell.is_empty() { row.id_cell.clone() } else { cell.to_string() },
+            cell: if cell.is_empty() {
+                row.id_cell.clone()
+            } else {
+                cell.to_string()
+            },
             id: id.clone(),
             message,
         };
         let cluster = row.cluster.clone().unwrap_or_else(|| "local".into());
         if !self.config.clusters.contains_key(&cluster) {
             let known: Vec<&str> = self.config.clusters.keys().map(String::as_str).collect();
-            problems.push(problem(&row.cluster_cell, format!("unknown cluster {cluster:?} (known: {})", known.join(", "))));
+            problems.push(problem(
+                &row.cluster_cell,
+                format!("unknown cluster {cluster:?} (known: {})", known.join(", ")),
+            ));
         }
-        let abort_when = row.abort_when.clone().or_else(|| self.config.abort_when.clone());
+        let abort_when = row
+            .abort_when
+            .clone()
+            .or_else(|| self.config.abort_when.clone());
         if let Some(rule) = &row.abort_when {
-            let error = rules.entry(rule.clone()).or_insert_with(|| nerokid::expr::parse(rule).err().map(|e| e.to_string()));
+            let error = rules
+                .entry(rule.clone())
+                .or_insert_with(|| nerokid::expr::parse(rule).err().map(|e| e.to_string()));
             if let Some(e) = error {
-                problems.push(problem(&row.abort_when_cell, format!("bad abort_when {rule:?}: {e}")));
+                problems.push(problem(
+                    &row.abort_when_cell,
+                    format!("bad abort_when {rule:?}: {e}"),
+                ));
             }
         }
         let template = row.command.clone().or_else(|| self.config.command.clone());
@@ -145,25 +173,45 @@ impl Project {
             None => {
                 problems.push(problem(
                     &row.command_cell,
-                    "no command: the command cell is empty and neronet.yaml has no `command:`".into(),
+                    "no command: the command cell is empty and neronet.yaml has no `command:`"
+                        .into(),
                 ));
                 None
             }
             Some(t) => match render_command(t, &row, &sheet.params) {
                 Ok(c) => Some(c),
                 Err(m) => {
-                    let cell = if row.command.is_some() { row.command_cell.clone() } else { String::new() };
-                    let m = if row.command.is_some() { m } else { format!("{m} (in neronet.yaml `command:`)") };
+                    let cell = if row.command.is_some() {
+                        row.command_cell.clone()
+                    } else {
+                        String::new()
+                    };
+                    let m = if row.command.is_some() {
+                        m
+                    } else {
+                        format!("{m} (in neronet.yaml `command:`)")
+                    };
                     problems.push(problem(&cell, m));
                     None
                 }
             },
         };
-        Experiment { row, cluster, command, abort_when, problems }
+        Experiment {
+            row,
+            cluster,
+            command,
+            abort_when,
+            problems,
+        }
     }
 
     fn local_mum(&self, cluster: &str) -> LocalMum {
-        let c = self.config.clusters.get(cluster).cloned().unwrap_or_default();
+        let c = self
+            .config
+            .clusters
+            .get(cluster)
+            .cloned()
+            .unwrap_or_default();
         let workdir = match &c.workdir {
             Some(w) => self.dir.join(w),
             None => self.dir.join(STATE_DIR).join(format!("mum-{cluster}")),
@@ -172,19 +220,29 @@ impl Project {
             workdir,
             mum_binary: sibling_binary("neromum"),
             kid_binary: sibling_binary("nerokid"),
-            max_parallel: c.max_parallel.unwrap_or_else(|| default_parallel()),
-            idle_exit_secs: std::env::var("NERONET_MUM_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(900),
+            max_parallel: c.max_parallel.unwrap_or_else(default_parallel),
+            idle_exit_secs: std::env::var("NERONET_MUM_IDLE_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(900),
         }
     }
 
     pub fn connect(&self, cluster: &str) -> Result<MumClient, CoreError> {
-        MumClient::connect_or_start(&self.local_mum(cluster))
-            .map_err(|err| CoreError::Cluster { cluster: cluster.into(), err })
+        MumClient::connect_or_start(&self.local_mum(cluster)).map_err(|err| CoreError::Cluster {
+            cluster: cluster.into(),
+            err,
+        })
     }
 
     /// Bring the store up to date from every cluster that has runs in flight.
     pub fn sync(&mut self) -> Result<SyncReport, CoreError> {
-        let mut clusters: Vec<String> = self.store.active_runs()?.into_iter().map(|r| r.cluster).collect();
+        let mut clusters: Vec<String> = self
+            .store
+            .active_runs()?
+            .into_iter()
+            .map(|r| r.cluster)
+            .collect();
         clusters.sort();
         clusters.dedup();
         let mut report = SyncReport::default();
@@ -199,8 +257,16 @@ impl Project {
     }
 
     /// Apply everything mum journaled since our last sync point, batch by batch.
-    pub fn sync_with(&mut self, cluster: &str, client: &mut MumClient, report: &mut SyncReport) -> Result<(), CoreError> {
-        let cerr = |err| CoreError::Cluster { cluster: cluster.into(), err };
+    pub fn sync_with(
+        &mut self,
+        cluster: &str,
+        client: &mut MumClient,
+        report: &mut SyncReport,
+    ) -> Result<(), CoreError> {
+        let cerr = |err| CoreError::Cluster {
+            cluster: cluster.into(),
+            err,
+        };
         let epoch = client.hello.epoch.clone();
         let mut since = match self.store.sync_point(cluster)? {
             Some((e, seq)) if e == epoch => seq,
@@ -211,7 +277,14 @@ impl Project {
             if let Some(last) = batch.entries.last() {
                 since = last.seq;
             }
-            apply_entries(&mut self.store, cluster, &epoch, since, &batch.entries, report)?;
+            apply_entries(
+                &mut self.store,
+                cluster,
+                &epoch,
+                since,
+                &batch.entries,
+                report,
+            )?;
             if !batch.more {
                 break;
             }
@@ -219,7 +292,10 @@ impl Project {
         // Runs we recorded but mum never confirmed (we died between the two): send them again.
         let stale = self.store.unconfirmed_specs(cluster, now() - 5.0)?;
         if !stale.is_empty() {
-            let specs: Vec<RunSpec> = stale.iter().filter_map(|s| serde_json::from_str(s).ok()).collect();
+            let specs: Vec<RunSpec> = stale
+                .iter()
+                .filter_map(|s| serde_json::from_str(s).ok())
+                .collect();
             client.submit(specs).map_err(cerr)?;
         }
         Ok(())
@@ -229,7 +305,12 @@ impl Project {
     pub fn run_spec(&self, exp: &Experiment, uid: &str) -> Option<RunSpec> {
         let command = exp.command.clone()?;
         let cluster = self.config.clusters.get(&exp.cluster)?;
-        let params: BTreeMap<String, String> = exp.row.params.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
+        let params: BTreeMap<String, String> = exp
+            .row
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.text.clone()))
+            .collect();
         let mut env: Vec<(String, String)> = vec![("NERO_ID".into(), exp.row.id.clone())];
         for (k, v) in &params {
             env.push((format!("NERO_PARAM_{}", env_name(k)), v.clone()));
@@ -258,7 +339,16 @@ fn default_parallel() -> u32 {
 
 /// `learning-rate` → `LEARNING_RATE`.
 pub fn env_name(param: &str) -> String {
-    param.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+    param
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// What makes a row "changed" for `tmod`: everything but the status cell the tool itself writes.
@@ -283,7 +373,11 @@ fn row_fingerprint(row: &SheetRow) -> u64 {
 }
 
 /// Substitute `{name}` placeholders with shell-quoted cell values; `{{` and `}}` are literal braces.
-pub fn render_command(template: &str, row: &SheetRow, columns: &[String]) -> Result<String, String> {
+pub fn render_command(
+    template: &str,
+    row: &SheetRow,
+    columns: &[String],
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() + 32);
     let mut chars = template.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
@@ -299,7 +393,10 @@ pub fn render_command(template: &str, row: &SheetRow, columns: &[String]) -> Res
             '{' => {
                 let rest = &template[i + 1..];
                 let Some(end) = rest.find('}') else {
-                    return Err(format!("unclosed '{{' at character {} of the command", i + 1));
+                    return Err(format!(
+                        "unclosed '{{' at character {} of the command",
+                        i + 1
+                    ));
                 };
                 let name = rest[..end].trim();
                 for _ in 0..rest[..end].chars().count() + 1 {
@@ -311,21 +408,32 @@ pub fn render_command(template: &str, row: &SheetRow, columns: &[String]) -> Res
                     let column = columns.iter().find(|c| c.eq_ignore_ascii_case(name));
                     match column {
                         None => {
-                            let hint = crate::select::nearest(name, columns.iter().map(String::as_str))
-                                .map(|n| format!("; did you mean {{{n}}}?"))
-                                .unwrap_or_default();
+                            let hint =
+                                crate::select::nearest(name, columns.iter().map(String::as_str))
+                                    .map(|n| format!("; did you mean {{{n}}}?"))
+                                    .unwrap_or_default();
                             return Err(format!("placeholder {{{name}}} has no column{hint}"));
                         }
                         Some(col) => match row.params.get(col) {
                             Some(v) => v.text.clone(),
-                            None => return Err(format!("placeholder {{{name}}}: this row's {col} cell is empty")),
+                            None => {
+                                return Err(format!(
+                                    "placeholder {{{name}}}: this row's {col} cell is empty"
+                                ))
+                            }
                         },
                     }
                 };
-                let quoted = shlex::try_quote(&value).map_err(|_| format!("{{{name}}}: value holds a NUL byte"))?;
+                let quoted = shlex::try_quote(&value)
+                    .map_err(|_| format!("{{{name}}}: value holds a NUL byte"))?;
                 out.push_str(&quoted);
             }
-            '}' => return Err(format!("stray '}}' at character {} of the command (write '}}}}' for a brace)", i + 1)),
+            '}' => {
+                return Err(format!(
+                    "stray '}}' at character {} of the command (write '}}}}' for a brace)",
+                    i + 1
+                ))
+            }
             _ => out.push(c),
         }
     }
@@ -357,7 +465,9 @@ fn apply_entries(
         // A run this project does not know (another project sharing the workdir): not ours.
         let Some(mut run) = run else { continue };
         match &e.event {
-            MumEvent::Queued { run_dir } => tx::set_field(&tx, &run.uid, RunColumn::RunDir, run_dir)?,
+            MumEvent::Queued { run_dir } => {
+                tx::set_field(&tx, &run.uid, RunColumn::RunDir, run_dir)?
+            }
             MumEvent::Launched { job } => tx::set_field(&tx, &run.uid, RunColumn::JobId, job)?,
             MumEvent::AbortSent => {
                 tx::set_field(&tx, &run.uid, RunColumn::AbortSent, &1)?;
@@ -368,7 +478,11 @@ fn apply_entries(
                     tx::add_metrics(&tx, &run.uid, *t, *step, values)?;
                     report.metric_values += values.len();
                 }
-                KidEvent::Resources { cpu_percent, rss_bytes, .. } => {
+                KidEvent::Resources {
+                    cpu_percent,
+                    rss_bytes,
+                    ..
+                } => {
                     tx::set_field(&tx, &run.uid, RunColumn::CpuPercent, cpu_percent)?;
                     tx::set_field(&tx, &run.uid, RunColumn::RssBytes, &(*rss_bytes as i64))?;
                 }
@@ -376,14 +490,18 @@ fn apply_entries(
                     let json = serde_json::to_string(env).unwrap_or_default();
                     tx::set_field(&tx, &run.uid, RunColumn::EnvJson, &json)?;
                 }
-                KidEvent::Started { host, .. } => tx::set_field(&tx, &run.uid, RunColumn::Node, host)?,
+                KidEvent::Started { host, .. } => {
+                    tx::set_field(&tx, &run.uid, RunColumn::Node, host)?
+                }
                 _ => {}
             },
             _ => {}
         }
         if let Some(next) = run.state.next(&e.event, e.t, run.abort_sent) {
             tx::set_state(&tx, &run, &next, next.reason().as_deref())?;
-            report.changes.push((run.uid.clone(), run.exp_id.clone(), next.clone()));
+            report
+                .changes
+                .push((run.uid.clone(), run.exp_id.clone(), next.clone()));
             run.state = next;
         }
         cache.insert(e.run.clone(), Some(run));
@@ -393,10 +511,17 @@ fn apply_entries(
     Ok(())
 }
 
-fn load_run(tx: &rusqlite::Transaction<'_>, uid: &str) -> Result<Option<crate::store::RunRow>, CoreError> {
+fn load_run(
+    tx: &rusqlite::Transaction<'_>,
+    uid: &str,
+) -> Result<Option<crate::store::RunRow>, CoreError> {
     use rusqlite::OptionalExtension;
     Ok(tx
-        .query_row(&format!("{} WHERE uid = ?1", crate::store::RUN_SELECT), [uid], crate::store::run_from_row)
+        .query_row(
+            &format!("{} WHERE uid = ?1", crate::store::RUN_SELECT),
+            [uid],
+            crate::store::run_from_row,
+        )
         .optional()
         .map_err(StoreError::from)?)
 }

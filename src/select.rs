@@ -7,8 +7,19 @@ use nerokid::expr::{Expr, FieldValue, Fields};
 use std::collections::BTreeMap;
 
 /// Fields every experiment has, besides its parameters and metrics.
-pub const BUILTIN_FIELDS: &[&str] =
-    &["id", "status", "state", "cluster", "runtime", "tmod", "age", "run", "exit_code", "node", "job_id"];
+pub const BUILTIN_FIELDS: &[&str] = &[
+    "id",
+    "status",
+    "state",
+    "cluster",
+    "runtime",
+    "tmod",
+    "age",
+    "run",
+    "exit_code",
+    "node",
+    "job_id",
+];
 
 /// One experiment as a selection sees it.
 pub struct Candidate<'a> {
@@ -49,13 +60,24 @@ impl Fields for Candidate<'_> {
             "run" => return self.run.map(|r| num(r.run_no as f64)),
             "exit_code" => return self.run.and_then(|r| r.exit_code).map(|c| num(c as f64)),
             "node" => return self.run.and_then(|r| r.node.clone()).map(FieldValue::Text),
-            "job_id" => return self.run.and_then(|r| r.job_id.clone()).map(FieldValue::Text),
+            "job_id" => {
+                return self
+                    .run
+                    .and_then(|r| r.job_id.clone())
+                    .map(FieldValue::Text)
+            }
             _ => {}
         }
         if let Some(v) = self.metrics.and_then(|m| m.get(name)) {
             return Some(num(*v));
         }
-        let param = self.exp.row.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)?;
+        let param = self
+            .exp
+            .row
+            .params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)?;
         Some(match param.number {
             Some(n) => num(n),
             None => FieldValue::Text(param.text.clone()),
@@ -74,7 +96,12 @@ pub fn nearest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&
 }
 
 /// Parse a selection and check every field and bare id in it against what the project knows.
-pub fn parse_selection(src: &str, exps: &Experiments, metric_names: &[String], config_metrics: &[String]) -> Result<Expr, String> {
+pub fn parse_selection(
+    src: &str,
+    exps: &Experiments,
+    metric_names: &[String],
+    config_metrics: &[String],
+) -> Result<Expr, String> {
     let expr = nerokid::expr::parse(src).map_err(|e| format!("selection {src:?}: {e}"))?;
     let mut known: Vec<&str> = BUILTIN_FIELDS.to_vec();
     known.extend(exps.sheet.params.iter().map(String::as_str));
@@ -82,7 +109,9 @@ pub fn parse_selection(src: &str, exps: &Experiments, metric_names: &[String], c
     known.extend(config_metrics.iter().map(String::as_str));
     for c in expr.comparisons() {
         if !known.iter().any(|k| k.eq_ignore_ascii_case(&c.field)) {
-            let hint = nearest(&c.field, known.iter().copied()).map(|n| format!("; did you mean {n}?")).unwrap_or_default();
+            let hint = nearest(&c.field, known.iter().copied())
+                .map(|n| format!("; did you mean {n}?"))
+                .unwrap_or_default();
             return Err(format!(
                 "selection {src:?}: column {}: no experiment, parameter or metric knows the field {:?}{hint}",
                 c.column, c.field
@@ -91,10 +120,15 @@ pub fn parse_selection(src: &str, exps: &Experiments, metric_names: &[String], c
     }
     for id in expr.ids() {
         if exps.get(id).is_none() {
-            let state_hint = nearest(id, nerokid::expr::STATE_NAMES.iter().copied().chain(["all"]))
-                .map(|n| format!("; did you mean the state {n}?"))
-                .unwrap_or_default();
-            return Err(format!("selection {src:?}: no experiment has the id {id:?}{state_hint}"));
+            let state_hint = nearest(
+                id,
+                nerokid::expr::STATE_NAMES.iter().copied().chain(["all"]),
+            )
+            .map(|n| format!("; did you mean the state {n}?"))
+            .unwrap_or_default();
+            return Err(format!(
+                "selection {src:?}: no experiment has the id {id:?}{state_hint}"
+            ));
         }
     }
     Ok(expr)
@@ -107,7 +141,10 @@ mod tests {
     #[test]
     fn nearest_suggests_typos_only() {
         let known = ["errorrate", "loss", "runtime"];
-        assert_eq!(nearest("erorrate", known.iter().copied()), Some("errorrate"));
+        assert_eq!(
+            nearest("erorrate", known.iter().copied()),
+            Some("errorrate")
+        );
         assert_eq!(nearest("runtim", known.iter().copied()), Some("runtime"));
         assert_eq!(nearest("banana", known.iter().copied()), None);
     }

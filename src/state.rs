@@ -10,15 +10,42 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RunState {
     /// neroman sent it; mum has not confirmed yet.
-    Submitted { at: f64 },
+    Submitted {
+        at: f64,
+    },
     /// mum holds it (waiting for a slot, or in the warden's queue).
-    Queued { at: f64, submitted_at: f64 },
-    Running { at: f64, node: String },
-    Finished { at: f64, started_at: Option<f64> },
-    Crashed { at: f64, started_at: Option<f64>, exit_code: Option<i32>, signal: Option<i32>, reason: String },
-    Aborted { at: f64, started_at: Option<f64>, reason: String },
-    Timeout { at: f64, started_at: Option<f64> },
-    Lost { at: f64, reason: String },
+    Queued {
+        at: f64,
+        submitted_at: f64,
+    },
+    Running {
+        at: f64,
+        node: String,
+    },
+    Finished {
+        at: f64,
+        started_at: Option<f64>,
+    },
+    Crashed {
+        at: f64,
+        started_at: Option<f64>,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        reason: String,
+    },
+    Aborted {
+        at: f64,
+        started_at: Option<f64>,
+        reason: String,
+    },
+    Timeout {
+        at: f64,
+        started_at: Option<f64>,
+    },
+    Lost {
+        at: f64,
+        reason: String,
+    },
 }
 
 /// The bare state names, as shown to users and used in selections.
@@ -80,7 +107,10 @@ impl RunState {
     }
 
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, RunState::Submitted { .. } | RunState::Queued { .. } | RunState::Running { .. })
+        !matches!(
+            self,
+            RunState::Submitted { .. } | RunState::Queued { .. } | RunState::Running { .. }
+        )
     }
 
     /// (started_at, finished_at, exit_code) for the store's columns.
@@ -88,8 +118,15 @@ impl RunState {
         match self {
             RunState::Running { at, .. } => (Some(*at), None, None),
             RunState::Finished { at, started_at } => (*started_at, Some(*at), Some(0)),
-            RunState::Crashed { at, started_at, exit_code, .. } => (*started_at, Some(*at), *exit_code),
-            RunState::Aborted { at, started_at, .. } | RunState::Timeout { at, started_at } => (*started_at, Some(*at), None),
+            RunState::Crashed {
+                at,
+                started_at,
+                exit_code,
+                ..
+            } => (*started_at, Some(*at), *exit_code),
+            RunState::Aborted { at, started_at, .. } | RunState::Timeout { at, started_at } => {
+                (*started_at, Some(*at), None)
+            }
             RunState::Lost { at, .. } => (None, Some(*at), None),
             _ => (None, None, None),
         }
@@ -98,9 +135,9 @@ impl RunState {
     /// A short human explanation (for crashed/aborted/lost).
     pub fn reason(&self) -> Option<String> {
         match self {
-            RunState::Crashed { reason, .. } | RunState::Aborted { reason, .. } | RunState::Lost { reason, .. } => {
-                Some(reason.clone())
-            }
+            RunState::Crashed { reason, .. }
+            | RunState::Aborted { reason, .. }
+            | RunState::Lost { reason, .. } => Some(reason.clone()),
             _ => None,
         }
     }
@@ -121,19 +158,34 @@ impl RunState {
         let started_at = self.started_at();
         match event {
             MumEvent::Queued { .. } => match self {
-                RunState::Submitted { at } => Some(RunState::Queued { at: t, submitted_at: *at }),
+                RunState::Submitted { at } => Some(RunState::Queued {
+                    at: t,
+                    submitted_at: *at,
+                }),
                 _ => None,
             },
             MumEvent::Launched { .. } | MumEvent::AbortSent => None,
-            MumEvent::Cancelled => Some(RunState::Aborted { at: t, started_at, reason: "cancelled before it started".into() }),
-            MumEvent::Lost { reason } if abort_sent => {
-                Some(RunState::Aborted { at: t, started_at, reason: format!("aborted by user ({reason})") })
-            }
-            MumEvent::Lost { reason } => Some(RunState::Lost { at: t, reason: reason.clone() }),
+            MumEvent::Cancelled => Some(RunState::Aborted {
+                at: t,
+                started_at,
+                reason: "cancelled before it started".into(),
+            }),
+            MumEvent::Lost { reason } if abort_sent => Some(RunState::Aborted {
+                at: t,
+                started_at,
+                reason: format!("aborted by user ({reason})"),
+            }),
+            MumEvent::Lost { reason } => Some(RunState::Lost {
+                at: t,
+                reason: reason.clone(),
+            }),
             MumEvent::Kid { event } => match event {
                 KidEvent::Started { t, host, .. } => match self {
                     RunState::Running { .. } => None,
-                    _ => Some(RunState::Running { at: *t, node: host.clone() }),
+                    _ => Some(RunState::Running {
+                        at: *t,
+                        node: host.clone(),
+                    }),
                 },
                 KidEvent::Exited { t, outcome } => Some(match outcome {
                     Outcome::Exit { code: 0 } => RunState::Finished { at: *t, started_at },
@@ -151,12 +203,22 @@ impl RunState {
                         signal: Some(*signal),
                         reason: format!("killed by signal {signal} ({})", signal_name(*signal)),
                     },
-                    Outcome::Aborted { by: AbortCause::User, .. } => {
-                        RunState::Aborted { at: *t, started_at, reason: "aborted by user".into() }
-                    }
-                    Outcome::Aborted { by: AbortCause::Rule(rule), .. } => {
-                        RunState::Aborted { at: *t, started_at, reason: format!("rule {rule}") }
-                    }
+                    Outcome::Aborted {
+                        by: AbortCause::User,
+                        ..
+                    } => RunState::Aborted {
+                        at: *t,
+                        started_at,
+                        reason: "aborted by user".into(),
+                    },
+                    Outcome::Aborted {
+                        by: AbortCause::Rule(rule),
+                        ..
+                    } => RunState::Aborted {
+                        at: *t,
+                        started_at,
+                        reason: format!("rule {rule}"),
+                    },
                     Outcome::FailedToStart { error } => RunState::Crashed {
                         at: *t,
                         started_at,
@@ -190,22 +252,56 @@ mod tests {
     #[test]
     fn terminal_states_absorb_late_events() {
         let s = RunState::Submitted { at: 1.0 };
-        let q = s.next(&MumEvent::Queued { run_dir: "d".into() }, 2.0, false).unwrap();
-        let started = KidEvent::Started { t: 3.0, pid: 1, job_pid: 2, host: "h".into() };
-        let r = q.next(&MumEvent::Kid { event: started.clone() }, 3.0, false).unwrap();
+        let q = s
+            .next(
+                &MumEvent::Queued {
+                    run_dir: "d".into(),
+                },
+                2.0,
+                false,
+            )
+            .unwrap();
+        let started = KidEvent::Started {
+            t: 3.0,
+            pid: 1,
+            job_pid: 2,
+            host: "h".into(),
+        };
+        let r = q
+            .next(
+                &MumEvent::Kid {
+                    event: started.clone(),
+                },
+                3.0,
+                false,
+            )
+            .unwrap();
         assert_eq!(r.name(), StateName::Running);
-        let exit = KidEvent::Exited { t: 9.0, outcome: Outcome::Signal { signal: 9 } };
+        let exit = KidEvent::Exited {
+            t: 9.0,
+            outcome: Outcome::Signal { signal: 9 },
+        };
         let c = r.next(&MumEvent::Kid { event: exit }, 9.0, false).unwrap();
         assert_eq!(c.name(), StateName::Crashed);
         assert_eq!(c.times_and_code(), (Some(3.0), Some(9.0), None));
-        assert!(c.next(&MumEvent::Kid { event: started }, 10.0, false).is_none());
-        assert!(c.next(&MumEvent::Lost { reason: "x".into() }, 10.0, false).is_none());
+        assert!(c
+            .next(&MumEvent::Kid { event: started }, 10.0, false)
+            .is_none());
+        assert!(c
+            .next(&MumEvent::Lost { reason: "x".into() }, 10.0, false)
+            .is_none());
     }
 
     /// Snapshot: the state as stored in state.db.
     #[test]
     fn stored_state_format_is_stable() {
-        let s = RunState::Crashed { at: 2.0, started_at: Some(1.0), exit_code: Some(3), signal: None, reason: "exit code 3".into() };
+        let s = RunState::Crashed {
+            at: 2.0,
+            started_at: Some(1.0),
+            exit_code: Some(3),
+            signal: None,
+            reason: "exit code 3".into(),
+        };
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
             r#"{"state":"crashed","at":2.0,"started_at":1.0,"exit_code":3,"signal":null,"reason":"exit code 3"}"#

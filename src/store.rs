@@ -17,7 +17,11 @@ pub enum StoreError {
         err: rusqlite::Error,
     },
     #[error("state store {path} has schema version {found}, newer than this neroman ({supported}); upgrade neroman")]
-    TooNew { path: PathBuf, found: i64, supported: i64 },
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("state store query")]
     Sql(#[from] rusqlite::Error),
 }
@@ -126,6 +130,16 @@ pub struct NewRun<'a> {
     pub params: &'a BTreeMap<String, String>,
 }
 
+/// One metric value of one run.
+#[derive(Debug, Clone)]
+pub struct MetricPoint {
+    pub run: String,
+    pub t: f64,
+    pub step: Option<f64>,
+    pub name: String,
+    pub value: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct ExperimentRow {
     pub id: String,
@@ -138,21 +152,33 @@ impl Store {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let open_err = |err| StoreError::Open { path: path.to_path_buf(), err };
+        let open_err = |err| StoreError::Open {
+            path: path.to_path_buf(),
+            err,
+        };
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
         let mut store = Store { conn };
         store.migrate(path)?;
         Ok(store)
     }
 
     fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
-        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
-            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version, supported });
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = self.conn.transaction()?;
@@ -175,8 +201,15 @@ impl Store {
     /// `rows` is (id, sheet row, content fingerprint). Rows that did not change are not written.
     pub fn note_rows(&mut self, rows: &[(String, u32, u64)], now: f64) -> Result<(), StoreError> {
         let known: HashMap<String, (u32, String, bool)> = {
-            let mut stmt = self.conn.prepare("SELECT id, sheet_row, row_hash, in_workbook FROM experiments")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0))))?;
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id, sheet_row, row_hash, in_workbook FROM experiments")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    (r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0),
+                ))
+            })?;
             rows.collect::<Result<_, _>>()?
         };
         let tx = self.conn.transaction()?;
@@ -207,7 +240,8 @@ impl Store {
                     }
                 }
             }
-            let mut gone = tx.prepare_cached("UPDATE experiments SET in_workbook = 0 WHERE id = ?1")?;
+            let mut gone =
+                tx.prepare_cached("UPDATE experiments SET in_workbook = 0 WHERE id = ?1")?;
             for (id, (_, _, inside)) in &known {
                 if *inside && !present.contains(id.as_str()) {
                     gone.execute([id])?;
@@ -219,9 +253,15 @@ impl Store {
     }
 
     pub fn experiments(&self) -> Result<BTreeMap<String, ExperimentRow>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT id, row_changed_at, first_seen FROM experiments")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, row_changed_at, first_seen FROM experiments")?;
         let rows = stmt.query_map([], |r| {
-            Ok(ExperimentRow { id: r.get(0)?, row_changed_at: r.get(1)?, first_seen: r.get(2)? })
+            Ok(ExperimentRow {
+                id: r.get(0)?,
+                row_changed_at: r.get(1)?,
+                first_seen: r.get(2)?,
+            })
         })?;
         let mut out = BTreeMap::new();
         for r in rows {
@@ -233,11 +273,20 @@ impl Store {
 
     /// The number the next run of an experiment gets.
     pub fn next_run_no(&self, exp_id: &str) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row("SELECT COALESCE(MAX(run_no), 0) + 1 FROM runs WHERE exp_id = ?1", [exp_id], |r| r.get(0))?)
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(run_no), 0) + 1 FROM runs WHERE exp_id = ?1",
+            [exp_id],
+            |r| r.get(0),
+        )?)
     }
 
     /// Record a new run (numbered `run_no`) in state `submitted`.
-    pub fn new_run(&mut self, run: &NewRun<'_>, run_no: i64, now: f64) -> Result<RunRow, StoreError> {
+    pub fn new_run(
+        &mut self,
+        run: &NewRun<'_>,
+        run_no: i64,
+        now: f64,
+    ) -> Result<RunRow, StoreError> {
         let tx = self.conn.transaction()?;
         let uid = run_uid(run.exp_id, run_no);
         let state = RunState::Submitted { at: now };
@@ -262,7 +311,8 @@ impl Store {
             params![uid, state.name().as_str(), now],
         )?;
         tx.commit()?;
-        self.run(&uid)?.ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+        self.run(&uid)?
+            .ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
     }
 
     pub fn run(&self, uid: &str) -> Result<Option<RunRow>, StoreError> {
@@ -287,32 +337,50 @@ impl Store {
     }
 
     pub fn active_runs(&self) -> Result<Vec<RunRow>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!("{RUN_SELECT} WHERE state IN ('submitted','queued','running')"))?;
+        let mut stmt = self.conn.prepare(&format!(
+            "{RUN_SELECT} WHERE state IN ('submitted','queued','running')"
+        ))?;
         let rows = stmt.query_map([], run_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Last value of every metric, per run.
     pub fn last_metrics(&self) -> Result<BTreeMap<String, BTreeMap<String, f64>>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT run_uid, name, value FROM last_metrics")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT run_uid, name, value FROM last_metrics")?;
         let mut out: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<f64>>(2)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<f64>>(2)?,
+            ))
+        })?;
         for r in rows {
             let (run, name, value) = r?;
-            out.entry(run).or_default().insert(name, value.unwrap_or(f64::NAN));
+            out.entry(run)
+                .or_default()
+                .insert(name, value.unwrap_or(f64::NAN));
         }
         Ok(out)
     }
 
-    /// Metric series of the given runs, oldest first: (run_uid, t, step, name, value).
-    pub fn history(&self, runs: &[&str], limit: usize) -> Result<Vec<(String, f64, Option<f64>, String, f64)>, StoreError> {
+    /// Metric series of the given runs, oldest first.
+    pub fn history(&self, runs: &[&str], limit: usize) -> Result<Vec<MetricPoint>, StoreError> {
         let mut out = Vec::new();
         let mut stmt = self.conn.prepare(
             "SELECT run_uid, t, step, name, value FROM metrics WHERE run_uid = ?1 ORDER BY rowid LIMIT ?2",
         )?;
         for run in runs {
             let rows = stmt.query_map(params![run, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, Option<f64>>(4)?.unwrap_or(f64::NAN)))
+                Ok(MetricPoint {
+                    run: r.get(0)?,
+                    t: r.get(1)?,
+                    step: r.get(2)?,
+                    name: r.get(3)?,
+                    value: r.get::<_, Option<f64>>(4)?.unwrap_or(f64::NAN),
+                })
             })?;
             for r in rows {
                 out.push(r?);
@@ -325,24 +393,39 @@ impl Store {
     }
 
     pub fn metric_count(&self, run: &str) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row("SELECT COUNT(*) FROM metrics WHERE run_uid = ?1", [run], |r| r.get(0))?)
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM metrics WHERE run_uid = ?1",
+            [run],
+            |r| r.get(0),
+        )?)
     }
 
     pub fn metric_names(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT DISTINCT name FROM last_metrics ORDER BY name")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT name FROM last_metrics ORDER BY name")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every state change of a run, oldest first.
-    pub fn state_changes(&self, run: &str) -> Result<Vec<(String, f64, Option<String>)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT state, at, detail FROM state_changes WHERE run_uid = ?1 ORDER BY seq")?;
+    pub fn state_changes(
+        &self,
+        run: &str,
+    ) -> Result<Vec<(String, f64, Option<String>)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT state, at, detail FROM state_changes WHERE run_uid = ?1 ORDER BY seq",
+        )?;
         let rows = stmt.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Specs of runs mum has not confirmed yet (to resubmit).
-    pub fn unconfirmed_specs(&self, cluster: &str, older_than: f64) -> Result<Vec<String>, StoreError> {
+    pub fn unconfirmed_specs(
+        &self,
+        cluster: &str,
+        older_than: f64,
+    ) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT spec_json FROM runs WHERE cluster = ?1 AND state = 'submitted' AND submitted_at < ?2",
         )?;
@@ -353,9 +436,11 @@ impl Store {
     pub fn sync_point(&self, cluster: &str) -> Result<Option<(String, u64)>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT epoch, last_seq FROM cluster_sync WHERE cluster = ?1", [cluster], |r| {
-                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
-            })
+            .query_row(
+                "SELECT epoch, last_seq FROM cluster_sync WHERE cluster = ?1",
+                [cluster],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
             .optional()?)
     }
 }
@@ -394,7 +479,13 @@ pub fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 pub fn run_uid(exp_id: &str, run_no: i64) -> String {
     let safe: String = exp_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
     if safe == exp_id {
@@ -406,14 +497,21 @@ pub fn run_uid(exp_id: &str, run_no: i64) -> String {
 }
 
 pub fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Update helpers used inside a sync transaction.
 pub mod tx {
     use super::*;
 
-    pub fn set_state(tx: &Transaction<'_>, run: &RunRow, state: &RunState, detail: Option<&str>) -> Result<(), StoreError> {
+    pub fn set_state(
+        tx: &Transaction<'_>,
+        run: &RunRow,
+        state: &RunState,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
         let (started, finished, exit_code) = state.times_and_code();
         tx.execute(
             "UPDATE runs SET state_json = ?2, state = ?3, updated_at = ?4,
@@ -437,13 +535,29 @@ pub mod tx {
         Ok(())
     }
 
-    pub fn set_field(tx: &Transaction<'_>, uid: &str, column: RunColumn, value: &dyn rusqlite::ToSql) -> Result<(), StoreError> {
-        tx.execute(&format!("UPDATE runs SET {} = ?2 WHERE uid = ?1", column.name()), params![uid, value])?;
+    pub fn set_field(
+        tx: &Transaction<'_>,
+        uid: &str,
+        column: RunColumn,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<(), StoreError> {
+        tx.execute(
+            &format!("UPDATE runs SET {} = ?2 WHERE uid = ?1", column.name()),
+            params![uid, value],
+        )?;
         Ok(())
     }
 
-    pub fn add_metrics(tx: &Transaction<'_>, uid: &str, t: f64, step: Option<f64>, values: &[(String, f64)]) -> Result<(), StoreError> {
-        let mut ins = tx.prepare_cached("INSERT INTO metrics (run_uid, t, step, name, value) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    pub fn add_metrics(
+        tx: &Transaction<'_>,
+        uid: &str,
+        t: f64,
+        step: Option<f64>,
+        values: &[(String, f64)],
+    ) -> Result<(), StoreError> {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO metrics (run_uid, t, step, name, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
         let mut last = tx.prepare_cached(
             "INSERT INTO last_metrics (run_uid, name, value, t) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (run_uid, name) DO UPDATE SET value = excluded.value, t = excluded.t",
@@ -454,11 +568,19 @@ pub mod tx {
             ins.execute(params![uid, t, step, name, v])?;
             last.execute(params![uid, name, v, t])?;
         }
-        tx.execute("UPDATE runs SET updated_at = MAX(updated_at, ?2) WHERE uid = ?1", params![uid, t])?;
+        tx.execute(
+            "UPDATE runs SET updated_at = MAX(updated_at, ?2) WHERE uid = ?1",
+            params![uid, t],
+        )?;
         Ok(())
     }
 
-    pub fn set_sync_point(tx: &Transaction<'_>, cluster: &str, epoch: &str, seq: u64) -> Result<(), StoreError> {
+    pub fn set_sync_point(
+        tx: &Transaction<'_>,
+        cluster: &str,
+        epoch: &str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
         tx.execute(
             "INSERT INTO cluster_sync (cluster, epoch, last_seq) VALUES (?1, ?2, ?3)
              ON CONFLICT (cluster) DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq",

@@ -38,12 +38,27 @@ impl Snapshot {
         })
     }
 
-    pub fn candidates<'a>(&'a self, exps: &'a Experiments, sel: Option<&Expr>) -> Vec<Candidate<'a>> {
-        crate::actions::select(exps, &self.latest, &self.metrics, &self.seen, sel.unwrap_or(&Expr::All))
+    pub fn candidates<'a>(
+        &'a self,
+        exps: &'a Experiments,
+        sel: Option<&Expr>,
+    ) -> Vec<Candidate<'a>> {
+        crate::actions::select(
+            exps,
+            &self.latest,
+            &self.metrics,
+            &self.seen,
+            sel.unwrap_or(&Expr::All),
+        )
     }
 
     fn metric_names(&self, cands: &[Candidate<'_>]) -> Vec<String> {
-        order_metrics(cands.iter().filter_map(|c| c.metrics).flat_map(|m| m.keys().cloned()))
+        order_metrics(
+            cands
+                .iter()
+                .filter_map(|c| c.metrics)
+                .flat_map(|m| m.keys().cloned()),
+        )
     }
 }
 
@@ -52,7 +67,11 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
     let snap = Snapshot::take(project)?;
     let cands = snap.candidates(exps, None);
     let metric_names = snap.metric_names(&cands);
-    let mut out = Results { params: exps.sheet.params.clone(), metrics: metric_names.clone(), ..Results::default() };
+    let mut out = Results {
+        params: exps.sheet.params.clone(),
+        metrics: metric_names.clone(),
+        ..Results::default()
+    };
     let mut run_ids: Vec<(&str, &str, i64)> = Vec::new();
     for c in &cands {
         let run = c.run;
@@ -69,7 +88,14 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
             runtime: c.runtime(),
             exit_code: run.and_then(|r| r.exit_code),
             reason: run.and_then(|r| r.state.reason()).or_else(|| {
-                (!c.exp.is_valid()).then(|| c.exp.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))
+                (!c.exp.is_valid()).then(|| {
+                    c.exp
+                        .problems
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
             }),
             params: exps
                 .sheet
@@ -82,7 +108,10 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
                     })
                 })
                 .collect(),
-            metrics: metric_names.iter().map(|m| c.metrics.and_then(|ms| ms.get(m)).copied()).collect(),
+            metrics: metric_names
+                .iter()
+                .map(|m| c.metrics.and_then(|ms| ms.get(m)).copied())
+                .collect(),
             updated: run.map(|r| r.updated_at),
         });
         if let Some(r) = run {
@@ -90,23 +119,39 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
         }
     }
     let uids: Vec<&str> = run_ids.iter().map(|r| r.0).collect();
-    let by_uid: BTreeMap<&str, (&str, i64)> = run_ids.iter().map(|(u, e, n)| (*u, (*e, *n))).collect();
-    for (uid, t, step, metric, value) in project.store.history(&uids, HISTORY_LIMIT)? {
-        let (id, run) = by_uid.get(uid.as_str()).copied().unwrap_or(("?", 0));
-        out.history.push(HistoryRow { id: id.to_string(), run, t, step, metric, value });
+    let by_uid: BTreeMap<&str, (&str, i64)> =
+        run_ids.iter().map(|(u, e, n)| (*u, (*e, *n))).collect();
+    for m in project.store.history(&uids, HISTORY_LIMIT)? {
+        let (id, run) = by_uid.get(m.run.as_str()).copied().unwrap_or(("?", 0));
+        out.history.push(HistoryRow {
+            id: id.to_string(),
+            run,
+            t: m.t,
+            step: m.step,
+            metric: m.name,
+            value: m.value,
+        });
     }
     out.problems = exps
         .problems()
-        .map(|p| ProblemRow { place: p.cell.clone(), id: p.id.clone(), message: p.message.clone() })
+        .map(|p| ProblemRow {
+            place: p.cell.clone(),
+            id: p.id.clone(),
+            message: p.message.clone(),
+        })
         .collect();
     Ok(out)
 }
 
 /// Write results.xlsx next to the workbook.
-pub fn write_results(project: &Project, exps: &Experiments) -> Result<std::path::PathBuf, CoreError> {
+pub fn write_results(
+    project: &Project,
+    exps: &Experiments,
+) -> Result<std::path::PathBuf, CoreError> {
     let r = results(project, exps)?;
     let path = project.results_path();
-    crate::sheet::results::write(&path, &r).map_err(|e| CoreError::Selection(crate::cluster::mum::error_chain(&e)))?;
+    crate::sheet::results::write(&path, &r)
+        .map_err(|e| CoreError::Selection(crate::cluster::mum::error_chain(&e)))?;
     Ok(path)
 }
 
@@ -122,7 +167,11 @@ fn state_label(c: &Candidate<'_>) -> String {
 }
 
 /// `status --json`: one object per experiment.
-pub fn status_json(project: &Project, exps: &Experiments, sel: Option<&Expr>) -> Result<serde_json::Value, CoreError> {
+pub fn status_json(
+    project: &Project,
+    exps: &Experiments,
+    sel: Option<&Expr>,
+) -> Result<serde_json::Value, CoreError> {
     let snap = Snapshot::take(project)?;
     let items: Vec<serde_json::Value> = snap
         .candidates(exps, sel)
@@ -137,7 +186,20 @@ pub fn status_json(project: &Project, exps: &Experiments, sel: Option<&Expr>) ->
                 .collect();
             let metrics: BTreeMap<&String, serde_json::Value> = c
                 .metrics
-                .map(|m| m.iter().map(|(k, v)| (k, if v.is_finite() { json!(v) } else { json!(v.to_string()) })).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                k,
+                                if v.is_finite() {
+                                    json!(v)
+                                } else {
+                                    json!(v.to_string())
+                                },
+                            )
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             json!({
                 "id": c.exp.row.id,
@@ -158,11 +220,23 @@ pub fn status_json(project: &Project, exps: &Experiments, sel: Option<&Expr>) ->
 }
 
 /// A readable table of the selected experiments.
-pub fn status_table(project: &Project, exps: &Experiments, sel: Option<&Expr>, max_metrics: usize) -> Result<String, CoreError> {
+pub fn status_table(
+    project: &Project,
+    exps: &Experiments,
+    sel: Option<&Expr>,
+    max_metrics: usize,
+) -> Result<String, CoreError> {
     let snap = Snapshot::take(project)?;
     let cands = snap.candidates(exps, sel);
-    let metric_names: Vec<String> = snap.metric_names(&cands).into_iter().take(max_metrics).collect();
-    let mut header: Vec<String> = ["id", "state", "cluster", "runtime"].iter().map(|s| s.to_string()).collect();
+    let metric_names: Vec<String> = snap
+        .metric_names(&cands)
+        .into_iter()
+        .take(max_metrics)
+        .collect();
+    let mut header: Vec<String> = ["id", "state", "cluster", "runtime"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     header.extend(exps.sheet.params.iter().cloned());
     header.extend(metric_names.iter().cloned());
     header.push("note".into());
@@ -172,13 +246,27 @@ pub fn status_table(project: &Project, exps: &Experiments, sel: Option<&Expr>, m
             c.exp.row.id.clone(),
             state_label(c),
             c.exp.cluster.clone(),
-            c.runtime().map(crate::util::human_duration).unwrap_or_default(),
+            c.runtime()
+                .map(crate::util::human_duration)
+                .unwrap_or_default(),
         ];
         for p in &exps.sheet.params {
-            row.push(c.exp.row.params.get(p).map(|v| v.text.clone()).unwrap_or_default());
+            row.push(
+                c.exp
+                    .row
+                    .params
+                    .get(p)
+                    .map(|v| v.text.clone())
+                    .unwrap_or_default(),
+            );
         }
         for m in &metric_names {
-            row.push(c.metrics.and_then(|ms| ms.get(m)).map(|v| short_number(*v)).unwrap_or_default());
+            row.push(
+                c.metrics
+                    .and_then(|ms| ms.get(m))
+                    .map(|v| short_number(*v))
+                    .unwrap_or_default(),
+            );
         }
         let note = c
             .run

@@ -21,23 +21,39 @@ fn init_writes_the_template_and_refuses_to_overwrite() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
     // The template opens in LibreOffice with its header and rows.
     let csv = common::soffice_csv(&target.join("experiments.xlsx"), 0);
-    assert!(csv.starts_with("id,status,command,cluster,abort_when,lr,width,notes\n"), "{csv}");
+    assert!(
+        csv.starts_with("id,status,command,cluster,abort_when,lr,width,notes\n"),
+        "{csv}"
+    );
     assert_eq!(csv.lines().count(), 3);
 }
 
 #[test]
 fn flag_forms_tmod_and_the_status_table() {
     let p = Project::new("flags", "command: echo loss={x}\n");
-    p.workbook(&["id", "status", "x", "notes"], &[vec![V::N(1.0), V::E, V::N(0.5), V::E], vec![V::N(2.0), V::S("hold"), V::N(0.7), V::E]]);
+    p.workbook(
+        &["id", "status", "x", "notes"],
+        &[
+            vec![V::N(1.0), V::E, V::N(0.5), V::E],
+            vec![V::N(2.0), V::S("hold"), V::N(0.7), V::E],
+        ],
+    );
     let out = p.ok(&["--start", "tmod<1h", "--wait"]);
     assert!(out.contains("1: finished"), "{out}");
     assert!(out.contains("2: not started: on hold"), "{out}");
     let table = p.ok(&["status"]);
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["id", "state", "cluster", "runtime", "x", "loss", "note"]);
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["id", "state", "cluster", "runtime", "x", "loss", "note"]
+    );
     let words = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>();
     assert_eq!(words(1)[..3], ["1", "finished", "local"], "{table}");
-    assert_eq!(words(2)[..5], ["2", "defined", "(hold)", "local", "0.7"], "{table}");
+    assert_eq!(
+        words(2)[..5],
+        ["2", "defined", "(hold)", "local", "0.7"],
+        "{table}"
+    );
     // A selection on a metric now knows the metric; one on a typo suggests it.
     assert!(p.ok(&["status", "loss>0.4"]).contains("finished"));
     let bad = p.neroman(&["status", "los>0.4"]);
@@ -52,23 +68,40 @@ fn a_rule_in_the_workbook_stops_the_run() {
     p.write("diverge.py", "import time\nfor i in range(600):\n    print(f'epoch={i} loss={10*i}', flush=True)\n    time.sleep(0.05)\n");
     p.workbook(
         &["id", "status", "command", "abort_when"],
-        &[vec![V::N(1.0), V::E, V::S("python3 diverge.py"), V::S("epoch>=3 && loss>20")]],
+        &[vec![
+            V::N(1.0),
+            V::E,
+            V::S("python3 diverge.py"),
+            V::S("epoch>=3 && loss>20"),
+        ]],
     );
     let out = p.neroman(&["start", "1", "--wait"]);
-    assert_eq!(out.status.code(), Some(3), "--wait reports a run that did not finish");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "--wait reports a run that did not finish"
+    );
     let st = &p.status()[0];
     assert_eq!(st["state"], "aborted");
     assert_eq!(st["reason"], "rule epoch>=3&&loss>20");
-    assert!(st["metrics"]["epoch"].as_f64().unwrap() < 20.0, "stopped soon after the rule held: {st}");
+    assert!(
+        st["metrics"]["epoch"].as_f64().unwrap() < 20.0,
+        "stopped soon after the rule held: {st}"
+    );
 }
 
 #[test]
 fn logs_follow_until_the_run_ends() {
     let p = Project::new("follow", "");
     p.write("slow.py", "import time\nfor i in range(8):\n    print(f'line {i}', flush=True)\n    time.sleep(0.2)\n");
-    p.workbook(&["id", "status", "command"], &[vec![V::S("s"), V::E, V::S("python3 slow.py")]]);
+    p.workbook(
+        &["id", "status", "command"],
+        &[vec![V::S("s"), V::E, V::S("python3 slow.py")]],
+    );
     p.ok(&["start", "s"]);
-    wait_until("running", Duration::from_secs(20), || p.state_of("s") == "running");
+    wait_until("running", Duration::from_secs(20), || {
+        p.state_of("s") == "running"
+    });
     let out = p.ok(&["logs", "s", "-f"]);
     assert_eq!(out.lines().count(), 8, "{out}");
     assert_eq!(p.state_of("s"), "finished");
@@ -88,7 +121,8 @@ fn mum_refuses_another_protocol_version() {
         .unwrap();
     let sock = workdir.join("mum.sock");
     wait_until("mum socket", Duration::from_secs(10), || sock.exists());
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the socket is the user's alone");
     let talk = |line: &str| {
         let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
@@ -97,7 +131,9 @@ fn mum_refuses_another_protocol_version() {
         BufReader::new(s).read_line(&mut reply).unwrap();
         reply
     };
-    let reply = talk("{\"type\":\"hello\",\"version\":99,\"client\":\"neroman 9\",\"max_parallel\":null}\n");
+    let reply = talk(
+        "{\"type\":\"hello\",\"version\":99,\"client\":\"neroman 9\",\"max_parallel\":null}\n",
+    );
     assert!(reply.contains("protocol version mismatch"), "{reply}");
     let reply = talk("{\"type\":\"submit\",\"runs\":[]}\n");
     assert!(reply.contains("expected hello first"), "{reply}");

@@ -14,9 +14,19 @@ fn demo_runs_the_sample_and_writes_results() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("5 finished, 1 aborted by the rule, 0 other"), "{stdout}");
-    assert!(stdout.contains("6: aborted (rule epoch>=3&&loss>3)"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("5 finished, 1 aborted by the rule, 0 other"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("6: aborted (rule epoch>=3&&loss>3)"),
+        "{stdout}"
+    );
     // The results workbook opens in LibreOffice: six experiments, their metric history.
     let results = common::soffice_csv(&dir.join("results.xlsx"), 0);
     let rows: Vec<&str> = results.lines().collect();
@@ -27,8 +37,14 @@ fn demo_runs_the_sample_and_writes_results() {
     // Five runs × 30 epochs × 3 metrics, plus the aborted run's few epochs.
     assert!(history.lines().count() > 450, "{}", history.lines().count());
     // The demo leaves no agent running.
-    let pid: i32 = std::fs::read_to_string(dir.join(".neronet/mum-local/mum.lock")).unwrap().trim().parse().unwrap();
-    common::wait_until("the demo's mum to exit", std::time::Duration::from_secs(10), || {
-        !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
-    });
+    let pid: i32 = std::fs::read_to_string(dir.join(".neronet/mum-local/mum.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    common::wait_until(
+        "the demo's mum to exit",
+        std::time::Duration::from_secs(10),
+        || !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")),
+    );
 }

@@ -25,7 +25,14 @@ fn job_project(name: &str, rows: &[(&str, f64, f64, f64)]) -> Project {
         &rows
             .iter()
             .map(|(id, n, pause, code)| {
-                vec![V::S(id), V::E, V::S("python3 job.py {n} {pause} {code}"), V::N(*n), V::N(*pause), V::N(*code)]
+                vec![
+                    V::S(id),
+                    V::E,
+                    V::S("python3 job.py {n} {pause} {code}"),
+                    V::N(*n),
+                    V::N(*pause),
+                    V::N(*code),
+                ]
             })
             .collect::<Vec<_>>(),
     );
@@ -34,9 +41,20 @@ fn job_project(name: &str, rows: &[(&str, f64, f64, f64)]) -> Project {
 
 #[test]
 fn runs_finish_and_crash_with_metrics_in_store_and_results() {
-    let p = job_project("basic", &[("1", 5.0, 0.05, 0.0), ("2", 3.0, 0.05, 3.0), ("3", 2.0, 0.0, 0.0)]);
+    let p = job_project(
+        "basic",
+        &[
+            ("1", 5.0, 0.05, 0.0),
+            ("2", 3.0, 0.05, 3.0),
+            ("3", 2.0, 0.0, 0.0),
+        ],
+    );
     let out = p.neroman(&["start", "1-2", "--wait"]);
-    assert_eq!(out.status.code(), Some(3), "--wait exits 3 when a run did not finish");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "--wait exits 3 when a run did not finish"
+    );
     let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("1: finished"), "{out}");
     assert!(out.contains("2: crashed (exit code 3)"), "{out}");
@@ -46,25 +64,46 @@ fn runs_finish_and_crash_with_metrics_in_store_and_results() {
     assert_eq!(st[1]["exit_code"], 3);
     assert_eq!(st[2]["state"], "defined", "3 was not selected");
     // Every printed metric line is in the store: 5 lines × 2 metrics.
-    let n: i64 = p.store().query_row("SELECT COUNT(*) FROM metrics WHERE run_uid = '1.1'", [], |r| r.get(0)).unwrap();
+    let n: i64 = p
+        .store()
+        .query_row(
+            "SELECT COUNT(*) FROM metrics WHERE run_uid = '1.1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(n, 10);
     // Every state change is kept with its time.
     let states: Vec<String> = {
         let db = p.store();
-        let mut s = db.prepare("SELECT state FROM state_changes WHERE run_uid = '1.1' ORDER BY seq").unwrap();
-        s.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        let mut s = db
+            .prepare("SELECT state FROM state_changes WHERE run_uid = '1.1' ORDER BY seq")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     };
     assert_eq!(states, ["submitted", "queued", "running", "finished"]);
     // Logs through mum.
     let logs = p.ok(&["logs", "1"]);
-    assert!(logs.starts_with("step=0 loss=1.000000\n") && logs.contains("step=4"), "{logs}");
+    assert!(
+        logs.starts_with("step=0 loss=1.000000\n") && logs.contains("step=4"),
+        "{logs}"
+    );
     assert_eq!(p.ok(&["logs", "1", "--stderr"]), "done\n");
     // Starting again is refused (it ran); restart makes run 2.
     let again = p.ok(&["start", "1"]);
     assert!(again.contains("already ran"), "{again}");
-    let re = String::from_utf8_lossy(&p.neroman(&["--restart", "crashed", "--wait"]).stdout).into_owned();
+    let re = String::from_utf8_lossy(&p.neroman(&["--restart", "crashed", "--wait"]).stdout)
+        .into_owned();
     assert!(re.contains("2: submitted (run 2)"), "{re}");
-    let runs: i64 = p.store().query_row("SELECT COUNT(*) FROM runs WHERE exp_id = '2'", [], |r| r.get(0)).unwrap();
+    let runs: i64 = p
+        .store()
+        .query_row("SELECT COUNT(*) FROM runs WHERE exp_id = '2'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     assert_eq!(runs, 2);
     // results.xlsx opens in LibreOffice and holds the rows.
     let csv = common::soffice_csv(&p.path("results.xlsx"), 0);
@@ -79,37 +118,60 @@ fn runs_finish_and_crash_with_metrics_in_store_and_results() {
 
 #[test]
 fn max_parallel_queues_the_rest() {
-    let rows: Vec<(&str, f64, f64, f64)> = vec![("a", 10.0, 0.1, 0.0), ("b", 10.0, 0.1, 0.0), ("c", 10.0, 0.1, 0.0)];
+    let rows: Vec<(&str, f64, f64, f64)> = vec![
+        ("a", 10.0, 0.1, 0.0),
+        ("b", 10.0, 0.1, 0.0),
+        ("c", 10.0, 0.1, 0.0),
+    ];
     let p = job_project("parallel", &rows);
     p.ok(&["start", "all"]);
     wait_until("two running", Duration::from_secs(20), || {
-        p.status().iter().filter(|e| e["state"] == "running").count() == 2
+        p.status()
+            .iter()
+            .filter(|e| e["state"] == "running")
+            .count()
+            == 2
     });
     assert_eq!(p.state_of("c"), "queued", "third waits for a slot");
-    wait_until("all finished", Duration::from_secs(60), || p.status().iter().all(|e| e["state"] == "finished"));
+    wait_until("all finished", Duration::from_secs(60), || {
+        p.status().iter().all(|e| e["state"] == "finished")
+    });
 }
 
 #[test]
 fn kill_9_of_a_job_ends_crashed_with_its_signal() {
     let p = job_project("kill-job", &[("7", 600.0, 0.1, 0.0)]);
     p.ok(&["start", "7"]);
-    wait_until("running", Duration::from_secs(20), || p.state_of("7") == "running");
+    wait_until("running", Duration::from_secs(20), || {
+        p.state_of("7") == "running"
+    });
     let events = std::fs::read_to_string(p.mum_dir().join("runs/7.1/events.jsonl")).unwrap();
     let started: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
     let job_pid = started["job_pid"].as_i64().unwrap() as i32;
     // The job is `sh command.sh`; kill the python it runs as well as sh: the group's leader is sh.
     kill(job_pid, libc::SIGKILL);
-    wait_until("crashed", Duration::from_secs(20), || p.state_of("7") == "crashed");
+    wait_until("crashed", Duration::from_secs(20), || {
+        p.state_of("7") == "crashed"
+    });
     let st = &p.status()[0];
     assert!(st["reason"].as_str().unwrap().contains("signal 9"), "{st}");
 }
 
 #[test]
 fn kill_9_of_mum_loses_nothing() {
-    let p = job_project("kill-mum", &[("1", 40.0, 0.05, 0.0), ("2", 40.0, 0.05, 0.0), ("3", 20.0, 0.05, 0.0)]);
+    let p = job_project(
+        "kill-mum",
+        &[
+            ("1", 40.0, 0.05, 0.0),
+            ("2", 40.0, 0.05, 0.0),
+            ("3", 20.0, 0.05, 0.0),
+        ],
+    );
     p.ok(&["start", "all"]);
     wait_until("some metrics", Duration::from_secs(20), || {
-        p.status().iter().any(|e| e["metrics"]["step"].as_f64().unwrap_or(0.0) >= 3.0)
+        p.status()
+            .iter()
+            .any(|e| e["metrics"]["step"].as_f64().unwrap_or(0.0) >= 3.0)
     });
     let pid = p.mum_pid().expect("mum pid");
     kill(pid, libc::SIGKILL);
@@ -118,31 +180,75 @@ fn kill_9_of_mum_loses_nothing() {
     });
     // The next CLI call starts a new mum, which picks up the runs still going.
     let status = p.neroman(&["status"]);
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     assert!(String::from_utf8_lossy(&status.stderr).contains("started it again"));
     assert_ne!(p.mum_pid(), Some(pid));
-    wait_until("all finished", Duration::from_secs(60), || p.status().iter().all(|e| e["state"] == "finished"));
+    wait_until("all finished", Duration::from_secs(60), || {
+        p.status().iter().all(|e| e["state"] == "finished")
+    });
     let db = p.store();
     for (run, lines) in [("1.1", 40), ("2.1", 40), ("3.1", 20)] {
-        let n: i64 = db.query_row("SELECT COUNT(*) FROM metrics WHERE run_uid = ?1 AND name = 'step'", [run], |r| r.get(0)).unwrap();
-        let distinct: i64 =
-            db.query_row("SELECT COUNT(DISTINCT value) FROM metrics WHERE run_uid = ?1 AND name = 'step'", [run], |r| r.get(0)).unwrap();
-        assert_eq!((n, distinct), (lines, lines), "run {run}: every metric line once");
+        let n: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM metrics WHERE run_uid = ?1 AND name = 'step'",
+                [run],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let distinct: i64 = db
+            .query_row(
+                "SELECT COUNT(DISTINCT value) FROM metrics WHERE run_uid = ?1 AND name = 'step'",
+                [run],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            (n, distinct),
+            (lines, lines),
+            "run {run}: every metric line once"
+        );
     }
 }
 
 #[test]
 fn abort_by_cli_stops_the_group() {
-    let p = job_project("abort", &[("1", 600.0, 0.1, 0.0), ("2", 600.0, 0.1, 0.0), ("3", 600.0, 0.1, 0.0)]);
-    p.write("neronet.yaml", "clusters:\n  local:\n    max_parallel: 2\n    grace: 2s\n");
+    let p = job_project(
+        "abort",
+        &[
+            ("1", 600.0, 0.1, 0.0),
+            ("2", 600.0, 0.1, 0.0),
+            ("3", 600.0, 0.1, 0.0),
+        ],
+    );
+    p.write(
+        "neronet.yaml",
+        "clusters:\n  local:\n    max_parallel: 2\n    grace: 2s\n",
+    );
     p.ok(&["start", "all"]);
-    wait_until("two running", Duration::from_secs(20), || p.status().iter().filter(|e| e["state"] == "running").count() == 2);
+    wait_until("two running", Duration::from_secs(20), || {
+        p.status()
+            .iter()
+            .filter(|e| e["state"] == "running")
+            .count()
+            == 2
+    });
     let out = p.ok(&["--abort", "running,3", "--wait"]);
     assert!(out.contains("abort sent"), "{out}");
     let st = p.status();
     assert!(st.iter().all(|e| e["state"] == "aborted"), "{st:?}");
     assert_eq!(st[2]["reason"], "cancelled before it started");
     // No process of the jobs is left.
-    let left = std::process::Command::new("pgrep").args(["-f", &format!("{}/job.py", p.dir.display())]).output().unwrap();
-    assert!(left.stdout.is_empty(), "job processes left: {}", String::from_utf8_lossy(&left.stdout));
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{}/job.py", p.dir.display())])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "job processes left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }

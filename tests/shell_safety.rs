@@ -24,13 +24,22 @@ fn hostile_values_reach_the_job_literally() {
         "${IFS}|touch PWNED5",
     ];
     std::fs::create_dir(p.path("x")).unwrap();
-    let rows: Vec<Vec<V>> = values.iter().enumerate().map(|(i, v)| vec![V::N(i as f64 + 1.0), V::E, V::S(v)]).collect();
+    let rows: Vec<Vec<V>> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| vec![V::N(i as f64 + 1.0), V::E, V::S(v)])
+        .collect();
     p.workbook(&["id", "status", "value"], &rows);
     p.ok(&["start", "all", "--wait"]);
     for (i, v) in values.iter().enumerate() {
-        let seen = std::fs::read_to_string(p.mum_dir().join(format!("runs/{}.1/seen.json", i + 1))).unwrap();
+        let seen = std::fs::read_to_string(p.mum_dir().join(format!("runs/{}.1/seen.json", i + 1)))
+            .unwrap();
         let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
-        assert_eq!(seen["argv"], serde_json::json!([v, "--id", (i + 1).to_string()]), "value {v:?}");
+        assert_eq!(
+            seen["argv"],
+            serde_json::json!([v, "--id", (i + 1).to_string()]),
+            "value {v:?}"
+        );
         assert_eq!(seen["env"], *v, "NERO_PARAM_VALUE for {v:?}");
     }
     for f in ["PWNED", "PWNED2", "PWNED3", "PWNED4", "PWNED5"] {

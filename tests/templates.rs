@@ -38,5 +38,8 @@ fn template_reads_back_with_its_columns_and_rows() {
     assert_eq!(sheet.params, ["lr", "width"]);
     assert_eq!(sheet.rows.len(), 2);
     assert!(sheet.rows.iter().all(|r| r.invalid.is_empty()));
-    assert_eq!(sheet.rows[1].abort_when.as_deref(), Some("runtime>1h&&loss>2"));
+    assert_eq!(
+        sheet.rows[1].abort_when.as_deref(),
+        Some("runtime>1h&&loss>2")
+    );
 }

@@ -9,11 +9,18 @@ const YAML: &str = "command: python3 -c 'print(1)' {x}\nclusters:\n  local:\n   
 fn fails_naming(p: &Project, args: &[&str], needles: &[&str]) -> String {
     let out = p.neroman(args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "neroman {args:?} should fail; stderr: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "neroman {args:?} should fail; stderr: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "error should mention {n:?}: {err}");
     }
-    assert!(!p.path(".neronet/mum-local/runs").exists(), "nothing may be started");
+    assert!(
+        !p.path(".neronet/mum-local/runs").exists(),
+        "nothing may be started"
+    );
     err
 }
 
@@ -23,19 +30,22 @@ fn bad_rows_are_skipped_with_their_cell_and_the_rest_run() {
     p.workbook(
         &["id", "status", "cluster", "abort_when", "command", "x"],
         &[
-            vec![V::N(1.0), V::E, V::E, V::E, V::E, V::N(1.0)],                     // row 2: fine
-            vec![V::N(12.0), V::E, V::E, V::E, V::E, V::N(2.0)],                    // row 3: dup of row 7
-            vec![V::E, V::S("start"), V::E, V::E, V::E, V::N(3.0)],                 // row 4: no id
-            vec![V::N(4.0), V::E, V::S("gpu-farm"), V::E, V::E, V::N(4.0)],         // row 5: unknown cluster
-            vec![V::N(5.0), V::E, V::E, V::E, V::S("echo {lr}"), V::N(5.0)],        // row 6: no column lr
-            vec![V::N(12.0), V::E, V::E, V::E, V::E, V::N(6.0)],                    // row 7: duplicate id
-            vec![V::N(8.0), V::E, V::E, V::S("loss>>1"), V::E, V::N(8.0)],          // row 8: bad rule
-            vec![V::E, V::E, V::E, V::E, V::E, V::E],                               // row 9: blank, skipped
-            vec![V::S("x-9"), V::E, V::E, V::E, V::E, V::N(9.0)],                   // row 10: fine, text id
+            vec![V::N(1.0), V::E, V::E, V::E, V::E, V::N(1.0)], // row 2: fine
+            vec![V::N(12.0), V::E, V::E, V::E, V::E, V::N(2.0)], // row 3: dup of row 7
+            vec![V::E, V::S("start"), V::E, V::E, V::E, V::N(3.0)], // row 4: no id
+            vec![V::N(4.0), V::E, V::S("gpu-farm"), V::E, V::E, V::N(4.0)], // row 5: unknown cluster
+            vec![V::N(5.0), V::E, V::E, V::E, V::S("echo {lr}"), V::N(5.0)], // row 6: no column lr
+            vec![V::N(12.0), V::E, V::E, V::E, V::E, V::N(6.0)],            // row 7: duplicate id
+            vec![V::N(8.0), V::E, V::E, V::S("loss>>1"), V::E, V::N(8.0)],  // row 8: bad rule
+            vec![V::E, V::E, V::E, V::E, V::E, V::E],                       // row 9: blank, skipped
+            vec![V::S("x-9"), V::E, V::E, V::E, V::E, V::N(9.0)],           // row 10: fine, text id
         ],
     );
     let out = p.neroman(&["start", "all", "--wait"]);
-    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(out.status.success(), "{so}\n{se}");
     for needle in [
         "experiments!A7: duplicate id 12 (first in A3)",
@@ -48,7 +58,12 @@ fn bad_rows_are_skipped_with_their_cell_and_the_rest_run() {
         assert!(se.contains(needle), "missing {needle:?} in:\n{se}");
     }
     let st = p.status();
-    let state = |id: &str| st.iter().find(|e| e["id"] == id).map(|e| e["state"].as_str().unwrap().to_string()).unwrap();
+    let state = |id: &str| {
+        st.iter()
+            .find(|e| e["id"] == id)
+            .map(|e| e["state"].as_str().unwrap().to_string())
+            .unwrap()
+    };
     assert_eq!(state("1"), "finished");
     assert_eq!(state("x-9"), "finished");
     for bad in ["12", "4", "5", "8"] {
@@ -56,14 +71,24 @@ fn bad_rows_are_skipped_with_their_cell_and_the_rest_run() {
     }
     // The problems sheet lists them too.
     let csv = common::soffice_csv(&p.path("results.xlsx"), 2);
-    assert!(csv.contains("experiments!C5,4,\"unknown cluster \"\"gpu-farm\"\" (known: local)\""), "{csv}");
+    assert!(
+        csv.contains("experiments!C5,4,\"unknown cluster \"\"gpu-farm\"\" (known: local)\""),
+        "{csv}"
+    );
 }
 
 #[test]
 fn missing_columns_empty_sheets_and_broken_files_are_errors() {
     let p = Project::new("bad-files", YAML);
-    p.workbook(&["ID", "command", "x"], &[vec![V::N(1.0), V::S("true"), V::N(1.0)]]);
-    fails_naming(&p, &["start", "all"], &["experiments!1:1 has no \"status\" column", "ID, command, x"]);
+    p.workbook(
+        &["ID", "command", "x"],
+        &[vec![V::N(1.0), V::S("true"), V::N(1.0)]],
+    );
+    fails_naming(
+        &p,
+        &["start", "all"],
+        &["experiments!1:1 has no \"status\" column", "ID, command, x"],
+    );
 
     p.workbook(&["name", "Status"], &[vec![V::N(1.0), V::S("start")]]);
     fails_naming(&p, &["status"], &["has no \"id\" column"]);
@@ -72,7 +97,11 @@ fn missing_columns_empty_sheets_and_broken_files_are_errors() {
     fails_naming(&p, &["start", "all"], &["sheet \"experiments\" is empty"]);
 
     std::fs::write(p.path("experiments.xlsx"), "id,status\n1,start\n").unwrap();
-    fails_naming(&p, &["start", "all"], &["experiments.xlsx: not a readable spreadsheet"]);
+    fails_naming(
+        &p,
+        &["start", "all"],
+        &["experiments.xlsx: not a readable spreadsheet"],
+    );
 
     // A workbook cut off in the middle (as a half-finished copy would be).
     p.workbook(&["id", "status", "x"], &[vec![V::N(1.0), V::E, V::N(1.0)]]);
@@ -80,8 +109,15 @@ fn missing_columns_empty_sheets_and_broken_files_are_errors() {
     std::fs::write(p.path("experiments.xlsx"), &bytes[..bytes.len() / 2]).unwrap();
     fails_naming(&p, &["start", "all"], &["not a readable spreadsheet"]);
 
-    p.workbook(&["id", "status", "x", "X"], &[vec![V::N(1.0), V::E, V::N(1.0), V::N(2.0)]]);
-    fails_naming(&p, &["start", "all"], &["experiments!C1 and experiments!D1 are both headed \"X\""]);
+    p.workbook(
+        &["id", "status", "x", "X"],
+        &[vec![V::N(1.0), V::E, V::N(1.0), V::N(2.0)]],
+    );
+    fails_naming(
+        &p,
+        &["start", "all"],
+        &["experiments!C1 and experiments!D1 are both headed \"X\""],
+    );
 }
 
 #[test]
@@ -89,10 +125,17 @@ fn selection_errors_name_the_field_and_column() {
     let p = Project::new("bad-selection", YAML);
     p.workbook(&["id", "status", "x"], &[vec![V::N(1.0), V::E, V::N(1.0)]]);
     let err = fails_naming(&p, &["start", "runtime>7200&&erorrate>0.4"], &[]);
-    assert!(err.contains("column 15") && err.contains("\"erorrate\""), "{err}");
+    assert!(
+        err.contains("column 15") && err.contains("\"erorrate\""),
+        "{err}"
+    );
     let err = fails_naming(&p, &["start", "x>"], &["column 3"]);
     assert!(err.contains("expected a value"), "{err}");
-    let err = fails_naming(&p, &["start", "crashd"], &["did you mean the state crashed?"]);
+    let err = fails_naming(
+        &p,
+        &["start", "crashd"],
+        &["did you mean the state crashed?"],
+    );
     assert!(err.contains("no experiment has the id \"crashd\""), "{err}");
     let err = fails_naming(&p, &["start", "runtim>3"], &["did you mean runtime?"]);
     let _ = err;
@@ -101,17 +144,29 @@ fn selection_errors_name_the_field_and_column() {
 #[test]
 fn ods_workbooks_read_too() {
     let p = Project::new("ods", "command: echo {x}\n");
-    common::write_workbook(&p.path("book.xlsx"), "experiments", &["id", "status", "x"], &[vec![V::N(1.0), V::E, V::S("hello world")]]);
+    common::write_workbook(
+        &p.path("book.xlsx"),
+        "experiments",
+        &["id", "status", "x"],
+        &[vec![V::N(1.0), V::E, V::S("hello world")]],
+    );
     // A real LibreOffice makes the .ods.
     let out = std::process::Command::new(common::soffice())
         .arg("--headless")
-        .arg(format!("-env:UserInstallation=file://{}/lo-profile", p.dir.display()))
+        .arg(format!(
+            "-env:UserInstallation=file://{}/lo-profile",
+            p.dir.display()
+        ))
         .args(["--convert-to", "ods", "--outdir"])
         .arg(&p.dir)
         .arg(p.path("book.xlsx"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     p.write("neronet.yaml", "workbook: book.ods\ncommand: echo {x}\n");
     // init's template is not needed: the config names the workbook.
     p.ok(&["start", "all", "--wait"]);

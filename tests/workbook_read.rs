@@ -11,10 +11,28 @@ fn numbers_text_dates_and_reserved_columns() {
     let path = dir.join("types.xlsx");
     let mut book = Workbook::new();
     // A first sheet that is not the experiments sheet: the one named `experiments` is used.
-    book.add_worksheet().set_name("notes").unwrap().write_string(0, 0, "scratch").unwrap();
+    book.add_worksheet()
+        .set_name("notes")
+        .unwrap()
+        .write_string(0, 0, "scratch")
+        .unwrap();
     let ws = book.add_worksheet();
     ws.set_name("Experiments").unwrap();
-    for (c, h) in ["ID", " Status ", "Command", "LR", "opt", "augment", "since", "#private", "notes", "slurm.time"].iter().enumerate() {
+    for (c, h) in [
+        "ID",
+        " Status ",
+        "Command",
+        "LR",
+        "opt",
+        "augment",
+        "since",
+        "#private",
+        "notes",
+        "slurm.time",
+    ]
+    .iter()
+    .enumerate()
+    {
         ws.write_string(0, c as u16, *h).unwrap();
     }
     let date = Format::new().set_num_format("yyyy-mm-dd");
@@ -24,7 +42,8 @@ fn numbers_text_dates_and_reserved_columns() {
     ws.write_number(1, 3, 0.1).unwrap();
     ws.write_string(1, 4, "adam").unwrap();
     ws.write_boolean(1, 5, true).unwrap();
-    ws.write_datetime_with_format(1, 6, &ExcelDateTime::from_ymd(2026, 3, 14).unwrap(), &date).unwrap();
+    ws.write_datetime_with_format(1, 6, ExcelDateTime::from_ymd(2026, 3, 14).unwrap(), &date)
+        .unwrap();
     ws.write_string(1, 7, "hidden").unwrap();
     ws.write_string(1, 9, "2:00:00").unwrap();
     // Row 3 left blank; row 4 has a text id and a number typed as text.
@@ -49,6 +68,10 @@ fn numbers_text_dates_and_reserved_columns() {
     assert!(!r.params.contains_key("#private") && !r.params.contains_key("notes"));
     let b = &sheet.rows[1];
     assert_eq!((b.row, b.id.as_str()), (4, "baseline"));
-    assert_eq!(b.params["LR"].number, Some(3e-4), "numbers typed as text still compare as numbers");
+    assert_eq!(
+        b.params["LR"].number,
+        Some(3e-4),
+        "numbers typed as text still compare as numbers"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,10 +12,23 @@ fn log_lines(n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * 60);
     for i in 0..n {
         match i % 4 {
-            0 => writeln!(out, "epoch={} step={} loss={:.6} errorrate={:.4}", i / 1000, i, 1.0 / (i + 1) as f64, 0.5 / (1.0 + i as f64)),
-            1 => writeln!(out, "INFO [trainer] processed batch {i} of the current epoch without incident"),
+            0 => writeln!(
+                out,
+                "epoch={} step={} loss={:.6} errorrate={:.4}",
+                i / 1000,
+                i,
+                1.0 / (i + 1) as f64,
+                0.5 / (1.0 + i as f64)
+            ),
+            1 => writeln!(
+                out,
+                "INFO [trainer] processed batch {i} of the current epoch without incident"
+            ),
             2 => writeln!(out, "val/acc: {:.4}, lr = 3e-4.", (i % 100) as f64 / 100.0),
-            _ => writeln!(out, "2026-11-26 12:30:45 worker-3 heartbeat ok, queue depth fine"),
+            _ => writeln!(
+                out,
+                "2026-11-26 12:30:45 worker-3 heartbeat ok, queue depth fine"
+            ),
         }
         .unwrap();
     }
@@ -58,14 +71,22 @@ fn proc_sample(pid: u32) -> Option<(u64, u64)> {
     let f: Vec<&str> = rest.split(' ').collect();
     let ticks = f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some((ticks, rss))
 }
 
 /// Run the kid around a Python job printing 10,000 lines/s for `secs`; `per_write` lines per
 /// write+flush (1 = a job that flushes every line, the worst case for the kid).
 fn overhead(per_write: usize) {
-    let dir = std::env::temp_dir().join(format!("nerokid-bench-{}-{per_write}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("nerokid-bench-{}-{per_write}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let secs = 20.0;
@@ -115,8 +136,14 @@ fn overhead(per_write: usize) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let wall = start.elapsed().as_secs_f64();
-    let lines = std::fs::read_to_string(dir.join("stdout.log")).unwrap().lines().count();
-    let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap().lines().count();
+    let lines = std::fs::read_to_string(dir.join("stdout.log"))
+        .unwrap()
+        .lines()
+        .count();
+    let events = std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
     println!(
         "kid overhead, {per_write:>3} line(s) per flush: {lines} lines in {wall:.1} s ({:.0} lines/s); nerokid CPU {:.2}% of a core, \
          peak RSS {:.1} MB; beside it the job used {:.1}% of a core; {events} events logged",

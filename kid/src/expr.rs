@@ -236,8 +236,7 @@ fn lex(src: &str) -> Result<Vec<Lexed>, ParseError> {
         } else if two('=', '~') {
             i += 2;
             Tok::Op(CmpOp::Match)
-        } else if c == '<' || c == '>' || c == '!' || c == ',' || c == '-' || c == '(' || c == ')'
-        {
+        } else if c == '<' || c == '>' || c == '!' || c == ',' || c == '-' || c == '(' || c == ')' {
             i += 1;
             match c {
                 '<' => Tok::Op(CmpOp::Lt),
@@ -259,7 +258,8 @@ fn lex(src: &str) -> Result<Vec<Lexed>, ParseError> {
             loop {
                 match chars.get(i) {
                     None => return Err(err(start, "unterminated string".into())),
-                    Some('\\') if matches!(chars.get(i + 1), Some(q) if *q == quote || *q == '\\') => {
+                    Some('\\') if matches!(chars.get(i + 1), Some(q) if *q == quote || *q == '\\') =>
+                    {
                         s.push(chars[i + 1]);
                         i += 2;
                     }
@@ -274,7 +274,9 @@ fn lex(src: &str) -> Result<Vec<Lexed>, ParseError> {
                 }
             }
             Tok::Str(s)
-        } else if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
             while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
                 i += 1;
             }
@@ -301,10 +303,17 @@ fn lex(src: &str) -> Result<Vec<Lexed>, ParseError> {
                     i += 1;
                 }
             }
-            if chars.get(i).copied().is_some_and(|c| c.is_alphabetic() || c == '_') {
+            if chars
+                .get(i)
+                .copied()
+                .is_some_and(|c| c.is_alphabetic() || c == '_')
+            {
                 return Err(err(
                     i,
-                    format!("unexpected '{}' after number (units: s, m, h, d, w)", chars[i]),
+                    format!(
+                        "unexpected '{}' after number (units: s, m, h, d, w)",
+                        chars[i]
+                    ),
                 ));
             }
             Tok::Num(n, unit, text)
@@ -412,7 +421,9 @@ impl Parser {
             Some(Tok::Num(n, unit, text)) => {
                 if unit.is_some() || n.fract() != 0.0 || text.contains(['.', 'e', 'E']) {
                     self.pos -= 1;
-                    return self.fail(format!("'{text}' is not an id (ids are whole numbers or words)"));
+                    return self.fail(format!(
+                        "'{text}' is not an id (ids are whole numbers or words)"
+                    ));
                 }
                 if self.peek() == Some(&Tok::Minus) {
                     self.pos += 1;
@@ -699,10 +710,12 @@ impl Comparison {
                 Some(w) => g.partial_cmp(&w),
                 None => return self.op == CmpOp::Ne,
             },
-            (FieldValue::Text(g), Value::Text(w)) => match (g.trim().parse::<f64>(), w.parse::<f64>()) {
-                (Ok(a), Ok(b)) => a.partial_cmp(&b),
-                _ => Some(g.as_str().cmp(w.as_str())),
-            },
+            (FieldValue::Text(g), Value::Text(w)) => {
+                match (g.trim().parse::<f64>(), w.parse::<f64>()) {
+                    (Ok(a), Ok(b)) => a.partial_cmp(&b),
+                    _ => Some(g.as_str().cmp(w.as_str())),
+                }
+            }
             (FieldValue::Text(g), v) => match g.trim().parse::<f64>() {
                 Ok(a) => a.partial_cmp(&v.as_number().unwrap_or(f64::NAN)),
                 Err(_) => return self.op == CmpOp::Ne,
@@ -752,7 +765,10 @@ mod tests {
     }
     fn sel(src: &str, rows: &[Row]) -> Vec<&'static str> {
         let e = parse(src).unwrap();
-        rows.iter().filter(|r| e.matches(*r)).map(|r| r.id).collect()
+        rows.iter()
+            .filter(|r| e.matches(*r))
+            .map(|r| r.id)
+            .collect()
     }
 
     #[test]
@@ -767,15 +783,27 @@ mod tests {
             row("186", "crashed", &[]),
             row("190", "running", &[("runtime", 100.0), ("errorrate", 0.9)]),
         ];
-        assert_eq!(sel("124-186", &rows), ["124", "144", "147", "150", "170", "175", "186"]);
-        assert_eq!(sel("crashed,144-149,170,175", &rows), ["144", "147", "170", "175", "186"]);
+        assert_eq!(
+            sel("124-186", &rows),
+            ["124", "144", "147", "150", "170", "175", "186"]
+        );
+        assert_eq!(
+            sel("crashed,144-149,170,175", &rows),
+            ["144", "147", "170", "175", "186"]
+        );
         assert_eq!(sel("tmod<1h", &rows), ["170"]);
         assert_eq!(sel("runtime>7200&&errorrate>0.40", &rows), ["147"]);
-        assert_eq!(sel("runtime > 2h || !(errorrate<=0.5) && runtime<200", &rows), ["124", "147", "150", "190"]);
+        assert_eq!(
+            sel("runtime > 2h || !(errorrate<=0.5) && runtime<200", &rows),
+            ["124", "147", "150", "190"]
+        );
         assert_eq!(sel("all", &rows).len(), rows.len());
         assert_eq!(sel("id=~'^1[78]'", &rows), ["170", "175", "186"]);
         assert_eq!(sel("status==running&&runtime<30m", &rows), ["190"]);
-        assert_eq!(sel("(crashed||queued),170", &rows), ["144", "170", "175", "186"]);
+        assert_eq!(
+            sel("(crashed||queued),170", &rows),
+            ["144", "170", "175", "186"]
+        );
     }
 
     #[test]
@@ -816,7 +844,9 @@ mod tests {
         let r = Row {
             id: "a-1",
             state: None,
-            fields: [("optimizer", FieldValue::Text("adam".into()))].into_iter().collect(),
+            fields: [("optimizer", FieldValue::Text("adam".into()))]
+                .into_iter()
+                .collect(),
         };
         assert!(parse("optimizer==adam").unwrap().matches(&r));
         assert!(parse("optimizer!=\"sgd\"").unwrap().matches(&r));

@@ -46,7 +46,10 @@ impl std::fmt::Display for PatternError {
         match self {
             PatternError::Bad(p, e) => write!(f, "metric pattern {p:?}: {e}"),
             PatternError::NoGroups(p) => {
-                write!(f, "metric pattern {p:?} has no named group (write (?P<loss>[0-9.eE+-]+))")
+                write!(
+                    f,
+                    "metric pattern {p:?} has no named group (write (?P<loss>[0-9.eE+-]+))"
+                )
             }
         }
     }
@@ -80,7 +83,10 @@ impl Extractor {
                 for (re, names) in &self.patterns {
                     if let Some(caps) = re.captures(text) {
                         for name in names {
-                            if let Some(v) = caps.name(name).and_then(|m| parse_number(m.as_str().as_bytes())) {
+                            if let Some(v) = caps
+                                .name(name)
+                                .and_then(|m| parse_number(m.as_str().as_bytes()))
+                            {
                                 found.push(name, v);
                             }
                         }
@@ -133,11 +139,29 @@ fn scan_tokens(line: &[u8], found: &mut Found) {
             v += 1;
         }
         let mut vend = v;
-        while vend < line.len() && matches!(line[vend], b'0'..=b'9' | b'.' | b'-' | b'+' | b'e' | b'E' | b'n' | b'a' | b'i' | b'f' | b'N' | b'I') {
+        while vend < line.len()
+            && matches!(
+                line[vend],
+                b'0'..=b'9'
+                    | b'.'
+                    | b'-'
+                    | b'+'
+                    | b'e'
+                    | b'E'
+                    | b'n'
+                    | b'a'
+                    | b'i'
+                    | b'f'
+                    | b'N'
+                    | b'I'
+            )
+        {
             vend += 1;
         }
         // The value must end the token: `lr=0.1,` fine, `x=3abc` not a number.
-        if vend == v || (vend < line.len() && (line[vend].is_ascii_alphanumeric() || line[vend] == b'_')) {
+        if vend == v
+            || (vend < line.len() && (line[vend].is_ascii_alphanumeric() || line[vend] == b'_'))
+        {
             continue;
         }
         // A trailing `.` belongs to the sentence, not the number.
@@ -156,7 +180,12 @@ fn scan_tokens(line: &[u8], found: &mut Found) {
 
 fn parse_number(bytes: &[u8]) -> Option<f64> {
     let text = std::str::from_utf8(bytes).ok()?;
-    if !text.bytes().any(|b| b.is_ascii_digit()) && !matches!(text.to_ascii_lowercase().as_str(), "nan" | "inf" | "-inf" | "+inf") {
+    if !text.bytes().any(|b| b.is_ascii_digit())
+        && !matches!(
+            text.to_ascii_lowercase().as_str(),
+            "nan" | "inf" | "-inf" | "+inf"
+        )
+    {
         return None;
     }
     text.parse::<f64>().ok()
@@ -175,7 +204,9 @@ impl Default for LineSplitter {
 
 impl LineSplitter {
     pub fn new() -> Self {
-        LineSplitter { pending: Vec::new() }
+        LineSplitter {
+            pending: Vec::new(),
+        }
     }
 
     pub fn feed(&mut self, chunk: &[u8], mut each: impl FnMut(&[u8])) {
@@ -223,7 +254,9 @@ pub fn csv_row(header: &[String], line: &str) -> Option<Found> {
 }
 
 pub fn csv_header(line: &str) -> Vec<String> {
-    line.split(',').map(|h| h.trim().trim_matches('"').to_string()).collect()
+    line.split(',')
+        .map(|h| h.trim().trim_matches('"').to_string())
+        .collect()
 }
 
 /// Metrics in one JSON object line (numeric members; booleans and strings are skipped).
@@ -244,16 +277,27 @@ mod tests {
     use super::*;
 
     fn tokens(line: &str) -> Vec<(String, f64)> {
-        Extractor::new(true, &[]).unwrap().line(line.as_bytes()).map(|f| f.values).unwrap_or_default()
+        Extractor::new(true, &[])
+            .unwrap()
+            .line(line.as_bytes())
+            .map(|f| f.values)
+            .unwrap_or_default()
     }
 
     #[test]
     fn finds_name_value_tokens() {
         assert_eq!(
             tokens("epoch=3 loss=0.25 errorrate=1e-2"),
-            [("epoch".into(), 3.0), ("loss".into(), 0.25), ("errorrate".into(), 0.01)]
+            [
+                ("epoch".into(), 3.0),
+                ("loss".into(), 0.25),
+                ("errorrate".into(), 0.01)
+            ]
         );
-        assert_eq!(tokens("val/acc: 0.91, lr = 3e-4."), [("val/acc".into(), 0.91), ("lr".into(), 3e-4)]);
+        assert_eq!(
+            tokens("val/acc: 0.91, lr = 3e-4."),
+            [("val/acc".into(), 0.91), ("lr".into(), 3e-4)]
+        );
         assert_eq!(tokens("--lr=0.5"), [("lr".into(), 0.5)]);
         let nan = tokens("loss=nan");
         assert_eq!(nan.len(), 1);
@@ -270,14 +314,20 @@ mod tests {
 
     #[test]
     fn step_comes_from_epoch() {
-        let f = Extractor::new(true, &[]).unwrap().line(b"epoch=7 loss=1").unwrap();
+        let f = Extractor::new(true, &[])
+            .unwrap()
+            .line(b"epoch=7 loss=1")
+            .unwrap();
         assert_eq!(f.step, Some(7.0));
     }
 
     #[test]
     fn named_group_patterns() {
         let ex = Extractor::new(false, &[r"Acc (?P<acc>[0-9.]+)%".into()]).unwrap();
-        assert_eq!(ex.line(b"Test Acc 93.5% done").unwrap().values, [("acc".into(), 93.5)]);
+        assert_eq!(
+            ex.line(b"Test Acc 93.5% done").unwrap().values,
+            [("acc".into(), 93.5)]
+        );
         assert!(Extractor::new(false, &["(".into()]).is_err());
         assert!(Extractor::new(false, &["[0-9]+".into()]).is_err());
     }
@@ -295,7 +345,13 @@ mod tests {
     #[test]
     fn files_rows() {
         let h = csv_header("step,loss,name");
-        assert_eq!(csv_row(&h, "3,0.5,x").unwrap().values, [("step".into(), 3.0), ("loss".into(), 0.5)]);
-        assert_eq!(jsonl_row(r#"{"loss": 2, "tag": "a"}"#).unwrap().values, [("loss".into(), 2.0)]);
+        assert_eq!(
+            csv_row(&h, "3,0.5,x").unwrap().values,
+            [("step".into(), 3.0), ("loss".into(), 0.5)]
+        );
+        assert_eq!(
+            jsonl_row(r#"{"loss": 2, "tag": "a"}"#).unwrap().values,
+            [("loss".into(), 2.0)]
+        );
     }
 }

@@ -28,7 +28,13 @@ fn mem_total_bytes() -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -52,7 +58,12 @@ pub fn env_report(cwd: &Path) -> EnvReport {
         &["--query-gpu=name,memory.total", "--format=csv,noheader"],
         cwd,
     )
-    .map(|s| s.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+    .map(|s| {
+        s.lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    })
     .unwrap_or_default();
     let git_commit = probe("git", &["rev-parse", "HEAD"], cwd).filter(|s| s.len() >= 7);
     let scheduler: BTreeMap<String, String> = SCHEDULER_VARS
@@ -92,18 +103,31 @@ pub struct GroupSample {
 /// Sum CPU time and RSS over every process whose process group is `pgid`.
 pub fn sample_group(pgid: i32) -> GroupSample {
     let mut s = GroupSample::default();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return s };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return s;
+    };
     for entry in dir.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // Fields after the command name, which is in parentheses and may hold spaces.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
         let f: Vec<&str> = rest.split(' ').collect();
         // rest[0] is field 3 (state): pgrp = field 5, utime 14, stime 15, rss 24.
-        let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let field = |n: usize| {
+            f.get(n - 3)
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
         if field(5) as i32 != pgid {
             continue;
         }

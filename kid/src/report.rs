@@ -146,7 +146,11 @@ pub enum Outcome {
     /// The job died from a signal nobody in Neronet sent.
     Signal { signal: i32 },
     /// Stopped by the user (SIGTERM to the kid) or by the rule.
-    Aborted { by: AbortCause, signal: Option<i32>, code: Option<i32> },
+    Aborted {
+        by: AbortCause,
+        signal: Option<i32>,
+        code: Option<i32>,
+    },
     /// The command could not be started at all.
     FailedToStart { error: String },
 }
@@ -188,18 +192,45 @@ mod tests {
     /// Snapshot: the on-disk event format. A change here breaks old run directories.
     #[test]
     fn event_log_format_is_stable() {
-        let events = vec![
-            KidEvent::Started { t: 1.5, pid: 10, job_pid: 11, host: "n1".into() },
-            KidEvent::Metrics { t: 2.0, step: Some(3.0), values: vec![("loss".into(), 0.25)] },
-            KidEvent::Resources { t: 3.0, cpu_percent: 99.5, rss_bytes: 1024, processes: 2 },
-            KidEvent::RuleFired { t: 4.0, rule: "loss>1".into() },
+        let events = [
+            KidEvent::Started {
+                t: 1.5,
+                pid: 10,
+                job_pid: 11,
+                host: "n1".into(),
+            },
+            KidEvent::Metrics {
+                t: 2.0,
+                step: Some(3.0),
+                values: vec![("loss".into(), 0.25)],
+            },
+            KidEvent::Resources {
+                t: 3.0,
+                cpu_percent: 99.5,
+                rss_bytes: 1024,
+                processes: 2,
+            },
+            KidEvent::RuleFired {
+                t: 4.0,
+                rule: "loss>1".into(),
+            },
             KidEvent::Exited {
                 t: 5.0,
-                outcome: Outcome::Aborted { by: AbortCause::Rule("loss>1".into()), signal: Some(15), code: None },
+                outcome: Outcome::Aborted {
+                    by: AbortCause::Rule("loss>1".into()),
+                    signal: Some(15),
+                    code: None,
+                },
             },
-            KidEvent::Exited { t: 6.0, outcome: Outcome::Exit { code: 0 } },
+            KidEvent::Exited {
+                t: 6.0,
+                outcome: Outcome::Exit { code: 0 },
+            },
         ];
-        let text: Vec<String> = events.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+        let text: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
         assert_eq!(
             text,
             [

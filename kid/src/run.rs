@@ -105,10 +105,13 @@ impl Fields for RuleFields<'_> {
         if let Some(v) = self.last.get(name) {
             return Some(FieldValue::Num(*v));
         }
-        self.spec.params.get(name).map(|v| match v.trim().parse::<f64>() {
-            Ok(n) => FieldValue::Num(n),
-            Err(_) => FieldValue::Text(v.clone()),
-        })
+        self.spec
+            .params
+            .get(name)
+            .map(|v| match v.trim().parse::<f64>() {
+                Ok(n) => FieldValue::Num(n),
+                Err(_) => FieldValue::Text(v.clone()),
+            })
     }
 }
 
@@ -187,7 +190,9 @@ struct FileTail {
 
 impl FileTail {
     fn poll(&mut self, out: &mut Vec<(f64, Found)>) {
-        let Ok(mut f) = File::open(&self.path) else { return };
+        let Ok(mut f) = File::open(&self.path) else {
+            return;
+        };
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }
@@ -199,7 +204,9 @@ impl FileTail {
         let t = now();
         let (format, header) = (self.format, &mut self.header);
         self.split.feed(&chunk, |line| {
-            let Ok(text) = std::str::from_utf8(line) else { return };
+            let Ok(text) = std::str::from_utf8(line) else {
+                return;
+            };
             if text.trim().is_empty() {
                 return;
             }
@@ -233,22 +240,38 @@ const TICK: Duration = Duration::from_millis(250);
 /// Run `command` under supervision in `dir`; returns the exit code the kid should exit with.
 pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidError> {
     std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-    let rule = match spec.abort_when.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
-        Some(r) => Some(expr::parse(r).map_err(|e| KidError::Spec(format!("abort_when {r:?}: {e}")))?),
+    let rule = match spec
+        .abort_when
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+    {
+        Some(r) => {
+            Some(expr::parse(r).map_err(|e| KidError::Spec(format!("abort_when {r:?}: {e}")))?)
+        }
         None => None,
     };
     let extractor = Arc::new(
-        Extractor::new(spec.metrics.tokens, &spec.metrics.patterns).map_err(|e| KidError::Spec(e.to_string()))?,
+        Extractor::new(spec.metrics.tokens, &spec.metrics.patterns)
+            .map_err(|e| KidError::Spec(e.to_string()))?,
     );
     let mut log = EventLog::open(dir)?;
     let stop_requested = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
         signal_hook::flag::register(sig, Arc::clone(&stop_requested))
             .map_err(io_err("install signal handler"))?;
     }
     let open_log = |name: &str| {
         let p = dir.join(name);
-        OpenOptions::new().create(true).append(true).open(&p).map_err(io_err(format!("open {}", p.display())))
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(io_err(format!("open {}", p.display())))
     };
     let (out_file, err_file) = (open_log(STDOUT_FILE)?, open_log(STDERR_FILE)?);
     let cwd = std::env::current_dir().unwrap_or_else(|_| dir.to_path_buf());
@@ -268,7 +291,9 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         Err(e) => {
             log.append(&[KidEvent::Exited {
                 t: now(),
-                outcome: Outcome::FailedToStart { error: format!("{program}: {e}") },
+                outcome: Outcome::FailedToStart {
+                    error: format!("{program}: {e}"),
+                },
             }])
             .and_then(|_| log.sync())
             .map_err(io_err("write event log"))?;
@@ -278,15 +303,33 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     let started = Instant::now();
     let job_pid = child.id() as i32;
     log.append(&[
-        KidEvent::Started { t: now(), pid: std::process::id(), job_pid: job_pid as u32, host: probe::hostname() },
-        KidEvent::Environment { t: now(), report: probe::env_report(&cwd) },
+        KidEvent::Started {
+            t: now(),
+            pid: std::process::id(),
+            job_pid: job_pid as u32,
+            host: probe::hostname(),
+        },
+        KidEvent::Environment {
+            t: now(),
+            report: probe::env_report(&cwd),
+        },
     ])
     .map_err(io_err("write event log"))?;
 
     let (tx, rx) = mpsc::channel();
     let readers = [
-        spawn_reader(child.stdout.take().expect("piped stdout"), out_file, Arc::clone(&extractor), tx.clone()),
-        spawn_reader(child.stderr.take().expect("piped stderr"), err_file, Arc::clone(&extractor), tx.clone()),
+        spawn_reader(
+            child.stdout.take().expect("piped stdout"),
+            out_file,
+            Arc::clone(&extractor),
+            tx.clone(),
+        ),
+        spawn_reader(
+            child.stderr.take().expect("piped stderr"),
+            err_file,
+            Arc::clone(&extractor),
+            tx.clone(),
+        ),
     ];
     drop(tx);
     let mut tails: Vec<FileTail> = spec
@@ -340,7 +383,11 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             for (name, v) in &f.values {
                 last.insert(name.clone(), *v);
             }
-            pending.push(KidEvent::Metrics { t, step: f.step, values: f.values });
+            pending.push(KidEvent::Metrics {
+                t,
+                step: f.step,
+                values: f.values,
+            });
         }
         if now_i >= next_sample && exit_status.is_none() {
             let s = probe::sample_group(job_pid);
@@ -369,10 +416,17 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             if stop_requested.load(Ordering::Relaxed) {
                 abort = Some((AbortCause::User, now_i));
             } else if let Some(rule) = &rule {
-                let fields = RuleFields { spec, last: &last, runtime: started.elapsed().as_secs_f64() };
+                let fields = RuleFields {
+                    spec,
+                    last: &last,
+                    runtime: started.elapsed().as_secs_f64(),
+                };
                 if rule.matches(&fields) {
                     let text = rule.to_string();
-                    pending.push(KidEvent::RuleFired { t: now(), rule: text.clone() });
+                    pending.push(KidEvent::RuleFired {
+                        t: now(),
+                        rule: text.clone(),
+                    });
                     abort = Some((AbortCause::Rule(text), now_i));
                 }
             }
@@ -381,7 +435,8 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             }
         }
         if let Some((_, since)) = &abort {
-            if !killed && exit_status.is_none() && since.elapsed().as_secs_f64() >= spec.grace_secs {
+            if !killed && exit_status.is_none() && since.elapsed().as_secs_f64() >= spec.grace_secs
+            {
                 signal_group(job_pid, libc::SIGKILL);
                 killed = true;
             }

@@ -14,12 +14,20 @@ fn field() -> impl Strategy<Value = String> {
 }
 
 fn value() -> impl Strategy<Value = Value> {
-    let unit = prop_oneof![Just(Unit::Seconds), Just(Unit::Minutes), Just(Unit::Hours), Just(Unit::Days), Just(Unit::Weeks)];
+    let unit = prop_oneof![
+        Just(Unit::Seconds),
+        Just(Unit::Minutes),
+        Just(Unit::Hours),
+        Just(Unit::Days),
+        Just(Unit::Weeks)
+    ];
     prop_oneof![
         (-1e6f64..1e6).prop_map(Value::Num),
         (0u32..100000).prop_map(|n| Value::Num(f64::from(n))),
         ((0u32..1000).prop_map(f64::from), unit).prop_map(|(n, u)| Value::Duration(n, u)),
-        any::<String>().prop_filter("no NUL", |s| !s.contains('\0')).prop_map(Value::Text),
+        any::<String>()
+            .prop_filter("no NUL", |s| !s.contains('\0'))
+            .prop_map(Value::Text),
     ]
 }
 
@@ -37,15 +45,33 @@ fn op() -> impl Strategy<Value = CmpOp> {
 fn leaf() -> impl Strategy<Value = Expr> {
     prop_oneof![
         Just(Expr::All),
-        prop_oneof![Just("crashed"), Just("running"), Just("finished"), Just("lost")].prop_map(|s| Expr::State(s.into())),
+        prop_oneof![
+            Just("crashed"),
+            Just("running"),
+            Just("finished"),
+            Just("lost")
+        ]
+        .prop_map(|s| Expr::State(s.into())),
         (0i64..1000, 0i64..1000).prop_map(|(a, b)| Expr::IdRange(a.min(b), a.max(b))),
         (0u32..100000).prop_map(|n| Expr::Id(n.to_string())),
         "[a-z][a-z0-9_-]{0,6}".prop_map(Expr::Id),
         "[ -~]{1,8}".prop_map(Expr::Id),
-        (field(), op(), value()).prop_map(|(field, op, value)| Expr::Cmp(Comparison { field, op, value, regex: None, column: 0 })),
+        (field(), op(), value()).prop_map(|(field, op, value)| Expr::Cmp(Comparison {
+            field,
+            op,
+            value,
+            regex: None,
+            column: 0
+        })),
         (field(), "[a-z0-9.^$]{0,6}").prop_map(|(field, re)| {
             let regex = Some(Pattern(regex::Regex::new(&re).unwrap()));
-            Expr::Cmp(Comparison { field, op: CmpOp::Match, value: Value::Text(re), regex, column: 0 })
+            Expr::Cmp(Comparison {
+                field,
+                op: CmpOp::Match,
+                value: Value::Text(re),
+                regex,
+                column: 0,
+            })
         }),
     ]
 }
@@ -68,7 +94,10 @@ fn without_columns(e: &Expr) -> Expr {
         Expr::Or(v) => Expr::Or(v.iter().map(without_columns).collect()),
         Expr::And(v) => Expr::And(v.iter().map(without_columns).collect()),
         Expr::Not(x) => Expr::Not(Box::new(without_columns(x))),
-        Expr::Cmp(c) => Expr::Cmp(Comparison { column: 0, ..c.clone() }),
+        Expr::Cmp(c) => Expr::Cmp(Comparison {
+            column: 0,
+            ..c.clone()
+        }),
         other => other.clone(),
     }
 }

@@ -15,11 +15,16 @@ fn run_dir(name: &str) -> PathBuf {
 
 fn kid(dir: &PathBuf, extra: &[&str], cmd: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nerokid"));
-    c.arg("run").arg("--dir").arg(dir).args(extra).arg("--").args(cmd);
+    c.arg("run")
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .arg("--")
+        .args(cmd);
     c
 }
 
-fn outcome(dir: &PathBuf) -> Outcome {
+fn outcome(dir: &std::path::Path) -> Outcome {
     match read_events(dir).unwrap().pop() {
         Some(KidEvent::Exited { outcome, .. }) => outcome,
         other => panic!("last event is not an exit: {other:?}"),
@@ -29,12 +34,26 @@ fn outcome(dir: &PathBuf) -> Outcome {
 #[test]
 fn records_output_metrics_and_exit_code() {
     let d = run_dir("basic");
-    let status = kid(&d, &[], &["sh", "-c", "echo 'epoch=1 loss=0.5'; echo 'acc: 0.9' >&2; printf 'epoch=2 loss=0.25'; exit 4"])
-        .status()
-        .unwrap();
+    let status = kid(
+        &d,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "echo 'epoch=1 loss=0.5'; echo 'acc: 0.9' >&2; printf 'epoch=2 loss=0.25'; exit 4",
+        ],
+    )
+    .status()
+    .unwrap();
     assert_eq!(status.code(), Some(4), "the kid exits with the job's code");
-    assert_eq!(std::fs::read_to_string(d.join("stdout.log")).unwrap(), "epoch=1 loss=0.5\nepoch=2 loss=0.25");
-    assert_eq!(std::fs::read_to_string(d.join("stderr.log")).unwrap(), "acc: 0.9\n");
+    assert_eq!(
+        std::fs::read_to_string(d.join("stdout.log")).unwrap(),
+        "epoch=1 loss=0.5\nepoch=2 loss=0.25"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("stderr.log")).unwrap(),
+        "acc: 0.9\n"
+    );
     let events = read_events(&d).unwrap();
     let mut metrics: Vec<(String, f64)> = events
         .iter()
@@ -47,7 +66,13 @@ fn records_output_metrics_and_exit_code() {
     metrics.sort_by(|a, b| a.partial_cmp(b).unwrap());
     assert_eq!(
         metrics,
-        [("acc".into(), 0.9), ("epoch".into(), 1.0), ("epoch".into(), 2.0), ("loss".into(), 0.25), ("loss".into(), 0.5)]
+        [
+            ("acc".into(), 0.9),
+            ("epoch".into(), 1.0),
+            ("epoch".into(), 2.0),
+            ("loss".into(), 0.25),
+            ("loss".into(), 0.5)
+        ]
     );
     assert!(matches!(events[0], KidEvent::Started { .. }));
     assert!(matches!(events[1], KidEvent::Environment { .. }));
@@ -58,17 +83,28 @@ fn records_output_metrics_and_exit_code() {
 fn rule_stops_a_diverging_job_with_term_then_kill() {
     let d = run_dir("rule");
     // The job ignores SIGTERM, so only the SIGKILL after the grace period ends it.
-    std::fs::write(d.join("kid.json"), r#"{"id":"6","abort_when":"epoch>=3 && loss>3","grace_secs":0.5}"#).unwrap();
-    let script = "trap '' TERM; i=0; while true; do i=$((i+1)); echo \"epoch=$i loss=9\"; sleep 0.1; done";
+    std::fs::write(
+        d.join("kid.json"),
+        r#"{"id":"6","abort_when":"epoch>=3 && loss>3","grace_secs":0.5}"#,
+    )
+    .unwrap();
+    let script =
+        "trap '' TERM; i=0; while true; do i=$((i+1)); echo \"epoch=$i loss=9\"; sleep 0.1; done";
     let start = Instant::now();
     let status = kid(&d, &[], &["sh", "-c", script]).status().unwrap();
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(status.code(), Some(128 + 9));
     let events = read_events(&d).unwrap();
-    assert!(events.iter().any(|e| matches!(e, KidEvent::RuleFired { rule, .. } if rule == "epoch>=3&&loss>3")));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, KidEvent::RuleFired { rule, .. } if rule == "epoch>=3&&loss>3")));
     assert_eq!(
         outcome(&d),
-        Outcome::Aborted { by: AbortCause::Rule("epoch>=3&&loss>3".into()), signal: Some(9), code: None }
+        Outcome::Aborted {
+            by: AbortCause::Rule("epoch>=3&&loss>3".into()),
+            signal: Some(9),
+            code: None
+        }
     );
 }
 
@@ -76,18 +112,39 @@ fn rule_stops_a_diverging_job_with_term_then_kill() {
 fn sigterm_to_the_kid_aborts_the_whole_group() {
     let d = run_dir("term");
     let marker = d.join("grandchild.pid");
-    let script = format!("sleep 300 & echo $! > {}; echo started; wait", marker.display());
+    let script = format!(
+        "sleep 300 & echo $! > {}; echo started; wait",
+        marker.display()
+    );
     let mut child = kid(&d, &[], &["sh", "-c", &script]).spawn().unwrap();
     let start = Instant::now();
     while !marker.exists() || std::fs::read_to_string(&marker).unwrap().trim().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(10), "job did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "job did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let grandchild: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    let grandchild: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
-    assert!(matches!(outcome(&d), Outcome::Aborted { by: AbortCause::User, .. }), "{:?}", outcome(&d));
-    let alive = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).is_ok_and(|s| !s.contains(") Z"));
+    assert!(
+        matches!(
+            outcome(&d),
+            Outcome::Aborted {
+                by: AbortCause::User,
+                ..
+            }
+        ),
+        "{:?}",
+        outcome(&d)
+    );
+    let alive = std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+        .is_ok_and(|s| !s.contains(") Z"));
     assert!(!alive, "a process of the job's group outlived the abort");
 }
 
@@ -111,8 +168,16 @@ fn metric_files_csv_and_jsonl_are_followed() {
         })
         .flatten()
         .collect();
-    for want in [("val_loss", 0.5), ("val_loss", 0.4), ("step", 2.0), ("acc", 0.75)] {
-        assert!(values.iter().any(|(n, v)| n == want.0 && *v == want.1), "missing {want:?} in {values:?}");
+    for want in [
+        ("val_loss", 0.5),
+        ("val_loss", 0.4),
+        ("step", 2.0),
+        ("acc", 0.75),
+    ] {
+        assert!(
+            values.iter().any(|(n, v)| n == want.0 && *v == want.1),
+            "missing {want:?} in {values:?}"
+        );
     }
     assert!(!values.iter().any(|(n, _)| n == "loss"));
 }
@@ -127,7 +192,10 @@ fn a_missing_program_is_recorded_not_lost() {
 
 #[test]
 fn bad_arguments_say_so() {
-    let out = Command::new(env!("CARGO_BIN_EXE_nerokid")).args(["run", "--", "true"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nerokid"))
+        .args(["run", "--", "true"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dir is required"));
 }

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 )]
 struct Cli {
     /// Project directory (holds experiments.xlsx and neronet.yaml).
-    #[arg(short = 'C', long = "dir", global = true, default_value = ".")]
-    dir: PathBuf,
+    #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -44,12 +44,24 @@ enum Cmd {
         force: bool,
     },
     /// Start the selected experiments (e.g. `all`, `3-7,12`, `lr<0.1`).
-    Start { selection: String, #[arg(long)] wait: bool },
+    Start {
+        selection: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Start a new run of the selected experiments (e.g. `crashed,144-149`).
-    Restart { selection: String, #[arg(long)] wait: bool },
+    Restart {
+        selection: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Stop runs of the selected experiments (e.g. `runtime>7200&&errorrate>0.40`).
     #[command(alias = "stop")]
-    Abort { selection: String, #[arg(long)] wait: bool },
+    Abort {
+        selection: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Show experiments, states, parameters and last metrics.
     Status {
         selection: Option<String>,
@@ -79,16 +91,22 @@ fn main() {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+        )
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)
         .init();
-    let dir = cli.dir.clone();
-    let flag_action = [(Verb::Start, &cli.start), (Verb::Restart, &cli.restart), (Verb::Abort, &cli.abort)]
-        .into_iter()
-        .filter_map(|(v, s)| s.as_ref().map(|s| (v, s.clone())))
-        .collect::<Vec<_>>();
+    let dir = cli.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let flag_action = [
+        (Verb::Start, &cli.start),
+        (Verb::Restart, &cli.restart),
+        (Verb::Abort, &cli.abort),
+    ]
+    .into_iter()
+    .filter_map(|(v, s)| s.as_ref().map(|s| (v, s.clone())))
+    .collect::<Vec<_>>();
     let result = match (cli.command, flag_action.as_slice()) {
         (None, [(verb, sel)]) => commands::act::run(&dir, *verb, sel, cli.wait),
         (None, []) => {
@@ -96,21 +114,31 @@ fn main() {
             std::process::exit(exit::USAGE);
         }
         (None, _) | (Some(_), [_, ..]) => {
-            eprintln!("neroman: give one action at a time (--start, --restart, --abort, or a subcommand)");
+            eprintln!(
+                "neroman: give one action at a time (--start, --restart, --abort, or a subcommand)"
+            );
             std::process::exit(exit::USAGE);
         }
         (Some(cmd), _) => match cmd {
-            Cmd::Init { dir: d, force } => commands::init::run(&d.unwrap_or(dir), force).map(|_| exit::OK),
-            Cmd::Start { selection, wait } => commands::act::run(&dir, Verb::Start, &selection, wait || cli.wait),
-            Cmd::Restart { selection, wait } => commands::act::run(&dir, Verb::Restart, &selection, wait || cli.wait),
-            Cmd::Abort { selection, wait } => commands::act::run(&dir, Verb::Abort, &selection, wait || cli.wait),
-            Cmd::Status { selection, json } => commands::status::run(&dir, selection.as_deref(), json),
+            Cmd::Init { dir: d, force } => {
+                commands::init::run(&d.unwrap_or(dir), force).map(|_| exit::OK)
+            }
+            Cmd::Start { selection, wait } => {
+                commands::act::run(&dir, Verb::Start, &selection, wait || cli.wait)
+            }
+            Cmd::Restart { selection, wait } => {
+                commands::act::run(&dir, Verb::Restart, &selection, wait || cli.wait)
+            }
+            Cmd::Abort { selection, wait } => {
+                commands::act::run(&dir, Verb::Abort, &selection, wait || cli.wait)
+            }
+            Cmd::Status { selection, json } => {
+                commands::status::run(&dir, selection.as_deref(), json)
+            }
             Cmd::Logs { id, follow, stderr } => commands::logs::run(&dir, &id, follow, stderr),
             Cmd::Results => commands::results::run(&dir),
-            Cmd::Demo => {
-                let explicit = (dir != PathBuf::from(".")).then_some(dir.as_path());
-                commands::demo::run(explicit)
-            }
+            // The demo makes a fresh project: in --dir when given, else in a new temporary directory.
+            Cmd::Demo => commands::demo::run(cli.dir.as_deref()),
         },
     };
     match result {

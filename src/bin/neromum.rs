@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "neromum", version, about = "Neronet cluster agent: runs jobs under nerokid and journals what they report")]
+#[command(
+    name = "neromum",
+    version,
+    about = "Neronet cluster agent: runs jobs under nerokid and journals what they report"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -32,11 +36,21 @@ enum Cmd {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let Cli { command: Cmd::Serve { workdir, kid, max_parallel, idle_exit } } = Cli::parse();
+    let Cli {
+        command:
+            Cmd::Serve {
+                workdir,
+                kid,
+                max_parallel,
+                idle_exit,
+            },
+    } = Cli::parse();
     let workdir = std::path::absolute(&workdir).unwrap_or(workdir);
     let opts = MumOptions {
         workdir,

@@ -20,7 +20,11 @@ pub enum ClientError {
         err: std::io::Error,
     },
     #[error("neromum for {workdir} did not answer within {secs}s; its log ends with:\n{log_tail}")]
-    NoAnswer { workdir: PathBuf, secs: u64, log_tail: String },
+    NoAnswer {
+        workdir: PathBuf,
+        secs: u64,
+        log_tail: String,
+    },
     #[error("talking to neromum at {workdir}")]
     Wire {
         workdir: PathBuf,
@@ -69,7 +73,11 @@ impl MumClient {
             .create(true)
             .append(true)
             .open(m.workdir.join("mum.log"))
-            .map_err(|err| ClientError::Start { binary: m.mum_binary.clone(), workdir: m.workdir.clone(), err })?;
+            .map_err(|err| ClientError::Start {
+                binary: m.mum_binary.clone(),
+                workdir: m.workdir.clone(),
+                err,
+            })?;
         let mut cmd = Command::new(&m.mum_binary);
         cmd.arg("serve")
             .arg("--workdir")
@@ -90,9 +98,11 @@ impl MumClient {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|err| ClientError::Start { binary: m.mum_binary.clone(), workdir: m.workdir.clone(), err })?;
+        let mut child = cmd.spawn().map_err(|err| ClientError::Start {
+            binary: m.mum_binary.clone(),
+            workdir: m.workdir.clone(),
+            err,
+        })?;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(stream) = UnixStream::connect(socket_path(&m.workdir)) {
@@ -122,9 +132,19 @@ impl MumClient {
         }
     }
 
-    fn handshake(workdir: &Path, stream: UnixStream, max_parallel: u32, started: bool) -> Result<MumClient, ClientError> {
-        let wire = |err| ClientError::Wire { workdir: workdir.to_path_buf(), err };
-        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| wire(e.into()))?;
+    fn handshake(
+        workdir: &Path,
+        stream: UnixStream,
+        max_parallel: u32,
+        started: bool,
+    ) -> Result<MumClient, ClientError> {
+        let wire = |err| ClientError::Wire {
+            workdir: workdir.to_path_buf(),
+            err,
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| wire(e.into()))?;
         let mut writer = stream.try_clone().map_err(|e| wire(e.into()))?;
         let mut reader = BufReader::new(stream);
         let hello = Hello {
@@ -147,9 +167,15 @@ impl MumClient {
     }
 
     pub fn request(&mut self, req: impl Into<Request>) -> Result<Response, ClientError> {
-        let wire = |err| ClientError::Wire { workdir: self.workdir.clone(), err };
+        let wire = |err| ClientError::Wire {
+            workdir: self.workdir.clone(),
+            err,
+        };
         send(&mut self.writer, &req.into()).map_err(wire)?;
-        match recv::<Response>(&mut self.reader).map_err(|err| ClientError::Wire { workdir: self.workdir.clone(), err })? {
+        match recv::<Response>(&mut self.reader).map_err(|err| ClientError::Wire {
+            workdir: self.workdir.clone(),
+            err,
+        })? {
             Response::Error(e) => Err(ClientError::Refused(e.message)),
             r => Ok(r),
         }
@@ -177,8 +203,18 @@ impl MumClient {
         }
     }
 
-    pub fn read_log(&mut self, run: &str, stream: LogStream, offset: u64) -> Result<LogChunk, ClientError> {
-        match self.request(ReadLog { run: run.into(), stream, offset, max_bytes: 1 << 20 })? {
+    pub fn read_log(
+        &mut self,
+        run: &str,
+        stream: LogStream,
+        offset: u64,
+    ) -> Result<LogChunk, ClientError> {
+        match self.request(ReadLog {
+            run: run.into(),
+            stream,
+            offset,
+            max_bytes: 1 << 20,
+        })? {
             Response::Log(l) => Ok(l),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }

@@ -19,9 +19,13 @@ pub fn socket_path(workdir: &Path) -> PathBuf {
     let uid = unsafe { libc::getuid() };
     let dir = std::env::temp_dir().join(format!("neronet-{uid}"));
     let _ = std::fs::create_dir_all(&dir);
-    let hash = workdir.as_os_str().as_encoded_bytes().iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    });
+    let hash = workdir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+        });
     dir.join(format!("{hash:016x}.sock"))
 }
 

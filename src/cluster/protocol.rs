@@ -208,13 +208,21 @@ mod tests {
     /// Snapshot: wire and journal format. A change here is a protocol change: bump the version.
     #[test]
     fn wire_format_is_stable() {
-        let hello: Request = Hello { version: 1, client: "neroman 0.1.0".into(), max_parallel: Some(2) }.into();
+        let hello: Request = Hello {
+            version: 1,
+            client: "neroman 0.1.0".into(),
+            max_parallel: Some(2),
+        }
+        .into();
         assert_eq!(
             serde_json::to_string(&hello).unwrap(),
             r#"{"type":"hello","version":1,"client":"neroman 0.1.0","max_parallel":2}"#
         );
         let sync: Request = SyncSince { since: 5, max: 100 }.into();
-        assert_eq!(serde_json::to_string(&sync).unwrap(), r#"{"type":"sync","since":5,"max":100}"#);
+        assert_eq!(
+            serde_json::to_string(&sync).unwrap(),
+            r#"{"type":"sync","since":5,"max":100}"#
+        );
         let entry = JournalEntry {
             seq: 7,
             run: "12.1".into(),
@@ -226,8 +234,13 @@ mod tests {
             serde_json::to_string(&entry).unwrap(),
             r#"{"seq":7,"run":"12.1","t":1.0,"event":{"what":"launched","job":"4242"}}"#
         );
-        let err = Response::Error(ErrorReply { message: "x".into() });
-        assert_eq!(serde_json::to_string(&err).unwrap(), r#"{"type":"error","message":"x"}"#);
+        let err = Response::Error(ErrorReply {
+            message: "x".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"type":"error","message":"x"}"#
+        );
     }
 
     #[test]

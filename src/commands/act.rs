@@ -18,9 +18,15 @@ pub fn parse(project: &Project, exps: &Experiments, src: &str) -> anyhow::Result
         .iter()
         .flat_map(|m| m.patterns.iter())
         .filter_map(|p| regex::Regex::new(p).ok())
-        .flat_map(|r| r.capture_names().flatten().map(String::from).collect::<Vec<_>>())
+        .flat_map(|r| {
+            r.capture_names()
+                .flatten()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
         .collect();
-    crate::select::parse_selection(src, exps, &metric_names, &config_metrics).map_err(anyhow::Error::msg)
+    crate::select::parse_selection(src, exps, &metric_names, &config_metrics)
+        .map_err(anyhow::Error::msg)
 }
 
 pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Result<i32> {
@@ -35,14 +41,21 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     if wait && !report.touched_runs().is_empty() {
         let all_finished = wait_for(&mut project, &exps, &report.touched_runs(), false)?;
         // Waiting for an abort succeeds when the runs have ended, however they ended.
-        return Ok(if all_finished || verb == Verb::Abort { exit::OK } else { exit::RUNS_FAILED });
+        return Ok(if all_finished || verb == Verb::Abort {
+            exit::OK
+        } else {
+            exit::RUNS_FAILED
+        });
     }
     Ok(exit::OK)
 }
 
 pub fn print_report(verb: Verb, r: &ActionReport) {
     for (id, uid) in &r.started {
-        println!("{id}: submitted (run {})", uid.rsplit('.').next().unwrap_or(uid));
+        println!(
+            "{id}: submitted (run {})",
+            uid.rsplit('.').next().unwrap_or(uid)
+        );
     }
     for (id, _) in &r.aborted {
         println!("{id}: abort sent");
@@ -63,7 +76,12 @@ fn past(verb: Verb) -> &'static str {
 /// Follow runs until every one is in a final state, syncing every half second and rewriting
 /// results.xlsx when something changed. `live` redraws a status table (for a terminal).
 /// Returns whether every run finished (exit 0).
-pub fn wait_for(project: &mut Project, exps: &Experiments, runs: &[String], live: bool) -> anyhow::Result<bool> {
+pub fn wait_for(
+    project: &mut Project,
+    exps: &Experiments,
+    runs: &[String],
+    live: bool,
+) -> anyhow::Result<bool> {
     let live = live && std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut last_drawn_lines = 0usize;
@@ -77,7 +95,10 @@ pub fn wait_for(project: &mut Project, exps: &Experiments, runs: &[String], live
         if !live {
             print_changes(&sync);
         }
-        let states: Vec<_> = runs.iter().filter_map(|u| project.store.run(u).ok().flatten()).collect();
+        let states: Vec<_> = runs
+            .iter()
+            .filter_map(|u| project.store.run(u).ok().flatten())
+            .collect();
         let done = states.iter().all(|r| r.state.is_terminal());
         // Results at most every second while running; always at the end.
         if dirty && (done || last_results.elapsed() >= Duration::from_secs(1)) {
@@ -93,13 +114,20 @@ pub fn wait_for(project: &mut Project, exps: &Experiments, runs: &[String], live
                 write!(out, "\x1b[{last_drawn_lines}A\x1b[J")?;
             }
             let running = states.iter().filter(|r| !r.state.is_terminal()).count();
-            let header = format!("{} of {} runs still going, {:.0}s elapsed\n", running, states.len(), started.elapsed().as_secs_f64());
+            let header = format!(
+                "{} of {} runs still going, {:.0}s elapsed\n",
+                running,
+                states.len(),
+                started.elapsed().as_secs_f64()
+            );
             write!(out, "{header}{table}")?;
             out.flush()?;
             last_drawn_lines = table.lines().count() + 1;
         }
         if done {
-            return Ok(states.iter().all(|r| r.state.name() == crate::state::StateName::Finished));
+            return Ok(states
+                .iter()
+                .all(|r| r.state.name() == crate::state::StateName::Finished));
         }
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -24,9 +24,16 @@ fn default_dir() -> PathBuf {
 pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
     let dir = dir.map(Path::to_path_buf).unwrap_or_else(default_dir);
     if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-        anyhow::bail!("{} is not empty; the demo makes a fresh project (give another --dir)", dir.display());
+        anyhow::bail!(
+            "{} is not empty; the demo makes a fresh project (give another --dir)",
+            dir.display()
+        );
     }
-    let python = Command::new("python3").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let python = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     if !python.is_ok_and(|s| s.success()) {
         anyhow::bail!("the demo's jobs are Python scripts, and python3 was not found on PATH");
     }
@@ -52,19 +59,38 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
     if let Ok(mut client) = project.connect("local") {
         let _ = client.request(Request::Shutdown);
     }
-    let runs: Vec<_> = report.touched_runs().iter().filter_map(|u| project.store.run(u).ok().flatten()).collect();
+    let runs: Vec<_> = report
+        .touched_runs()
+        .iter()
+        .filter_map(|u| project.store.run(u).ok().flatten())
+        .collect();
     let count = |n: StateName| runs.iter().filter(|r| r.state.name() == n).count();
     let (finished, aborted) = (count(StateName::Finished), count(StateName::Aborted));
-    println!("\n{finished} finished, {aborted} aborted by the rule, {} other", runs.len() - finished - aborted);
+    println!(
+        "\n{finished} finished, {aborted} aborted by the rule, {} other",
+        runs.len() - finished - aborted
+    );
     println!("\nwhere everything is:");
     println!("  project         {}", dir.display());
     println!("  experiments     {}", project.workbook_path().display());
     println!("  results         {}", results.display());
-    println!("  run directories {}", dir.join(".neronet/mum-local/runs").display());
-    println!("  state store     {}", dir.join(".neronet/state.db").display());
-    let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "neroman".into());
+    println!(
+        "  run directories {}",
+        dir.join(".neronet/mum-local/runs").display()
+    );
+    println!(
+        "  state store     {}",
+        dir.join(".neronet/state.db").display()
+    );
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "neroman".into());
     println!("\ntry: {me} --dir {} status", dir.display());
     println!("     {me} --dir {} logs 6", dir.display());
     println!("     {me} --dir {} restart aborted", dir.display());
-    Ok(if finished + aborted == runs.len() { exit::OK } else { exit::ERROR })
+    Ok(if finished + aborted == runs.len() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
 }

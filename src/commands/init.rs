@@ -12,12 +12,17 @@ pub fn run(dir: &Path, force: bool) -> anyhow::Result<()> {
     let cfg = dir.join(CONFIG_FILE);
     for f in [&wb, &cfg] {
         if f.exists() && !force {
-            anyhow::bail!("{} exists already; nothing written (use --force to overwrite)", f.display());
+            anyhow::bail!(
+                "{} exists already; nothing written (use --force to overwrite)",
+                f.display()
+            );
         }
     }
     crate::util::write_atomic(&wb, TEMPLATE_XLSX)?;
     crate::util::write_atomic(&cfg, TEMPLATE_YAML.as_bytes())?;
     println!("created {} and {}", wb.display(), cfg.display());
-    println!("next: add rows to the workbook, then `neroman start all` (or type start in a status cell)");
+    println!(
+        "next: add rows to the workbook, then `neroman start all` (or type start in a status cell)"
+    );
     Ok(())
 }

@@ -16,7 +16,11 @@ pub fn run(dir: &Path, id: &str, follow: bool, stderr: bool) -> anyhow::Result<i
     let Some(run) = latest.get(&exp.row.id) else {
         anyhow::bail!("experiment {id} has not run yet");
     };
-    let stream = if stderr { LogStream::Stderr } else { LogStream::Stdout };
+    let stream = if stderr {
+        LogStream::Stderr
+    } else {
+        LogStream::Stdout
+    };
     let mut client = project.connect(&run.cluster)?;
     let mut offset = 0;
     let mut out = std::io::stdout().lock();

@@ -27,7 +27,9 @@ pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), Cor
     let mut project = Project::open(dir)?;
     let sync = project.sync()?;
     for c in &sync.restarted_mum {
-        tracing::warn!("cluster {c}: neromum was not running; started it again (runs in flight are picked up)");
+        tracing::warn!(
+            "cluster {c}: neromum was not running; started it again (runs in flight are picked up)"
+        );
     }
     let exps = project.read_experiments()?;
     for p in exps.problems() {
@@ -39,7 +41,10 @@ pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), Cor
 /// Print state changes as they happen, one line each.
 pub fn print_changes(sync: &SyncReport) {
     for (_, id, state) in &sync.changes {
-        let reason = state.reason().map(|r| format!(" ({r})")).unwrap_or_default();
+        let reason = state
+            .reason()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
         println!("{id}: {}{reason}", state.name().as_str());
     }
 }

@@ -13,7 +13,10 @@ pub fn run(dir: &Path, selection: Option<&str>, json: bool) -> anyhow::Result<i3
         let v = crate::view::status_json(&project, &exps, sel.as_ref())?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", crate::view::status_table(&project, &exps, sel.as_ref(), 6)?);
+        print!(
+            "{}",
+            crate::view::status_table(&project, &exps, sel.as_ref(), 6)?
+        );
     }
     Ok(exit::OK)
 }

@@ -20,9 +20,20 @@ pub enum SheetError {
     #[error("{path}: sheet {sheet:?} is empty (row 1 must hold the column headers)")]
     Empty { path: PathBuf, sheet: String },
     #[error("{path}: {sheet}!1:1 has no {column:?} column (headers found: {found})")]
-    MissingColumn { path: PathBuf, sheet: String, column: &'static str, found: String },
+    MissingColumn {
+        path: PathBuf,
+        sheet: String,
+        column: &'static str,
+        found: String,
+    },
     #[error("{path}: {sheet}!{first} and {sheet}!{second} are both headed {name:?}")]
-    DuplicateColumn { path: PathBuf, sheet: String, name: String, first: String, second: String },
+    DuplicateColumn {
+        path: PathBuf,
+        sheet: String,
+        name: String,
+        first: String,
+        second: String,
+    },
 }
 
 /// A parameter value as the cell holds it.
@@ -129,7 +140,10 @@ fn role(header: &str) -> Role {
 
 /// Read and check the experiments workbook.
 pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
-    let open_err = |message: String| SheetError::Open { path: path.to_path_buf(), message };
+    let open_err = |message: String| SheetError::Open {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut book = calamine::open_workbook_auto(path).map_err(|e| open_err(e.to_string()))?;
     let names = book.sheet_names();
     let sheet = names
@@ -137,9 +151,16 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
         .find(|n| n.eq_ignore_ascii_case(SHEET_NAME))
         .or_else(|| names.first())
         .cloned()
-        .ok_or_else(|| SheetError::NoSheet { path: path.to_path_buf() })?;
-    let range = book.worksheet_range(&sheet).map_err(|e| open_err(e.to_string()))?;
-    let empty = || SheetError::Empty { path: path.to_path_buf(), sheet: sheet.clone() };
+        .ok_or_else(|| SheetError::NoSheet {
+            path: path.to_path_buf(),
+        })?;
+    let range = book
+        .worksheet_range(&sheet)
+        .map_err(|e| open_err(e.to_string()))?;
+    let empty = || SheetError::Empty {
+        path: path.to_path_buf(),
+        sheet: sheet.clone(),
+    };
     let (r0, c0) = range.start().ok_or_else(empty)?;
     let mut rows = range.rows();
     // Row 1 must be the header row: a sheet whose first used row is lower has no headers.
@@ -171,16 +192,29 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
     }
     for (needed, column) in [(Role::Id, "id"), (Role::Status, "status")] {
         if !roles.contains(&needed) {
-            let found: Vec<&str> = headers.iter().filter(|h| !h.is_empty()).map(String::as_str).collect();
+            let found: Vec<&str> = headers
+                .iter()
+                .filter(|h| !h.is_empty())
+                .map(String::as_str)
+                .collect();
             return Err(SheetError::MissingColumn {
                 path: path.to_path_buf(),
                 sheet: sheet.clone(),
                 column,
-                found: if found.is_empty() { "none".into() } else { found.join(", ") },
+                found: if found.is_empty() {
+                    "none".into()
+                } else {
+                    found.join(", ")
+                },
             });
         }
     }
-    let params: Vec<String> = headers.iter().zip(&roles).filter(|(_, r)| **r == Role::Param).map(|(h, _)| h.clone()).collect();
+    let params: Vec<String> = headers
+        .iter()
+        .zip(&roles)
+        .filter(|(_, r)| **r == Role::Param)
+        .map(|(h, _)| h.clone())
+        .collect();
 
     let mut out = Vec::new();
     for (offset, cells) in rows.enumerate() {
@@ -210,7 +244,10 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
             let at = addr(row0, i);
             if let Data::Error(e) = cell {
                 if *role != Role::Ignored {
-                    problems.push((at.clone(), format!("cell error {e} in column {:?}", headers[i])));
+                    problems.push((
+                        at.clone(),
+                        format!("cell error {e} in column {:?}", headers[i]),
+                    ));
                 }
                 continue;
             }
@@ -243,7 +280,8 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
                 }
                 Role::Warden => {
                     if let Some(v) = opt() {
-                        row.warden_options.insert(headers[i].to_ascii_lowercase(), v);
+                        row.warden_options
+                            .insert(headers[i].to_ascii_lowercase(), v);
                     }
                 }
                 Role::Param => {
@@ -254,18 +292,37 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
                             Data::Bool(_) => None,
                             _ => trimmed.parse::<f64>().ok().filter(|f| f.is_finite()),
                         };
-                        row.params.insert(headers[i].clone(), Param { text: text.to_string(), number });
+                        row.params.insert(
+                            headers[i].clone(),
+                            Param {
+                                text: text.to_string(),
+                                number,
+                            },
+                        );
                     }
                 }
                 Role::Ignored => {}
             }
         }
         let id = (!row.id.is_empty()).then(|| row.id.clone());
-        row.invalid = problems.into_iter().map(|(cell, message)| Problem { cell, id: id.clone(), message }).collect();
+        row.invalid = problems
+            .into_iter()
+            .map(|(cell, message)| Problem {
+                cell,
+                id: id.clone(),
+                message,
+            })
+            .collect();
         out.push(row);
     }
     mark_duplicates(&mut out);
-    Ok(ExperimentSheet { path: path.to_path_buf(), sheet, params, has_command_column: roles.contains(&Role::Command), rows: out })
+    Ok(ExperimentSheet {
+        path: path.to_path_buf(),
+        sheet,
+        params,
+        has_command_column: roles.contains(&Role::Command),
+        rows: out,
+    })
 }
 
 fn mark_duplicates(rows: &mut [SheetRow]) {
@@ -278,8 +335,14 @@ fn mark_duplicates(rows: &mut [SheetRow]) {
         let key = canonical_id(&r.id);
         match first.get(&key) {
             Some((j, cell)) => {
-                dups.push((i, format!("duplicate id {} (first in {})", r.id, bare_cell(cell))));
-                dups.push((*j, format!("duplicate id {} (again in {})", r.id, bare_cell(&r.id_cell))));
+                dups.push((
+                    i,
+                    format!("duplicate id {} (first in {})", r.id, bare_cell(cell)),
+                ));
+                dups.push((
+                    *j,
+                    format!("duplicate id {} (again in {})", r.id, bare_cell(&r.id_cell)),
+                ));
             }
             None => {
                 first.insert(key, (i, r.id_cell.clone()));
@@ -289,7 +352,11 @@ fn mark_duplicates(rows: &mut [SheetRow]) {
     for (i, message) in dups {
         let r = &mut rows[i];
         if !r.invalid.iter().any(|p| p.message == message) {
-            r.invalid.push(Problem { cell: r.id_cell.clone(), id: Some(r.id.clone()), message });
+            r.invalid.push(Problem {
+                cell: r.id_cell.clone(),
+                id: Some(r.id.clone()),
+                message,
+            });
         }
     }
 }
@@ -318,7 +385,9 @@ fn id_of(cell: &Data) -> Result<String, String> {
             if t.is_empty() {
                 Err("missing id".into())
             } else if t.chars().count() > MAX_ID_LEN || t.contains(['\n', '\r', ',']) {
-                Err(format!("id {t:?} is too long or holds a comma or newline (ids are short texts)"))
+                Err(format!(
+                    "id {t:?} is too long or holds a comma or newline (ids are short texts)"
+                ))
             } else {
                 Ok(t)
             }
@@ -349,7 +418,12 @@ pub fn excel_serial_to_iso(serial: f64) -> String {
     if secs == 0 {
         format!("{y:04}-{m:02}-{d:02}")
     } else {
-        format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, (secs % 3600) / 60, secs % 60)
+        format!(
+            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+            secs / 3600,
+            (secs % 3600) / 60,
+            secs % 60
+        )
     }
 }
 

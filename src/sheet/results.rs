@@ -78,7 +78,12 @@ struct Formats {
     time: Format,
 }
 
-fn write_header(ws: &mut Worksheet, f: &Formats, names: &[String], widths: &[f64]) -> Result<(), XlsxError> {
+fn write_header(
+    ws: &mut Worksheet,
+    f: &Formats,
+    names: &[String],
+    widths: &[f64],
+) -> Result<(), XlsxError> {
     for (c, name) in names.iter().enumerate() {
         ws.write_string_with_format(0, c as u16, name, &f.header)?;
         ws.set_column_width(c as u16, widths.get(c).copied().unwrap_or(12.0))?;
@@ -90,7 +95,13 @@ fn write_header(ws: &mut Worksheet, f: &Formats, names: &[String], widths: &[f64
     Ok(())
 }
 
-fn put_time(ws: &mut Worksheet, f: &Formats, r: u32, c: u16, t: Option<f64>) -> Result<(), XlsxError> {
+fn put_time(
+    ws: &mut Worksheet,
+    f: &Formats,
+    r: u32,
+    c: u16,
+    t: Option<f64>,
+) -> Result<(), XlsxError> {
     if let Some(t) = t.filter(|t| *t > 0.0) {
         let dt = ExcelDateTime::from_timestamp(t.round() as i64)?;
         ws.write_datetime_with_format(r, c, &dt, &f.time)?;
@@ -123,28 +134,48 @@ fn put_text(ws: &mut Worksheet, r: u32, c: u16, v: Option<&str>) -> Result<(), X
 pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
     let mut book = Workbook::new();
     let f = Formats {
-        header: Format::new().set_bold().set_background_color("DDEBF7").set_border_bottom(FormatBorder::Thin),
+        header: Format::new()
+            .set_bold()
+            .set_background_color("DDEBF7")
+            .set_border_bottom(FormatBorder::Thin),
         time: Format::new().set_num_format("yyyy-mm-dd hh:mm:ss"),
     };
 
     let ws = book.add_worksheet();
     ws.set_name("results")?;
     let fixed = [
-        "id", "state", "cluster", "run", "job id", "node", "submitted (UTC)", "started (UTC)", "finished (UTC)",
-        "runtime (s)", "exit code", "reason",
+        "id",
+        "state",
+        "cluster",
+        "run",
+        "job id",
+        "node",
+        "submitted (UTC)",
+        "started (UTC)",
+        "finished (UTC)",
+        "runtime (s)",
+        "exit code",
+        "reason",
     ];
     let mut names: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
     names.extend(results.params.iter().cloned());
     names.extend(results.metrics.iter().cloned());
     names.push("last update (UTC)".into());
-    let mut widths = vec![8.0, 10.0, 9.0, 5.0, 9.0, 12.0, 19.0, 19.0, 19.0, 11.0, 9.0, 30.0];
-    widths.extend(std::iter::repeat_n(11.0, results.params.len() + results.metrics.len()));
+    let mut widths = vec![
+        8.0, 10.0, 9.0, 5.0, 9.0, 12.0, 19.0, 19.0, 19.0, 11.0, 9.0, 30.0,
+    ];
+    widths.extend(std::iter::repeat_n(
+        11.0,
+        results.params.len() + results.metrics.len(),
+    ));
     widths.push(19.0);
     write_header(ws, &f, &names, &widths)?;
     for (i, row) in results.rows.iter().enumerate() {
         let r = i as u32 + 1;
         match row.id.parse::<f64>() {
-            Ok(n) if row.id.trim() == nerokid::expr::format_number(n) => ws.write_number(r, 0, n)?,
+            Ok(n) if row.id.trim() == nerokid::expr::format_number(n) => {
+                ws.write_number(r, 0, n)?
+            }
             _ => ws.write_string(r, 0, &row.id)?,
         };
         put_text(ws, r, 1, Some(&row.state))?;
@@ -176,7 +207,10 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
 
     let ws = book.add_worksheet();
     ws.set_name("history")?;
-    let names: Vec<String> = ["id", "run", "time (UTC)", "step", "metric", "value"].iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = ["id", "run", "time (UTC)", "step", "metric", "value"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     write_header(ws, &f, &names, &[8.0, 5.0, 19.0, 8.0, 14.0, 12.0])?;
     for (i, h) in results.history.iter().take(MAX_HISTORY_ROWS).enumerate() {
         let r = i as u32 + 1;
@@ -190,7 +224,10 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
 
     let ws = book.add_worksheet();
     ws.set_name("problems")?;
-    let names: Vec<String> = ["where", "id", "problem"].iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = ["where", "id", "problem"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     write_header(ws, &f, &names, &[18.0, 8.0, 80.0])?;
     let mut problems = results.problems.clone();
     if results.history.len() > MAX_HISTORY_ROWS {
@@ -215,5 +252,8 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
 /// Build and atomically replace the results workbook.
 pub fn write(path: &Path, results: &Results) -> Result<(), ResultsError> {
     let bytes = build(results)?;
-    crate::util::write_atomic(path, &bytes).map_err(|err| ResultsError::Write { path: path.to_path_buf(), err })
+    crate::util::write_atomic(path, &bytes).map_err(|err| ResultsError::Write {
+        path: path.to_path_buf(),
+        err,
+    })
 }

@@ -4,8 +4,8 @@
 //! (fixed document dates) so a test can tell when a checked-in copy is stale.
 
 use rust_xlsxwriter::{
-    DataValidation, DataValidationErrorStyle, DocProperties, ExcelDateTime, Format, FormatBorder, Workbook,
-    XlsxError,
+    DataValidation, DataValidationErrorStyle, DocProperties, ExcelDateTime, Format, FormatBorder,
+    Workbook, XlsxError,
 };
 
 /// The commands a user may type in the status column (SPEC §2).
@@ -69,7 +69,16 @@ pub fn quickstart_spec() -> BookSpec {
     use Cell::*;
     let cmd = Text("python3 train.py --lr {lr} --width {width} --epochs {epochs}");
     let row = |id: f64, lr: f64, width: f64, note: &'static str| {
-        vec![Num(id), Empty, cmd.clone(), Empty, Num(lr), Num(width), Num(30.0), Text(note)]
+        vec![
+            Num(id),
+            Empty,
+            cmd.clone(),
+            Empty,
+            Num(lr),
+            Num(width),
+            Num(30.0),
+            Text(note),
+        ]
     };
     BookSpec {
         columns: vec![
@@ -101,10 +110,15 @@ pub fn build(spec: &BookSpec) -> Result<Vec<u8>, XlsxError> {
     book.set_properties(
         &DocProperties::new()
             .set_title("Neronet experiments")
-            .set_comment("One row per experiment. Type start, restart, abort or hold in status and save.")
+            .set_comment(
+                "One row per experiment. Type start, restart, abort or hold in status and save.",
+            )
             .set_creation_datetime(&fixed),
     );
-    let header = Format::new().set_bold().set_background_color("DDEBF7").set_border_bottom(FormatBorder::Thin);
+    let header = Format::new()
+        .set_bold()
+        .set_background_color("DDEBF7")
+        .set_border_bottom(FormatBorder::Thin);
     let ws = book.add_worksheet();
     ws.set_name(super::read::SHEET_NAME)?;
     let mut status_col = None;

@@ -14,7 +14,11 @@ pub fn neroman_bin() -> PathBuf {
 /// nerokid is another package's binary: `cargo build --workspace` puts it beside neroman.
 pub fn nerokid_bin() -> PathBuf {
     let p = neroman_bin().with_file_name("nerokid");
-    assert!(p.is_file(), "{} is missing: build the workspace first (cargo build --workspace)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
     p
 }
 
@@ -33,7 +37,11 @@ pub enum V<'a> {
 impl Project {
     /// An empty project directory with a neronet.yaml.
     pub fn new(name: &str, yaml: &str) -> Project {
-        let base = std::env::temp_dir().join(format!("neronet-test-{name}-{}-{}", std::process::id(), unique()));
+        let base = std::env::temp_dir().join(format!(
+            "neronet-test-{name}-{}-{}",
+            std::process::id(),
+            unique()
+        ));
         let _ = std::fs::remove_dir_all(&base);
         let dir = base.join("project");
         let xdg = base.join("xdg");
@@ -73,15 +81,26 @@ impl Project {
     /// Run neroman and require exit 0; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.neroman(args);
-        let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "neroman {args:?} failed ({}):\nstdout:\n{so}\nstderr:\n{se}", out.status);
+        let (so, se) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success(),
+            "neroman {args:?} failed ({}):\nstdout:\n{so}\nstderr:\n{se}",
+            out.status
+        );
         so.into_owned()
     }
 
     /// `status --json` as parsed JSON.
     pub fn status(&self) -> Vec<serde_json::Value> {
         let text = self.ok(&["status", "--json"]);
-        serde_json::from_str::<serde_json::Value>(&text).unwrap().as_array().unwrap().clone()
+        serde_json::from_str::<serde_json::Value>(&text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     pub fn state_of(&self, id: &str) -> String {
@@ -97,7 +116,11 @@ impl Project {
     }
 
     pub fn mum_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.mum_dir().join("mum.lock")).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.mum_dir().join("mum.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     pub fn store(&self) -> rusqlite::Connection {
@@ -109,7 +132,9 @@ impl Drop for Project {
     fn drop(&mut self) {
         // Stop this project's mum so tests leave no agents behind.
         if let Some(pid) = self.mum_pid() {
-            if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("neromum")) {
+            if std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("neromum"))
+            {
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
         }
@@ -150,14 +175,20 @@ pub fn write_workbook(path: &Path, sheet: &str, header: &[&str], rows: &[Vec<V<'
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// LibreOffice must be installed for these tests (the test script installs it); never skip.
 pub fn soffice() -> PathBuf {
-    let found = ["/usr/bin/soffice", "/usr/bin/libreoffice"].iter().map(PathBuf::from).find(|p| p.exists());
+    let found = ["/usr/bin/soffice", "/usr/bin/libreoffice"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
     found.expect("LibreOffice (soffice) is required by this test: run the README's test command, which installs it")
 }
 
@@ -167,10 +198,16 @@ pub fn soffice_csv(book: &Path, sheet_index: usize) -> String {
     std::fs::create_dir_all(&out_dir).unwrap();
     let profile = out_dir.join("profile");
     // Filter options: comma, double quote, UTF-8, line 1, ..., sheet number (1-based).
-    let filter = format!("csv:Text - txt - csv (StarCalc):44,34,76,1,,0,false,true,false,false,false,{}", sheet_index + 1);
+    let filter = format!(
+        "csv:Text - txt - csv (StarCalc):44,34,76,1,,0,false,true,false,false,false,{}",
+        sheet_index + 1
+    );
     let out = Command::new(soffice())
         .arg("--headless")
-        .arg(format!("-env:UserInstallation=file://{}", profile.display()))
+        .arg(format!(
+            "-env:UserInstallation=file://{}",
+            profile.display()
+        ))
         .arg("--convert-to")
         .arg(&filter)
         .arg("--outdir")
@@ -179,14 +216,26 @@ pub fn soffice_csv(book: &Path, sheet_index: usize) -> String {
         .output()
         .expect("run soffice");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "soffice failed on {}: {stderr}", book.display());
+    assert!(
+        out.status.success(),
+        "soffice failed on {}: {stderr}",
+        book.display()
+    );
     let stem = book.file_stem().unwrap().to_string_lossy();
     let csv = std::fs::read_dir(&out_dir)
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "csv") && p.file_name().unwrap().to_string_lossy().starts_with(&*stem))
-        .unwrap_or_else(|| panic!("soffice wrote no CSV for {} (stderr: {stderr})", book.display()));
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "csv")
+                && p.file_name().unwrap().to_string_lossy().starts_with(&*stem)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "soffice wrote no CSV for {} (stderr: {stderr})",
+                book.display()
+            )
+        });
     std::fs::read_to_string(csv).unwrap()
 }
 

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 /// The kid itself failed (bad arguments, unreadable spec, unwritable run dir).
 const EXIT_KID_ERROR: i32 = 125;
 
-const USAGE: &str = "usage: nerokid run --dir RUN_DIR [--spec FILE] [--abort-when RULE] -- CMD [ARGS...]";
+const USAGE: &str =
+    "usage: nerokid run --dir RUN_DIR [--spec FILE] [--abort-when RULE] -- CMD [ARGS...]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,8 +51,9 @@ fn real_main(args: Vec<String>) -> Result<i32, String> {
     }
     let spec_path = spec_path.unwrap_or_else(|| dir.join(SPEC_FILE));
     let mut spec: KidSpec = match std::fs::read(&spec_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{}: {e}", spec_path.display()))?,
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", spec_path.display()))?
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => KidSpec {
             grace_secs: 10.0,
             sample_secs: 5.0,

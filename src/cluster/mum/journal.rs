@@ -33,15 +33,23 @@ pub enum JournalError {
 
 impl Journal {
     /// Open (or create) the journal, calling `replay` for every entry already in it.
-    pub fn open(dir: &Path, mut replay: impl FnMut(&JournalEntry)) -> Result<Journal, JournalError> {
+    pub fn open(
+        dir: &Path,
+        mut replay: impl FnMut(&JournalEntry),
+    ) -> Result<Journal, JournalError> {
         let path = dir.join("journal.jsonl");
-        let io = |about, err| JournalError::Io { about, path: path.clone(), err };
+        let io = |about, err| JournalError::Io {
+            about,
+            path: path.clone(),
+            err,
+        };
         let epoch_path = dir.join("epoch");
         let epoch = match std::fs::read_to_string(&epoch_path) {
             Ok(e) if !e.trim().is_empty() => e.trim().to_string(),
             _ => {
                 let e = new_epoch();
-                crate::util::write_atomic(&epoch_path, e.as_bytes()).map_err(|err| io("write epoch", err))?;
+                crate::util::write_atomic(&epoch_path, e.as_bytes())
+                    .map_err(|err| io("write epoch", err))?;
                 // A new epoch with an old journal would confuse readers: start the journal afresh.
                 let _ = std::fs::remove_file(&path);
                 e
@@ -59,7 +67,9 @@ impl Journal {
         let mut line = Vec::new();
         loop {
             line.clear();
-            let n = reader.read_until(b'\n', &mut line).map_err(|err| io("read", err))?;
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|err| io("read", err))?;
             if n == 0 {
                 break;
             }
@@ -68,51 +78,83 @@ impl Journal {
             }
             match serde_json::from_slice::<JournalEntry>(&line) {
                 Ok(entry) => {
-                    if (entry.seq - 1) % INDEX_EVERY == 0 {
+                    if (entry.seq - 1).is_multiple_of(INDEX_EVERY) {
                         index.push((entry.seq, offset));
                     }
                     next_seq = entry.seq + 1;
                     replay(&entry);
                 }
                 Err(e) => {
-                    tracing::warn!("journal {}: skipping unreadable entry at byte {offset}: {e}", path.display());
+                    tracing::warn!(
+                        "journal {}: skipping unreadable entry at byte {offset}: {e}",
+                        path.display()
+                    );
                 }
             }
             offset += n as u64;
             good_len = offset;
         }
         if good_len < file.metadata().map_err(|err| io("stat", err))?.len() {
-            file.set_len(good_len).map_err(|err| io("truncate torn tail of", err))?;
+            file.set_len(good_len)
+                .map_err(|err| io("truncate torn tail of", err))?;
         }
-        Ok(Journal { path, file, next_seq, len: good_len, index, epoch })
+        Ok(Journal {
+            path,
+            file,
+            next_seq,
+            len: good_len,
+            index,
+            epoch,
+        })
     }
 
     /// Append entries for the given events; returns them with their numbers.
-    pub fn append(&mut self, items: Vec<(String, MumEvent, Option<u64>)>) -> Result<Vec<JournalEntry>, JournalError> {
+    pub fn append(
+        &mut self,
+        items: Vec<(String, MumEvent, Option<u64>)>,
+    ) -> Result<Vec<JournalEntry>, JournalError> {
         let mut buf = Vec::new();
         let mut out = Vec::with_capacity(items.len());
         let t = nerokid::report::now();
         let mut offset = self.len;
         for (run, event, kid_offset) in items {
-            let entry = JournalEntry { seq: self.next_seq, run, t, event, kid_offset };
+            let entry = JournalEntry {
+                seq: self.next_seq,
+                run,
+                t,
+                event,
+                kid_offset,
+            };
             let before = buf.len();
             serde_json::to_writer(&mut buf, &entry).expect("journal entries serialize");
             buf.push(b'\n');
-            if (entry.seq - 1) % INDEX_EVERY == 0 {
+            if (entry.seq - 1).is_multiple_of(INDEX_EVERY) {
                 self.index.push((entry.seq, offset));
             }
             offset += (buf.len() - before) as u64;
             self.next_seq += 1;
             out.push(entry);
         }
-        self.file.write_all(&buf).map_err(|err| JournalError::Io { about: "append to", path: self.path.clone(), err })?;
+        self.file.write_all(&buf).map_err(|err| JournalError::Io {
+            about: "append to",
+            path: self.path.clone(),
+            err,
+        })?;
         self.len = offset;
         Ok(out)
     }
 
     /// Entries with seq > `since`, at most `max`; the flag says whether more remain.
-    pub fn read_since(&self, since: u64, max: usize) -> Result<(Vec<JournalEntry>, bool), JournalError> {
-        let io = |err| JournalError::Io { about: "read", path: self.path.clone(), err };
+    pub fn read_since(
+        &self,
+        since: u64,
+        max: usize,
+    ) -> Result<(Vec<JournalEntry>, bool), JournalError> {
+        let io = |err| JournalError::Io {
+            about: "read",
+            path: self.path.clone(),
+            err,
+        };
         let start = match self.index.partition_point(|(seq, _)| *seq <= since + 1) {
             0 => 0,
             i => self.index[i - 1].1,
@@ -124,10 +166,13 @@ impl Journal {
         let mut line = Vec::new();
         loop {
             line.clear();
-            if reader.read_until(b'\n', &mut line).map_err(io)? == 0 || line.last() != Some(&b'\n') {
+            if reader.read_until(b'\n', &mut line).map_err(io)? == 0 || line.last() != Some(&b'\n')
+            {
                 return Ok((out, false));
             }
-            let Ok(entry) = serde_json::from_slice::<JournalEntry>(&line) else { continue };
+            let Ok(entry) = serde_json::from_slice::<JournalEntry>(&line) else {
+                continue;
+            };
             if entry.seq <= since {
                 continue;
             }
@@ -160,11 +205,16 @@ mod tests {
         let dir = tempdir();
         {
             let mut j = Journal::open(&dir, |_| {}).unwrap();
-            let items = (0..600).map(|i| (format!("r{i}"), MumEvent::Cancelled, None)).collect();
+            let items = (0..600)
+                .map(|i| (format!("r{i}"), MumEvent::Cancelled, None))
+                .collect();
             j.append(items).unwrap();
         }
         // Simulate a crash in the middle of writing an entry.
-        let mut f = OpenOptions::new().append(true).open(dir.join("journal.jsonl")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join("journal.jsonl"))
+            .unwrap();
         f.write_all(b"{\"seq\":601,\"run\":\"x").unwrap();
         let mut seen = 0;
         let mut j = Journal::open(&dir, |_| seen += 1).unwrap();
@@ -174,15 +224,23 @@ mod tests {
         assert_eq!(got.first().unwrap().seq, 301);
         assert_eq!(got.len(), 100);
         assert!(more);
-        j.append(vec![("y".into(), MumEvent::AbortSent, None)]).unwrap();
+        j.append(vec![("y".into(), MumEvent::AbortSent, None)])
+            .unwrap();
         let (got, more) = j.read_since(598, 100).unwrap();
-        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [599, 600, 601]);
+        assert_eq!(
+            got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [599, 600, 601]
+        );
         assert!(!more);
         assert_eq!(got[2].run, "y");
     }
 
     fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("nero-journal-{}-{}", std::process::id(), new_epoch()));
+        let d = std::env::temp_dir().join(format!(
+            "nero-journal-{}-{}",
+            std::process::id(),
+            new_epoch()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

@@ -52,7 +52,10 @@ pub enum MumError {
 enum Phase {
     Queued,
     /// Handed to the warden. `child` is set while this mum is the job's parent (not after a restart).
-    Launched { pid: i32, child: Option<std::process::Child> },
+    Launched {
+        pid: i32,
+        child: Option<std::process::Child>,
+    },
     Ended,
 }
 
@@ -81,7 +84,8 @@ pub fn serve(opts: MumOptions) -> Result<(), MumError> {
     };
     std::fs::create_dir_all(workdir.join("runs")).map_err(io("create", &workdir))?;
     let _ = std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o700));
-    let _lock = local::lock_workdir(&workdir).map_err(io("lock", &workdir))?
+    let _lock = local::lock_workdir(&workdir)
+        .map_err(io("lock", &workdir))?
         .ok_or_else(|| MumError::AlreadyRunning(workdir.clone()))?;
 
     let mut runs: HashMap<String, RunRecord> = HashMap::new();
@@ -99,7 +103,8 @@ pub fn serve(opts: MumOptions) -> Result<(), MumError> {
     let sock = socket_path(&workdir);
     let _ = std::fs::remove_file(&sock); // we hold the lock: any socket file is stale
     let listener = UnixListener::bind(&sock).map_err(io("listen on", &sock))?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(io("chmod", &sock))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("chmod", &sock))?;
 
     let state = Arc::new(Mutex::new(State {
         opts: opts.clone(),
@@ -156,13 +161,20 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
         MumEvent::Queued { run_dir } => {
             runs.insert(
                 e.run.clone(),
-                RunRecord { run_dir: PathBuf::from(run_dir), phase: Phase::Queued, kid_offset: 0 },
+                RunRecord {
+                    run_dir: PathBuf::from(run_dir),
+                    phase: Phase::Queued,
+                    kid_offset: 0,
+                },
             );
             queue.push_back(e.run.clone());
         }
         MumEvent::Launched { job } => {
             if let Some(r) = runs.get_mut(&e.run) {
-                r.phase = Phase::Launched { pid: job.parse().unwrap_or(-1), child: None };
+                r.phase = Phase::Launched {
+                    pid: job.parse().unwrap_or(-1),
+                    child: None,
+                };
             }
         }
         MumEvent::Kid { event } => {
@@ -191,11 +203,21 @@ fn handle_connection(state: &Mutex<State>, conn: UnixStream) -> Result<(), WireE
     let hello = match recv::<Request>(&mut reader) {
         Ok(Request::Hello(h)) => h,
         Ok(_) => {
-            send(&mut writer, &Response::Error(ErrorReply { message: "expected hello first".into() }))?;
+            send(
+                &mut writer,
+                &Response::Error(ErrorReply {
+                    message: "expected hello first".into(),
+                }),
+            )?;
             return Ok(());
         }
         Err(WireError::Decode(d)) => {
-            send(&mut writer, &Response::Error(ErrorReply { message: format!("cannot decode hello (version mismatch?): {d}") }))?;
+            send(
+                &mut writer,
+                &Response::Error(ErrorReply {
+                    message: format!("cannot decode hello (version mismatch?): {d}"),
+                }),
+            )?;
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -228,7 +250,12 @@ fn handle_connection(state: &Mutex<State>, conn: UnixStream) -> Result<(), WireE
         let req = match recv::<Request>(&mut reader) {
             Ok(r) => r,
             Err(WireError::Decode(d)) => {
-                send(&mut writer, &Response::Error(ErrorReply { message: format!("cannot decode request (version mismatch?): {d}") }))?;
+                send(
+                    &mut writer,
+                    &Response::Error(ErrorReply {
+                        message: format!("cannot decode request (version mismatch?): {d}"),
+                    }),
+                )?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -237,12 +264,19 @@ fn handle_connection(state: &Mutex<State>, conn: UnixStream) -> Result<(), WireE
             let mut s = lock(state);
             s.last_activity = Instant::now();
             match req {
-                Request::Hello(_) => Response::Error(ErrorReply { message: "hello twice".into() }),
+                Request::Hello(_) => Response::Error(ErrorReply {
+                    message: "hello twice".into(),
+                }),
                 Request::Submit(sub) => s.submit(sub),
                 Request::Abort(a) => s.abort(a),
-                Request::Sync(q) => match s.journal.read_since(q.since, q.max.clamp(1, 20_000) as usize) {
+                Request::Sync(q) => match s
+                    .journal
+                    .read_since(q.since, q.max.clamp(1, 20_000) as usize)
+                {
                     Ok((entries, more)) => Response::Events(EventBatch { entries, more }),
-                    Err(e) => Response::Error(ErrorReply { message: error_chain(&e) }),
+                    Err(e) => Response::Error(ErrorReply {
+                        message: error_chain(&e),
+                    }),
                 },
                 Request::ReadLog(r) => s.read_log(r),
                 Request::Shutdown => {
@@ -276,22 +310,47 @@ impl State {
             if self.runs.contains_key(&spec.run) {
                 // Resubmitting the same run (neroman retrying after a dropped reply) is harmless.
                 let run_dir = self.runs[&spec.run].run_dir.display().to_string();
-                accepted.push(AcceptedRun { run: spec.run, run_dir });
+                accepted.push(AcceptedRun {
+                    run: spec.run,
+                    run_dir,
+                });
                 continue;
             }
             let run_dir = self.opts.workdir.join("runs").join(&spec.run);
             if let Err(e) = local::write_run_dir(&run_dir, &spec, &self.opts.kid_binary) {
                 return Response::Error(ErrorReply {
-                    message: format!("run {}: write run directory {}: {e}", spec.run, run_dir.display()),
+                    message: format!(
+                        "run {}: write run directory {}: {e}",
+                        spec.run,
+                        run_dir.display()
+                    ),
                 });
             }
-            journal_items.push((spec.run.clone(), MumEvent::Queued { run_dir: run_dir.display().to_string() }, None));
-            accepted.push(AcceptedRun { run: spec.run.clone(), run_dir: run_dir.display().to_string() });
-            self.runs.insert(spec.run.clone(), RunRecord { run_dir, phase: Phase::Queued, kid_offset: 0 });
+            journal_items.push((
+                spec.run.clone(),
+                MumEvent::Queued {
+                    run_dir: run_dir.display().to_string(),
+                },
+                None,
+            ));
+            accepted.push(AcceptedRun {
+                run: spec.run.clone(),
+                run_dir: run_dir.display().to_string(),
+            });
+            self.runs.insert(
+                spec.run.clone(),
+                RunRecord {
+                    run_dir,
+                    phase: Phase::Queued,
+                    kid_offset: 0,
+                },
+            );
             self.queue.push_back(spec.run);
         }
         if let Err(e) = self.journal.append(journal_items) {
-            return Response::Error(ErrorReply { message: error_chain(&e) });
+            return Response::Error(ErrorReply {
+                message: error_chain(&e),
+            });
         }
         // Start what fits now rather than at the next tick.
         if let Err(e) = self.launch_queued() {
@@ -303,7 +362,9 @@ impl State {
     fn abort(&mut self, a: Abort) -> Response {
         let mut items = Vec::new();
         for run in a.runs {
-            let Some(r) = self.runs.get_mut(&run) else { continue };
+            let Some(r) = self.runs.get_mut(&run) else {
+                continue;
+            };
             match &r.phase {
                 Phase::Queued => {
                     r.phase = Phase::Ended;
@@ -320,13 +381,17 @@ impl State {
         }
         match self.journal.append(items) {
             Ok(_) => Response::Done,
-            Err(e) => Response::Error(ErrorReply { message: error_chain(&e) }),
+            Err(e) => Response::Error(ErrorReply {
+                message: error_chain(&e),
+            }),
         }
     }
 
     fn read_log(&self, r: ReadLog) -> Response {
         let Some(rec) = self.runs.get(&r.run) else {
-            return Response::Error(ErrorReply { message: format!("unknown run {}", r.run) });
+            return Response::Error(ErrorReply {
+                message: format!("unknown run {}", r.run),
+            });
         };
         let path = rec.run_dir.join(match r.stream {
             LogStream::Stdout => STDOUT_FILE,
@@ -338,7 +403,9 @@ impl State {
             Ok(mut f) => {
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
                 if f.seek(SeekFrom::Start(r.offset)).is_ok() {
-                    let _ = f.take(u64::from(r.max_bytes.clamp(1, 4 << 20))).read_to_end(&mut buf);
+                    let _ = f
+                        .take(u64::from(r.max_bytes.clamp(1, 4 << 20)))
+                        .read_to_end(&mut buf);
                 }
                 len
             }
@@ -352,30 +419,51 @@ impl State {
         };
         let text = String::from_utf8_lossy(&buf[..valid]).into_owned();
         let next = r.offset + valid as u64;
-        Response::Log(LogChunk { text, next, complete: ended && next >= len })
+        Response::Log(LogChunk {
+            text,
+            next,
+            complete: ended && next >= len,
+        })
     }
 
     fn running(&self) -> usize {
-        self.runs.values().filter(|r| matches!(r.phase, Phase::Launched { .. })).count()
+        self.runs
+            .values()
+            .filter(|r| matches!(r.phase, Phase::Launched { .. }))
+            .count()
     }
 
     fn launch_queued(&mut self) -> Result<(), MumError> {
         while self.running() < self.opts.max_parallel as usize {
-            let Some(run) = self.queue.pop_front() else { break };
-            let Some(rec) = self.runs.get_mut(&run) else { continue };
+            let Some(run) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(rec) = self.runs.get_mut(&run) else {
+                continue;
+            };
             if !matches!(rec.phase, Phase::Queued) {
                 continue;
             }
             match local::launch(&rec.run_dir) {
                 Ok(child) => {
                     let pid = child.id() as i32;
-                    rec.phase = Phase::Launched { pid, child: Some(child) };
-                    self.journal.append(vec![(run, MumEvent::Launched { job: pid.to_string() }, None)])?;
+                    rec.phase = Phase::Launched {
+                        pid,
+                        child: Some(child),
+                    };
+                    self.journal.append(vec![(
+                        run,
+                        MumEvent::Launched {
+                            job: pid.to_string(),
+                        },
+                        None,
+                    )])?;
                 }
                 Err(e) => {
                     rec.phase = Phase::Ended;
                     let reason = format!("could not start the job script: {e}");
-                    self.journal.append(vec![(run, MumEvent::Lost { reason }, None)])?;
+                    self.journal
+                        .append(vec![(run, MumEvent::Lost { reason }, None)])?;
                 }
             }
         }
@@ -386,7 +474,9 @@ impl State {
     fn tick(&mut self) -> Result<(), MumError> {
         let mut items = Vec::new();
         for (run, rec) in self.runs.iter_mut() {
-            let Phase::Launched { pid, child } = &mut rec.phase else { continue };
+            let Phase::Launched { pid, child } = &mut rec.phase else {
+                continue;
+            };
             // Exit first, then a last read of the log: a kid writes its exit record before it exits.
             let gone = match child {
                 Some(c) => !matches!(c.try_wait(), Ok(None)),
@@ -404,7 +494,9 @@ impl State {
                 rec.phase = Phase::Ended;
             } else if gone {
                 rec.phase = Phase::Ended;
-                let reason = "the kid ended without writing an exit record (killed, or its node died)".into();
+                let reason =
+                    "the kid ended without writing an exit record (killed, or its node died)"
+                        .into();
                 items.push((run.clone(), MumEvent::Lost { reason }, None));
             }
         }
@@ -416,7 +508,9 @@ impl State {
 /// Complete new events in a run's `events.jsonl` past `offset`, each with the offset after it.
 fn tail_events(run_dir: &Path, offset: &mut u64) -> Vec<(KidEvent, u64)> {
     let mut out = Vec::new();
-    let Ok(mut f) = std::fs::File::open(run_dir.join(EVENTS_FILE)) else { return out };
+    let Ok(mut f) = std::fs::File::open(run_dir.join(EVENTS_FILE)) else {
+        return out;
+    };
     if f.seek(SeekFrom::Start(*offset)).is_err() {
         return out;
     }
