@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench -p nerokid --bench kid
 cargo bench -p neronet --bench workbooks
+cargo bench -p neronet --bench latency

@@ -322,6 +322,21 @@ mod tests {
     }
 
     #[test]
+    fn project_config_lies_over_user_defaults() {
+        let user = Config::parse(
+            "command: user-cmd {x}\nabort_when: loss>9\nclusters:\n  local:\n    max_parallel: 8\n  other:\n    max_parallel: 1\n",
+            Path::new("user.yaml"),
+        )
+        .unwrap();
+        let project = Config::parse("command: project-cmd {x}\nclusters:\n  local:\n    max_parallel: 2\n", Path::new("p.yaml")).unwrap();
+        let merged = user.overlay(project);
+        assert_eq!(merged.command.as_deref(), Some("project-cmd {x}"));
+        assert_eq!(merged.abort_when.as_deref(), Some("loss>9"), "kept from the user's defaults");
+        assert_eq!(merged.clusters["local"].max_parallel, Some(2));
+        assert_eq!(merged.clusters["other"].max_parallel, Some(1));
+    }
+
+    #[test]
     fn full_example_parses() {
         let text = r#"
 workbook: experiments.xlsx

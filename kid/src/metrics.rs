@@ -105,13 +105,9 @@ fn is_name_byte(b: u8) -> bool {
 /// `name=value`, `name = value`, `name: value`; name starts with a letter or `_`.
 fn scan_tokens(line: &[u8], found: &mut Found) {
     let mut i = 0;
-    while i < line.len() {
-        let b = line[i];
-        if b != b'=' && b != b':' {
-            i += 1;
-            continue;
-        }
-        let sep = i;
+    // Jump from separator to separator: most bytes of a log line are neither.
+    while let Some(off) = memchr::memchr2(b'=', b':', &line[i..]) {
+        let sep = i + off;
         // Name: walk back over spaces, then name bytes.
         let mut end = sep;
         while end > 0 && line[end - 1] == b' ' {
@@ -211,7 +207,7 @@ impl LineSplitter {
 
     pub fn feed(&mut self, chunk: &[u8], mut each: impl FnMut(&[u8])) {
         let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             let (line, tail) = rest.split_at(pos);
             if self.pending.is_empty() {
                 each(trim_cr(line));

@@ -380,8 +380,11 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             next_tail = now_i + Duration::from_millis(500);
         }
         for (t, f) in found {
-            for (name, v) in &f.values {
-                last.insert(name.clone(), *v);
+            // Only a rule reads the last values; without one, keep the hot path lean.
+            if rule.is_some() {
+                for (name, v) in &f.values {
+                    last.insert(name.clone(), *v);
+                }
             }
             pending.push(KidEvent::Metrics {
                 t,

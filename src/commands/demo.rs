@@ -9,6 +9,7 @@ use crate::cluster::protocol::Request;
 use crate::project::Project;
 use crate::state::StateName;
 use nerokid::expr::Expr;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -51,8 +52,11 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
     print_report(Verb::Start, &report);
     println!();
     wait_for(&mut project, &exps, &report.touched_runs(), true)?;
-    println!("\nfinal state:");
-    print!("{}", crate::view::status_table(&project, &exps, None, 4)?);
+    if !std::io::stdout().is_terminal() {
+        // On a terminal the live table already shows the final state.
+        println!("\nfinal state:");
+        print!("{}", crate::view::status_table(&project, &exps, None, 4)?);
+    }
     let results = crate::view::write_results(&project, &exps)?;
 
     // Leave nothing running: the demo's agent is not needed any more.
