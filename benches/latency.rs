@@ -21,7 +21,11 @@ fn main() {
         "import time\nfor i in range(80):\n    print(f'step={i} sent={time.time():.6f}', flush=True)\n    time.sleep(0.25)\n",
     )
     .unwrap();
-    std::fs::write(dir.join("experiments.xlsx"), neronet::sheet::template::build(&bench_book()).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("experiments.xlsx"),
+        neronet::sheet::template::build(&bench_book()).unwrap(),
+    )
+    .unwrap();
 
     let mut project = Project::open(&dir).unwrap();
     let exps = project.read_experiments().unwrap();
@@ -33,11 +37,23 @@ fn main() {
         project.sync().unwrap();
         let t = nerokid::report::now();
         let db = project.store.conn();
-        let mut stmt = db.prepare("SELECT value FROM metrics WHERE run_uid = ?1 AND name = 'sent'").unwrap();
-        for sent in stmt.query_map([&uid], |r| r.get::<_, f64>(0)).unwrap().map(Result::unwrap) {
+        let mut stmt = db
+            .prepare("SELECT value FROM metrics WHERE run_uid = ?1 AND name = 'sent'")
+            .unwrap();
+        for sent in stmt
+            .query_map([&uid], |r| r.get::<_, f64>(0))
+            .unwrap()
+            .map(Result::unwrap)
+        {
             seen.entry((sent * 1e6) as i64).or_insert(t - sent);
         }
-        let done = project.store.run(&uid).unwrap().unwrap().state.is_terminal();
+        let done = project
+            .store
+            .run(&uid)
+            .unwrap()
+            .unwrap()
+            .state
+            .is_terminal();
         if done || start.elapsed() > Duration::from_secs(60) {
             break;
         }
@@ -61,5 +77,8 @@ fn main() {
 
 fn bench_book() -> neronet::sheet::template::BookSpec {
     use neronet::sheet::template::Cell;
-    neronet::sheet::template::BookSpec { columns: vec![("id", 8.0), ("status", 8.0)], rows: vec![vec![Cell::Num(1.0), Cell::Empty]] }
+    neronet::sheet::template::BookSpec {
+        columns: vec![("id", 8.0), ("status", 8.0)],
+        rows: vec![vec![Cell::Num(1.0), Cell::Empty]],
+    }
 }

@@ -328,10 +328,18 @@ mod tests {
             Path::new("user.yaml"),
         )
         .unwrap();
-        let project = Config::parse("command: project-cmd {x}\nclusters:\n  local:\n    max_parallel: 2\n", Path::new("p.yaml")).unwrap();
+        let project = Config::parse(
+            "command: project-cmd {x}\nclusters:\n  local:\n    max_parallel: 2\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
         let merged = user.overlay(project);
         assert_eq!(merged.command.as_deref(), Some("project-cmd {x}"));
-        assert_eq!(merged.abort_when.as_deref(), Some("loss>9"), "kept from the user's defaults");
+        assert_eq!(
+            merged.abort_when.as_deref(),
+            Some("loss>9"),
+            "kept from the user's defaults"
+        );
         assert_eq!(merged.clusters["local"].max_parallel, Some(2));
         assert_eq!(merged.clusters["other"].max_parallel, Some(1));
     }

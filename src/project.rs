@@ -31,6 +31,8 @@ pub enum CoreError {
     },
     #[error("{0}")]
     Selection(String),
+    #[error(transparent)]
+    Results(#[from] crate::sheet::results::ResultsError),
     #[error("{dir} is not a Neronet project (no {what}); run `neroman init` there first")]
     NotAProject { dir: PathBuf, what: String },
 }

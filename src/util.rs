@@ -24,6 +24,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// An error with its chain of causes, `outer: inner: root`, for messages that cross the wire.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// `1h 02m`, `3m 07s`, `12s`.
 pub fn human_duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;

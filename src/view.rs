@@ -150,8 +150,7 @@ pub fn write_results(
 ) -> Result<std::path::PathBuf, CoreError> {
     let r = results(project, exps)?;
     let path = project.results_path();
-    crate::sheet::results::write(&path, &r)
-        .map_err(|e| CoreError::Selection(crate::cluster::mum::error_chain(&e)))?;
+    crate::sheet::results::write(&path, &r)?;
     Ok(path)
 }
 

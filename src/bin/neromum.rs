@@ -60,7 +60,7 @@ fn main() {
         max_parallel: max_parallel.max(1),
     };
     if let Err(e) = serve(opts) {
-        eprintln!("neromum: {}", neronet::cluster::mum::error_chain(&e));
+        eprintln!("neromum: {}", neronet::util::error_chain(&e));
         std::process::exit(1);
     }
 }

@@ -89,13 +89,8 @@ pub struct ExperimentSheet {
     pub params: Vec<String>,
     /// Whether a `command` column exists.
     pub has_command_column: bool,
+    /// The data rows (the core moves them out when it checks them).
     pub rows: Vec<SheetRow>,
-}
-
-impl ExperimentSheet {
-    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        self.rows.iter().flat_map(|r| r.invalid.iter())
-    }
 }
 
 /// `A1`-style address of a 0-based (row, col).

@@ -9,6 +9,7 @@ mod local;
 
 use crate::cluster::protocol::*;
 use crate::cluster::socket_path;
+use crate::util::error_chain;
 use journal::Journal;
 use nerokid::report::{KidEvent, EVENTS_FILE, STDERR_FILE, STDOUT_FILE};
 use std::collections::{HashMap, VecDeque};
@@ -289,17 +290,6 @@ fn handle_connection(state: &Mutex<State>, conn: UnixStream) -> Result<(), WireE
         };
         send(&mut writer, &response)?;
     }
-}
-
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 impl State {
