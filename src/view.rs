@@ -212,6 +212,10 @@ pub fn status_json(
                 "params": params,
                 "metrics": metrics,
                 "run_dir": c.run.and_then(|r| r.run_dir.clone()),
+                "node": c.run.and_then(|r| r.node.clone()),
+                "job_id": c.run.and_then(|r| r.job_id.clone()),
+                "cpu_percent": c.run.and_then(|r| r.cpu_percent),
+                "rss_bytes": c.run.and_then(|r| r.rss_bytes),
             })
         })
         .collect();

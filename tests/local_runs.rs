@@ -164,7 +164,7 @@ fn kill_9_of_mum_loses_nothing() {
         &[
             ("1", 40.0, 0.05, 0.0),
             ("2", 40.0, 0.05, 0.0),
-            ("3", 20.0, 0.05, 0.0),
+            ("3", 30.0, 0.05, 0.0),
         ],
     );
     p.ok(&["start", "all"]);
@@ -190,8 +190,13 @@ fn kill_9_of_mum_loses_nothing() {
     wait_until("all finished", Duration::from_secs(60), || {
         p.status().iter().all(|e| e["state"] == "finished")
     });
+    for e in p.status() {
+        // Runs of 1-2 s get at least the first resource sample (taken at 1 s).
+        assert!(e["rss_bytes"].as_i64().unwrap_or(0) > 0, "no resource sample: {e}");
+        assert!(!e["node"].as_str().unwrap_or("").is_empty(), "no node: {e}");
+    }
     let db = p.store();
-    for (run, lines) in [("1.1", 40), ("2.1", 40), ("3.1", 20)] {
+    for (run, lines) in [("1.1", 40), ("2.1", 40), ("3.1", 30)] {
         let n: i64 = db
             .query_row(
                 "SELECT COUNT(*) FROM metrics WHERE run_uid = ?1 AND name = 'step'",
