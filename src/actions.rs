@@ -166,20 +166,13 @@ pub fn act(
         let t = now();
         for (id, _uid, run_no, spec) in &runs {
             let spec_json = serde_json::to_string(spec).expect("run spec serializes");
-            let exp = exps.get(id).expect("selected from this list");
-            let params: BTreeMap<String, String> = exp
-                .row
-                .params
-                .iter()
-                .map(|(k, v)| (k.clone(), v.text.clone()))
-                .collect();
             project.store.new_run(
                 &NewRun {
                     exp_id: id,
                     spec_json: &spec_json,
                     cluster: &cluster,
                     command: &spec.command,
-                    params: &params,
+                    params: &spec.kid.params,
                 },
                 *run_no,
                 t,

@@ -119,9 +119,9 @@ fn runs_finish_and_crash_with_metrics_in_store_and_results() {
 #[test]
 fn max_parallel_queues_the_rest() {
     let rows: Vec<(&str, f64, f64, f64)> = vec![
-        ("a", 10.0, 0.1, 0.0),
-        ("b", 10.0, 0.1, 0.0),
-        ("c", 10.0, 0.1, 0.0),
+        ("a", 30.0, 0.1, 0.0),
+        ("b", 30.0, 0.1, 0.0),
+        ("c", 30.0, 0.1, 0.0),
     ];
     let p = job_project("parallel", &rows);
     p.ok(&["start", "all"]);
@@ -192,7 +192,10 @@ fn kill_9_of_mum_loses_nothing() {
     });
     for e in p.status() {
         // Runs of 1-2 s get at least the first resource sample (taken at 1 s).
-        assert!(e["rss_bytes"].as_i64().unwrap_or(0) > 0, "no resource sample: {e}");
+        assert!(
+            e["rss_bytes"].as_i64().unwrap_or(0) > 0,
+            "no resource sample: {e}"
+        );
         assert!(!e["node"].as_str().unwrap_or("").is_empty(), "no node: {e}");
     }
     let db = p.store();
@@ -241,19 +244,33 @@ fn abort_by_cli_stops_the_group() {
             .count()
             == 2
     });
+    let groups: Vec<(&str, i32)> = ["1.1", "2.1"]
+        .into_iter()
+        .map(|run| {
+            let events =
+                std::fs::read_to_string(p.mum_dir().join(format!("runs/{run}/events.jsonl")))
+                    .unwrap();
+            let started: serde_json::Value =
+                serde_json::from_str(events.lines().next().unwrap()).unwrap();
+            let pgid = started["job_pid"].as_i64().unwrap() as i32;
+            assert!(
+                !common::group_members(pgid).is_empty(),
+                "run {run}'s job group is running"
+            );
+            (run, pgid)
+        })
+        .collect();
     let out = p.ok(&["--abort", "running,3", "--wait"]);
     assert!(out.contains("abort sent"), "{out}");
     let st = p.status();
     assert!(st.iter().all(|e| e["state"] == "aborted"), "{st:?}");
     assert_eq!(st[2]["reason"], "cancelled before it started");
-    // No process of the jobs is left.
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", &format!("{}/job.py", p.dir.display())])
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "job processes left: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    // No process of the jobs' groups is left.
+    for (run, pgid) in groups {
+        let members = common::group_members(pgid);
+        assert!(
+            members.is_empty(),
+            "run {run}: processes {members:?} of its group outlived the abort"
+        );
+    }
 }
