@@ -161,9 +161,22 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_saphyr::from_str::<Config>(text).map_err(|e| ConfigError::Invalid {
+        // serde_path_to_error adds the key path (`clusters.local.max_parallel`) that the YAML
+        // error's line and column point at.
+        let mut key = String::new();
+        serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                key = e.path().to_string();
+                e.into_inner()
+            })
+        })
+        .map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: if key.is_empty() || key == "." {
+                e.to_string()
+            } else {
+                format!("{key}: {e}")
+            },
         })
     }
 
@@ -312,7 +325,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("max_parallel") || e.contains("line 3"), "{e}");
+        assert!(
+            e.contains("clusters.local.max_parallel: ") && e.contains("line 3"),
+            "{e}"
+        );
         let cfg = Config::parse("abort_when: 'loss>>1'\n", Path::new("n.yaml")).unwrap();
         assert!(cfg
             .validate(Path::new("n.yaml"))
