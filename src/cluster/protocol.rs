@@ -52,7 +52,8 @@ pub struct HelloReply {
 }
 
 /// One run to start, fully resolved by neroman: mum never interprets workbook values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` is written by hand so logs show the environment's names, never its values.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     /// Unique per mum; names the run directory.
     pub run: String,
@@ -63,6 +64,19 @@ pub struct RunSpec {
     /// Shell lines run before the command (`module load ...`).
     pub setup: Vec<String>,
     pub kid: KidSpec,
+}
+
+impl std::fmt::Debug for RunSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunSpec")
+            .field("run", &self.run)
+            .field("command", &self.command)
+            .field("cwd", &self.cwd)
+            .field("env", &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("setup", &self.setup)
+            .field("kid", &self.kid)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
