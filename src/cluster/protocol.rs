@@ -72,7 +72,10 @@ impl std::fmt::Debug for RunSpec {
             .field("run", &self.run)
             .field("command", &self.command)
             .field("cwd", &self.cwd)
-            .field("env", &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field(
+                "env",
+                &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            )
             .field("setup", &self.setup)
             .field("kid", &self.kid)
             .finish()

@@ -4,14 +4,17 @@
 //! It keeps running and collecting while neroman is away; a restarted mum replays its journal and
 //! picks up the runs still going.
 
+mod abort;
 mod journal;
 mod local;
+mod read_log;
+mod submit;
+mod sync;
 
 use crate::cluster::protocol::*;
 use crate::cluster::socket_path;
-use crate::util::error_chain;
 use journal::Journal;
-use nerokid::report::{KidEvent, EVENTS_FILE, STDERR_FILE, STDOUT_FILE};
+use nerokid::report::{KidEvent, EVENTS_FILE};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
@@ -270,15 +273,7 @@ fn handle_connection(state: &Mutex<State>, conn: UnixStream) -> Result<(), WireE
                 }),
                 Request::Submit(sub) => s.submit(sub),
                 Request::Abort(a) => s.abort(a),
-                Request::Sync(q) => match s
-                    .journal
-                    .read_since(q.since, q.max.clamp(1, 20_000) as usize)
-                {
-                    Ok((entries, more)) => Response::Events(EventBatch { entries, more }),
-                    Err(e) => Response::Error(ErrorReply {
-                        message: error_chain(&e),
-                    }),
-                },
+                Request::Sync(q) => s.sync(q),
                 Request::ReadLog(r) => s.read_log(r),
                 Request::Shutdown => {
                     send(&mut writer, &Response::Done)?;
@@ -293,129 +288,6 @@ fn handle_connection(state: &Mutex<State>, conn: UnixStream) -> Result<(), WireE
 }
 
 impl State {
-    fn submit(&mut self, sub: Submit) -> Response {
-        let mut accepted = Vec::new();
-        let mut journal_items = Vec::new();
-        for spec in sub.runs {
-            if self.runs.contains_key(&spec.run) {
-                // Resubmitting the same run (neroman retrying after a dropped reply) is harmless.
-                let run_dir = self.runs[&spec.run].run_dir.display().to_string();
-                accepted.push(AcceptedRun {
-                    run: spec.run,
-                    run_dir,
-                });
-                continue;
-            }
-            let run_dir = self.opts.workdir.join("runs").join(&spec.run);
-            if let Err(e) = local::write_run_dir(&run_dir, &spec, &self.opts.kid_binary) {
-                return Response::Error(ErrorReply {
-                    message: format!(
-                        "run {}: write run directory {}: {e}",
-                        spec.run,
-                        run_dir.display()
-                    ),
-                });
-            }
-            journal_items.push((
-                spec.run.clone(),
-                MumEvent::Queued {
-                    run_dir: run_dir.display().to_string(),
-                },
-                None,
-            ));
-            accepted.push(AcceptedRun {
-                run: spec.run.clone(),
-                run_dir: run_dir.display().to_string(),
-            });
-            self.runs.insert(
-                spec.run.clone(),
-                RunRecord {
-                    run_dir,
-                    phase: Phase::Queued,
-                    kid_offset: 0,
-                },
-            );
-            self.queue.push_back(spec.run);
-        }
-        if let Err(e) = self.journal.append(journal_items) {
-            return Response::Error(ErrorReply {
-                message: error_chain(&e),
-            });
-        }
-        // Start what fits now rather than at the next tick.
-        if let Err(e) = self.launch_queued() {
-            tracing::error!("launch: {e}");
-        }
-        Response::Accepted(Accepted { runs: accepted })
-    }
-
-    fn abort(&mut self, a: Abort) -> Response {
-        let mut items = Vec::new();
-        for run in a.runs {
-            let Some(r) = self.runs.get_mut(&run) else {
-                continue;
-            };
-            match &r.phase {
-                Phase::Queued => {
-                    r.phase = Phase::Ended;
-                    self.queue.retain(|q| q != &run);
-                    items.push((run, MumEvent::Cancelled, None));
-                }
-                Phase::Launched { pid, .. } => {
-                    if local::signal_kid(*pid, libc::SIGTERM) {
-                        items.push((run, MumEvent::AbortSent, None));
-                    }
-                }
-                Phase::Ended => {}
-            }
-        }
-        match self.journal.append(items) {
-            Ok(_) => Response::Done,
-            Err(e) => Response::Error(ErrorReply {
-                message: error_chain(&e),
-            }),
-        }
-    }
-
-    fn read_log(&self, r: ReadLog) -> Response {
-        let Some(rec) = self.runs.get(&r.run) else {
-            return Response::Error(ErrorReply {
-                message: format!("unknown run {}", r.run),
-            });
-        };
-        let path = rec.run_dir.join(match r.stream {
-            LogStream::Stdout => STDOUT_FILE,
-            LogStream::Stderr => STDERR_FILE,
-        });
-        let ended = matches!(rec.phase, Phase::Ended);
-        let mut buf = Vec::new();
-        let len = match std::fs::File::open(&path) {
-            Ok(mut f) => {
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                if f.seek(SeekFrom::Start(r.offset)).is_ok() {
-                    let _ = f
-                        .take(u64::from(r.max_bytes.clamp(1, 4 << 20)))
-                        .read_to_end(&mut buf);
-                }
-                len
-            }
-            Err(_) => 0,
-        };
-        // Cut at a character boundary; the rest comes with the next request.
-        let valid = match std::str::from_utf8(&buf) {
-            Ok(_) => buf.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => buf.len(),
-        };
-        let text = String::from_utf8_lossy(&buf[..valid]).into_owned();
-        let next = r.offset + valid as u64;
-        Response::Log(LogChunk {
-            text,
-            next,
-            complete: ended && next >= len,
-        })
-    }
-
     fn running(&self) -> usize {
         self.runs
             .values()

@@ -1,0 +1,48 @@
+//! mum's `ReadLog` handler: a chunk of a run's stdout or stderr from an offset, cut at a
+//! character boundary, and whether the run has ended and everything was read.
+
+use super::{Phase, State};
+use crate::cluster::protocol::*;
+use nerokid::report::{STDERR_FILE, STDOUT_FILE};
+use std::io::{Read, Seek, SeekFrom};
+
+impl State {
+    pub(super) fn read_log(&self, r: ReadLog) -> Response {
+        let Some(rec) = self.runs.get(&r.run) else {
+            return Response::Error(ErrorReply {
+                message: format!("unknown run {}", r.run),
+            });
+        };
+        let path = rec.run_dir.join(match r.stream {
+            LogStream::Stdout => STDOUT_FILE,
+            LogStream::Stderr => STDERR_FILE,
+        });
+        let ended = matches!(rec.phase, Phase::Ended);
+        let mut buf = Vec::new();
+        let len = match std::fs::File::open(&path) {
+            Ok(mut f) => {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                if f.seek(SeekFrom::Start(r.offset)).is_ok() {
+                    let _ = f
+                        .take(u64::from(r.max_bytes.clamp(1, 4 << 20)))
+                        .read_to_end(&mut buf);
+                }
+                len
+            }
+            Err(_) => 0,
+        };
+        // Cut at a character boundary; the rest comes with the next request.
+        let valid = match std::str::from_utf8(&buf) {
+            Ok(_) => buf.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => buf.len(),
+        };
+        let text = String::from_utf8_lossy(&buf[..valid]).into_owned();
+        let next = r.offset + valid as u64;
+        Response::Log(LogChunk {
+            text,
+            next,
+            complete: ended && next >= len,
+        })
+    }
+}
