@@ -25,6 +25,7 @@ pub fn nerokid_bin() -> PathBuf {
 pub struct Project {
     pub dir: PathBuf,
     xdg: PathBuf,
+    base: PathBuf,
 }
 
 /// A cell for `write_workbook`.
@@ -49,7 +50,7 @@ impl Project {
         std::fs::create_dir_all(&xdg).unwrap();
         std::fs::write(dir.join("neronet.yaml"), yaml).unwrap();
         nerokid_bin();
-        Project { dir, xdg }
+        Project { dir, xdg, base }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -137,6 +138,10 @@ impl Drop for Project {
             {
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
+        }
+        // A failed test keeps its directory for a post-mortem.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.base);
         }
     }
 }
