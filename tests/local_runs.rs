@@ -274,3 +274,37 @@ fn abort_by_cli_stops_the_group() {
         );
     }
 }
+
+#[test]
+fn kill_9_of_the_kid_ends_lost_and_takes_the_job_down() {
+    // A job that prints nothing, so no broken pipe would end it by itself.
+    let p = job_project("kill-kid", &[("9", 1.0, 600.0, 0.0)]);
+    p.ok(&["start", "9"]);
+    wait_until("running", Duration::from_secs(20), || {
+        p.state_of("9") == "running"
+    });
+    let events = std::fs::read_to_string(p.mum_dir().join("runs/9.1/events.jsonl")).unwrap();
+    let started: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
+    let (kid, pgid) = (
+        started["pid"].as_i64().unwrap() as i32,
+        started["job_pid"].as_i64().unwrap() as i32,
+    );
+    assert!(!common::group_members(pgid).is_empty());
+    kill(kid, libc::SIGKILL);
+    wait_until("lost", Duration::from_secs(20), || {
+        p.state_of("9") == "lost"
+    });
+    let st = &p.status()[0];
+    assert!(
+        st["reason"]
+            .as_str()
+            .unwrap()
+            .contains("without writing an exit record"),
+        "{st}"
+    );
+    wait_until(
+        "the job's group to be gone",
+        Duration::from_secs(10),
+        || common::group_members(pgid).is_empty(),
+    );
+}

@@ -133,3 +133,64 @@ pub fn signal_kid(pid: i32, sig: i32) -> bool {
     // SAFETY: kill(2) on a verified pid; no memory is involved.
     unsafe { libc::kill(pid, sig) == 0 }
 }
+
+/// Can `path` be run: an executable file, or a bare name found on PATH?
+pub fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let ok = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if path.components().count() > 1 {
+        return ok(path);
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| ok(&d.join(path))))
+}
+
+/// `: <last lines of kid.log>` when the job script or kid left words there, else nothing.
+pub fn kid_log_tail(run_dir: &Path) -> String {
+    let text = std::fs::read_to_string(run_dir.join("kid.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    match lines.len() {
+        0 => String::new(),
+        n => format!(": {}", lines[n.saturating_sub(3)..].join(" / ")),
+    }
+}
+
+/// SIGKILL what is left of a lost job: the processes of its process group that carry this run's
+/// `NERO_RUN_DIR` (so a recycled pid or group is never touched).
+pub fn kill_group(pgid: i32, run_dir: &Path) {
+    let marker = format!("NERO_RUN_DIR={}", run_dir.display());
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let pgrp = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split(' ').nth(2)?.parse::<i32>().ok());
+        if pgrp != Some(pgid) {
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == marker.as_bytes())
+        {
+            // SAFETY: kill(2) on a pid just verified to belong to this run; no memory is involved.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}

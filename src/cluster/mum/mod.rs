@@ -42,6 +42,8 @@ pub struct MumOptions {
 pub enum MumError {
     #[error("another neromum already serves {0}")]
     AlreadyRunning(PathBuf),
+    #[error("nerokid not found at {0} (job scripts need it; build the workspace or pass --kid)")]
+    NoKid(PathBuf),
     #[error("{about} {path}")]
     Io {
         about: &'static str,
@@ -68,6 +70,8 @@ struct RunRecord {
     phase: Phase,
     /// How far into the kid's `events.jsonl` mum has journaled.
     kid_offset: u64,
+    /// The job's process group, once the kid reported it started.
+    job_pgid: Option<i32>,
 }
 
 struct State {
@@ -82,6 +86,9 @@ struct State {
 /// Run mum until it goes idle. Blocks; meant for the `neromum serve` process.
 pub fn serve(opts: MumOptions) -> Result<(), MumError> {
     let workdir = opts.workdir.clone();
+    if !local::is_executable(&opts.kid_binary) {
+        return Err(MumError::NoKid(opts.kid_binary.clone()));
+    }
     let io = |about, path: &Path| {
         let path = path.to_path_buf();
         move |err| MumError::Io { about, path, err }
@@ -169,6 +176,7 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
                     run_dir: PathBuf::from(run_dir),
                     phase: Phase::Queued,
                     kid_offset: 0,
+                    job_pgid: None,
                 },
             );
             queue.push_back(e.run.clone());
@@ -185,6 +193,9 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
             if let Some(r) = runs.get_mut(&e.run) {
                 if let Some(off) = e.kid_offset {
                     r.kid_offset = off;
+                }
+                if let KidEvent::Started { job_pid, .. } = event {
+                    r.job_pgid = Some(*job_pid as i32);
                 }
                 if matches!(event, KidEvent::Exited { .. }) {
                     r.phase = Phase::Ended;
@@ -347,6 +358,9 @@ impl State {
             let mut ended = false;
             for (event, offset) in tail_events(&rec.run_dir, &mut rec.kid_offset) {
                 ended |= matches!(event, KidEvent::Exited { .. });
+                if let KidEvent::Started { job_pid, .. } = &event {
+                    rec.job_pgid = Some(*job_pid as i32);
+                }
                 items.push((run.clone(), MumEvent::Kid { event }, Some(offset)));
             }
             if ended {
@@ -356,9 +370,14 @@ impl State {
                 rec.phase = Phase::Ended;
             } else if gone {
                 rec.phase = Phase::Ended;
-                let reason =
-                    "the kid ended without writing an exit record (killed, or its node died)"
-                        .into();
+                // Nobody supervises the job any more: end it rather than leave it running unseen.
+                if let Some(pgid) = rec.job_pgid {
+                    local::kill_group(pgid, &rec.run_dir);
+                }
+                let reason = format!(
+                    "the kid ended without writing an exit record (killed, or its node died){}",
+                    local::kid_log_tail(&rec.run_dir)
+                );
                 items.push((run.clone(), MumEvent::Lost { reason }, None));
             }
         }

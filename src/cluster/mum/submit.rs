@@ -46,6 +46,7 @@ impl State {
                     run_dir,
                     phase: Phase::Queued,
                     kid_offset: 0,
+                    job_pgid: None,
                 },
             );
             self.queue.push_back(spec.run);
