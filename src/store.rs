@@ -614,3 +614,38 @@ pub mod tx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store(name: &str) -> Store {
+        let dir = std::env::temp_dir().join(format!("neronet-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Store::open(&dir.join("state.db")).unwrap()
+    }
+
+    /// Regression: a workbook with a duplicated id (an invalid row, reported as such) made
+    /// `note_rows` insert the id twice and fail the whole command with a UNIQUE error.
+    #[test]
+    fn note_rows_survives_a_duplicated_id() {
+        let mut s = temp_store("dup");
+        let rows = vec![("12".to_string(), 3, 1u64), ("12".to_string(), 7, 2u64)];
+        s.note_rows(&rows, 10.0).unwrap();
+        assert_eq!(s.experiments().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn row_change_time_moves_only_when_the_row_changes() {
+        let mut s = temp_store("tmod");
+        s.note_rows(&[("1".into(), 2, 111)], 10.0).unwrap();
+        s.note_rows(&[("1".into(), 2, 111)], 20.0).unwrap();
+        assert_eq!(s.experiments().unwrap()["1"].row_changed_at, 10.0);
+        // Moving the row (sorting the sheet) is not a change of its content.
+        s.note_rows(&[("1".into(), 5, 111)], 30.0).unwrap();
+        assert_eq!(s.experiments().unwrap()["1"].row_changed_at, 10.0);
+        s.note_rows(&[("1".into(), 5, 222)], 40.0).unwrap();
+        let e = &s.experiments().unwrap()["1"];
+        assert_eq!((e.row_changed_at, e.first_seen), (40.0, 10.0));
+    }
+}
