@@ -4,7 +4,7 @@
 
 use crate::project::{CoreError, Experiments, Project, SyncReport};
 use crate::select::Candidate;
-use crate::store::{run_uid, NewRun, RunRow};
+use crate::store::{NewRun, RunRow};
 use nerokid::expr::Expr;
 use nerokid::report::now;
 use std::collections::BTreeMap;
@@ -83,11 +83,9 @@ pub fn act(
     let seen = project.store.experiments()?;
     let chosen = select(exps, &latest, &metrics, &seen, expr);
     let mut report = ActionReport::default();
-    // cluster → (exp id, uid, run_no, spec)
-    let mut to_start: BTreeMap<
-        String,
-        Vec<(String, String, i64, crate::cluster::protocol::RunSpec)>,
-    > = BTreeMap::new();
+    // cluster → (experiment id, its run spec, uid still to be decided)
+    let mut to_start: BTreeMap<String, Vec<(String, crate::cluster::protocol::RunSpec)>> =
+        BTreeMap::new();
     let mut to_abort: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for c in &chosen {
         let id = c.exp.row.id.clone();
@@ -139,9 +137,8 @@ pub fn act(
                         .push((id, format!("invalid row: {}", why.join("; "))));
                     continue;
                 }
-                let run_no = project.store.next_run_no(&id)?;
-                let uid = run_uid(&id, run_no);
-                let Some(spec) = project.run_spec(c.exp, &uid) else {
+                // The run's uid is decided when the store records it (below); mum gets it then.
+                let Some(spec) = project.run_spec(c.exp, "") else {
                     report
                         .skipped
                         .push((id, "cannot build the run (no command or cluster)".into()));
@@ -150,7 +147,7 @@ pub fn act(
                 to_start
                     .entry(c.exp.cluster.clone())
                     .or_default()
-                    .push((id, uid, run_no, spec));
+                    .push((id, spec));
             }
         }
     }
@@ -164,28 +161,37 @@ pub fn act(
     for (cluster, runs) in to_start {
         let mut client = project.connect(&cluster)?;
         let t = now();
-        for (id, _uid, run_no, spec) in &runs {
-            let spec_json = serde_json::to_string(spec).expect("run spec serializes");
-            project.store.new_run(
-                &NewRun {
-                    exp_id: id,
-                    spec_json: &spec_json,
-                    cluster: &cluster,
-                    command: &spec.command,
-                    params: &spec.kid.params,
-                },
-                *run_no,
-                t,
-            )?;
+        let mut specs = Vec::new();
+        for (id, mut spec) in runs {
+            let new_run = NewRun {
+                exp_id: &id,
+                cluster: &cluster,
+                command: &spec.command,
+                params: &spec.kid.params,
+            };
+            let as_json = |uid: &str| {
+                let mut with_uid = spec.clone();
+                with_uid.run = uid.to_string();
+                serde_json::to_string(&with_uid).expect("run spec serializes")
+            };
+            let recorded = project
+                .store
+                .new_run(&new_run, verb == Verb::Restart, as_json, t)?;
+            match recorded {
+                Some(run) => {
+                    spec.run = run.uid.clone();
+                    report.started.push((id, run.uid));
+                    specs.push(spec);
+                }
+                None => report
+                    .skipped
+                    .push((id, "started meanwhile by another neroman".into())),
+            }
         }
-        let specs = runs.iter().map(|r| r.3.clone()).collect();
         client.submit(specs).map_err(|err| CoreError::Cluster {
             cluster: cluster.clone(),
             err,
         })?;
-        report
-            .started
-            .extend(runs.into_iter().map(|(id, uid, _, _)| (id, uid)));
         project.sync_with(&cluster, &mut client, &mut sync)?;
     }
     for (cluster, runs) in to_abort {

@@ -276,17 +276,8 @@ impl Project {
         };
         loop {
             let batch = client.sync(since).map_err(cerr)?;
-            if let Some(last) = batch.entries.last() {
-                since = last.seq;
-            }
-            apply_entries(
-                &mut self.store,
-                cluster,
-                &epoch,
-                since,
-                &batch.entries,
-                report,
-            )?;
+            // Another neroman may have applied part of this already: the store says how far.
+            since = apply_entries(&mut self.store, cluster, &epoch, &batch.entries, report)?;
             if !batch.more {
                 break;
             }
@@ -443,19 +434,37 @@ pub fn render_command(
 }
 
 /// Apply journal entries to the store in one transaction, with the new sync point.
+/// Apply journal entries to the store in one transaction, with the new sync point, and return
+/// the sequence number applied up to. The transaction takes the write lock first and then reads
+/// the sync point, so two neromans syncing at once apply each entry exactly once between them.
 fn apply_entries(
     store: &mut Store,
     cluster: &str,
     epoch: &str,
-    last_seq: u64,
     entries: &[crate::cluster::protocol::JournalEntry],
     report: &mut SyncReport,
-) -> Result<(), CoreError> {
+) -> Result<u64, CoreError> {
     use crate::cluster::protocol::MumEvent;
     use tx::RunColumn;
     let mut cache: HashMap<String, Option<crate::store::RunRow>> = HashMap::new();
     let tx = store.transaction()?;
-    for e in entries {
+    let applied = match tx::sync_point(&tx, cluster)? {
+        Some((e, seq)) if e == epoch => seq,
+        Some(_) => {
+            // The agent's journal is not the one we synced from (its workdir was wiped): runs it
+            // held cannot be followed any more. Runs it never confirmed are resubmitted later.
+            for (uid, exp_id, state) in
+                tx::lose_confirmed_runs(&tx, cluster, nerokid::report::now())?
+            {
+                report.changes.push((uid, exp_id, state));
+            }
+            0
+        }
+        None => 0,
+    };
+    let mut last_seq = applied;
+    for e in entries.iter().filter(|e| e.seq > applied) {
+        last_seq = e.seq;
         let run = match cache.get(&e.run) {
             Some(r) => r.clone(),
             None => {
@@ -510,7 +519,7 @@ fn apply_entries(
     }
     tx::set_sync_point(&tx, cluster, epoch, last_seq)?;
     tx.commit().map_err(StoreError::from)?;
-    Ok(())
+    Ok(last_seq)
 }
 
 fn load_run(

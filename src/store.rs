@@ -4,7 +4,7 @@
 //! The schema is versioned (`PRAGMA user_version`) and migrated forward on open.
 
 use crate::state::RunState;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -123,8 +123,6 @@ pub struct RunRow {
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
     pub exp_id: &'a str,
-    /// The run spec as sent to mum (JSON), kept to resubmit it if mum never confirmed it.
-    pub spec_json: &'a str,
     pub cluster: &'a str,
     pub command: &'a str,
     pub params: &'a BTreeMap<String, String>,
@@ -181,7 +179,9 @@ impl Store {
             });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction()?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
@@ -189,8 +189,12 @@ impl Store {
         Ok(())
     }
 
+    /// A write transaction. IMMEDIATE takes the write lock at the start (waiting up to the busy
+    /// timeout), so read-then-write sequences of concurrent neromans cannot interleave.
     pub fn transaction(&mut self) -> Result<Transaction<'_>, StoreError> {
-        Ok(self.conn.transaction()?)
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
     pub fn conn(&self) -> &Connection {
@@ -200,10 +204,13 @@ impl Store {
     /// Record the workbook rows as read now: a row whose content changed gets a new change time.
     /// `rows` is (id, sheet row, content fingerprint). Rows that did not change are not written.
     pub fn note_rows(&mut self, rows: &[(String, u32, u64)], now: f64) -> Result<(), StoreError> {
+        // Read inside the write transaction: another neroman may be noting the same rows.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let known: HashMap<String, (u32, String, bool)> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT id, sheet_row, row_hash, in_workbook FROM experiments")?;
+            let mut stmt =
+                tx.prepare("SELECT id, sheet_row, row_hash, in_workbook FROM experiments")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -212,7 +219,6 @@ impl Store {
             })?;
             rows.collect::<Result<_, _>>()?
         };
-        let tx = self.conn.transaction()?;
         {
             let mut update = tx.prepare_cached(
                 "UPDATE experiments SET sheet_row = ?2, in_workbook = 1,
@@ -271,23 +277,34 @@ impl Store {
         Ok(out)
     }
 
-    /// The number the next run of an experiment gets.
-    pub fn next_run_no(&self, exp_id: &str) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT COALESCE(MAX(run_no), 0) + 1 FROM runs WHERE exp_id = ?1",
-            [exp_id],
-            |r| r.get(0),
-        )?)
-    }
-
-    /// Record a new run (numbered `run_no`) in state `submitted`.
+    /// Record the next run of an experiment in state `submitted`, atomically with the check that
+    /// no run of it is in flight (and, unless `again`, that it never ran). `None` when the check
+    /// fails: another neroman got there first. `spec_json` makes the run spec for the new uid.
     pub fn new_run(
         &mut self,
         run: &NewRun<'_>,
-        run_no: i64,
+        again: bool,
+        spec_json: impl FnOnce(&str) -> String,
         now: f64,
-    ) -> Result<RunRow, StoreError> {
-        let tx = self.conn.transaction()?;
+    ) -> Result<Option<RunRow>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let latest: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT run_no, state FROM runs WHERE exp_id = ?1 ORDER BY run_no DESC LIMIT 1",
+                [run.exp_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let run_no = match &latest {
+            None => 1,
+            Some((_, state)) if matches!(state.as_str(), "submitted" | "queued" | "running") => {
+                return Ok(None)
+            }
+            Some(_) if !again => return Ok(None),
+            Some((n, _)) => n + 1,
+        };
         let uid = run_uid(run.exp_id, run_no);
         let state = RunState::Submitted { at: now };
         tx.execute(
@@ -303,7 +320,7 @@ impl Store {
                 now,
                 run.command,
                 serde_json::to_string(run.params).expect("params serialize"),
-                run.spec_json,
+                spec_json(&uid),
             ],
         )?;
         tx.execute(
@@ -311,8 +328,7 @@ impl Store {
             params![uid, state.name().as_str(), now],
         )?;
         tx.commit()?;
-        self.run(&uid)?
-            .ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+        self.run(&uid)
     }
 
     pub fn run(&self, uid: &str) -> Result<Option<RunRow>, StoreError> {
@@ -573,6 +589,45 @@ pub mod tx {
             params![uid, t],
         )?;
         Ok(())
+    }
+
+    pub fn sync_point(
+        tx: &Transaction<'_>,
+        cluster: &str,
+    ) -> Result<Option<(String, u64)>, StoreError> {
+        Ok(tx
+            .query_row(
+                "SELECT epoch, last_seq FROM cluster_sync WHERE cluster = ?1",
+                [cluster],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
+    }
+
+    /// Mark every queued or running run of a cluster lost; returns what changed.
+    pub fn lose_confirmed_runs(
+        tx: &Transaction<'_>,
+        cluster: &str,
+        now: f64,
+    ) -> Result<Vec<(String, String, RunState)>, StoreError> {
+        let runs: Vec<RunRow> = {
+            let mut stmt = tx.prepare(&format!(
+                "{RUN_SELECT} WHERE cluster = ?1 AND state IN ('queued','running')"
+            ))?;
+            let rows = stmt.query_map([cluster], run_from_row)?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::new();
+        for run in runs {
+            let state = RunState::Lost {
+                at: now,
+                reason: "the agent's journal was reset (its workdir was removed?); this run can no longer be followed"
+                    .into(),
+            };
+            set_state(tx, &run, &state, state.reason().as_deref())?;
+            out.push((run.uid, run.exp_id, state));
+        }
+        Ok(out)
     }
 
     pub fn set_sync_point(

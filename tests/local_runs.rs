@@ -308,3 +308,56 @@ fn kill_9_of_the_kid_ends_lost_and_takes_the_job_down() {
         || common::group_members(pgid).is_empty(),
     );
 }
+
+/// Regression: neromans syncing at the same moment applied the same journal entries twice
+/// (metrics doubled) and failed with "database is locked".
+#[test]
+fn concurrent_commands_apply_each_entry_once() {
+    let rows: Vec<(String, f64, f64, f64)> =
+        (1..=6).map(|i| (i.to_string(), 60.0, 0.02, 0.0)).collect();
+    let rows: Vec<(&str, f64, f64, f64)> = rows
+        .iter()
+        .map(|(i, a, b, c)| (i.as_str(), *a, *b, *c))
+        .collect();
+    let p = job_project("concurrent", &rows);
+    p.write("neronet.yaml", "clusters:\n  local:\n    max_parallel: 4\n");
+    p.ok(&["start", "all"]);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                let start = std::time::Instant::now();
+                loop {
+                    let out = p.neroman(&["status", "--json"]);
+                    assert!(
+                        out.status.success(),
+                        "status failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                    if v.as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|e| e["state"] == "finished")
+                    {
+                        break;
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(90),
+                        "runs did not finish"
+                    );
+                }
+            });
+        }
+    });
+    let db = p.store();
+    for i in 1..=6 {
+        let n: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM metrics WHERE run_uid = ?1",
+                [format!("{i}.1")],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 120, "run {i}: 60 lines × 2 metrics, each once");
+    }
+}
