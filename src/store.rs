@@ -579,8 +579,8 @@ pub mod tx {
              ON CONFLICT (run_uid, name) DO UPDATE SET value = excluded.value, t = excluded.t",
         )?;
         for (name, value) in values {
-            // SQLite stores NaN as NULL; the value stays "not a number" when read back.
-            let v = value.is_finite().then_some(*value);
+            // SQLite has no NaN: it is stored as NULL and read back as NaN (infinities are kept).
+            let v = (!value.is_nan()).then_some(*value);
             ins.execute(params![uid, t, step, name, v])?;
             last.execute(params![uid, name, v, t])?;
         }

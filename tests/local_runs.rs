@@ -361,3 +361,17 @@ fn concurrent_commands_apply_each_entry_once() {
         assert_eq!(n, 120, "run {i}: 60 lines × 2 metrics, each once");
     }
 }
+
+/// Regression: one `loss=nan` on a line made the whole metrics event unreadable for mum, so
+/// every metric on that line (and the line's step) was lost.
+#[test]
+fn nan_and_infinite_metrics_are_kept() {
+    let p = Project::new("nan", "command: echo epoch=3 loss=nan grad=1e400 acc=0.5\n");
+    p.workbook(&["id", "status"], &[vec![V::N(1.0), V::E]]);
+    p.ok(&["start", "1", "--wait"]);
+    let st = &p.status()[0];
+    assert_eq!(st["metrics"]["epoch"], 3.0, "{st}");
+    assert_eq!(st["metrics"]["acc"], 0.5, "{st}");
+    assert_eq!(st["metrics"]["loss"], "NaN", "{st}");
+    assert_eq!(st["metrics"]["grad"], "inf", "{st}");
+}

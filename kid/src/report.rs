@@ -105,6 +105,8 @@ pub enum KidEvent {
     Metrics {
         t: f64,
         step: Option<f64>,
+        /// Non-finite values (a diverged `loss=nan`) are kept: written as "nan", "inf", "-inf".
+        #[serde(with = "metric_values")]
         values: Vec<(String, f64)>,
     },
     Resources {
@@ -178,6 +180,56 @@ pub struct EnvReport {
     pub scheduler: BTreeMap<String, String>,
 }
 
+/// JSON has no NaN or infinity (serde_json would write `null` and fail to read it back), so
+/// metric values travel as numbers when finite and as the strings "nan", "inf", "-inf" otherwise.
+mod metric_values {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Num(f64),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(values: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
+        let wire: Vec<(&str, Wire)> = values
+            .iter()
+            .map(|(n, v)| {
+                let w = if v.is_finite() {
+                    Wire::Num(*v)
+                } else if v.is_nan() {
+                    Wire::Text("nan".into())
+                } else if *v > 0.0 {
+                    Wire::Text("inf".into())
+                } else {
+                    Wire::Text("-inf".into())
+                };
+                (n.as_str(), w)
+            })
+            .collect();
+        wire.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, f64)>, D::Error> {
+        let wire: Vec<(String, Wire)> = Vec::deserialize(d)?;
+        wire.into_iter()
+            .map(|(n, w)| match w {
+                Wire::Num(v) => Ok((n, v)),
+                Wire::Text(t) => match t.as_str() {
+                    "nan" => Ok((n, f64::NAN)),
+                    "inf" => Ok((n, f64::INFINITY)),
+                    "-inf" => Ok((n, f64::NEG_INFINITY)),
+                    other => Err(D::Error::custom(format!(
+                        "metric {n}: {other:?} is not a number"
+                    ))),
+                },
+            })
+            .collect()
+    }
+}
+
 pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -226,6 +278,15 @@ mod tests {
                 t: 6.0,
                 outcome: Outcome::Exit { code: 0 },
             },
+            KidEvent::Metrics {
+                t: 7.0,
+                step: None,
+                values: vec![
+                    ("loss".into(), f64::NAN),
+                    ("grad".into(), f64::INFINITY),
+                    ("acc".into(), 0.5),
+                ],
+            },
         ];
         let text: Vec<String> = events
             .iter()
@@ -240,6 +301,7 @@ mod tests {
                 r#"{"event":"rule_fired","t":4.0,"rule":"loss>1"}"#,
                 r#"{"event":"exited","t":5.0,"outcome":{"how":"aborted","by":{"by":"rule","detail":"loss>1"},"signal":15,"code":null}}"#,
                 r#"{"event":"exited","t":6.0,"outcome":{"how":"exit","code":0}}"#,
+                r#"{"event":"metrics","t":7.0,"step":null,"values":[["loss","nan"],["grad","inf"],["acc",0.5]]}"#,
             ]
         );
         for line in &text {
