@@ -142,3 +142,57 @@ fn mum_refuses_another_protocol_version() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Regression: `abort` of a run neroman had recorded but mum had not been given yet did nothing,
+/// and the run started later when neroman resubmitted it.
+#[test]
+fn mum_remembers_an_abort_that_came_before_the_run() {
+    use neronet::cluster::client::{LocalMum, MumClient};
+    use neronet::cluster::protocol::{MumEvent, RunSpec};
+    let p = Project::new("early-abort", "");
+    let bin = common::neroman_bin();
+    let mum = LocalMum {
+        workdir: p.path("mum"),
+        mum_binary: bin.with_file_name("neromum"),
+        kid_binary: common::nerokid_bin(),
+        max_parallel: 2,
+        idle_exit_secs: 30,
+    };
+    let mut client = MumClient::connect_or_start(&mum).unwrap();
+    client.abort(vec!["x.1".into()]).unwrap();
+    let spec = |run: &str, command: &str| RunSpec {
+        run: run.into(),
+        command: command.into(),
+        cwd: Some(p.dir.display().to_string()),
+        env: vec![],
+        setup: vec![],
+        kid: Default::default(),
+    };
+    // y.1, submitted after x.1, shows when x.1 would have run: the queue is first come first served.
+    client
+        .submit(vec![
+            spec("x.1", "touch x-started"),
+            spec("y.1", "touch y-started"),
+        ])
+        .unwrap();
+    wait_until("y.1 to run", Duration::from_secs(20), || {
+        p.path("y-started").exists()
+    });
+    let x_events: Vec<MumEvent> = client
+        .sync(0)
+        .unwrap()
+        .entries
+        .into_iter()
+        .filter(|e| e.run == "x.1")
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(
+        x_events,
+        [MumEvent::Cancelled],
+        "x.1 must not be queued or launched"
+    );
+    assert!(!p.path("x-started").exists());
+    client
+        .request(neronet::cluster::protocol::Request::Shutdown)
+        .unwrap();
+}

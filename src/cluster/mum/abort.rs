@@ -1,7 +1,8 @@
 //! mum's `Abort` handler: a queued run is cancelled; a running one's kid gets SIGTERM (the kid
-//! stops the job's group: SIGTERM, grace, SIGKILL, and records the abort).
+//! stops the job's group: SIGTERM, grace, SIGKILL, and records the abort); a run mum has not
+//! been given yet is cancelled in advance.
 
-use super::{local, Phase, State};
+use super::{local, Phase, RunRecord, State};
 use crate::cluster::protocol::*;
 use crate::util::error_chain;
 
@@ -10,6 +11,10 @@ impl State {
         let mut items = Vec::new();
         for run in a.runs {
             let Some(r) = self.runs.get_mut(&run) else {
+                // Not submitted yet (neroman recorded it, then lost its connection): remember the
+                // cancel, so a later submit of this run is accepted but never started.
+                self.runs.insert(run.clone(), RunRecord::cancelled());
+                items.push((run, MumEvent::Cancelled, None));
                 continue;
             };
             match &r.phase {

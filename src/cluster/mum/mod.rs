@@ -74,6 +74,18 @@ struct RunRecord {
     job_pgid: Option<i32>,
 }
 
+impl RunRecord {
+    /// A run cancelled before mum was given it: known, ended, with no directory.
+    fn cancelled() -> RunRecord {
+        RunRecord {
+            run_dir: PathBuf::new(),
+            phase: Phase::Ended,
+            kid_offset: 0,
+            job_pgid: None,
+        }
+    }
+}
+
 struct State {
     opts: MumOptions,
     journal: Journal,
@@ -203,9 +215,9 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
             }
         }
         MumEvent::Cancelled | MumEvent::Lost { .. } => {
-            if let Some(r) = runs.get_mut(&e.run) {
-                r.phase = Phase::Ended;
-            }
+            runs.entry(e.run.clone())
+                .or_insert_with(RunRecord::cancelled)
+                .phase = Phase::Ended;
         }
         MumEvent::AbortSent => {}
     }
