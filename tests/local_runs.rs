@@ -375,3 +375,27 @@ fn nan_and_infinite_metrics_are_kept() {
     assert_eq!(st["metrics"]["loss"], "NaN", "{st}");
     assert_eq!(st["metrics"]["grad"], "inf", "{st}");
 }
+
+/// Regression: neromans that found no mum and started one at the same moment — the losers'
+/// mums exit (the workdir is locked) and those neromans gave up instead of using the winner.
+#[test]
+fn parallel_starts_share_one_mum() {
+    let rows: Vec<(&str, f64, f64, f64)> = vec![
+        ("1", 2.0, 0.01, 0.0),
+        ("2", 2.0, 0.01, 0.0),
+        ("3", 2.0, 0.01, 0.0),
+        ("4", 2.0, 0.01, 0.0),
+    ];
+    let p = job_project("parallel-starts", &rows);
+    p.write("neronet.yaml", "clusters:\n  local:\n    max_parallel: 4\n");
+    p.ok(&["status"]); // creates the store, starts no mum
+    std::thread::scope(|s| {
+        for id in ["1", "2", "3", "4"] {
+            let p = &p;
+            s.spawn(move || p.ok(&["start", id]));
+        }
+    });
+    wait_until("all finished", Duration::from_secs(30), || {
+        p.status().iter().all(|e| e["state"] == "finished")
+    });
+}

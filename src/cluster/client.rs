@@ -19,7 +19,7 @@ pub enum ClientError {
         #[source]
         err: std::io::Error,
     },
-    #[error("neromum for {workdir} did not answer within {secs}s; its log ends with:\n{log_tail}")]
+    #[error("neromum for {workdir} did not come up (waited up to {secs}s); its log ends with:\n{log_tail}")]
     NoAnswer {
         workdir: PathBuf,
         secs: u64,
@@ -104,7 +104,9 @@ impl MumClient {
             err,
         })?;
         let deadline = Instant::now() + Duration::from_secs(15);
+        let mut exited_at: Option<Instant> = None;
         loop {
+            // Ours, or another mum that won a start race (ours then exits: the workdir is locked).
             if let Ok(stream) = UnixStream::connect(socket_path(&m.workdir)) {
                 if let Ok(c) = Self::handshake(&m.workdir, stream, m.max_parallel, true) {
                     // Reap it in the background if it exits while we live; it is detached otherwise.
@@ -112,14 +114,12 @@ impl MumClient {
                     return Ok(c);
                 }
             }
-            let exited = matches!(child.try_wait(), Ok(Some(_)));
-            if exited || Instant::now() > deadline {
-                // Another mum may have won a start race: one more try before giving up.
-                if let Ok(stream) = UnixStream::connect(socket_path(&m.workdir)) {
-                    if let Ok(c) = Self::handshake(&m.workdir, stream, m.max_parallel, false) {
-                        return Ok(c);
-                    }
-                }
+            if exited_at.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+                exited_at = Some(Instant::now());
+            }
+            // A mum that exited gets a few seconds for the winner of a race to come up.
+            let gave_up = exited_at.is_some_and(|t| t.elapsed() > Duration::from_secs(3));
+            if gave_up || Instant::now() > deadline {
                 let log = std::fs::read_to_string(m.workdir.join("mum.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(8).collect();
                 return Err(ClientError::NoAnswer {
