@@ -196,3 +196,28 @@ fn mum_remembers_an_abort_that_came_before_the_run() {
         .request(neronet::cluster::protocol::Request::Shutdown)
         .unwrap();
 }
+
+/// Regression: a run whose output ended inside a UTF-8 character made `logs -f` wait forever.
+#[test]
+fn logs_end_even_after_a_torn_character() {
+    let p = Project::new("torn-utf8", "");
+    p.workbook(
+        &["id", "status", "command"],
+        &[vec![V::N(5.0), V::E, V::S(r"printf 'abc\342'")]],
+    );
+    p.ok(&["start", "5", "--wait"]);
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(common::neroman_bin())
+        .arg("--dir")
+        .arg(&p.dir)
+        .args(["logs", "5", "-f"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "logs -f did not end: {:?}",
+        out.status
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "abc\u{fffd}");
+}

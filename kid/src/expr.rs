@@ -337,7 +337,12 @@ struct Parser {
     toks: Vec<Lexed>,
     pos: usize,
     end_column: usize,
+    /// Nesting of `(` and `!`: bounded so hostile input cannot overflow the stack.
+    depth: usize,
 }
+
+/// Deeper nesting than this is refused (no real selection or rule comes close).
+const MAX_DEPTH: usize = 64;
 
 impl Parser {
     fn peek(&self) -> Option<&Tok> {
@@ -400,11 +405,18 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
-        if self.peek() == Some(&Tok::Not) {
-            self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return self.fail(format!("nested more than {MAX_DEPTH} levels deep"));
         }
-        self.primary()
+        let result = if self.peek() == Some(&Tok::Not) {
+            self.pos += 1;
+            self.unary().map(|e| Expr::Not(Box::new(e)))
+        } else {
+            self.primary()
+        };
+        self.depth -= 1;
+        result
     }
 
     fn primary(&mut self) -> Result<Expr, ParseError> {
@@ -536,6 +548,7 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
         toks,
         pos: 0,
         end_column: src.chars().count() + 1,
+        depth: 0,
     };
     let e = p.union()?;
     if p.pos < p.toks.len() {
@@ -829,6 +842,19 @@ mod tests {
         let e = parse("lr=~'('").unwrap_err();
         assert!(e.message.contains("bad regex"), "{e}");
         assert_eq!(parse("x>3q").unwrap_err().column, 4);
+    }
+
+    /// Regression: 5,000 nested parentheses overflowed the stack (an abort, not an error).
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!("{}1{}", "(".repeat(5000), ")".repeat(5000));
+        assert!(parse(&deep)
+            .unwrap_err()
+            .message
+            .contains("nested more than"));
+        assert!(parse(&format!("{}1", "!".repeat(20000))).is_err());
+        let fine = format!("{}1{}", "(".repeat(30), ")".repeat(30));
+        assert_eq!(parse(&fine).unwrap(), Expr::Id("1".into()));
     }
 
     #[test]

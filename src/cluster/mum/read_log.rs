@@ -31,11 +31,12 @@ impl State {
             }
             Err(_) => 0,
         };
-        // Cut at a character boundary; the rest comes with the next request.
+        // Cut at a character boundary; the rest comes with the next request. At the end of a
+        // finished run's log nothing more will come: an unfinished character is sent as U+FFFD.
+        let at_end = r.offset + buf.len() as u64 >= len;
         let valid = match std::str::from_utf8(&buf) {
-            Ok(_) => buf.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => buf.len(),
+            Err(e) if e.error_len().is_none() && !(ended && at_end) => e.valid_up_to(),
+            _ => buf.len(),
         };
         let text = String::from_utf8_lossy(&buf[..valid]).into_owned();
         let next = r.offset + valid as u64;
