@@ -64,6 +64,8 @@ impl Experiment {
 pub struct Experiments {
     pub sheet: ExperimentSheet,
     pub list: Vec<Experiment>,
+    /// Things about the sheet as a whole worth a warning (nothing is refused for them).
+    pub warnings: Vec<String>,
 }
 
 impl Experiments {
@@ -126,7 +128,12 @@ impl Project {
             .map(|e| (e.row.id.clone(), e.row.row, row_fingerprint(&e.row)))
             .collect();
         self.store.note_rows(&noted, now())?;
-        Ok(Experiments { sheet, list })
+        let warnings = column_warnings(&sheet);
+        Ok(Experiments {
+            sheet,
+            list,
+            warnings,
+        })
     }
 
     /// `rules` caches parse results: a sweep repeats the same rule on thousands of rows.
@@ -306,7 +313,11 @@ impl Project {
             .collect();
         let mut env: Vec<(String, String)> = vec![("NERO_ID".into(), exp.row.id.clone())];
         for (k, v) in &params {
-            env.push((format!("NERO_PARAM_{}", env_name(k)), v.clone()));
+            let var = format!("NERO_PARAM_{}", env_name(k));
+            // Columns that collide keep one value (a warning names both when the sheet is read).
+            if !env.iter().any(|(name, _)| *name == var) {
+                env.push((var, v.clone()));
+            }
         }
         Some(RunSpec {
             run: uid.to_string(),
@@ -328,6 +339,35 @@ impl Project {
 
 fn default_parallel() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Parameter columns that collide in the environment or hide behind a built-in field.
+fn column_warnings(sheet: &ExperimentSheet) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut env: BTreeMap<String, &str> = BTreeMap::new();
+    for p in &sheet.params {
+        let var = format!("NERO_PARAM_{}", env_name(p));
+        match env.get(&var) {
+            Some(first) => out.push(format!(
+                "{}: columns {first:?} and {p:?} both map to ${var}, which holds only one of them (both work as {{placeholders}})",
+                sheet.path.display()
+            )),
+            None => {
+                env.insert(var, p);
+            }
+        }
+        if crate::select::BUILTIN_FIELDS
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(p))
+        {
+            out.push(format!(
+                "{}: column {p:?} is named like the built-in field {}; selections and rules see the built-in one",
+                sheet.path.display(),
+                p.to_ascii_lowercase()
+            ));
+        }
+    }
+    out
 }
 
 /// `learning-rate` → `LEARNING_RATE`.

@@ -68,8 +68,16 @@ impl Fields for Candidate<'_> {
             }
             _ => {}
         }
-        if let Some(v) = self.metrics.and_then(|m| m.get(name)) {
-            return Some(num(*v));
+        if let Some(m) = self.metrics {
+            // Names are matched case-insensitively everywhere; an exact match wins.
+            let v = m.get(name).or_else(|| {
+                m.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            });
+            if let Some(v) = v {
+                return Some(num(*v));
+            }
         }
         let param = self
             .exp

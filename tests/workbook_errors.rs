@@ -179,3 +179,26 @@ fn config_errors_name_the_key() {
     p.workbook(&["id", "status", "x"], &[vec![V::N(1.0), V::E, V::N(1.0)]]);
     fails_naming(&p, &["status"], &["neronet.yaml", "max_paralel"]);
 }
+
+#[test]
+fn colliding_and_shadowed_columns_are_warned_about() {
+    let p = Project::new(
+        "warn-columns",
+        "command: echo {learning rate} {learning_rate}\n",
+    );
+    p.workbook(
+        &["id", "status", "learning rate", "learning_rate", "runtime"],
+        &[vec![V::N(1.0), V::E, V::N(0.1), V::N(0.2), V::N(5.0)]],
+    );
+    let out = p.neroman(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("both map to $NERO_PARAM_LEARNING_RATE"),
+        "{err}"
+    );
+    assert!(
+        err.contains("column \"runtime\" is named like the built-in field runtime"),
+        "{err}"
+    );
+}

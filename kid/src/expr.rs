@@ -462,33 +462,11 @@ impl Parser {
                     Ok(Expr::Id(text))
                 }
             }
+            // A word or a quoted name before an operator is a field (`"learning rate"<0.1`).
+            Some(Tok::Word(w) | Tok::Str(w)) if matches!(self.peek(), Some(Tok::Op(_))) => {
+                self.comparison(w, column)
+            }
             Some(Tok::Word(w)) => {
-                if let Some(Tok::Op(op)) = self.peek().cloned() {
-                    self.pos += 1;
-                    let value = self.value()?;
-                    let regex = if op == CmpOp::Match {
-                        let text = match &value {
-                            Value::Text(t) => t.clone(),
-                            other => literal(other),
-                        };
-                        match regex::Regex::new(&text) {
-                            Ok(r) => Some(Pattern(r)),
-                            Err(e) => {
-                                self.pos -= 1;
-                                return self.fail(format!("bad regex: {e}"));
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    return Ok(Expr::Cmp(Comparison {
-                        field: w,
-                        op,
-                        value,
-                        regex,
-                        column,
-                    }));
-                }
                 let lower = w.to_ascii_lowercase();
                 if lower == "all" {
                     Ok(Expr::All)
@@ -508,6 +486,36 @@ impl Parser {
                 message: "expected an id, a state, `all`, `field OP value` or '('".into(),
             }),
         }
+    }
+
+    /// `field OP value`, with the operator next.
+    fn comparison(&mut self, field: String, column: usize) -> Result<Expr, ParseError> {
+        let Some(Tok::Op(op)) = self.next() else {
+            return self.fail("expected a comparison operator");
+        };
+        let value = self.value()?;
+        let regex = if op == CmpOp::Match {
+            let text = match &value {
+                Value::Text(t) => t.clone(),
+                other => literal(other),
+            };
+            match regex::Regex::new(&text) {
+                Ok(r) => Some(Pattern(r)),
+                Err(e) => {
+                    self.pos -= 1;
+                    return self.fail(format!("bad regex: {e}"));
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Expr::Cmp(Comparison {
+            field,
+            op,
+            value,
+            regex,
+            column,
+        }))
     }
 
     fn value(&mut self) -> Result<Value, ParseError> {
@@ -614,7 +622,16 @@ impl fmt::Display for Expr {
                     write!(f, "!{e}")
                 }
             }
-            Expr::Cmp(c) => write!(f, "{}{}{}", c.field, c.op.as_str(), literal(&c.value)),
+            Expr::Cmp(c) => {
+                let plain = c.field.chars().next().is_some_and(is_word_start)
+                    && c.field.chars().all(is_word_char);
+                if plain {
+                    f.write_str(&c.field)?;
+                } else {
+                    f.write_str(&literal(&Value::Text(c.field.clone())))?;
+                }
+                write!(f, "{}{}", c.op.as_str(), literal(&c.value))
+            }
             Expr::IdRange(lo, hi) => write!(f, "{lo}-{hi}"),
             Expr::Id(id) => {
                 let plain = id.chars().all(|c| c.is_ascii_digit()) && !id.is_empty()
@@ -855,6 +872,24 @@ mod tests {
         assert!(parse(&format!("{}1", "!".repeat(20000))).is_err());
         let fine = format!("{}1{}", "(".repeat(30), ")".repeat(30));
         assert_eq!(parse(&fine).unwrap(), Expr::Id("1".into()));
+    }
+
+    #[test]
+    fn quoted_field_names() {
+        let r = Row {
+            id: "1",
+            state: None,
+            fields: [("learning rate", FieldValue::Num(0.05))]
+                .into_iter()
+                .collect(),
+        };
+        let e = parse("\"learning rate\"<0.1").unwrap();
+        assert!(e.matches(&r));
+        assert_eq!(e.to_string(), "\"learning rate\"<0.1");
+        assert_eq!(
+            parse("'learning rate'>=1").unwrap().comparisons()[0].field,
+            "learning rate"
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@ fn field() -> impl Strategy<Value = String> {
         Just("runtime".to_string()),
         Just("loss".to_string()),
         Just("slurm.mem-per-cpu".to_string()),
+        Just("learning rate".to_string()),
+        Just("λ".to_string()),
         "[a-z_][a-z0-9_]{0,8}".prop_filter("not a reserved word", |s| s != "all"),
     ]
 }

@@ -32,6 +32,9 @@ pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), Cor
         );
     }
     let exps = project.read_experiments()?;
+    for w in &exps.warnings {
+        tracing::warn!("{w}");
+    }
     for p in exps.problems() {
         tracing::warn!("{p}");
     }
