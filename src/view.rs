@@ -282,6 +282,7 @@ pub fn status_table(
     Ok(render_table(&header, &rows))
 }
 
+/// Four significant digits, without trailing zeros: `0.6208`, `12.35`, `1.5e-5`.
 fn short_number(v: f64) -> String {
     if !v.is_finite() {
         return v.to_string();
@@ -289,8 +290,17 @@ fn short_number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e9 {
         return format_number(v);
     }
-    let s = format!("{v:.4}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
+    let magnitude = v.abs().log10().floor() as i32;
+    if !(-4..9).contains(&magnitude) {
+        return format!("{v:.3e}");
+    }
+    let decimals = (3 - magnitude).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 pub fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
@@ -320,4 +330,21 @@ pub fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
         line(r, &mut out);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_number;
+
+    /// Regression: small values showed as 0 (four fixed decimals).
+    #[test]
+    fn short_numbers_keep_small_values() {
+        assert_eq!(short_number(0.00001), "1.000e-5");
+        assert_eq!(short_number(-0.00002), "-2.000e-5");
+        assert_eq!(short_number(0.62081), "0.6208");
+        assert_eq!(short_number(0.0003), "0.0003");
+        assert_eq!(short_number(12.3456), "12.35");
+        assert_eq!(short_number(30.0), "30");
+        assert_eq!(short_number(1234.5678), "1235");
+    }
 }

@@ -49,12 +49,15 @@ fn numbers_text_dates_and_reserved_columns() {
     // Row 3 left blank; row 4 has a text id and a number typed as text.
     ws.write_string(3, 0, "baseline").unwrap();
     ws.write_string(3, 3, "3e-4").unwrap();
+    // Row 5: a whole-number id typed as text.
+    ws.write_string(4, 0, "007").unwrap();
     book.save(&path).unwrap();
 
     let sheet = read_experiments(&path).unwrap();
     assert_eq!(sheet.sheet, "Experiments");
     assert_eq!(sheet.params, ["LR", "opt", "augment", "since"]);
-    assert_eq!(sheet.rows.len(), 2, "the blank row is skipped");
+    assert_eq!(sheet.rows.len(), 3, "the blank row is skipped");
+    assert_eq!(sheet.rows[2].id, "7", "`007` typed as text is the id 7");
     let r = &sheet.rows[0];
     assert_eq!((r.row, r.id.as_str(), r.status.as_str()), (2, "7", "start"));
     assert_eq!(r.id_cell, "Experiments!A2");

@@ -379,6 +379,9 @@ fn id_of(cell: &Data) -> Result<String, String> {
             let t = display(other).trim().to_string();
             if t.is_empty() {
                 Err("missing id".into())
+            } else if let Ok(n) = t.parse::<i64>() {
+                // `007` typed as text is the id 7, as the number 7 is: one experiment, one history.
+                Ok(n.to_string())
             } else if t.chars().count() > MAX_ID_LEN || t.contains(['\n', '\r', ',']) {
                 Err(format!(
                     "id {t:?} is too long or holds a comma or newline (ids are short texts)"
