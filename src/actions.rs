@@ -45,18 +45,20 @@ impl ActionReport {
     }
 }
 
-/// The experiments a selection picks, with their latest runs, in workbook order.
+/// The experiments a selection picks (every row for `None`), with their latest runs, in
+/// workbook order.
 pub fn select<'a>(
     exps: &'a Experiments,
     latest: &'a BTreeMap<String, RunRow>,
     metrics: &'a BTreeMap<String, BTreeMap<String, f64>>,
     seen: &'a BTreeMap<String, crate::store::ExperimentRow>,
-    expr: &Expr,
+    expr: Option<&Expr>,
 ) -> Vec<Candidate<'a>> {
     let t = now();
     exps.list
         .iter()
-        .filter(|e| !e.row.id.is_empty())
+        // A row without a usable id can be shown (no selection) but never selected.
+        .filter(|e| expr.is_none() || !e.row.id.is_empty())
         .map(|e| {
             let run = latest.get(&e.row.id);
             Candidate {
@@ -67,7 +69,7 @@ pub fn select<'a>(
                 now: t,
             }
         })
-        .filter(|c| expr.matches(c))
+        .filter(|c| expr.is_none_or(|e| e.matches(c)))
         .collect()
 }
 
@@ -81,7 +83,7 @@ pub fn act(
     let latest = project.store.latest_runs()?;
     let metrics = project.store.last_metrics()?;
     let seen = project.store.experiments()?;
-    let chosen = select(exps, &latest, &metrics, &seen, expr);
+    let chosen = select(exps, &latest, &metrics, &seen, Some(expr));
     let mut report = ActionReport::default();
     // cluster → (experiment id, its run spec, uid still to be decided)
     let mut to_start: BTreeMap<String, Vec<(String, crate::cluster::protocol::RunSpec)>> =

@@ -43,13 +43,7 @@ impl Snapshot {
         exps: &'a Experiments,
         sel: Option<&Expr>,
     ) -> Vec<Candidate<'a>> {
-        crate::actions::select(
-            exps,
-            &self.latest,
-            &self.metrics,
-            &self.seen,
-            sel.unwrap_or(&Expr::All),
-        )
+        crate::actions::select(exps, &self.latest, &self.metrics, &self.seen, sel)
     }
 
     fn metric_names(&self, cands: &[Candidate<'_>]) -> Vec<String> {
@@ -76,7 +70,7 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
     for c in &cands {
         let run = c.run;
         out.rows.push(ResultRow {
-            id: c.exp.row.id.clone(),
+            id: shown_id(c),
             state: state_label(c),
             cluster: c.exp.cluster.clone(),
             run: run.map(|r| r.run_no),
@@ -154,6 +148,15 @@ pub fn write_results(
     Ok(path)
 }
 
+/// The id, or where the row is when it has none (an invalid row still shows).
+fn shown_id(c: &Candidate<'_>) -> String {
+    if c.exp.row.id.is_empty() {
+        format!("(row {})", c.exp.row.row)
+    } else {
+        c.exp.row.id.clone()
+    }
+}
+
 fn state_label(c: &Candidate<'_>) -> String {
     let s = c.state_name().to_string();
     if !c.exp.is_valid() && c.run.is_none() {
@@ -202,6 +205,7 @@ pub fn status_json(
                 .unwrap_or_default();
             json!({
                 "id": c.exp.row.id,
+                "row": c.exp.row.row,
                 "state": state_label(c),
                 "cluster": c.exp.cluster,
                 "runtime": c.runtime(),
@@ -246,7 +250,7 @@ pub fn status_table(
     let mut rows: Vec<Vec<String>> = Vec::new();
     for c in &cands {
         let mut row = vec![
-            c.exp.row.id.clone(),
+            shown_id(c),
             state_label(c),
             c.exp.cluster.clone(),
             c.runtime()

@@ -221,3 +221,39 @@ fn logs_end_even_after_a_torn_character() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "abc\u{fffd}");
 }
+
+/// Regression: `logs -f` died with "Broken pipe" when mum was killed and restarted.
+#[test]
+fn logs_follow_survives_a_mum_restart() {
+    let p = Project::new("follow-restart", "");
+    p.write("slow.py", "import time\nfor i in range(20):\n    print(f'line {i}', flush=True)\n    time.sleep(0.2)\n");
+    p.workbook(
+        &["id", "status", "command"],
+        &[vec![V::S("s"), V::E, V::S("python3 slow.py")]],
+    );
+    p.ok(&["start", "s"]);
+    wait_until("running", Duration::from_secs(20), || {
+        p.state_of("s") == "running"
+    });
+    let follower = std::process::Command::new(common::neroman_bin())
+        .arg("--dir")
+        .arg(&p.dir)
+        .args(["logs", "s", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("some output", Duration::from_secs(10), || {
+        std::fs::read_to_string(p.mum_dir().join("runs/s.1/stdout.log"))
+            .is_ok_and(|t| t.lines().count() >= 3)
+    });
+    common::kill(p.mum_pid().unwrap(), libc::SIGKILL);
+    let out = follower.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 20, "{text}");
+}

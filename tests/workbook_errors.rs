@@ -66,6 +66,11 @@ fn bad_rows_are_skipped_with_their_cell_and_the_rest_run() {
     };
     assert_eq!(state("1"), "finished");
     assert_eq!(state("x-9"), "finished");
+    let no_id = st
+        .iter()
+        .find(|e| e["row"] == 4)
+        .expect("the row without an id shows in status");
+    assert_eq!(no_id["state"], "invalid");
     for bad in ["12", "4", "5", "8"] {
         assert_eq!(state(bad), "invalid", "{bad}");
     }
@@ -92,6 +97,17 @@ fn missing_columns_empty_sheets_and_broken_files_are_errors() {
 
     p.workbook(&["name", "Status"], &[vec![V::N(1.0), V::S("start")]]);
     fails_naming(&p, &["status"], &["has no \"id\" column"]);
+
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let ws = book.add_worksheet().set_name("experiments").unwrap();
+    ws.write_string(1, 0, "id").unwrap();
+    ws.write_string(1, 1, "status").unwrap();
+    book.save(p.path("experiments.xlsx")).unwrap();
+    fails_naming(
+        &p,
+        &["status"],
+        &["experiments!1:1 is empty", "starts in row 2"],
+    );
 
     p.workbook(&[], &[]);
     fails_naming(&p, &["start", "all"], &["sheet \"experiments\" is empty"]);

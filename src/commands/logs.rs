@@ -23,9 +23,24 @@ pub fn run(dir: &Path, id: &str, follow: bool, stderr: bool) -> anyhow::Result<i
     };
     let mut client = project.connect(&run.cluster)?;
     let mut offset = 0;
+    let mut failures = 0;
     let mut out = std::io::stdout().lock();
     loop {
-        let chunk = client.read_log(&run.uid, stream, offset)?;
+        let chunk = match client.read_log(&run.uid, stream, offset) {
+            Ok(c) => {
+                failures = 0;
+                c
+            }
+            // The agent went away (killed, restarted): the next one picks the run up again.
+            Err(e) if follow && failures < 5 => {
+                failures += 1;
+                tracing::warn!("lost neromum ({e}); reconnecting");
+                std::thread::sleep(Duration::from_millis(500));
+                client = project.connect(&run.cluster)?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         out.write_all(chunk.text.as_bytes())?;
         out.flush()?;
         let got_some = chunk.next > offset;

@@ -19,6 +19,12 @@ pub enum SheetError {
     NoSheet { path: PathBuf },
     #[error("{path}: sheet {sheet:?} is empty (row 1 must hold the column headers)")]
     Empty { path: PathBuf, sheet: String },
+    #[error("{path}: {sheet}!1:1 is empty; the column headers must be in row 1 (the sheet's content starts in row {first})")]
+    HeaderNotInRow1 {
+        path: PathBuf,
+        sheet: String,
+        first: u32,
+    },
     #[error("{path}: {sheet}!1:1 has no {column:?} column (headers found: {found})")]
     MissingColumn {
         path: PathBuf,
@@ -160,7 +166,11 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
     let mut rows = range.rows();
     // Row 1 must be the header row: a sheet whose first used row is lower has no headers.
     if r0 != 0 {
-        return Err(empty());
+        return Err(SheetError::HeaderNotInRow1 {
+            path: path.to_path_buf(),
+            sheet: sheet.clone(),
+            first: r0 + 1,
+        });
     }
     let header_cells = rows.next().ok_or_else(empty)?;
     let addr = |r: u32, c: usize| format!("{sheet}!{}", cell_ref(r, c0 + c as u32));
