@@ -399,3 +399,34 @@ fn parallel_starts_share_one_mum() {
         p.status().iter().all(|e| e["state"] == "finished")
     });
 }
+
+/// Regression: after the agent's workdir was lost, runs it held stayed queued/running forever.
+#[test]
+fn a_wiped_agent_workdir_turns_its_runs_lost() {
+    let p = job_project("wiped", &[("1", 1.0, 600.0, 0.0)]);
+    p.ok(&["start", "1"]);
+    wait_until("running", Duration::from_secs(20), || {
+        p.state_of("1") == "running"
+    });
+    let events = std::fs::read_to_string(p.mum_dir().join("runs/1.1/events.jsonl")).unwrap();
+    let started: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
+    kill(p.mum_pid().unwrap(), libc::SIGKILL);
+    kill(started["pid"].as_i64().unwrap() as i32, libc::SIGKILL);
+    kill(
+        -(started["job_pid"].as_i64().unwrap() as i32),
+        libc::SIGKILL,
+    );
+    std::fs::remove_dir_all(p.mum_dir()).unwrap();
+    let st = &p.status()[0];
+    assert_eq!(st["state"], "lost", "{st}");
+    assert!(
+        st["reason"].as_str().unwrap().contains("journal was reset"),
+        "{st}"
+    );
+    // And it can be run again.
+    p.ok(&["restart", "1"]);
+    wait_until("run 2 running", Duration::from_secs(20), || {
+        p.state_of("1") == "running"
+    });
+    p.ok(&["abort", "1", "--wait"]);
+}
