@@ -186,30 +186,38 @@ mod metric_values {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    #[derive(Serialize, Deserialize)]
+    #[derive(Deserialize)]
     #[serde(untagged)]
     enum Wire {
         Num(f64),
         Text(String),
     }
 
+    /// One value as it travels (borrowed on the way out: this runs for every metric line).
+    struct Out(f64);
+
+    impl Serialize for Out {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let v = self.0;
+            if v.is_finite() {
+                s.serialize_f64(v)
+            } else if v.is_nan() {
+                s.serialize_str("nan")
+            } else if v > 0.0 {
+                s.serialize_str("inf")
+            } else {
+                s.serialize_str("-inf")
+            }
+        }
+    }
+
     pub fn serialize<S: Serializer>(values: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
-        let wire: Vec<(&str, Wire)> = values
-            .iter()
-            .map(|(n, v)| {
-                let w = if v.is_finite() {
-                    Wire::Num(*v)
-                } else if v.is_nan() {
-                    Wire::Text("nan".into())
-                } else if *v > 0.0 {
-                    Wire::Text("inf".into())
-                } else {
-                    Wire::Text("-inf".into())
-                };
-                (n.as_str(), w)
-            })
-            .collect();
-        wire.serialize(s)
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(values.len()))?;
+        for (name, v) in values {
+            seq.serialize_element(&(name.as_str(), Out(*v)))?;
+        }
+        seq.end()
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, f64)>, D::Error> {
