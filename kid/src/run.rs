@@ -123,7 +123,7 @@ enum Msg {
 
 /// How long a reader lets output pile up after a short read. Bounds the kid's wake-ups (and so
 /// its CPU) for jobs that flush every line, at the cost of this much latency.
-const COALESCE: Duration = Duration::from_millis(50);
+const COALESCE: Duration = Duration::from_millis(100);
 
 /// A bigger pipe lets a chatty job run on while the reader coalesces (Linux; best effort).
 fn grow_pipe(fd: &impl std::os::unix::io::AsRawFd) {
