@@ -39,47 +39,60 @@ struct Cli {
 enum Cmd {
     /// Create a project: experiments.xlsx from the template and a commented neronet.yaml.
     Init {
+        /// Where (default: the --dir directory, else here).
         dir: Option<PathBuf>,
+        /// Overwrite existing files.
         #[arg(long)]
         force: bool,
     },
     /// Start the selected experiments (e.g. `all`, `3-7,12`, `lr<0.1`).
     Start {
+        /// Which experiments (see docs/SELECTIONS.md).
         selection: String,
+        /// Wait for the runs to end (exit 3 if one did not finish).
         #[arg(long)]
         wait: bool,
     },
     /// Start a new run of the selected experiments (e.g. `crashed,144-149`).
     Restart {
+        /// Which experiments (see docs/SELECTIONS.md).
         selection: String,
+        /// Wait for the runs to end (exit 3 if one did not finish).
         #[arg(long)]
         wait: bool,
     },
     /// Stop runs of the selected experiments (e.g. `runtime>7200&&errorrate>0.40`).
     #[command(alias = "stop")]
     Abort {
+        /// Which experiments (see docs/SELECTIONS.md).
         selection: String,
+        /// Wait until the runs have ended.
         #[arg(long)]
         wait: bool,
     },
     /// Show experiments, states, parameters and last metrics.
     Status {
+        /// Only these experiments (see docs/SELECTIONS.md).
         selection: Option<String>,
+        /// One JSON object per experiment instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Print the output of an experiment's latest run.
     Logs {
+        /// The experiment's id.
         id: String,
         /// Keep printing until the run ends.
         #[arg(short, long)]
         follow: bool,
+        /// Standard error instead of standard output.
         #[arg(long)]
         stderr: bool,
     },
     /// Write results.xlsx now.
     Results,
-    /// Run the whole loop on this machine with the embedded sample project.
+    /// Run the whole loop on this machine with the embedded sample project (in --dir, or a new
+    /// temporary directory).
     Demo,
 }
 
