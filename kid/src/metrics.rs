@@ -125,9 +125,23 @@ fn scan_tokens(line: &[u8], found: &mut Found) {
         if start == end {
             continue;
         }
+        // A path or address is not a name (`/a/b.py:3:`, `http://host:6006`).
+        let raw_start = line[..start]
+            .iter()
+            .rposition(|b| !is_name_byte(*b))
+            .map_or(0, |p| p + 1);
+        if line[raw_start..end].starts_with(b"/")
+            || line[raw_start..end].windows(2).any(|w| w == b"//")
+        {
+            continue;
+        }
         // `==`, `:=` etc. are not tokens.
         if i < line.len() && (line[i] == b'=' || line[i] == b':') {
             i += 1;
+            continue;
+        }
+        // `name: value` needs the space (`train:42`, `host:8080`, `12:30` are not metrics).
+        if line[sep] == b':' && line.get(i) != Some(&b' ') {
             continue;
         }
         let mut v = i;
@@ -154,10 +168,13 @@ fn scan_tokens(line: &[u8], found: &mut Found) {
         {
             vend += 1;
         }
-        // The value must end the token: `lr=0.1,` fine, `x=3abc` not a number.
-        if vend == v
-            || (vend < line.len() && (line[vend].is_ascii_alphanumeric() || line[vend] == b'_'))
-        {
+        // The value must end the token: `lr=0.1,` and `loss=2)` are numbers; `x=3abc`,
+        // `ratio=1/2`, `port=80/tcp` and `file.py:3:` are not.
+        let ends_token = |b: u8| {
+            b.is_ascii_whitespace()
+                || matches!(b, b',' | b';' | b')' | b']' | b'}' | b'|' | b'"' | b'\'')
+        };
+        if vend == v || (vend < line.len() && !ends_token(line[vend]) && line[vend] != b'.') {
             continue;
         }
         // A trailing `.` belongs to the sentence, not the number.
@@ -304,6 +321,17 @@ mod tests {
     fn ignores_what_is_not_a_metric() {
         assert!(tokens("at 12:30:45 started").is_empty());
         assert!(tokens("see http://example.org").is_empty());
+        // Seen in real logs (regressions: each became a metric column).
+        assert!(tokens("TensorBoard at http://localhost:6006/ (Press CTRL+C)").is_empty());
+        assert!(tokens("GET http://x.org:8080/a").is_empty());
+        assert!(tokens("/home/me/job.py:3: UserWarning: deprecated").is_empty());
+        assert!(tokens("2026-11-26 12:00:01 | INFO | train:42 - step done").is_empty());
+        assert!(tokens("/tmp/x/command.sh: 2: source: not found").is_empty());
+        assert!(tokens("ratio=1/2 port=80/tcp").is_empty());
+        assert_eq!(
+            tokens("(loss=2.5) [acc=0.5] 'x=1'"),
+            [("loss".into(), 2.5), ("acc".into(), 0.5), ("x".into(), 1.0)]
+        );
         assert!(tokens("a==3 mode=fast x=3abc").is_empty());
         assert!(tokens("no numbers here").is_empty());
     }
