@@ -430,3 +430,31 @@ fn a_wiped_agent_workdir_turns_its_runs_lost() {
     });
     p.ok(&["abort", "1", "--wait"]);
 }
+
+/// Regression: `source venv/bin/activate` (the documented setup example) failed under dash and
+/// the job ran anyway, outside its environment, and was reported finished.
+#[test]
+fn setup_lines_run_in_bash_and_a_failing_one_stops_the_run() {
+    let p = Project::new(
+        "setup",
+        "command: echo venv=$VENV_ON\nclusters:\n  local:\n    setup: ['source venv/bin/activate']\n",
+    );
+    std::fs::create_dir_all(p.path("venv/bin")).unwrap();
+    p.write("venv/bin/activate", "export VENV_ON=yes\n");
+    p.workbook(&["id", "status"], &[vec![V::N(1.0), V::E]]);
+    p.ok(&["start", "1", "--wait"]);
+    assert_eq!(p.ok(&["logs", "1"]), "venv=yes\n");
+    // Now a setup line that fails: the command must not run.
+    std::fs::remove_dir_all(p.path("venv")).unwrap();
+    let out = p.neroman(&["restart", "1", "--wait"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        p.ok(&["logs", "1"]),
+        "",
+        "the command ran after its setup failed"
+    );
+    assert!(p
+        .ok(&["logs", "1", "--stderr"])
+        .contains("neronet: setup line 1 failed: source venv/bin/activate"));
+    assert_eq!(p.state_of("1"), "crashed");
+}
