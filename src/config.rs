@@ -109,6 +109,40 @@ pub struct EmailConfig {
     pub digest: Option<String>,
 }
 
+impl EmailConfig {
+    /// The checks serde cannot make; the error starts with the key.
+    fn validate(&self) -> Result<(), String> {
+        let address = |key: &str, v: &Option<String>| match v {
+            Some(a) if !a.contains('@') => Err(format!("{key}: {a:?} is not an e-mail address")),
+            _ => Ok(()),
+        };
+        match &self.to {
+            None => return Err("to: missing (who gets the mail)".into()),
+            to => address("to", to)?,
+        }
+        address("from", &self.from)?;
+        if self.smtp.is_some() && self.sendmail.is_some() {
+            return Err("smtp, sendmail: give one way of sending, not both".into());
+        }
+        for state in &self.on {
+            if !nerokid::expr::STATE_NAMES.contains(&state.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "on: {state:?} is not a state ({})",
+                    nerokid::expr::STATE_NAMES.join(", ")
+                ));
+            }
+        }
+        for rule in &self.when {
+            nerokid::expr::parse(rule).map_err(|e| format!("when: {rule:?}: {e}"))?;
+        }
+        if let Some(d) = &self.digest {
+            parse_duration(d)
+                .ok_or_else(|| format!("digest: {d:?} is not a duration (like 10m)"))?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
@@ -182,7 +216,13 @@ impl Config {
 
     /// `other` wins key by key; clusters merge by name.
     fn overlay(mut self, other: Config) -> Config {
-        self.clusters.extend(other.clusters);
+        for (name, project) in other.clusters {
+            let merged = match self.clusters.remove(&name) {
+                Some(user) => user.overlay(project),
+                None => project,
+            };
+            self.clusters.insert(name, merged);
+        }
         Config {
             workbook: other.workbook.or(self.workbook),
             command: other.command.or(self.command),
@@ -231,6 +271,9 @@ impl Config {
                 )));
             }
         }
+        if let Some(e) = &self.email {
+            e.validate().map_err(|m| bad(format!("email.{m}")))?;
+        }
         if let Some(m) = &self.metrics {
             nerokid::metrics::Extractor::new(true, &m.patterns)
                 .map_err(|e| bad(format!("metrics.patterns: {e}")))?;
@@ -262,6 +305,35 @@ impl Config {
 }
 
 impl ClusterConfig {
+    /// The project's settings for a cluster over the user's: key by key, the project's wins
+    /// where it says something (so `max_parallel: 2` in a project keeps the user's `setup`).
+    fn overlay(self, p: ClusterConfig) -> ClusterConfig {
+        let mut slurm = self.slurm;
+        slurm.extend(p.slurm);
+        let mut sge = self.sge;
+        sge.extend(p.sge);
+        ClusterConfig {
+            ssh: p.ssh.or(self.ssh),
+            warden: if p.warden != Warden::Local {
+                p.warden
+            } else {
+                self.warden
+            },
+            workdir: p.workdir.or(self.workdir),
+            max_parallel: p.max_parallel.or(self.max_parallel),
+            poll_interval: p.poll_interval.or(self.poll_interval),
+            requeue: p.requeue || self.requeue,
+            slurm,
+            sge,
+            setup: if p.setup.is_empty() {
+                self.setup
+            } else {
+                p.setup
+            },
+            grace: p.grace.or(self.grace),
+        }
+    }
+
     pub fn grace_secs(&self) -> f64 {
         self.grace
             .as_deref()
@@ -270,9 +342,14 @@ impl ClusterConfig {
     }
 }
 
+/// Read and check one file, so a mistake is reported against the file that holds it.
 fn load_file(path: &Path) -> Result<Option<Config>, ConfigError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Config::parse(&text, path).map(Some),
+        Ok(text) => {
+            let cfg = Config::parse(&text, path)?;
+            cfg.validate(path)?;
+            Ok(Some(cfg))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(ConfigError::Read {
             path: path.to_path_buf(),
@@ -340,7 +417,7 @@ mod tests {
     #[test]
     fn project_config_lies_over_user_defaults() {
         let user = Config::parse(
-            "command: user-cmd {x}\nabort_when: loss>9\nclusters:\n  local:\n    max_parallel: 8\n  other:\n    max_parallel: 1\n",
+            "command: user-cmd {x}\nabort_when: loss>9\nclusters:\n  local:\n    max_parallel: 8\n    grace: 3s\n  other:\n    max_parallel: 1\n",
             Path::new("user.yaml"),
         )
         .unwrap();
@@ -357,7 +434,38 @@ mod tests {
             "kept from the user's defaults"
         );
         assert_eq!(merged.clusters["local"].max_parallel, Some(2));
+        assert_eq!(
+            merged.clusters["local"].grace.as_deref(),
+            Some("3s"),
+            "the user's grace survives"
+        );
         assert_eq!(merged.clusters["other"].max_parallel, Some(1));
+    }
+
+    #[test]
+    fn email_settings_are_checked() {
+        let check = |yaml: &str| {
+            let cfg = Config::parse(yaml, Path::new("n.yaml")).unwrap();
+            cfg.validate(Path::new("n.yaml"))
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(check("email: {to: a@b.c, on: [crashed], digest: 10m}").is_none());
+        assert!(check("email: {to: a@b.c, digest: banana}")
+            .unwrap()
+            .contains("email.digest"));
+        assert!(check("email: {to: not-an-address}")
+            .unwrap()
+            .contains("email.to"));
+        assert!(check("email: {to: a@b.c, on: [crashd]}")
+            .unwrap()
+            .contains("email.on"));
+        assert!(check("email: {to: a@b.c, when: ['los>>1']}")
+            .unwrap()
+            .contains("email.when"));
+        assert!(check("email: {on: [crashed]}")
+            .unwrap()
+            .contains("email.to: missing"));
     }
 
     #[test]

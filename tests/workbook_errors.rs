@@ -218,3 +218,25 @@ fn colliding_and_shadowed_columns_are_warned_about() {
         "{err}"
     );
 }
+
+/// Regressions: the user's cluster defaults were dropped whenever the project named the same
+/// cluster, and a bad value in the user's file was reported against the project's file.
+#[test]
+fn user_defaults_merge_key_by_key_and_errors_name_their_file() {
+    let p = Project::new(
+        "user-defaults",
+        "command: echo from_user=$FROM_USER\nclusters:\n  local:\n    max_parallel: 3\n",
+    );
+    p.workbook(&["id", "status"], &[vec![V::N(1.0), V::E]]);
+    let user =
+        p.user_config("clusters:\n  local:\n    setup: ['export FROM_USER=yes']\n    grace: 3s\n");
+    p.ok(&["start", "1", "--wait"]);
+    assert_eq!(p.ok(&["logs", "1"]), "from_user=yes\n");
+    p.user_config("clusters:\n  local:\n    grace: soon\n");
+    let out = p.neroman(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}: clusters.local.grace", user.display())),
+        "{err}"
+    );
+}

@@ -57,6 +57,14 @@ impl Project {
         self.dir.join(rel)
     }
 
+    /// The user's defaults file (`$XDG_CONFIG_HOME/neronet/neronet.yaml`) for this project's runs.
+    pub fn user_config(&self, text: &str) -> PathBuf {
+        let path = self.xdg.join("neronet/neronet.yaml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     pub fn write(&self, rel: &str, text: &str) {
         std::fs::write(self.dir.join(rel), text).unwrap();
     }
