@@ -352,6 +352,15 @@ impl Store {
         Ok(out)
     }
 
+    /// (uid, experiment id, run number) of every run.
+    pub fn all_runs(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT uid, exp_id, run_no FROM runs ORDER BY exp_id, run_no")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn active_runs(&self) -> Result<Vec<RunRow>, StoreError> {
         let mut stmt = self.conn.prepare(&format!(
             "{RUN_SELECT} WHERE state IN ('submitted','queued','running')"

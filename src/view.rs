@@ -63,10 +63,9 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
     let metric_names = snap.metric_names(&cands);
     let mut out = Results {
         params: exps.sheet.params.clone(),
-        metrics: metric_names.clone(),
+        metrics: metric_headers(&metric_names, &exps.sheet.params),
         ..Results::default()
     };
-    let mut run_ids: Vec<(&str, &str, i64)> = Vec::new();
     for c in &cands {
         let run = c.run;
         out.rows.push(ResultRow {
@@ -108,13 +107,25 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
                 .collect(),
             updated: run.map(|r| r.updated_at),
         });
-        if let Some(r) = run {
-            run_ids.push((&r.uid, &r.exp_id, r.run_no));
-        }
     }
-    let uids: Vec<&str> = run_ids.iter().map(|r| r.0).collect();
-    let by_uid: BTreeMap<&str, (&str, i64)> =
-        run_ids.iter().map(|(u, e, n)| (*u, (*e, *n))).collect();
+    // Every run of every experiment in the workbook, in workbook order, oldest run first.
+    let order: BTreeMap<&str, usize> = cands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.exp.row.id.as_str(), i))
+        .collect();
+    let mut runs: Vec<(String, String, i64)> = project
+        .store
+        .all_runs()?
+        .into_iter()
+        .filter(|(_, exp, _)| order.contains_key(exp.as_str()))
+        .collect();
+    runs.sort_by_key(|(_, exp, n)| (order[exp.as_str()], *n));
+    let uids: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
+    let by_uid: BTreeMap<&str, (&str, i64)> = runs
+        .iter()
+        .map(|(u, e, n)| (u.as_str(), (e.as_str(), *n)))
+        .collect();
     for m in project.store.history(&uids, HISTORY_LIMIT)? {
         let (id, run) = by_uid.get(m.run.as_str()).copied().unwrap_or(("?", 0));
         out.history.push(HistoryRow {
@@ -146,6 +157,34 @@ pub fn write_results(
     let path = project.results_path();
     crate::sheet::results::write(&path, &r)?;
     Ok(path)
+}
+
+/// Column titles for metrics; one named like a parameter or a fixed column says it is a metric
+/// (`lr (metric)`), so no title appears twice. Selections see the metric under the bare name.
+fn metric_headers(metrics: &[String], params: &[String]) -> Vec<String> {
+    const FIXED: &[&str] = &[
+        "id",
+        "state",
+        "cluster",
+        "run",
+        "runtime",
+        "node",
+        "reason",
+        "note",
+        "exit code",
+    ];
+    metrics
+        .iter()
+        .map(|m| {
+            let taken = params.iter().any(|p| p.eq_ignore_ascii_case(m))
+                || FIXED.iter().any(|f| f.eq_ignore_ascii_case(m));
+            if taken {
+                format!("{m} (metric)")
+            } else {
+                m.clone()
+            }
+        })
+        .collect()
 }
 
 /// The id, or where the row is when it has none (an invalid row still shows).
@@ -245,7 +284,7 @@ pub fn status_table(
         .map(|s| s.to_string())
         .collect();
     header.extend(exps.sheet.params.iter().cloned());
-    header.extend(metric_names.iter().cloned());
+    header.extend(metric_headers(&metric_names, &exps.sheet.params));
     header.push("note".into());
     let mut rows: Vec<Vec<String>> = Vec::new();
     for c in &cands {

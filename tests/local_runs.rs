@@ -458,3 +458,41 @@ fn setup_lines_run_in_bash_and_a_failing_one_stops_the_run() {
         .contains("neronet: setup line 1 failed: source venv/bin/activate"));
     assert_eq!(p.state_of("1"), "crashed");
 }
+
+/// Regressions: results.xlsx went stale when only `status` saw runs end, and its history sheet
+/// held only each experiment's latest run (with ids as text, unlike the results sheet).
+#[test]
+fn results_follow_status_and_history_keeps_every_run() {
+    let p = job_project("history", &[("1", 3.0, 0.05, 0.0)]);
+    p.ok(&["start", "1", "--wait"]);
+    p.ok(&["restart", "1"]);
+    wait_until("run 2 finished", Duration::from_secs(30), || {
+        let st = &p.status()[0];
+        st["run"] == 2 && st["state"] == "finished"
+    });
+    let results = common::soffice_csv(&p.path("results.xlsx"), 0);
+    assert!(
+        results
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("1,finished,local,2,"),
+        "{results}"
+    );
+    let history = common::soffice_csv(&p.path("results.xlsx"), 1);
+    let runs: Vec<&str> = history
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        runs.iter().filter(|r| **r == "1").count(),
+        6,
+        "run 1: 3 lines × 2 metrics\n{history}"
+    );
+    assert_eq!(
+        runs.iter().filter(|r| **r == "2").count(),
+        6,
+        "run 2: 3 lines × 2 metrics\n{history}"
+    );
+}

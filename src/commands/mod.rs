@@ -38,6 +38,12 @@ pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), Cor
     for p in exps.problems() {
         tracing::warn!("{p}");
     }
+    // Whatever command brought news from the agents also brings results.xlsx up to date.
+    if !sync.changes.is_empty() || sync.metric_values > 0 {
+        if let Err(e) = crate::view::write_results(&project, &exps) {
+            tracing::warn!("results.xlsx not updated: {}", crate::util::error_chain(&e));
+        }
+    }
     Ok((project, exps, sync))
 }
 

@@ -123,6 +123,15 @@ fn put_num(ws: &mut Worksheet, r: u32, c: u16, v: Option<f64>) -> Result<(), Xls
     Ok(())
 }
 
+/// Whole-number ids as numbers, on every sheet, so lookups between sheets match.
+fn put_id(ws: &mut Worksheet, r: u32, c: u16, id: &str) -> Result<(), XlsxError> {
+    match id.parse::<f64>() {
+        Ok(n) if id.trim() == nerokid::expr::format_number(n) => ws.write_number(r, c, n)?,
+        _ => ws.write_string(r, c, id)?,
+    };
+    Ok(())
+}
+
 fn put_text(ws: &mut Worksheet, r: u32, c: u16, v: Option<&str>) -> Result<(), XlsxError> {
     if let Some(s) = v.filter(|s| !s.is_empty()) {
         ws.write_string(r, c, s)?;
@@ -172,12 +181,7 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
     write_header(ws, &f, &names, &widths)?;
     for (i, row) in results.rows.iter().enumerate() {
         let r = i as u32 + 1;
-        match row.id.parse::<f64>() {
-            Ok(n) if row.id.trim() == nerokid::expr::format_number(n) => {
-                ws.write_number(r, 0, n)?
-            }
-            _ => ws.write_string(r, 0, &row.id)?,
-        };
+        put_id(ws, r, 0, &row.id)?;
         put_text(ws, r, 1, Some(&row.state))?;
         put_text(ws, r, 2, Some(&row.cluster))?;
         put_num(ws, r, 3, row.run.map(|n| n as f64))?;
@@ -214,7 +218,7 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
     write_header(ws, &f, &names, &[8.0, 5.0, 19.0, 8.0, 14.0, 12.0])?;
     for (i, h) in results.history.iter().take(MAX_HISTORY_ROWS).enumerate() {
         let r = i as u32 + 1;
-        ws.write_string(r, 0, &h.id)?;
+        put_id(ws, r, 0, &h.id)?;
         ws.write_number(r, 1, h.run as f64)?;
         put_time(ws, &f, r, 2, Some(h.t))?;
         put_num(ws, r, 3, h.step)?;
