@@ -153,11 +153,6 @@ pub fn act(
             }
         }
     }
-    if chosen.is_empty() {
-        return Err(CoreError::Selection(
-            "the selection matches no experiment".into(),
-        ));
-    }
 
     let mut sync = SyncReport::default();
     for (cluster, runs) in to_start {

@@ -159,6 +159,15 @@ pub fn write_results(
     Ok(path)
 }
 
+/// A whole number as a JSON integer (`16`, not `16.0`), anything else as it is.
+fn json_number(n: f64) -> serde_json::Value {
+    if n.fract() == 0.0 && n.abs() < 9e15 {
+        json!(n as i64)
+    } else {
+        json!(n)
+    }
+}
+
 /// Column titles for metrics; one named like a parameter or a fixed column says it is a metric
 /// (`lr (metric)`), so no title appears twice. Selections see the metric under the bare name.
 fn metric_headers(metrics: &[String], params: &[String]) -> Vec<String> {
@@ -223,7 +232,7 @@ pub fn status_json(
                 .row
                 .params
                 .iter()
-                .map(|(k, v)| (k, v.number.map_or_else(|| json!(v.text), |n| json!(n))))
+                .map(|(k, v)| (k, v.number.map_or_else(|| json!(v.text), json_number)))
                 .collect();
             let metrics: BTreeMap<&String, serde_json::Value> = c
                 .metrics
@@ -235,7 +244,7 @@ pub fn status_json(
                                 if v.is_finite() {
                                     json!(v)
                                 } else {
-                                    json!(v.to_string())
+                                    json!(v.to_string().to_ascii_lowercase())
                                 },
                             )
                         })
@@ -328,7 +337,7 @@ pub fn status_table(
 /// Four significant digits, without trailing zeros: `0.6208`, `12.35`, `1.5e-5`.
 fn short_number(v: f64) -> String {
     if !v.is_finite() {
-        return v.to_string();
+        return v.to_string().to_ascii_lowercase();
     }
     if v.fract() == 0.0 && v.abs() < 1e9 {
         return format_number(v);

@@ -97,6 +97,11 @@ enum Cmd {
 }
 
 fn main() {
+    // Like other command-line tools: `neroman status | head` ends quietly when head is done.
+    // SAFETY: restoring the default disposition of a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -108,6 +113,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_target(false)
         .init();
@@ -124,6 +130,15 @@ fn main() {
         (None, [(verb, sel)]) => commands::act::run(&dir, *verb, sel, cli.wait),
         (None, []) => {
             eprintln!("neroman: nothing to do; try `neroman demo` or `neroman --help`");
+            std::process::exit(exit::USAGE);
+        }
+        (
+            Some(
+                Cmd::Init { .. } | Cmd::Status { .. } | Cmd::Logs { .. } | Cmd::Results | Cmd::Demo,
+            ),
+            _,
+        ) if cli.wait => {
+            eprintln!("neroman: --wait goes with start, restart and abort");
             std::process::exit(exit::USAGE);
         }
         (None, _) | (Some(_), [_, ..]) => {

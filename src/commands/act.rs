@@ -34,6 +34,12 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     print_changes(&sync);
     let expr = parse(&project, &exps, selection)?;
     let (report, sync) = act(&mut project, &exps, verb, &expr)?;
+    if report.started.is_empty() && report.aborted.is_empty() && report.skipped.is_empty() {
+        println!(
+            "nothing to {}: no experiment matches {selection:?}",
+            verb.as_str()
+        );
+    }
     print_report(verb, &report);
     print_changes(&sync);
     let path = crate::view::write_results(&project, &exps)?;

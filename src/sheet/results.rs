@@ -116,7 +116,7 @@ fn put_num(ws: &mut Worksheet, r: u32, c: u16, v: Option<f64>) -> Result<(), Xls
         }
         // Excel has no NaN or infinity: show them as text rather than corrupt the file.
         Some(n) => {
-            ws.write_string(r, c, format!("{n}"))?;
+            ws.write_string(r, c, n.to_string().to_ascii_lowercase())?;
         }
         None => {}
     }
