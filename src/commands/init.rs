@@ -21,8 +21,6 @@ pub fn run(dir: &Path, force: bool) -> anyhow::Result<()> {
     crate::util::write_atomic(&wb, TEMPLATE_XLSX)?;
     crate::util::write_atomic(&cfg, TEMPLATE_YAML.as_bytes())?;
     println!("created {} and {}", wb.display(), cfg.display());
-    println!(
-        "next: add rows to the workbook, then `neroman start all` (or type start in a status cell)"
-    );
+    println!("next: add rows to the workbook (one per experiment), then `neroman start all`");
     Ok(())
 }

@@ -48,7 +48,7 @@ pub fn template_spec() -> BookSpec {
                 Empty,
                 Num(0.1),
                 Num(16.0),
-                Text("type start in status and save"),
+                Text("start it: neroman start 1"),
             ],
             vec![
                 Num(2.0),
