@@ -184,6 +184,7 @@ fn ods_workbooks_read_too() {
         String::from_utf8_lossy(&out.stderr)
     );
     p.write("neronet.yaml", "workbook: book.ods\ncommand: echo {x}\n");
+    // (A formula error in an .ods is caught too: see ods_formula_errors_make_the_row_invalid.)
     // init's template is not needed: the config names the workbook.
     p.ok(&["start", "all", "--wait"]);
     assert_eq!(p.ok(&["logs", "1"]), "hello world\n");
@@ -239,4 +240,37 @@ fn user_defaults_merge_key_by_key_and_errors_name_their_file() {
         err.contains(&format!("{}: clusters.local.grace", user.display())),
         "{err}"
     );
+}
+
+/// Regression: in an .ods, a formula error (`=1/0`) reached the job as the text `#DIV/0!`.
+#[test]
+fn ods_formula_errors_make_the_row_invalid() {
+    let p = Project::new("ods-error", "workbook: book.ods\ncommand: echo {x}\n");
+    let csv = p.path("book.csv");
+    std::fs::write(&csv, "id,status,x\n1,,=1/0\n2,,fine\n").unwrap();
+    let out = std::process::Command::new(common::soffice())
+        .arg("--headless")
+        .arg(format!(
+            "-env:UserInstallation=file://{}/lo-profile",
+            p.dir.display()
+        ))
+        .args(["--convert-to", "ods", "--outdir"])
+        .arg(&p.dir)
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = p.neroman(&["start", "all", "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("book!C2: cell error #DIV/0! in column \"x\""),
+        "{err}"
+    );
+    let st = p.status();
+    assert_eq!(st[0]["state"], "invalid");
+    assert_eq!(st[1]["state"], "finished");
 }

@@ -274,15 +274,65 @@ pub fn csv_header(line: &str) -> Vec<String> {
 
 /// Metrics in one JSON object line (numeric members; booleans and strings are skipped).
 pub fn jsonl_row(line: &str) -> Option<Found> {
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let value: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        // Python's json module writes NaN and Infinity, which JSON does not have: read them
+        // as the strings the values below turn back into numbers.
+        Err(_) => serde_json::from_str(&python_specials(line)).ok()?,
+    };
     let obj = value.as_object()?;
     let mut found = Found::default();
     for (k, v) in obj {
-        if let Some(n) = v.as_f64() {
+        let n = match v {
+            serde_json::Value::String(s) => match s.as_str() {
+                "\u{0}NaN" => Some(f64::NAN),
+                "\u{0}Infinity" => Some(f64::INFINITY),
+                "\u{0}-Infinity" => Some(f64::NEG_INFINITY),
+                _ => None,
+            },
+            other => other.as_f64(),
+        };
+        if let Some(n) = n {
             found.push(k, n);
         }
     }
     (!found.values.is_empty()).then_some(found)
+}
+
+/// Quote bare `NaN`, `Infinity`, `-Infinity` outside strings (marked with a NUL so a string
+/// that really says "NaN" stays text).
+fn python_specials(line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = line;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        let special = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|w| rest.starts_with(w));
+        if let Some(word) = special {
+            out.push_str(&format!("\"\\u0000{word}\""));
+            rest = &rest[word.len()..];
+        } else {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -377,5 +427,11 @@ mod tests {
             jsonl_row(r#"{"loss": 2, "tag": "a"}"#).unwrap().values,
             [("loss".into(), 2.0)]
         );
+        // Regression: Python's `json.dumps` writes NaN/Infinity; the whole line was dropped.
+        let f = jsonl_row(r#"{"step": 3, "loss": NaN, "big": -Infinity, "note": "NaN"}"#).unwrap();
+        assert_eq!(f.values.len(), 3, "{f:?}");
+        let get = |n: &str| f.values.iter().find(|(k, _)| k == n).unwrap().1;
+        assert!(get("loss").is_nan());
+        assert_eq!((get("big"), get("step")), (f64::NEG_INFINITY, 3.0));
     }
 }

@@ -247,7 +247,13 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
         for (i, role) in roles.iter().enumerate() {
             let cell = cells.get(i).unwrap_or(&Data::Empty);
             let at = addr(row0, i);
-            if let Data::Error(e) = cell {
+            let error = match cell {
+                Data::Error(e) => Some(e.to_string()),
+                // calamine reads an .ods formula error as its text.
+                Data::String(t) if is_error_text(t) => Some(t.trim().to_string()),
+                _ => None,
+            };
+            if let Some(e) = error {
                 if *role != Role::Ignored {
                     problems.push((
                         at.clone(),
@@ -368,6 +374,17 @@ fn mark_duplicates(rows: &mut [SheetRow]) {
 
 fn bare_cell(addr: &str) -> &str {
     addr.rsplit('!').next().unwrap_or(addr)
+}
+
+/// A spreadsheet error value shown as text (`#DIV/0!`, LibreOffice's `Err:502`).
+fn is_error_text(t: &str) -> bool {
+    const CODES: &[&str] = &[
+        "#DIV/0!", "#N/A", "#NAME?", "#NULL!", "#NUM!", "#REF!", "#VALUE!",
+    ];
+    let t = t.trim();
+    CODES.contains(&t)
+        || t.strip_prefix("Err:")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `007` and `7` are the same id when both are whole numbers.
