@@ -24,6 +24,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Columns of the terminal on standard output, if it is one.
+pub fn terminal_width() -> Option<usize> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills a winsize we own; failure leaves it zeroed and is reported.
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (rc == 0 && size.ws_col > 0).then_some(size.ws_col as usize)
+}
+
 /// An error with its chain of causes, `outer: inner: root`, for messages that cross the wire.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

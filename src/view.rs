@@ -15,11 +15,12 @@ fn order_metrics(names: impl Iterator<Item = String>) -> Vec<String> {
     let mut v: Vec<String> = names.collect();
     v.sort();
     v.dedup();
-    let rank = |n: &str| match n {
+    let rank = |n: &str| match n.to_ascii_lowercase().as_str() {
         "step" | "epoch" | "iter" | "iteration" => 0,
         _ => 1,
     };
-    v.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+    let key = |n: &String| (rank(n), n.to_ascii_lowercase());
+    v.sort_by(|a, b| key(a).cmp(&key(b)).then(a.cmp(b)));
     v
 }
 
@@ -283,11 +284,9 @@ pub fn status_table(
 ) -> Result<String, CoreError> {
     let snap = Snapshot::take(project)?;
     let cands = snap.candidates(exps, sel);
-    let metric_names: Vec<String> = snap
-        .metric_names(&cands)
-        .into_iter()
-        .take(max_metrics)
-        .collect();
+    let all_metrics = snap.metric_names(&cands);
+    let hidden = all_metrics.len().saturating_sub(max_metrics);
+    let metric_names: Vec<String> = all_metrics.into_iter().take(max_metrics).collect();
     let mut header: Vec<String> = ["id", "state", "cluster", "runtime"]
         .iter()
         .map(|s| s.to_string())
@@ -331,7 +330,14 @@ pub fn status_table(
         row.push(note);
         rows.push(row);
     }
-    Ok(render_table(&header, &rows))
+    let mut table = render_table(&header, &rows);
+    if hidden > 0 {
+        table.push_str(&format!(
+            "({hidden} more metric{} not shown: see `neroman status --json` or results.xlsx)\n",
+            if hidden == 1 { "" } else { "s" }
+        ));
+    }
+    Ok(table)
 }
 
 /// Four significant digits, without trailing zeros: `0.6208`, `12.35`, `1.5e-5`.
@@ -366,7 +372,13 @@ pub fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
     let line = |cells: &[String], out: &mut String| {
         let last = cells.len().saturating_sub(1);
         for (i, c) in cells.iter().enumerate() {
-            let c: String = c.chars().take(if i == last { 200 } else { 60 }).collect();
+            let limit = if i == last { 200 } else { 60 };
+            // A cut value says so.
+            let c: String = if c.chars().count() > limit {
+                c.chars().take(limit - 1).chain(['…']).collect()
+            } else {
+                c.clone()
+            };
             if i == last {
                 out.push_str(&c);
             } else {

@@ -126,7 +126,20 @@ pub fn wait_for(
                 states.len(),
                 started.elapsed().as_secs_f64()
             );
-            write!(out, "{header}{table}")?;
+            // Redrawing moves the cursor up by lines: a line the terminal wraps would break it.
+            let width = crate::util::terminal_width()
+                .unwrap_or(usize::MAX)
+                .saturating_sub(1)
+                .max(20);
+            let fitted: String = format!("{header}{table}")
+                .lines()
+                .map(|l| {
+                    let mut l: String = l.chars().take(width).collect();
+                    l.push('\n');
+                    l
+                })
+                .collect();
+            write!(out, "{fitted}")?;
             out.flush()?;
             last_drawn_lines = table.lines().count() + 1;
         }

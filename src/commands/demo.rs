@@ -70,6 +70,18 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
         .collect();
     let count = |n: StateName| runs.iter().filter(|r| r.state.name() == n).count();
     let (finished, aborted) = (count(StateName::Finished), count(StateName::Aborted));
+    // The reasons, which a narrow terminal may have cut from the table.
+    for r in runs
+        .iter()
+        .filter(|r| r.state.name() != StateName::Finished)
+    {
+        let reason = r
+            .state
+            .reason()
+            .map(|x| format!(" ({x})"))
+            .unwrap_or_default();
+        println!("{}: {}{reason}", r.exp_id, r.state.name().as_str());
+    }
     println!(
         "\n{finished} finished, {aborted} aborted by the rule, {} other",
         runs.len() - finished - aborted
