@@ -128,12 +128,60 @@ impl Project {
             .map(|e| (e.row.id.clone(), e.row.row, row_fingerprint(&e.row)))
             .collect();
         self.store.note_rows(&noted, now())?;
-        let warnings = column_warnings(&sheet);
+        let mut warnings = column_warnings(&sheet);
+        warnings.extend(self.rule_warnings(&list, &sheet.params)?);
         Ok(Experiments {
             sheet,
             list,
             warnings,
         })
+    }
+
+    /// A rule field nothing knows never matches, so the rule never fires: say so. Only once
+    /// some metric has been seen (before the first run, every metric is unknown).
+    fn rule_warnings(
+        &self,
+        list: &[Experiment],
+        params: &[String],
+    ) -> Result<Vec<String>, CoreError> {
+        let metrics = self.store.metric_names()?;
+        if metrics.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut known: Vec<&str> = crate::select::BUILTIN_FIELDS.to_vec();
+        known.extend(params.iter().map(String::as_str));
+        known.extend(metrics.iter().map(String::as_str));
+        let mut out = Vec::new();
+        // Each distinct rule once (a sweep repeats one rule on thousands of rows).
+        let mut rules: BTreeMap<&str, &Experiment> = BTreeMap::new();
+        for e in list {
+            if let Some(rule) = &e.abort_when {
+                rules.entry(rule.as_str()).or_insert(e);
+            }
+        }
+        for (rule, e) in rules {
+            let Ok(expr) = nerokid::expr::parse(rule) else {
+                continue;
+            };
+            for c in expr.comparisons() {
+                if known.iter().any(|k| k.eq_ignore_ascii_case(&c.field)) {
+                    continue;
+                }
+                let hint = crate::select::nearest(&c.field, known.iter().copied())
+                    .map(|n| format!("; did you mean {n}?"))
+                    .unwrap_or_default();
+                let place = if e.row.abort_when.is_some() {
+                    e.row.abort_when_cell.clone()
+                } else {
+                    "neronet.yaml abort_when".into()
+                };
+                out.push(format!(
+                    "{place}: the rule {rule:?} uses {:?}, which no parameter or metric seen so far has, so it cannot fire{hint}",
+                    c.field
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// `rules` caches parse results: a sweep repeats the same rule on thousands of rows.

@@ -257,3 +257,21 @@ fn logs_follow_survives_a_mum_restart() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 20, "{text}");
 }
+
+/// Regression: a typo in a rule (`los>3`) never fired and nothing said so.
+#[test]
+fn a_rule_field_nothing_knows_is_warned_about() {
+    let p = Project::new("rule-typo", "command: echo loss=5\n");
+    p.workbook(
+        &["id", "status", "abort_when"],
+        &[vec![V::N(1.0), V::E, V::S("los>3")]],
+    );
+    p.ok(&["start", "1", "--wait"]); // now `loss` is a known metric
+    let out = p.neroman(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("experiments!C2: the rule \"los>3\" uses \"los\""),
+        "{err}"
+    );
+    assert!(err.contains("did you mean loss?"), "{err}");
+}
