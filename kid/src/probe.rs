@@ -100,17 +100,25 @@ pub struct GroupSample {
     pub processes: u32,
 }
 
-/// Sum CPU time and RSS over every process whose process group is `pgid`.
-pub fn sample_group(pgid: i32) -> GroupSample {
-    let mut s = GroupSample::default();
+/// What `/proc/<pid>/stat` says of one live process (zombies are left out).
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub cpu_ticks: u64,
+    pub rss_pages: u64,
+}
+
+/// The live processes whose process group is `pgid`.
+pub fn group_processes(pgid: i32) -> Vec<ProcStat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return s;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
+        let Some(pid) = entry
+            .file_name()
             .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<i32>().ok())
         else {
             continue;
         };
@@ -118,24 +126,36 @@ pub fn sample_group(pgid: i32) -> GroupSample {
             continue;
         };
         // Fields after the command name, which is in parentheses and may hold spaces.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
             continue;
         };
         let f: Vec<&str> = rest.split(' ').collect();
-        // rest[0] is field 3 (state): pgrp = field 5, utime 14, stime 15, rss 24.
+        // f[0] is field 3 (state): pgrp = field 5, utime 14, stime 15, rss 24.
         let field = |n: usize| {
             f.get(n - 3)
                 .and_then(|v| v.parse::<i64>().ok())
                 .unwrap_or(0)
         };
-        if field(5) as i32 != pgid {
+        if field(5) as i32 != pgid || f.first() == Some(&"Z") {
             continue;
         }
-        s.processes += 1;
-        s.cpu_ticks += (field(14) + field(15)).max(0) as u64;
-        s.rss_pages += field(24).max(0) as u64;
+        out.push(ProcStat {
+            pid,
+            cpu_ticks: (field(14) + field(15)).max(0) as u64,
+            rss_pages: field(24).max(0) as u64,
+        });
     }
-    s
+    out
+}
+
+/// Sum CPU time and RSS over every process whose process group is `pgid`.
+pub fn sample_group(pgid: i32) -> GroupSample {
+    let procs = group_processes(pgid);
+    GroupSample {
+        cpu_ticks: procs.iter().map(|p| p.cpu_ticks).sum(),
+        rss_pages: procs.iter().map(|p| p.rss_pages).sum(),
+        processes: procs.len() as u32,
+    }
 }
 
 pub fn ticks_per_second() -> f64 {

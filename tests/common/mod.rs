@@ -258,25 +258,8 @@ pub fn kill(pid: i32, sig: i32) {
 
 /// Live (non-zombie) processes whose process group is `pgid`.
 pub fn group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split(' ').collect();
-        if f[0] != "Z" && f[2].parse::<i32>() == Ok(pgid) {
-            out.push(pid);
-        }
-    }
-    out
+    nerokid::probe::group_processes(pgid)
+        .into_iter()
+        .map(|p| p.pid)
+        .collect()
 }

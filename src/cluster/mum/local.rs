@@ -172,34 +172,15 @@ pub fn kid_log_tail(run_dir: &Path) -> String {
 /// `NERO_RUN_DIR` (so a recycled pid or group is never touched).
 pub fn kill_group(pgid: i32, run_dir: &Path) {
     let marker = format!("NERO_RUN_DIR={}", run_dir.display());
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let pgrp = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 2..].split(' ').nth(2)?.parse::<i32>().ok());
-        if pgrp != Some(pgid) {
-            continue;
-        }
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    for p in nerokid::probe::group_processes(pgid) {
+        let environ = std::fs::read(format!("/proc/{}/environ", p.pid)).unwrap_or_default();
         if environ
             .split(|b| *b == 0)
             .any(|var| var == marker.as_bytes())
         {
             // SAFETY: kill(2) on a pid just verified to belong to this run; no memory is involved.
             unsafe {
-                libc::kill(pid, libc::SIGKILL);
+                libc::kill(p.pid, libc::SIGKILL);
             }
         }
     }
