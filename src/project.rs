@@ -86,6 +86,8 @@ pub struct SyncReport {
     pub changes: Vec<(String, String, RunState)>,
     pub metric_values: usize,
     pub restarted_mum: Vec<String>,
+    /// Clusters that could not be reached: (cluster, why). What the store knew still stands.
+    pub unreachable: Vec<(String, String)>,
 }
 
 impl Project {
@@ -304,7 +306,16 @@ impl Project {
         clusters.dedup();
         let mut report = SyncReport::default();
         for cluster in clusters {
-            let mut client = self.connect(&cluster)?;
+            // One unreachable cluster must not hide the others, nor what the store already knows.
+            let mut client = match self.connect(&cluster) {
+                Ok(c) => c,
+                Err(e) => {
+                    report
+                        .unreachable
+                        .push((cluster.clone(), crate::util::error_chain(&e)));
+                    continue;
+                }
+            };
             if client.started {
                 report.restarted_mum.push(cluster.clone());
             }

@@ -496,3 +496,38 @@ fn results_follow_status_and_history_keeps_every_run() {
         "run 2: 3 lines × 2 metrics\n{history}"
     );
 }
+
+/// `status` still answers from the store when an agent cannot be reached, and says so.
+#[test]
+fn status_works_while_the_agent_is_unreachable() {
+    use std::os::unix::io::AsRawFd;
+    let p = job_project("unreachable", &[("1", 1.0, 600.0, 0.0)]);
+    p.ok(&["start", "1"]);
+    wait_until("running", Duration::from_secs(20), || {
+        p.state_of("1") == "running"
+    });
+    let pid = p.mum_pid().unwrap();
+    kill(pid, libc::SIGKILL);
+    wait_until("mum gone", Duration::from_secs(10), || {
+        !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+    });
+    // Hold the workdir's lock as a wedged agent would: no new mum can serve it.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.mum_dir().join("mum.lock"))
+        .unwrap();
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let out = p.neroman(&["status", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("cluster local not reached"), "{err}");
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st[0]["state"], "running", "the stored state is shown");
+    drop(lock);
+    // With the lock free again, the next call restarts mum, which picks the run up; end it.
+    p.ok(&["abort", "1", "--wait"]);
+    assert_eq!(p.state_of("1"), "aborted");
+}

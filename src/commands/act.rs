@@ -93,8 +93,18 @@ pub fn wait_for(
     let mut last_drawn_lines = 0usize;
     let mut last_results = Instant::now();
     let mut dirty = true;
+    let mut unreachable_since: Option<Instant> = None;
     loop {
         let sync = project.sync()?;
+        // Keep trying for a while (a restarting agent), then say what is wrong.
+        if let Some((cluster, why)) = sync.unreachable.first() {
+            let since = *unreachable_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("cluster {cluster} has not answered for 30 s: {why}");
+            }
+        } else {
+            unreachable_since = None;
+        }
         if !sync.changes.is_empty() || sync.metric_values > 0 {
             dirty = true;
         }

@@ -26,6 +26,9 @@ pub mod exit {
 pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), CoreError> {
     let mut project = Project::open(dir)?;
     let sync = project.sync()?;
+    for (c, why) in &sync.unreachable {
+        tracing::warn!("cluster {c} not reached, showing what was known before: {why}");
+    }
     for c in &sync.restarted_mum {
         tracing::warn!(
             "cluster {c}: neromum was not running; started it again (runs in flight are picked up)"
