@@ -19,7 +19,29 @@ pub fn nerokid_bin() -> PathBuf {
         "{} is missing: build the workspace first (cargo build --workspace)",
         p.display()
     );
+    // `cargo test --test X` rebuilds this package only: a stale kid would test old code.
+    let built = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("kid/src");
+    assert!(
+        walk_newest(&src) <= built,
+        "{} is older than kid/src: run `cargo build --workspace` first",
+        p.display()
+    );
     p
+}
+
+fn walk_newest(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = e.path();
+        let t = if path.is_dir() {
+            walk_newest(&path)
+        } else {
+            e.metadata().and_then(|m| m.modified()).unwrap()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 pub struct Project {
