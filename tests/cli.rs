@@ -99,9 +99,7 @@ fn logs_follow_until_the_run_ends() {
         &[vec![V::S("s"), V::E, V::S("python3 slow.py")]],
     );
     p.ok(&["start", "s"]);
-    wait_until("running", Duration::from_secs(20), || {
-        p.state_of("s") == "running"
-    });
+    p.wait_for_state("s", "running");
     let out = p.ok(&["logs", "s", "-f"]);
     assert_eq!(out.lines().count(), 8, "{out}");
     assert_eq!(p.state_of("s"), "finished");
@@ -232,9 +230,7 @@ fn logs_follow_survives_a_mum_restart() {
         &[vec![V::S("s"), V::E, V::S("python3 slow.py")]],
     );
     p.ok(&["start", "s"]);
-    wait_until("running", Duration::from_secs(20), || {
-        p.state_of("s") == "running"
-    });
+    p.wait_for_state("s", "running");
     let follower = std::process::Command::new(common::neroman_bin())
         .arg("--dir")
         .arg(&p.dir)

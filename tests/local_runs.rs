@@ -142,12 +142,8 @@ fn max_parallel_queues_the_rest() {
 fn kill_9_of_a_job_ends_crashed_with_its_signal() {
     let p = job_project("kill-job", &[("7", 600.0, 0.1, 0.0)]);
     p.ok(&["start", "7"]);
-    wait_until("running", Duration::from_secs(20), || {
-        p.state_of("7") == "running"
-    });
-    let events = std::fs::read_to_string(p.mum_dir().join("runs/7.1/events.jsonl")).unwrap();
-    let started: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
-    let job_pid = started["job_pid"].as_i64().unwrap() as i32;
+    p.wait_for_state("7", "running");
+    let (_, job_pid) = p.started("7.1");
     // The job is `sh command.sh`; kill the python it runs as well as sh: the group's leader is sh.
     kill(job_pid, libc::SIGKILL);
     wait_until("crashed", Duration::from_secs(20), || {
@@ -247,12 +243,7 @@ fn abort_by_cli_stops_the_group() {
     let groups: Vec<(&str, i32)> = ["1.1", "2.1"]
         .into_iter()
         .map(|run| {
-            let events =
-                std::fs::read_to_string(p.mum_dir().join(format!("runs/{run}/events.jsonl")))
-                    .unwrap();
-            let started: serde_json::Value =
-                serde_json::from_str(events.lines().next().unwrap()).unwrap();
-            let pgid = started["job_pid"].as_i64().unwrap() as i32;
+            let (_, pgid) = p.started(run);
             assert!(
                 !common::group_members(pgid).is_empty(),
                 "run {run}'s job group is running"
@@ -280,15 +271,8 @@ fn kill_9_of_the_kid_ends_lost_and_takes_the_job_down() {
     // A job that prints nothing, so no broken pipe would end it by itself.
     let p = job_project("kill-kid", &[("9", 1.0, 600.0, 0.0)]);
     p.ok(&["start", "9"]);
-    wait_until("running", Duration::from_secs(20), || {
-        p.state_of("9") == "running"
-    });
-    let events = std::fs::read_to_string(p.mum_dir().join("runs/9.1/events.jsonl")).unwrap();
-    let started: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
-    let (kid, pgid) = (
-        started["pid"].as_i64().unwrap() as i32,
-        started["job_pid"].as_i64().unwrap() as i32,
-    );
+    p.wait_for_state("9", "running");
+    let (kid, pgid) = p.started("9.1");
     assert!(!common::group_members(pgid).is_empty());
     kill(kid, libc::SIGKILL);
     wait_until("lost", Duration::from_secs(20), || {
@@ -405,17 +389,11 @@ fn parallel_starts_share_one_mum() {
 fn a_wiped_agent_workdir_turns_its_runs_lost() {
     let p = job_project("wiped", &[("1", 1.0, 600.0, 0.0)]);
     p.ok(&["start", "1"]);
-    wait_until("running", Duration::from_secs(20), || {
-        p.state_of("1") == "running"
-    });
-    let events = std::fs::read_to_string(p.mum_dir().join("runs/1.1/events.jsonl")).unwrap();
-    let started: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
+    p.wait_for_state("1", "running");
+    let (kid, job) = p.started("1.1");
     kill(p.mum_pid().unwrap(), libc::SIGKILL);
-    kill(started["pid"].as_i64().unwrap() as i32, libc::SIGKILL);
-    kill(
-        -(started["job_pid"].as_i64().unwrap() as i32),
-        libc::SIGKILL,
-    );
+    kill(kid, libc::SIGKILL);
+    kill(-job, libc::SIGKILL);
     std::fs::remove_dir_all(p.mum_dir()).unwrap();
     let st = &p.status()[0];
     assert_eq!(st["state"], "lost", "{st}");
@@ -503,9 +481,7 @@ fn status_works_while_the_agent_is_unreachable() {
     use std::os::unix::io::AsRawFd;
     let p = job_project("unreachable", &[("1", 1.0, 600.0, 0.0)]);
     p.ok(&["start", "1"]);
-    wait_until("running", Duration::from_secs(20), || {
-        p.state_of("1") == "running"
-    });
+    p.wait_for_state("1", "running");
     let pid = p.mum_pid().unwrap();
     kill(pid, libc::SIGKILL);
     wait_until("mum gone", Duration::from_secs(10), || {

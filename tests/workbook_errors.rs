@@ -25,7 +25,7 @@ fn fails_naming(p: &Project, args: &[&str], needles: &[&str]) -> String {
 }
 
 #[test]
-fn bad_rows_are_skipped_with_their_cell_and_the_rest_run() {
+fn bad_rows_are_reported_with_their_cell_and_the_rest_run() {
     let p = Project::new("bad-rows", YAML);
     p.workbook(
         &["id", "status", "cluster", "abort_when", "command", "x"],
@@ -37,7 +37,7 @@ fn bad_rows_are_skipped_with_their_cell_and_the_rest_run() {
             vec![V::N(5.0), V::E, V::E, V::E, V::S("echo {lr}"), V::N(5.0)], // row 6: no column lr
             vec![V::N(12.0), V::E, V::E, V::E, V::E, V::N(6.0)],            // row 7: duplicate id
             vec![V::N(8.0), V::E, V::E, V::S("loss>>1"), V::E, V::N(8.0)],  // row 8: bad rule
-            vec![V::E, V::E, V::E, V::E, V::E, V::E],                       // row 9: blank, skipped
+            vec![V::E, V::E, V::E, V::E, V::E, V::E],                       // row 9: blank, ignored
             vec![V::S("x-9"), V::E, V::E, V::E, V::E, V::N(9.0)],           // row 10: fine, text id
         ],
     );

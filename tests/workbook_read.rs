@@ -56,7 +56,7 @@ fn numbers_text_dates_and_reserved_columns() {
     let sheet = read_experiments(&path).unwrap();
     assert_eq!(sheet.sheet, "Experiments");
     assert_eq!(sheet.params, ["LR", "opt", "augment", "since"]);
-    assert_eq!(sheet.rows.len(), 3, "the blank row is skipped");
+    assert_eq!(sheet.rows.len(), 3, "the blank row is passed over");
     assert_eq!(sheet.rows[2].id, "7", "`007` typed as text is the id 7");
     let r = &sheet.rows[0];
     assert_eq!((r.row, r.id.as_str(), r.status.as_str()), (2, "7", "start"));

@@ -142,6 +142,28 @@ impl Project {
             .unwrap_or_else(|| panic!("no experiment {id} in status"))
     }
 
+    /// Poll until experiment `id` is in `state` (20 s at most).
+    pub fn wait_for_state(&self, id: &str, state: &str) {
+        wait_until(
+            &format!("{id} to be {state}"),
+            Duration::from_secs(20),
+            || self.state_of(id) == state,
+        );
+    }
+
+    /// (kid pid, job pid = the job's process group) from a run's first event.
+    pub fn started(&self, run: &str) -> (i32, i32) {
+        let events =
+            std::fs::read_to_string(self.mum_dir().join(format!("runs/{run}/events.jsonl")))
+                .unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(events.lines().next().unwrap()).unwrap();
+        (
+            first["pid"].as_i64().unwrap() as i32,
+            first["job_pid"].as_i64().unwrap() as i32,
+        )
+    }
+
     pub fn mum_dir(&self) -> PathBuf {
         self.path(".neronet/mum-local")
     }
