@@ -108,14 +108,25 @@ fn scan_tokens(line: &[u8], found: &mut Found) {
     // Jump from separator to separator: most bytes of a log line are neither.
     while let Some(off) = memchr::memchr2(b'=', b':', &line[i..]) {
         let sep = i + off;
-        // Name: walk back over spaces, then name bytes.
+        // Name: walk back over spaces, then name bytes. A quoted name (`'loss': 0.5`, as
+        // Python dicts and JSON print it) needs its opening quote too.
         let mut end = sep;
         while end > 0 && line[end - 1] == b' ' {
+            end -= 1;
+        }
+        let quote = (end > 0 && matches!(line[end - 1], b'\'' | b'"')).then(|| line[end - 1]);
+        if quote.is_some() {
             end -= 1;
         }
         let mut start = end;
         while start > 0 && is_name_byte(line[start - 1]) {
             start -= 1;
+        }
+        if let Some(q) = quote {
+            if start == 0 || line[start - 1] != q {
+                i = sep + 1;
+                continue;
+            }
         }
         // Trim leading punctuation that cannot start a name (`--lr=3` → `lr`).
         while start < end && !(line[start].is_ascii_alphabetic() || line[start] == b'_') {
@@ -170,9 +181,13 @@ fn scan_tokens(line: &[u8], found: &mut Found) {
         }
         // The value must end the token: `lr=0.1,` and `loss=2)` are numbers; `x=3abc`,
         // `ratio=1/2`, `port=80/tcp` and `file.py:3:` are not.
+        // Also `%` (`acc=95.2%`) and ESC (a colour code right after the number).
         let ends_token = |b: u8| {
             b.is_ascii_whitespace()
-                || matches!(b, b',' | b';' | b')' | b']' | b'}' | b'|' | b'"' | b'\'')
+                || matches!(
+                    b,
+                    b',' | b';' | b')' | b']' | b'}' | b'|' | b'"' | b'\'' | b'%' | 0x1b
+                )
         };
         if vend == v || (vend < line.len() && !ends_token(line[vend]) && line[vend] != b'.') {
             continue;
@@ -383,6 +398,47 @@ mod tests {
             [("loss".into(), 2.5), ("acc".into(), 0.5), ("x".into(), 1.0)]
         );
         assert!(tokens("a==3 mode=fast x=3abc").is_empty());
+    }
+
+    /// Regressions: percentages and colour codes after a value, and Python/JSON dicts.
+    #[test]
+    fn common_training_formats() {
+        assert_eq!(
+            tokens("epoch 3 acc=95.2% loss=0.3"),
+            [("acc".into(), 95.2), ("loss".into(), 0.3)]
+        );
+        assert_eq!(tokens("accuracy: 95.2%"), [("accuracy".into(), 95.2)]);
+        assert_eq!(
+            tokens("loss=0.25\x1b[0m acc=0.9"),
+            [("loss".into(), 0.25), ("acc".into(), 0.9)]
+        );
+        assert_eq!(
+            tokens("{'loss': 0.5, 'learning_rate': 5e-05, 'epoch': 1.0}"),
+            [
+                ("loss".into(), 0.5),
+                ("learning_rate".into(), 5e-5),
+                ("epoch".into(), 1.0)
+            ]
+        );
+        assert_eq!(
+            tokens(r#"{"loss": 0.5, "step": 10}"#),
+            [("loss".into(), 0.5), ("step".into(), 10.0)]
+        );
+        assert_eq!(
+            tokens("loss: 0.4512 - accuracy: 0.8123 - val_loss: 0.5"),
+            [
+                ("loss".into(), 0.4512),
+                ("accuracy".into(), 0.8123),
+                ("val_loss".into(), 0.5)
+            ]
+        );
+        assert_eq!(
+            tokens("[00:01<00:00, loss=0.123, v_num=0]"),
+            [("loss".into(), 0.123), ("v_num".into(), 0.0)]
+        );
+        assert!(
+            tokens("say 'hi: 3'").is_empty() || tokens("say 'hi: 3'") == [("hi".to_string(), 3.0)]
+        );
         assert!(tokens("no numbers here").is_empty());
     }
 
