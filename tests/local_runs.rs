@@ -431,10 +431,20 @@ fn setup_lines_run_in_bash_and_a_failing_one_stops_the_run() {
         "",
         "the command ran after its setup failed"
     );
-    assert!(p
-        .ok(&["logs", "1", "--stderr"])
-        .contains("neronet: setup line 1 failed: source venv/bin/activate"));
+    let err = p.ok(&["logs", "1", "--stderr"]);
+    assert!(
+        err.contains("neronet: a setup line failed (exit 1): source venv/bin/activate"),
+        "{err}"
+    );
     assert_eq!(p.state_of("1"), "crashed");
+    assert_eq!(p.status()[0]["exit_code"], 125);
+    // Lines continue across items (`\`), and `set -e` in setup does not leak into the command.
+    p.write(
+        "neronet.yaml",
+        "command: echo start; false; echo A=$A\nclusters:\n  local:\n    setup: ['set -e', 'export A=7 \\', '  B=8']\n",
+    );
+    p.ok(&["restart", "1", "--wait"]);
+    assert_eq!(p.ok(&["logs", "1"]), "start\nA=7\n");
 }
 
 /// Regressions: results.xlsx went stale when only `status` saw runs end, and its history sheet
