@@ -44,13 +44,14 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub poll_interval: Option<String>,
     #[serde(default)]
-    pub requeue: bool,
+    pub requeue: Option<bool>,
     #[serde(default)]
     pub slurm: BTreeMap<String, Scalar>,
     #[serde(default)]
     pub sge: BTreeMap<String, Scalar>,
+    /// `None` when not written (a user default may apply); `Some(vec![])` clears it.
     #[serde(default)]
-    pub setup: Vec<String>,
+    pub setup: Option<Vec<String>>,
     /// Seconds between SIGTERM and SIGKILL when a job is stopped.
     #[serde(default)]
     pub grace: Option<String>,
@@ -265,11 +266,6 @@ impl Config {
                     })?;
                 }
             }
-            if c.warden != Warden::Local || c.ssh.is_some() {
-                return Err(bad(format!(
-                    "clusters.{name}: remote clusters (ssh, slurm, sge) are not supported yet by this version; only local runs"
-                )));
-            }
         }
         if let Some(e) = &self.email {
             e.validate().map_err(|m| bad(format!("email.{m}")))?;
@@ -305,6 +301,11 @@ impl Config {
 }
 
 impl ClusterConfig {
+    /// Whether this version can run jobs there (only the `local` warden exists yet).
+    pub fn is_supported(&self) -> bool {
+        self.warden == Warden::Local && self.ssh.is_none()
+    }
+
     /// The project's settings for a cluster over the user's: key by key, the project's wins
     /// where it says something (so `max_parallel: 2` in a project keeps the user's `setup`).
     fn overlay(self, p: ClusterConfig) -> ClusterConfig {
@@ -322,14 +323,10 @@ impl ClusterConfig {
             workdir: p.workdir.or(self.workdir),
             max_parallel: p.max_parallel.or(self.max_parallel),
             poll_interval: p.poll_interval.or(self.poll_interval),
-            requeue: p.requeue || self.requeue,
+            requeue: p.requeue.or(self.requeue),
             slurm,
             sge,
-            setup: if p.setup.is_empty() {
-                self.setup
-            } else {
-                p.setup
-            },
+            setup: p.setup.or(self.setup),
             grace: p.grace.or(self.grace),
         }
     }

@@ -205,6 +205,18 @@ impl Project {
             message,
         };
         let cluster = row.cluster.clone().unwrap_or_else(|| "local".into());
+        // A remote cluster in the user's defaults must not stop projects that never use it.
+        if self
+            .config
+            .clusters
+            .get(&cluster)
+            .is_some_and(|c| !c.is_supported())
+        {
+            problems.push(problem(
+                &row.cluster_cell,
+                format!("cluster {cluster:?} is remote (ssh, slurm or sge): this version runs jobs on this machine only"),
+            ));
+        }
         if !self.config.clusters.contains_key(&cluster) {
             let known: Vec<&str> = self.config.clusters.keys().map(String::as_str).collect();
             problems.push(problem(
@@ -383,7 +395,7 @@ impl Project {
             command,
             cwd: Some(self.dir.display().to_string()),
             env,
-            setup: cluster.setup.clone(),
+            setup: cluster.setup.clone().unwrap_or_default(),
             kid: KidSpec {
                 id: exp.row.id.clone(),
                 params,

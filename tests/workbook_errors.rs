@@ -233,6 +233,33 @@ fn user_defaults_merge_key_by_key_and_errors_name_their_file() {
         p.user_config("clusters:\n  local:\n    setup: ['export FROM_USER=yes']\n    grace: 3s\n");
     p.ok(&["start", "1", "--wait"]);
     assert_eq!(p.ok(&["logs", "1"]), "from_user=yes\n");
+    // `setup: []` in the project clears the user's lines; a remote cluster in the user's file
+    // only matters to rows that use it.
+    p.write(
+        "neronet.yaml",
+        "command: echo from_user=$FROM_USER\nclusters:\n  local:\n    setup: []\n",
+    );
+    p.user_config(
+        "clusters:\n  local:\n    setup: ['export FROM_USER=yes']\n  hpc:\n    ssh: me@hpc\n    warden: slurm\n",
+    );
+    p.ok(&["restart", "1", "--wait"]);
+    assert_eq!(p.ok(&["logs", "1"]), "from_user=\n");
+    p.workbook(
+        &["id", "status", "cluster"],
+        &[
+            vec![V::N(1.0), V::E, V::E],
+            vec![V::N(2.0), V::E, V::S("hpc")],
+        ],
+    );
+    let st = p.status();
+    assert_eq!(st[1]["state"], "invalid");
+    assert!(
+        st[1]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("cluster \"hpc\" is remote"),
+        "{st:?}"
+    );
     p.user_config("clusters:\n  local:\n    grace: soon\n");
     let out = p.neroman(&["status"]);
     let err = String::from_utf8_lossy(&out.stderr);
