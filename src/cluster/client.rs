@@ -19,7 +19,7 @@ pub enum ClientError {
         #[source]
         err: std::io::Error,
     },
-    #[error("neromum for {workdir} did not come up (waited up to {secs}s); its log ends with:\n{log_tail}")]
+    #[error("neromum for {workdir} did not answer (gave up after {secs}s); its log ends with:\n{log_tail}")]
     NoAnswer {
         workdir: PathBuf,
         secs: u64,
@@ -36,6 +36,11 @@ pub enum ClientError {
     #[error("unexpected reply from neromum: {0}")]
     Unexpected(String),
 }
+
+/// How long the version handshake may take before a mum counts as not answering.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take (a large sync batch included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to find and start a local mum.
 #[derive(Debug, Clone)]
@@ -103,7 +108,8 @@ impl MumClient {
             workdir: m.workdir.clone(),
             err,
         })?;
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let started_at = Instant::now();
+        let deadline = started_at + Duration::from_secs(15);
         let mut exited_at: Option<Instant> = None;
         loop {
             // Ours, or another mum that won a start race (ours then exits: the workdir is locked).
@@ -124,7 +130,7 @@ impl MumClient {
                 let tail: Vec<&str> = log.lines().rev().take(8).collect();
                 return Err(ClientError::NoAnswer {
                     workdir: m.workdir.clone(),
-                    secs: 15,
+                    secs: started_at.elapsed().as_secs(),
                     log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
                 });
             }
@@ -143,7 +149,8 @@ impl MumClient {
             err,
         };
         stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
+            // A live mum answers hello at once; one that does not (stopped, wedged) is not waited on.
+            .set_read_timeout(Some(HELLO_TIMEOUT))
             .map_err(|e| wire(e.into()))?;
         let mut writer = stream.try_clone().map_err(|e| wire(e.into()))?;
         let mut reader = BufReader::new(stream);
@@ -155,6 +162,7 @@ impl MumClient {
         send(&mut writer, &Request::from(hello)).map_err(wire)?;
         match recv::<Response>(&mut reader).map_err(wire)? {
             Response::Hello(h) if h.version == PROTOCOL_VERSION => {
+                reader.get_ref().set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| wire(e.into()))?;
                 Ok(MumClient { workdir: workdir.to_path_buf(), reader, writer, hello: h, started })
             }
             Response::Hello(h) => Err(ClientError::Refused(format!(
