@@ -133,9 +133,7 @@ fn max_parallel_queues_the_rest() {
             == 2
     });
     assert_eq!(p.state_of("c"), "queued", "third waits for a slot");
-    wait_until("all finished", Duration::from_secs(60), || {
-        p.status().iter().all(|e| e["state"] == "finished")
-    });
+    p.wait_all("finished", Duration::from_secs(60));
 }
 
 #[test]
@@ -183,9 +181,7 @@ fn kill_9_of_mum_loses_nothing() {
     );
     assert!(String::from_utf8_lossy(&status.stderr).contains("started it again"));
     assert_ne!(p.mum_pid(), Some(pid));
-    wait_until("all finished", Duration::from_secs(60), || {
-        p.status().iter().all(|e| e["state"] == "finished")
-    });
+    p.wait_all("finished", Duration::from_secs(60));
     for e in p.status() {
         // Runs of 1-2 s get at least the first resource sample (taken at 1 s).
         assert!(
@@ -379,9 +375,7 @@ fn parallel_starts_share_one_mum() {
             s.spawn(move || p.ok(&["start", id]));
         }
     });
-    wait_until("all finished", Duration::from_secs(30), || {
-        p.status().iter().all(|e| e["state"] == "finished")
-    });
+    p.wait_all("finished", Duration::from_secs(30));
 }
 
 /// Regression: after the agent's workdir was lost, runs it held stayed queued/running forever.

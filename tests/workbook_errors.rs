@@ -167,22 +167,7 @@ fn ods_workbooks_read_too() {
         &[vec![V::N(1.0), V::E, V::S("hello world")]],
     );
     // A real LibreOffice makes the .ods.
-    let out = std::process::Command::new(common::soffice())
-        .arg("--headless")
-        .arg(format!(
-            "-env:UserInstallation=file://{}/lo-profile",
-            p.dir.display()
-        ))
-        .args(["--convert-to", "ods", "--outdir"])
-        .arg(&p.dir)
-        .arg(p.path("book.xlsx"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::soffice_convert(&p.path("book.xlsx"), "ods", &p.dir, &p.path("lo-profile"));
     p.write("neronet.yaml", "workbook: book.ods\ncommand: echo {x}\n");
     // (A formula error in an .ods is caught too: see ods_formula_errors_make_the_row_invalid.)
     // init's template is not needed: the config names the workbook.
@@ -275,22 +260,7 @@ fn ods_formula_errors_make_the_row_invalid() {
     let p = Project::new("ods-error", "workbook: book.ods\ncommand: echo {x}\n");
     let csv = p.path("book.csv");
     std::fs::write(&csv, "id,status,x\n1,,=1/0\n2,,fine\n").unwrap();
-    let out = std::process::Command::new(common::soffice())
-        .arg("--headless")
-        .arg(format!(
-            "-env:UserInstallation=file://{}/lo-profile",
-            p.dir.display()
-        ))
-        .args(["--convert-to", "ods", "--outdir"])
-        .arg(&p.dir)
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::soffice_convert(&csv, "ods", &p.dir, &p.path("lo-profile"));
     let out = p.neroman(&["start", "all", "--wait"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub fn run(dir: &Path, id: &str, follow: bool, stderr: bool) -> anyhow::Result<i32> {
-    let (project, exps, _) = open_synced(dir)?;
+    let (project, exps, sync) = open_synced(dir)?;
+    super::refresh_results(&project, &exps, &sync);
     let Some(exp) = exps.get(id) else {
         anyhow::bail!("no experiment has the id {id:?}");
     };

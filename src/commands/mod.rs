@@ -41,13 +41,17 @@ pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), Cor
     for p in exps.problems() {
         tracing::warn!("{p}");
     }
-    // Whatever command brought news from the agents also brings results.xlsx up to date.
+    Ok((project, exps, sync))
+}
+
+/// For commands that do not write results.xlsx themselves (`status`, `logs`): when the sync
+/// brought news from the agents, bring the workbook up to date too.
+pub fn refresh_results(project: &Project, exps: &Experiments, sync: &SyncReport) {
     if !sync.changes.is_empty() || sync.metric_values > 0 {
-        if let Err(e) = crate::view::write_results(&project, &exps) {
+        if let Err(e) = crate::view::write_results(project, exps) {
             tracing::warn!("results.xlsx not updated: {}", crate::util::error_chain(&e));
         }
     }
-    Ok((project, exps, sync))
 }
 
 /// Print state changes as they happen, one line each.

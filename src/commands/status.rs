@@ -4,7 +4,8 @@ use super::{exit, open_synced};
 use std::path::Path;
 
 pub fn run(dir: &Path, selection: Option<&str>, json: bool) -> anyhow::Result<i32> {
-    let (project, exps, _) = open_synced(dir)?;
+    let (project, exps, sync) = open_synced(dir)?;
+    super::refresh_results(&project, &exps, &sync);
     let sel = match selection {
         Some(s) => Some(super::act::parse(&project, &exps, s)?),
         None => None,

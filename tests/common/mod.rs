@@ -142,6 +142,13 @@ impl Project {
             .unwrap_or_else(|| panic!("no experiment {id} in status"))
     }
 
+    /// Poll until every experiment is in `state`.
+    pub fn wait_all(&self, state: &str, timeout: Duration) {
+        wait_until(&format!("all {state}"), timeout, || {
+            self.status().iter().all(|e| e["state"] == state)
+        });
+    }
+
     /// Poll until experiment `id` is in `state` (20 s at most).
     pub fn wait_for_state(&self, id: &str, state: &str) {
         wait_until(
@@ -249,6 +256,29 @@ pub fn soffice() -> PathBuf {
     found.expect("LibreOffice (soffice) is required by this test: run the README's test command, which installs it")
 }
 
+/// Convert `src` with a real LibreOffice (a private profile) into `out_dir`; fails on any
+/// complaint. Returns what soffice printed on stderr.
+pub fn soffice_convert(src: &Path, format: &str, out_dir: &Path, profile: &Path) -> String {
+    let out = Command::new(soffice())
+        .arg("--headless")
+        .arg(format!(
+            "-env:UserInstallation=file://{}",
+            profile.display()
+        ))
+        .args(["--convert-to", format, "--outdir"])
+        .arg(out_dir)
+        .arg(src)
+        .output()
+        .expect("run soffice");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "soffice failed on {}: {stderr}",
+        src.display()
+    );
+    stderr
+}
+
 /// Convert one sheet of a workbook to CSV with a real LibreOffice; fails on any complaint.
 pub fn soffice_csv(book: &Path, sheet_index: usize) -> String {
     let out_dir = book.parent().unwrap().join(format!("csv-{}", unique()));
@@ -259,25 +289,7 @@ pub fn soffice_csv(book: &Path, sheet_index: usize) -> String {
         "csv:Text - txt - csv (StarCalc):44,34,76,1,,0,false,true,false,false,false,{}",
         sheet_index + 1
     );
-    let out = Command::new(soffice())
-        .arg("--headless")
-        .arg(format!(
-            "-env:UserInstallation=file://{}",
-            profile.display()
-        ))
-        .arg("--convert-to")
-        .arg(&filter)
-        .arg("--outdir")
-        .arg(&out_dir)
-        .arg(book)
-        .output()
-        .expect("run soffice");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "soffice failed on {}: {stderr}",
-        book.display()
-    );
+    let stderr = soffice_convert(book, &filter, &out_dir, &profile);
     let stem = book.file_stem().unwrap().to_string_lossy();
     let csv = std::fs::read_dir(&out_dir)
         .unwrap()
