@@ -189,11 +189,11 @@ pub fn act(
             cluster: cluster.clone(),
             err,
         })?;
-        project.sync_with(&cluster, &mut client, &mut sync)?;
+        project.sync_with(&cluster, &mut client, &mut sync, std::time::Duration::ZERO)?;
     }
     for (cluster, runs) in to_abort {
         let mut client = project.connect(&cluster)?;
-        project.sync_with(&cluster, &mut client, &mut sync)?;
+        project.sync_with(&cluster, &mut client, &mut sync, std::time::Duration::ZERO)?;
         client
             .abort(runs.iter().map(|(_, uid)| uid.clone()).collect())
             .map_err(|err| CoreError::Cluster {
@@ -201,7 +201,7 @@ pub fn act(
                 err,
             })?;
         report.aborted.extend(runs);
-        project.sync_with(&cluster, &mut client, &mut sync)?;
+        project.sync_with(&cluster, &mut client, &mut sync, std::time::Duration::ZERO)?;
     }
     Ok((report, sync))
 }

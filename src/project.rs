@@ -2,7 +2,7 @@
 //! Reads and validates the workbook rows against the config (the checks that need both), renders
 //! each row's command with shell-quoted values, and syncs the store from each cluster's mum.
 
-use crate::cluster::client::{ClientError, LocalMum, MumClient};
+use crate::cluster::client::{ClientError, LocalMum, MumClient, Transport};
 use crate::cluster::protocol::RunSpec;
 use crate::cluster::sibling_binary;
 use crate::config::{Config, ConfigError};
@@ -88,6 +88,8 @@ pub struct SyncReport {
     pub restarted_mum: Vec<String>,
     /// Clusters that could not be reached: (cluster, why). What the store knew still stands.
     pub unreachable: Vec<(String, String)>,
+    /// Agents that answered but cannot do their work (a full disk): (cluster, why).
+    pub agent_problems: Vec<(String, String)>,
 }
 
 impl Project {
@@ -287,16 +289,119 @@ impl Project {
             Some(w) => self.dir.join(w),
             None => self.dir.join(STATE_DIR).join(format!("mum-{cluster}")),
         };
+        let mum_binary = sibling_binary("neromum");
+        let kid_binary = sibling_binary("nerokid");
+        let max_parallel = c.max_parallel.unwrap_or_else(default_parallel);
+        let idle_exit_secs = std::env::var("NERONET_MUM_IDLE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(900);
+        // The remote transport, exercised on this machine: a bridge process whose stdin/stdout
+        // carry the protocol, started through `sh -c` exactly as `ssh host ...` would run it.
+        let transport = match std::env::var("NERONET_TRANSPORT").as_deref() {
+            Ok("bridge") => Transport::Bridge {
+                program: PathBuf::from("sh"),
+                args: vec![
+                    "-c".into(),
+                    "exec \"$0\" bridge --workdir \"$1\" --kid \"$2\" --max-parallel \"$3\" --idle-exit \"$4\"".into(),
+                    mum_binary.display().to_string(),
+                    workdir.display().to_string(),
+                    kid_binary.display().to_string(),
+                    max_parallel.to_string(),
+                    idle_exit_secs.to_string(),
+                ],
+            },
+            _ => Transport::Socket,
+        };
         LocalMum {
             workdir,
-            mum_binary: sibling_binary("neromum"),
-            kid_binary: sibling_binary("nerokid"),
-            max_parallel: c.max_parallel.unwrap_or_else(default_parallel),
-            idle_exit_secs: std::env::var("NERONET_MUM_IDLE_SECS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(900),
+            mum_binary,
+            kid_binary,
+            max_parallel,
+            idle_exit_secs,
+            project: Some(self.project_id()),
+            transport,
         }
+    }
+
+    /// The project's stable id, created on first use (`.neronet/project-id`).
+    pub fn project_id(&self) -> String {
+        let path = self.dir.join(STATE_DIR).join("project-id");
+        if let Ok(id) = std::fs::read_to_string(&path) {
+            if !id.trim().is_empty() {
+                return id.trim().to_string();
+            }
+        }
+        let mut bytes = [0u8; 16];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+        }
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        // Two first uses at once: the first write wins and both read it back.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, id.as_bytes()));
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(id)
+    }
+
+    /// Stop the agents of this project's clusters (runs in flight keep going; the next command
+    /// starts an agent again, which adopts them). Returns (cluster, what happened).
+    pub fn stop_agents(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for cluster in self.config.clusters.keys() {
+            let m = self.local_mum(cluster);
+            let sock = crate::cluster::socket_path(&m.workdir);
+            if m.transport == Transport::Socket && std::os::unix::net::UnixStream::connect(&sock).is_err() {
+                out.push((cluster.clone(), "no agent running".into()));
+                continue;
+            }
+            let outcome = MumClient::connect_or_start(&m).and_then(|c| {
+                let pid = c.hello.pid;
+                let (q, r) = (c.hello.queued, c.hello.running);
+                c.shutdown()?;
+                Ok(format!("stopped neromum pid {pid} ({r} runs in flight keep going, {q} queued)"))
+            });
+            out.push((
+                cluster.clone(),
+                outcome.unwrap_or_else(|e| crate::util::error_chain(&e)),
+            ));
+        }
+        out
+    }
+
+    /// Say what each cluster's agent is doing, without starting one.
+    pub fn agents(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for cluster in self.config.clusters.keys() {
+            let m = self.local_mum(cluster);
+            let sock = crate::cluster::socket_path(&m.workdir);
+            if m.transport == Transport::Socket && std::os::unix::net::UnixStream::connect(&sock).is_err() {
+                out.push((cluster.clone(), format!("no agent running ({})", m.workdir.display())));
+                continue;
+            }
+            let line = match MumClient::connect_or_start(&m) {
+                Ok(c) => {
+                    let h = &c.hello;
+                    let mut line = format!(
+                        "neromum {} pid {}, {} running, {} queued, journal at {} ({})",
+                        h.mum_version, h.pid, h.running, h.queued, h.last_seq, h.workdir
+                    );
+                    if let Some(why) = &h.health {
+                        line.push_str(&format!("; PROBLEM: {why}"));
+                    }
+                    line
+                }
+                Err(e) => crate::util::error_chain(&e),
+            };
+            out.push((cluster.clone(), line));
+        }
+        out
     }
 
     pub fn connect(&self, cluster: &str) -> Result<MumClient, CoreError> {
@@ -331,7 +436,60 @@ impl Project {
             if client.started {
                 report.restarted_mum.push(cluster.clone());
             }
-            self.sync_with(&cluster, &mut client, &mut report)?;
+            self.sync_with(&cluster, &mut client, &mut report, std::time::Duration::ZERO)?;
+        }
+        Ok(report)
+    }
+
+    /// Like [`Project::sync`], keeping one connection per cluster in `clients` across calls and
+    /// long-polling: with one cluster, waits up to `wait` for news (no polling loop).
+    pub fn sync_held(
+        &mut self,
+        clients: &mut BTreeMap<String, MumClient>,
+        wait: std::time::Duration,
+    ) -> Result<SyncReport, CoreError> {
+        let mut clusters: Vec<String> = self
+            .store
+            .active_runs()?
+            .into_iter()
+            .map(|r| r.cluster)
+            .collect();
+        clusters.sort();
+        clusters.dedup();
+        let wait = if clusters.len() == 1 {
+            wait
+        } else {
+            std::time::Duration::ZERO
+        };
+        let mut report = SyncReport::default();
+        for cluster in clusters {
+            if !clients.contains_key(&cluster) {
+                match self.connect(&cluster) {
+                    Ok(c) => {
+                        if c.started {
+                            report.restarted_mum.push(cluster.clone());
+                        }
+                        clients.insert(cluster.clone(), c);
+                    }
+                    Err(e) => {
+                        report
+                            .unreachable
+                            .push((cluster.clone(), crate::util::error_chain(&e)));
+                        continue;
+                    }
+                }
+            }
+            let client = clients.get_mut(&cluster).expect("inserted above");
+            if let Err(e) = self.sync_with(&cluster, client, &mut report, wait) {
+                // A dropped connection: the next round reconnects (starting mum if needed).
+                clients.remove(&cluster);
+                match e {
+                    CoreError::Cluster { err, .. } => report
+                        .unreachable
+                        .push((cluster.clone(), crate::util::error_chain(&err))),
+                    other => return Err(other),
+                }
+            }
         }
         Ok(report)
     }
@@ -342,6 +500,7 @@ impl Project {
         cluster: &str,
         client: &mut MumClient,
         report: &mut SyncReport,
+        wait: std::time::Duration,
     ) -> Result<(), CoreError> {
         let cerr = |err| CoreError::Cluster {
             cluster: cluster.into(),
@@ -352,14 +511,34 @@ impl Project {
             Some((e, seq)) if e == epoch => seq,
             _ => 0,
         };
+        // The agent's journal is shorter than what we stored from it (restored from a backup,
+        // cut by hand): what it writes next reuses numbers we have seen. Take those, not skip them.
+        let mut floor = None;
+        if since > client.hello.last_seq {
+            tracing::warn!(
+                "cluster {cluster}: the agent's journal ends at {} but {since} entries were stored from it; syncing from {}",
+                client.hello.last_seq,
+                client.hello.last_seq
+            );
+            since = client.hello.last_seq;
+            floor = Some(since);
+        }
+        let mut wait = wait;
         loop {
-            let batch = client.sync(since).map_err(cerr)?;
+            let batch = client.sync(since, Some(since), wait).map_err(cerr)?;
+            wait = std::time::Duration::ZERO;
+            if let Some(why) = &batch.health {
+                if !report.agent_problems.iter().any(|(c, _)| c == cluster) {
+                    report.agent_problems.push((cluster.to_string(), why.clone()));
+                }
+            }
             // Another neroman may have applied part of this already: the store says how far.
-            since = apply_entries(&mut self.store, cluster, &epoch, &batch.entries, report)?;
+            since = apply_entries(&mut self.store, cluster, &epoch, &batch.entries, report, floor.take())?;
             if !batch.more {
                 break;
             }
         }
+        // Each request acknowledges what was stored before it (mum may compact up to there).
         // Runs we recorded but mum never confirmed (we died between the two): send them again.
         let stale = self.store.unconfirmed_specs(cluster, now() - 5.0)?;
         if !stale.is_empty() {
@@ -554,13 +733,14 @@ fn apply_entries(
     epoch: &str,
     entries: &[crate::cluster::protocol::JournalEntry],
     report: &mut SyncReport,
+    floor: Option<u64>,
 ) -> Result<u64, CoreError> {
     use crate::cluster::protocol::MumEvent;
     use tx::RunColumn;
     let mut cache: HashMap<String, Option<crate::store::RunRow>> = HashMap::new();
     let tx = store.transaction()?;
     let applied = match tx::sync_point(&tx, cluster)? {
-        Some((e, seq)) if e == epoch => seq,
+        Some((e, seq)) if e == epoch => floor.map_or(seq, |f| seq.min(f)),
         Some(_) => {
             // The agent's journal is not the one we synced from (its workdir was wiped): runs it
             // held cannot be followed any more. Runs it never confirmed are resubmitted later.

@@ -164,7 +164,7 @@ impl RunState {
                 }),
                 _ => None,
             },
-            MumEvent::Launched { .. } | MumEvent::AbortSent => None,
+            MumEvent::Launching | MumEvent::Launched { .. } | MumEvent::AbortSent => None,
             MumEvent::Cancelled => Some(RunState::Aborted {
                 at: t,
                 started_at,

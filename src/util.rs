@@ -59,3 +59,30 @@ pub fn human_duration(secs: f64) -> String {
         _ => format!("{}d {:02}h", s / 86400, (s % 86400) / 3600),
     }
 }
+
+/// Die here, like `kill -9`, when `NERONET_FAILPOINT` names this step (`step`, or `step@N` for
+/// its N-th time). Turns "a crash at any line" into deterministic tests; costs one atomic load
+/// when unset.
+pub fn failpoint(step: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let spec = SPEC.get_or_init(|| {
+        let v = std::env::var("NERONET_FAILPOINT").ok()?;
+        let (name, n) = match v.split_once('@') {
+            Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
+            None => (v, 1),
+        };
+        Some((name, n))
+    });
+    if let Some((name, n)) = spec {
+        if name == step && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+            tracing::error!("failpoint {step}: dying as if killed");
+            // SAFETY: sending SIGKILL to ourselves; nothing after it runs.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}

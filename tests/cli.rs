@@ -145,7 +145,7 @@ fn mum_refuses_another_protocol_version() {
 /// and the run started later when neroman resubmitted it.
 #[test]
 fn mum_remembers_an_abort_that_came_before_the_run() {
-    use neronet::cluster::client::{LocalMum, MumClient};
+    use neronet::cluster::client::{LocalMum, MumClient, Transport};
     use neronet::cluster::protocol::{MumEvent, RunSpec};
     let p = Project::new("early-abort", "");
     let bin = common::neroman_bin();
@@ -155,6 +155,8 @@ fn mum_remembers_an_abort_that_came_before_the_run() {
         kid_binary: common::nerokid_bin(),
         max_parallel: 2,
         idle_exit_secs: 30,
+        project: None,
+        transport: Transport::Socket,
     };
     let mut client = MumClient::connect_or_start(&mum).unwrap();
     client.abort(vec!["x.1".into()]).unwrap();
@@ -177,7 +179,7 @@ fn mum_remembers_an_abort_that_came_before_the_run() {
         p.path("y-started").exists()
     });
     let x_events: Vec<MumEvent> = client
-        .sync(0)
+        .sync(0, None, Duration::ZERO)
         .unwrap()
         .entries
         .into_iter()

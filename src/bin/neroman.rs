@@ -91,6 +91,12 @@ enum Cmd {
     },
     /// Write results.xlsx now.
     Results,
+    /// Show each cluster's agent (neromum): pid, runs, journal, problems. Starts none.
+    Agents {
+        /// Stop the agents (runs in flight keep going; the next command adopts them).
+        #[arg(long)]
+        stop: bool,
+    },
     /// Run the whole loop on this machine with the embedded sample project (in --dir, or a new
     /// temporary directory).
     Demo,
@@ -134,7 +140,12 @@ fn main() {
         }
         (
             Some(
-                Cmd::Init { .. } | Cmd::Status { .. } | Cmd::Logs { .. } | Cmd::Results | Cmd::Demo,
+                Cmd::Init { .. }
+                | Cmd::Status { .. }
+                | Cmd::Logs { .. }
+                | Cmd::Results
+                | Cmd::Agents { .. }
+                | Cmd::Demo,
             ),
             _,
         ) if cli.wait => {
@@ -165,6 +176,7 @@ fn main() {
             }
             Cmd::Logs { id, follow, stderr } => commands::logs::run(&dir, &id, follow, stderr),
             Cmd::Results => commands::results::run(&dir),
+            Cmd::Agents { stop } => commands::agents::run(&dir, stop),
             // The demo makes a fresh project: in --dir when given, else in a new temporary directory.
             Cmd::Demo => commands::demo::run(cli.dir.as_deref()),
         },

@@ -1,7 +1,9 @@
-//! `neromum serve --workdir DIR`: the cluster agent (see `neronet::cluster::mum`).
-//! Usually started by neroman, detached; runs until idle.
+//! `neromum serve --workdir DIR`: the cluster agent (see `neronet::cluster::mum`), usually started
+//! by neroman, detached; runs until idle or SIGTERM. `neromum bridge --workdir DIR`: stdin/stdout
+//! joined to that agent's socket (starting it when none answers), for `ssh host neromum bridge`.
 
 use clap::{Parser, Subcommand};
+use neronet::cluster::client::{LocalMum, Transport};
 use neronet::cluster::mum::{serve, MumOptions};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve one workdir until idle.
+    /// Serve one workdir until idle (or SIGTERM).
     Serve {
         #[arg(long)]
         workdir: PathBuf,
@@ -32,35 +34,68 @@ enum Cmd {
         #[arg(long, default_value_t = 900)]
         idle_exit: u64,
     },
+    /// Join stdin/stdout to the workdir's agent, starting it when none answers.
+    Bridge {
+        #[arg(long)]
+        workdir: PathBuf,
+        /// The nerokid binary job scripts run (when the agent has to be started).
+        #[arg(long)]
+        kid: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        max_parallel: u32,
+        #[arg(long, default_value_t = 900)]
+        idle_exit: u64,
+    },
 }
 
 fn main() {
+    let cli = Cli::parse();
+    let bridging = matches!(cli.command, Cmd::Bridge { .. });
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // stderr of a bridge reaches the user through ssh: only what matters.
+                if bridging { "warn" } else { "info" }.into()
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let Cli {
-        command:
-            Cmd::Serve {
-                workdir,
-                kid,
-                max_parallel,
-                idle_exit,
-            },
-    } = Cli::parse();
-    let workdir = std::path::absolute(&workdir).unwrap_or(workdir);
-    let opts = MumOptions {
-        workdir,
-        kid_binary: kid.unwrap_or_else(|| neronet::cluster::sibling_binary("nerokid")),
-        idle_exit: Duration::from_secs(idle_exit),
-        tick: Duration::from_millis(200),
-        max_parallel: max_parallel.max(1),
+    let kid_or_sibling =
+        |kid: Option<PathBuf>| kid.unwrap_or_else(|| neronet::cluster::sibling_binary("nerokid"));
+    let result = match cli.command {
+        Cmd::Serve {
+            workdir,
+            kid,
+            max_parallel,
+            idle_exit,
+        } => serve(MumOptions {
+            workdir: std::path::absolute(&workdir).unwrap_or(workdir),
+            kid_binary: kid_or_sibling(kid),
+            idle_exit: Duration::from_secs(idle_exit),
+            tick: Duration::from_millis(200),
+            max_parallel: max_parallel.max(1),
+        })
+        .map_err(|e| neronet::util::error_chain(&e)),
+        Cmd::Bridge {
+            workdir,
+            kid,
+            max_parallel,
+            idle_exit,
+        } => neronet::cluster::bridge::run(&LocalMum {
+            workdir: std::path::absolute(&workdir).unwrap_or(workdir),
+            mum_binary: std::env::current_exe()
+                .unwrap_or_else(|_| PathBuf::from("neromum")),
+            kid_binary: kid_or_sibling(kid),
+            max_parallel: max_parallel.max(1),
+            idle_exit_secs: idle_exit,
+            project: None,
+            transport: Transport::Socket,
+        })
+        .map_err(|e| neronet::util::error_chain(&e)),
     };
-    if let Err(e) = serve(opts) {
-        eprintln!("neromum: {}", neronet::util::error_chain(&e));
+    if let Err(e) = result {
+        eprintln!("neromum: {e}");
         std::process::exit(1);
     }
 }

@@ -1,13 +1,19 @@
-//! neroman's side of a mum connection: connect to the socket, start a detached mum when none
-//! answers, do the version handshake, and make typed requests.
+//! neroman's side of a mum connection: reach the mum (its unix socket, or a bridge process whose
+//! stdin/stdout carry the same protocol), start one when none answers, do the version handshake,
+//! and make typed requests.
+//!
+//! Versions: a mum that speaks an older protocol is asked to hand over (the frozen `hello` +
+//! `shutdown` pair), then a mum of this version starts and adopts its runs from the journal. A
+//! mum that speaks a newer protocol is left alone, with a message to upgrade neroman. A mum that
+//! holds its workdir but does not answer is reported, never doubled.
 
 use crate::cluster::protocol::*;
 use crate::cluster::socket_path;
-use std::io::BufReader;
+use crate::cluster::transport::Connection;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +25,7 @@ pub enum ClientError {
         #[source]
         err: std::io::Error,
     },
-    #[error("neromum for {workdir} did not answer (gave up after {secs}s); its log ends with:\n{log_tail}")]
+    #[error("neromum for {workdir} did not answer (gave up after {secs}s); {log_tail}")]
     NoAnswer {
         workdir: PathBuf,
         secs: u64,
@@ -31,6 +37,20 @@ pub enum ClientError {
         #[source]
         err: WireError,
     },
+    #[error("neromum {mum_version} at {workdir} speaks protocol {version}, newer than this neroman's {PROTOCOL_VERSION}: upgrade neroman (the agent was left running)")]
+    NewerMum {
+        workdir: PathBuf,
+        mum_version: String,
+        version: u32,
+    },
+    #[error("neromum at {workdir} (pid {pid}) holds its workdir but does not answer ({why}); not starting a second one — stop it (kill {pid}) if it is wedged")]
+    Wedged {
+        workdir: PathBuf,
+        pid: String,
+        why: String,
+    },
+    #[error("{transport} printed text where neromum's answer should be (a chatty shell startup file such as .bashrc? make it quiet for non-interactive shells): {text:?}")]
+    Preamble { transport: String, text: String },
     #[error("neromum refused: {0}")]
     Refused(String),
     #[error("unexpected reply from neromum: {0}")]
@@ -39,10 +59,23 @@ pub enum ClientError {
 
 /// How long the version handshake may take before a mum counts as not answering.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one request may take (a large sync batch included).
+/// A bridge may first start a mum: its hello may take this long.
+const BRIDGE_HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one request may take beyond its own long-poll wait (a large sync batch included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines of shell noise tolerated before the hello reply.
+const MAX_PREAMBLE_LINES: usize = 200;
 
-/// How to find and start a local mum.
+/// How neroman reaches the mum.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// The mum's unix socket on this machine.
+    Socket,
+    /// A command whose stdin/stdout is a bridge to the mum (`ssh host neromum bridge ...`).
+    Bridge { program: PathBuf, args: Vec<String> },
+}
+
+/// How to find and start a mum.
 #[derive(Debug, Clone)]
 pub struct LocalMum {
     pub workdir: PathBuf,
@@ -50,74 +83,63 @@ pub struct LocalMum {
     pub kid_binary: PathBuf,
     pub max_parallel: u32,
     pub idle_exit_secs: u64,
+    /// The project's stable id (mum compacts only what every project has stored).
+    pub project: Option<String>,
+    pub transport: Transport,
 }
 
 pub struct MumClient {
     workdir: PathBuf,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    conn: Connection,
     pub hello: HelloReply,
     /// True when this call had to start the mum.
     pub started: bool,
 }
 
+/// Why a handshake did not give a client.
+enum Handshake {
+    Older { version: u32 },
+    Failed(ClientError),
+}
+
 impl MumClient {
-    /// Connect to the mum of `workdir`, starting one if none answers.
+    /// Connect to the mum of `m.workdir`, starting one if none answers.
     pub fn connect_or_start(m: &LocalMum) -> Result<MumClient, ClientError> {
-        if let Ok(stream) = UnixStream::connect(socket_path(&m.workdir)) {
-            if let Ok(c) = Self::handshake(&m.workdir, stream, m.max_parallel, false) {
-                return Ok(c);
+        match &m.transport {
+            Transport::Socket => Self::connect_socket(m),
+            Transport::Bridge { .. } => Self::connect_bridge(m),
+        }
+    }
+
+    fn connect_socket(m: &LocalMum) -> Result<MumClient, ClientError> {
+        let sock = socket_path(&m.workdir);
+        if let Ok(stream) = UnixStream::connect(&sock) {
+            let conn = Self::socket_conn(m, stream)?;
+            match Self::handshake(m, conn, HELLO_TIMEOUT, false)? {
+                Ok(c) => return Ok(c),
+                Err(Handshake::Older { version }) => {
+                    Self::hand_over(m, version)?;
+                }
+                Err(Handshake::Failed(e)) => return Err(e),
             }
         }
-        std::fs::create_dir_all(&m.workdir).map_err(|err| ClientError::Start {
-            binary: m.mum_binary.clone(),
-            workdir: m.workdir.clone(),
-            err,
-        })?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(m.workdir.join("mum.log"))
-            .map_err(|err| ClientError::Start {
-                binary: m.mum_binary.clone(),
-                workdir: m.workdir.clone(),
-                err,
-            })?;
-        let mut cmd = Command::new(&m.mum_binary);
-        cmd.arg("serve")
-            .arg("--workdir")
-            .arg(&m.workdir)
-            .arg("--kid")
-            .arg(&m.kid_binary)
-            .arg("--max-parallel")
-            .arg(m.max_parallel.to_string())
-            .arg("--idle-exit")
-            .arg(m.idle_exit_secs.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        // SAFETY: setsid is async-signal-safe; detaches mum from the terminal so it outlives neroman.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|err| ClientError::Start {
-            binary: m.mum_binary.clone(),
-            workdir: m.workdir.clone(),
-            err,
-        })?;
+        let mut child = spawn_mum(m)?;
         let started_at = Instant::now();
         let deadline = started_at + Duration::from_secs(15);
         let mut exited_at: Option<Instant> = None;
+        let mut last_error = None;
         loop {
             // Ours, or another mum that won a start race (ours then exits: the workdir is locked).
-            if let Ok(stream) = UnixStream::connect(socket_path(&m.workdir)) {
-                if let Ok(c) = Self::handshake(&m.workdir, stream, m.max_parallel, true) {
-                    // Reap it in the background if it exits while we live; it is detached otherwise.
-                    std::thread::spawn(move || child.wait());
-                    return Ok(c);
+            if let Ok(stream) = UnixStream::connect(&sock) {
+                let conn = Self::socket_conn(m, stream)?;
+                match Self::handshake(m, conn, HELLO_TIMEOUT, true)? {
+                    Ok(c) => {
+                        // Reap it in the background if it exits while we live; it is detached.
+                        std::thread::spawn(move || child.wait());
+                        return Ok(c);
+                    }
+                    Err(Handshake::Failed(e)) => last_error = Some(e),
+                    Err(_) => {}
                 }
             }
             if exited_at.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
@@ -126,67 +148,207 @@ impl MumClient {
             // A mum that exited gets a few seconds for the winner of a race to come up.
             let gave_up = exited_at.is_some_and(|t| t.elapsed() > Duration::from_secs(3));
             if gave_up || Instant::now() > deadline {
-                let log = std::fs::read_to_string(m.workdir.join("mum.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                if let Some(e) = last_error {
+                    return Err(e);
+                }
                 return Err(ClientError::NoAnswer {
                     workdir: m.workdir.clone(),
                     secs: started_at.elapsed().as_secs(),
-                    log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                    log_tail: mum_log_tail(&m.workdir),
                 });
             }
-            std::thread::sleep(Duration::from_millis(30));
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn socket_conn(m: &LocalMum, stream: UnixStream) -> Result<Connection, ClientError> {
+        let describe = format!("unix socket {}", socket_path(&m.workdir).display());
+        Connection::unix(stream, describe).map_err(|e| ClientError::Wire {
+            workdir: m.workdir.clone(),
+            err: e.into(),
+        })
+    }
+
+    fn bridge_conn(m: &LocalMum) -> Result<Connection, ClientError> {
+        let Transport::Bridge { program, args } = &m.transport else {
+            unreachable!("bridge_conn is only called for bridges");
+        };
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| ClientError::Start {
+                binary: program.clone(),
+                workdir: m.workdir.clone(),
+                err,
+            })?;
+        let describe = format!("bridge `{} {}`", program.display(), args.join(" "));
+        Connection::child(child, describe).map_err(|e| ClientError::Wire {
+            workdir: m.workdir.clone(),
+            err: e.into(),
+        })
+    }
+
+    fn connect_bridge(m: &LocalMum) -> Result<MumClient, ClientError> {
+        let conn = Self::bridge_conn(m)?;
+        match Self::handshake(m, conn, BRIDGE_HELLO_TIMEOUT, false)? {
+            Ok(mut c) => {
+                c.started = c.hello.first_connection;
+                Ok(c)
+            }
+            Err(Handshake::Older { version }) => {
+                Self::hand_over(m, version)?;
+                let conn = Self::bridge_conn(m)?;
+                match Self::handshake(m, conn, BRIDGE_HELLO_TIMEOUT, true)? {
+                    Ok(c) => Ok(c),
+                    Err(Handshake::Failed(e)) => Err(e),
+                    Err(_) => Err(ClientError::Refused(
+                        "the older neromum did not hand over".into(),
+                    )),
+                }
+            }
+            Err(Handshake::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Ask an older mum to stop (it speaks `hello` and `shutdown` in its own version); its runs
+    /// keep going and the mum started next adopts them from the journal.
+    fn hand_over(m: &LocalMum, version: u32) -> Result<(), ClientError> {
+        tracing::warn!(
+            "neromum at {} speaks protocol {version}; asking it to hand over to this version",
+            m.workdir.display()
+        );
+        let wire = |err| ClientError::Wire {
+            workdir: m.workdir.clone(),
+            err,
+        };
+        let mut conn = match &m.transport {
+            Transport::Socket => {
+                let stream = UnixStream::connect(socket_path(&m.workdir))
+                    .map_err(|e| wire(e.into()))?;
+                Self::socket_conn(m, stream)?
+            }
+            Transport::Bridge { .. } => Self::bridge_conn(m)?,
+        };
+        let hello = Hello {
+            version,
+            client: format!("neroman {} (handing over)", env!("CARGO_PKG_VERSION")),
+            max_parallel: None,
+            project: None,
+        };
+        conn.send(&Request::Hello(hello)).map_err(wire)?;
+        skip_preamble(&mut conn, BRIDGE_HELLO_TIMEOUT).map_err(wire)?;
+        conn.send(&Request::Shutdown).map_err(wire)?;
+        match conn.recv(HELLO_TIMEOUT).map_err(wire)? {
+            Response::Done => {}
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+        drop(conn);
+        if m.transport == Transport::Socket {
+            // Wait until it has let go of the workdir (its lock goes with the process).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let free = crate::cluster::mum::local::lock_workdir(&m.workdir)
+                    .ok()
+                    .flatten()
+                    .is_some();
+                if free {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     fn handshake(
-        workdir: &Path,
-        stream: UnixStream,
-        max_parallel: u32,
+        m: &LocalMum,
+        mut conn: Connection,
+        timeout: Duration,
         started: bool,
-    ) -> Result<MumClient, ClientError> {
+    ) -> Result<Result<MumClient, Handshake>, ClientError> {
         let wire = |err| ClientError::Wire {
-            workdir: workdir.to_path_buf(),
+            workdir: m.workdir.clone(),
             err,
         };
-        stream
-            // A live mum answers hello at once; one that does not (stopped, wedged) is not waited on.
-            .set_read_timeout(Some(HELLO_TIMEOUT))
-            .map_err(|e| wire(e.into()))?;
-        let mut writer = stream.try_clone().map_err(|e| wire(e.into()))?;
-        let mut reader = BufReader::new(stream);
         let hello = Hello {
             version: PROTOCOL_VERSION,
             client: format!("neroman {}", env!("CARGO_PKG_VERSION")),
-            max_parallel: Some(max_parallel),
+            max_parallel: Some(m.max_parallel),
+            project: m.project.clone(),
         };
-        send(&mut writer, &Request::from(hello)).map_err(wire)?;
-        match recv::<Response>(&mut reader).map_err(wire)? {
-            Response::Hello(h) if h.version == PROTOCOL_VERSION => {
-                reader.get_ref().set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| wire(e.into()))?;
-                Ok(MumClient { workdir: workdir.to_path_buf(), reader, writer, hello: h, started })
+        if let Err(e) = conn.send(&Request::from(hello)) {
+            return Ok(Err(Handshake::Failed(bridge_failure(m, &conn, wire(e)))));
+        }
+        let reply = match skip_preamble(&mut conn, timeout) {
+            Ok(r) => r,
+            Err(WireError::Timeout(_)) if m.transport == Transport::Socket => {
+                let pid = std::fs::read_to_string(m.workdir.join("mum.lock"))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                return Ok(Err(Handshake::Failed(ClientError::Wedged {
+                    workdir: m.workdir.clone(),
+                    pid,
+                    why: format!("no answer to hello within {timeout:?}"),
+                })));
             }
-            Response::Hello(h) => Err(ClientError::Refused(format!(
-                "protocol version mismatch: neromum {} speaks {}, neroman speaks {PROTOCOL_VERSION}",
-                h.mum_version, h.version
-            ))),
-            Response::Error(e) => Err(ClientError::Refused(e.message)),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            Err(WireError::Preamble(text)) => {
+                return Ok(Err(Handshake::Failed(ClientError::Preamble {
+                    transport: conn.describe.clone(),
+                    text,
+                })))
+            }
+            Err(e) => return Ok(Err(Handshake::Failed(bridge_failure(m, &conn, wire(e))))),
+        };
+        match reply {
+            Response::Hello(h) if h.version == PROTOCOL_VERSION => Ok(Ok(MumClient {
+                workdir: m.workdir.clone(),
+                conn,
+                hello: h,
+                started,
+            })),
+            Response::Hello(h) if h.version > PROTOCOL_VERSION => Err(ClientError::NewerMum {
+                workdir: m.workdir.clone(),
+                mum_version: h.mum_version,
+                version: h.version,
+            }),
+            Response::Hello(h) => Ok(Err(Handshake::Older { version: h.version })),
+            // Protocol 1 answered another version with this error and closed the connection.
+            Response::Error(e) => match older_version_in(&e.message) {
+                Some(version) if version < PROTOCOL_VERSION => {
+                    Ok(Err(Handshake::Older { version }))
+                }
+                _ => Ok(Err(Handshake::Failed(ClientError::Refused(e.message)))),
+            },
+            other => Ok(Err(Handshake::Failed(ClientError::Unexpected(format!(
+                "{other:?}"
+            ))))),
         }
     }
 
-    pub fn request(&mut self, req: impl Into<Request>) -> Result<Response, ClientError> {
+    fn request_with_wait(
+        &mut self,
+        req: impl Into<Request>,
+        wait: Duration,
+    ) -> Result<Response, ClientError> {
         let wire = |err| ClientError::Wire {
             workdir: self.workdir.clone(),
             err,
         };
-        send(&mut self.writer, &req.into()).map_err(wire)?;
-        match recv::<Response>(&mut self.reader).map_err(|err| ClientError::Wire {
+        self.conn.send(&req.into()).map_err(wire)?;
+        match self.conn.recv(REQUEST_TIMEOUT + wait).map_err(|err| ClientError::Wire {
             workdir: self.workdir.clone(),
             err,
         })? {
             Response::Error(e) => Err(ClientError::Refused(e.message)),
             r => Ok(r),
         }
+    }
+
+    pub fn request(&mut self, req: impl Into<Request>) -> Result<Response, ClientError> {
+        self.request_with_wait(req, Duration::ZERO)
     }
 
     pub fn submit(&mut self, runs: Vec<RunSpec>) -> Result<Accepted, ClientError> {
@@ -203,10 +365,26 @@ impl MumClient {
         }
     }
 
-    /// One batch of journal entries after `since`.
-    pub fn sync(&mut self, since: u64) -> Result<EventBatch, ClientError> {
-        match self.request(SyncSince { since, max: 5000 })? {
-            Response::Events(b) => Ok(b),
+    /// One batch of journal entries after `since`, waiting up to `wait` for one to exist;
+    /// `ack` tells mum how far this project has stored.
+    pub fn sync(
+        &mut self,
+        since: u64,
+        ack: Option<u64>,
+        wait: Duration,
+    ) -> Result<EventBatch, ClientError> {
+        let wait_ms = wait.as_millis().min(u128::from(MAX_WAIT_MS)) as u32;
+        let q = SyncSince {
+            since,
+            max: 5000,
+            wait_ms,
+            ack,
+        };
+        match self.request_with_wait(q, wait)? {
+            Response::Events(b) => {
+                self.hello.health = b.health.clone();
+                Ok(b)
+            }
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -216,15 +394,138 @@ impl MumClient {
         run: &str,
         stream: LogStream,
         offset: u64,
+        wait: Duration,
     ) -> Result<LogChunk, ClientError> {
-        match self.request(ReadLog {
+        let wait_ms = wait.as_millis().min(u128::from(MAX_WAIT_MS)) as u32;
+        let req = ReadLog {
             run: run.into(),
             stream,
             offset,
             max_bytes: 1 << 20,
-        })? {
+            wait_ms,
+        };
+        match self.request_with_wait(req, wait)? {
             Response::Log(l) => Ok(l),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// Ask the mum to stop (its runs keep going; the next mum adopts them).
+    pub fn shutdown(mut self) -> Result<(), ClientError> {
+        match self.request(Request::Shutdown)? {
+            Response::Done => Ok(()),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+/// Read the reply to hello, skipping text a remote shell printed first (a chatty `.bashrc`). A
+/// line that is not JSON is shell noise; too much of it is an error that shows it.
+fn skip_preamble(conn: &mut Connection, timeout: Duration) -> Result<Response, WireError> {
+    let deadline = Instant::now() + timeout;
+    let mut noise: Vec<String> = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match conn.recv_line(left) {
+            Ok(l) => l,
+            Err(WireError::Closed) if !noise.is_empty() => {
+                return Err(WireError::Preamble(noise.join("\n")))
+            }
+            Err(e) => return Err(e),
+        };
+        let trimmed = String::from_utf8_lossy(&line).trim().to_string();
+        if trimmed.starts_with('{') {
+            let reply = decode::<Response>(&line)?;
+            if !noise.is_empty() {
+                tracing::warn!(
+                    "{} printed {} line(s) before neromum answered (a chatty .bashrc?), ignored: {:?}",
+                    conn.describe,
+                    noise.len(),
+                    noise.join(" / ")
+                );
+            }
+            return Ok(reply);
+        }
+        noise.push(trimmed.chars().take(200).collect());
+        if noise.len() > MAX_PREAMBLE_LINES {
+            return Err(WireError::Preamble(noise.join("\n")));
+        }
+    }
+}
+
+/// Add what a bridge printed on stderr (ssh's own errors) to a failure.
+fn bridge_failure(m: &LocalMum, conn: &Connection, e: ClientError) -> ClientError {
+    let stderr = conn.stderr_text();
+    if stderr.is_empty() {
+        return e;
+    }
+    ClientError::NoAnswer {
+        workdir: m.workdir.clone(),
+        secs: 0,
+        log_tail: format!("{} said: {stderr} ({})", conn.describe, crate::util::error_chain(&e)),
+    }
+}
+
+/// The version in protocol 1's refusal: "protocol version mismatch: neromum X speaks N, ...".
+fn older_version_in(message: &str) -> Option<u32> {
+    let rest = message.strip_prefix("protocol version mismatch: neromum ")?;
+    let (_, after) = rest.split_once(" speaks ")?;
+    after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+fn mum_log_tail(workdir: &Path) -> String {
+    let log = std::fs::read_to_string(workdir.join("mum.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(8).collect();
+    format!(
+        "its log ends with:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// Start `neromum serve` for `m.workdir`, detached (its own session), logging to `mum.log`.
+pub fn spawn_mum(m: &LocalMum) -> Result<Child, ClientError> {
+    let start_err = |err| ClientError::Start {
+        binary: m.mum_binary.clone(),
+        workdir: m.workdir.clone(),
+        err,
+    };
+    std::fs::create_dir_all(&m.workdir).map_err(start_err)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(m.workdir.join("mum.log"))
+        .map_err(start_err)?;
+    let mut cmd = Command::new(&m.mum_binary);
+    cmd.arg("serve")
+        .arg("--workdir")
+        .arg(&m.workdir)
+        .arg("--kid")
+        .arg(&m.kid_binary)
+        .arg("--max-parallel")
+        .arg(m.max_parallel.to_string())
+        .arg("--idle-exit")
+        .arg(m.idle_exit_secs.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; detaches mum from the terminal so it outlives neroman.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(start_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_version_in_a_protocol_1_refusal() {
+        let m = "protocol version mismatch: neromum 0.1.0 speaks 1, neroman 0.1.0 speaks 2";
+        assert_eq!(older_version_in(m), Some(1));
+        assert_eq!(older_version_in("something else"), None);
     }
 }

@@ -2,9 +2,11 @@
 //! its journal and wardens, and the client neroman uses to reach a mum (starting it when none
 //! answers). Knows nothing about workbooks; the neroman core joins this with `sheet`.
 
+pub mod bridge;
 pub mod client;
 pub mod mum;
 pub mod protocol;
+pub mod transport;
 
 use std::path::{Path, PathBuf};
 

@@ -4,10 +4,18 @@
 
 use nerokid::report::{KidEvent, KidSpec};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 
-/// Bump on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bump on any incompatible change to the messages below. Two messages are frozen across every
+/// version so that a newer neroman can always ask an older mum to hand over: `hello` (whose
+/// reply names the mum's version) and `shutdown`. Version 1 had no long-poll, acks or health.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The largest message either side accepts (one line of JSON); a bigger one ends the connection.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The longest a long-poll (`sync` or `read_log` with `wait_ms`) is held by mum.
+pub const MAX_WAIT_MS: u32 = 30_000;
 
 /// neroman → mum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +47,10 @@ pub struct Hello {
     pub client: String,
     /// The cluster's `max_parallel` as configured now (mum applies it from then on).
     pub max_parallel: Option<u32>,
+    /// A stable id of the neroman project: mum keeps each project's acknowledged sequence number
+    /// and compacts its journal only past what every project has stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +61,20 @@ pub struct HelloReply {
     pub epoch: String,
     pub workdir: String,
     pub pid: u32,
+    /// The newest journal entry: a neroman that stored more than this from the same epoch knows
+    /// the journal got shorter (restored from a backup, cut by hand) and syncs from here.
+    #[serde(default)]
+    pub last_seq: u64,
+    #[serde(default)]
+    pub queued: u32,
+    #[serde(default)]
+    pub running: u32,
+    /// What keeps mum from doing its work right now (its journal cannot be written: disk full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// This is the first connection this mum process serves (it was just started).
+    #[serde(default)]
+    pub first_connection: bool,
 }
 
 /// One run to start, fully resolved by neroman: mum never interprets workbook values.
@@ -108,6 +134,12 @@ pub struct SyncSince {
     /// Return journal entries with a sequence number greater than this.
     pub since: u64,
     pub max: u32,
+    /// Long-poll: when nothing is newer than `since`, wait up to this long for something.
+    #[serde(default)]
+    pub wait_ms: u32,
+    /// The project has stored every entry up to this one: mum may compact them away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +147,11 @@ pub struct EventBatch {
     pub entries: Vec<JournalEntry>,
     /// More entries wait after the last one in this batch.
     pub more: bool,
+    /// The newest entry in the journal when this batch was read.
+    #[serde(default)]
+    pub last_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +160,9 @@ pub struct ReadLog {
     pub stream: LogStream,
     pub offset: u64,
     pub max_bytes: u32,
+    /// Long-poll: when nothing new is there yet, wait up to this long for output.
+    #[serde(default)]
+    pub wait_ms: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +204,9 @@ pub struct JournalEntry {
 pub enum MumEvent {
     /// mum took the run and wrote its run directory; it waits for a free slot.
     Queued { run_dir: String },
+    /// About to be handed to the warden (journaled first, so a crash in between is reconciled
+    /// with the warden on replay instead of launching twice).
+    Launching,
     /// Handed to the warden; `job` is its job id (a pid for local runs).
     Launched { job: String },
     /// Something the kid wrote to its event log.
@@ -195,6 +238,12 @@ pub enum WireError {
     Io(#[from] std::io::Error),
     #[error("cannot decode message (version mismatch?): {0}")]
     Decode(String),
+    #[error("message larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("text where a message should be: {0:?}")]
+    Preamble(String),
 }
 
 /// Write one message as a JSON line and flush it.
@@ -206,16 +255,36 @@ pub fn send<T: Serialize>(to: &mut impl Write, msg: &T) -> Result<(), WireError>
     Ok(())
 }
 
-/// Read one message; `Closed` at end of stream.
-pub fn recv<T: for<'de> Deserialize<'de>>(from: &mut impl BufRead) -> Result<T, WireError> {
-    let mut line = String::new();
-    if from.read_line(&mut line)? == 0 {
+/// Read one line of at most [`MAX_MESSAGE_BYTES`]; `Closed` at end of stream.
+pub fn recv_line(from: &mut impl BufRead) -> Result<Vec<u8>, WireError> {
+    let mut line = Vec::new();
+    let n = (&mut *from)
+        .take(MAX_MESSAGE_BYTES as u64 + 1)
+        .read_until(b'\n', &mut line)?;
+    if n == 0 {
         return Err(WireError::Closed);
     }
-    serde_json::from_str(&line).map_err(|e| {
-        let shown: String = line.trim_end().chars().take(120).collect();
+    if line.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge(MAX_MESSAGE_BYTES));
+    }
+    Ok(line)
+}
+
+/// Decode one line as a message.
+pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, WireError> {
+    serde_json::from_slice(line).map_err(|e| {
+        let shown: String = String::from_utf8_lossy(line)
+            .trim_end()
+            .chars()
+            .take(120)
+            .collect();
         WireError::Decode(format!("{e} in {shown:?}"))
     })
+}
+
+/// Read one message; `Closed` at end of stream.
+pub fn recv<T: for<'de> Deserialize<'de>>(from: &mut impl BufRead) -> Result<T, WireError> {
+    decode(&recv_line(from)?)
 }
 
 #[cfg(test)]
@@ -229,16 +298,28 @@ mod tests {
             version: 1,
             client: "neroman 0.1.0".into(),
             max_parallel: Some(2),
+            project: None,
         }
         .into();
         assert_eq!(
             serde_json::to_string(&hello).unwrap(),
             r#"{"type":"hello","version":1,"client":"neroman 0.1.0","max_parallel":2}"#
         );
-        let sync: Request = SyncSince { since: 5, max: 100 }.into();
+        let sync: Request = SyncSince {
+            since: 5,
+            max: 100,
+            wait_ms: 0,
+            ack: Some(4),
+        }
+        .into();
         assert_eq!(
             serde_json::to_string(&sync).unwrap(),
-            r#"{"type":"sync","since":5,"max":100}"#
+            r#"{"type":"sync","since":5,"max":100,"wait_ms":0,"ack":4}"#
+        );
+        // Frozen across versions: an older mum must understand a newer neroman's handover.
+        assert_eq!(
+            serde_json::to_string(&Request::Shutdown).unwrap(),
+            r#"{"type":"shutdown"}"#
         );
         let entry = JournalEntry {
             seq: 7,
@@ -258,6 +339,25 @@ mod tests {
             serde_json::to_string(&err).unwrap(),
             r#"{"type":"error","message":"x"}"#
         );
+    }
+
+    /// A version-1 mum's journal and a version-1 neroman's sync must still decode.
+    #[test]
+    fn version_1_messages_still_decode() {
+        let old: Request = decode(br#"{"type":"sync","since":5,"max":100}"#).unwrap();
+        assert!(matches!(old, Request::Sync(SyncSince { since: 5, wait_ms: 0, ack: None, .. })));
+        let reply: Response = decode(
+            br#"{"type":"hello","version":1,"mum_version":"0.1.0","epoch":"ab","workdir":"/w","pid":7}"#,
+        )
+        .unwrap();
+        assert!(matches!(reply, Response::Hello(HelloReply { version: 1, last_seq: 0, .. })));
+    }
+
+    #[test]
+    fn an_oversized_message_is_refused() {
+        let big = vec![b'x'; MAX_MESSAGE_BYTES + 10];
+        let mut input: &[u8] = &big;
+        assert!(matches!(recv_line(&mut input), Err(WireError::TooLarge(_))));
     }
 
     #[test]

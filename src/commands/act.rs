@@ -7,6 +7,7 @@ use crate::project::{Experiments, Project};
 use nerokid::expr::Expr;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Parse a selection against what this project knows.
@@ -94,8 +95,13 @@ pub fn wait_for(
     let mut last_results = Instant::now();
     let mut dirty = true;
     let mut unreachable_since: Option<Instant> = None;
+    // One connection per cluster for the whole wait; each round long-polls for news.
+    let mut clients = BTreeMap::new();
     loop {
-        let sync = project.sync()?;
+        let sync = project.sync_held(&mut clients, Duration::from_millis(if live { 500 } else { 2000 }))?;
+        for (c, why) in &sync.agent_problems {
+            eprintln!("neroman: warning: cluster {c}: {why}");
+        }
         // Keep trying for a while (a restarting agent), then say what is wrong.
         if let Some((cluster, why)) = sync.unreachable.first() {
             let since = *unreachable_since.get_or_insert_with(Instant::now);
@@ -158,6 +164,8 @@ pub fn wait_for(
                 .iter()
                 .all(|r| r.state.name() == crate::state::StateName::Finished));
         }
-        std::thread::sleep(Duration::from_millis(500));
+        if !sync.unreachable.is_empty() {
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 }

@@ -27,7 +27,9 @@ pub fn run(dir: &Path, id: &str, follow: bool, stderr: bool) -> anyhow::Result<i
     let mut failures = 0;
     let mut out = std::io::stdout().lock();
     loop {
-        let chunk = match client.read_log(&run.uid, stream, offset) {
+        // Following: mum holds the request until output arrives (one connection, no polling).
+        let wait = if follow { Duration::from_secs(10) } else { Duration::ZERO };
+        let chunk = match client.read_log(&run.uid, stream, offset, wait) {
             Ok(c) => {
                 failures = 0;
                 c
@@ -48,9 +50,6 @@ pub fn run(dir: &Path, id: &str, follow: bool, stderr: bool) -> anyhow::Result<i
         offset = chunk.next;
         if chunk.complete || (!follow && !got_some) {
             break;
-        }
-        if !got_some {
-            std::thread::sleep(Duration::from_millis(250));
         }
     }
     Ok(exit::OK)

@@ -2,6 +2,7 @@
 //! without a daemon), does its work, and returns an exit code from [`exit`].
 
 pub mod act;
+pub mod agents;
 pub mod demo;
 pub mod init;
 pub mod logs;
@@ -28,6 +29,9 @@ pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), Cor
     let sync = project.sync()?;
     for (c, why) in &sync.unreachable {
         tracing::warn!("cluster {c} not reached, showing what was known before: {why}");
+    }
+    for (c, why) in &sync.agent_problems {
+        eprintln!("neroman: warning: cluster {c}: {why}");
     }
     for c in &sync.restarted_mum {
         tracing::warn!(

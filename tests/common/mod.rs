@@ -98,7 +98,13 @@ impl Project {
 
     /// Run neroman in this project; returns the output (not asserting success).
     pub fn neroman(&self, args: &[&str]) -> Output {
+        self.neroman_env(args, &[])
+    }
+
+    /// Run neroman with extra environment variables (a mum it starts inherits them).
+    pub fn neroman_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(neroman_bin())
+            .envs(env.iter().copied())
             .arg("--dir")
             .arg(&self.dir)
             .args(args)
@@ -146,6 +152,16 @@ impl Project {
     pub fn wait_all(&self, state: &str, timeout: Duration) {
         wait_until(&format!("all {state}"), timeout, || {
             self.status().iter().all(|e| e["state"] == state)
+        });
+    }
+
+    /// Poll until each of `ids` is in `state` (60 s at most).
+    pub fn wait_all_in(&self, ids: &[&str], state: &str) {
+        wait_until(&format!("{ids:?} {state}"), Duration::from_secs(60), || {
+            self.status()
+                .iter()
+                .filter(|e| ids.iter().any(|i| e["id"] == *i))
+                .all(|e| e["state"] == state)
         });
     }
 

@@ -1,41 +1,80 @@
-//! mum's `Abort` handler: a queued run is cancelled; a running one's kid gets SIGTERM (the kid
-//! stops the job's group: SIGTERM, grace, SIGKILL, and records the abort); a run mum has not
-//! been given yet is cancelled in advance.
+//! mum's `Abort` handler: a queued run is cancelled; a running one's job is cancelled through the
+//! warden (locally: SIGTERM to its kid, which stops the job's group — SIGTERM, grace, SIGKILL —
+//! and records the abort); a run being launched is cancelled once launched; a run mum has not
+//! been given yet is cancelled in advance. The warden is called outside the state lock.
 
-use super::{local, Phase, RunRecord, State};
+use super::{Phase, RunRecord, Shared};
 use crate::cluster::protocol::*;
-use crate::util::error_chain;
+use std::path::PathBuf;
 
-impl State {
-    pub(super) fn abort(&mut self, a: Abort) -> Response {
+pub(super) fn abort(shared: &Shared, a: Abort) -> Response {
+    let mut to_cancel = Vec::new();
+    {
+        let mut s = shared.lock();
         let mut items = Vec::new();
+        let mut ended = Vec::new();
         for run in a.runs {
-            let Some(r) = self.runs.get_mut(&run) else {
+            let Some(r) = s.runs.get(&run) else {
                 // Not submitted yet (neroman recorded it, then lost its connection): remember the
                 // cancel, so a later submit of this run is accepted but never started.
-                self.runs.insert(run.clone(), RunRecord::cancelled());
-                items.push((run, MumEvent::Cancelled, None));
+                items.push((run.clone(), MumEvent::Cancelled, None));
+                ended.push(run);
                 continue;
             };
             match &r.phase {
                 Phase::Queued => {
-                    r.phase = Phase::Ended;
-                    self.queue.retain(|q| q != &run);
-                    items.push((run, MumEvent::Cancelled, None));
+                    items.push((run.clone(), MumEvent::Cancelled, None));
+                    ended.push(run);
                 }
-                Phase::Launched { pid, .. } => {
-                    if local::signal_kid(*pid, libc::SIGTERM) {
-                        items.push((run, MumEvent::AbortSent, None));
+                Phase::Launching | Phase::Launched { job: _, journaled: false } => {
+                    // Cancelled as soon as the launch is journaled.
+                    if let Some(r) = s.runs.get_mut(&run) {
+                        r.abort_requested = true;
                     }
                 }
+                Phase::Launched { job, .. } => to_cancel.push((run.clone(), job.clone(), r.request(&run))),
                 Phase::Ended => {}
             }
         }
-        match self.journal.append(items) {
-            Ok(_) => Response::Done,
-            Err(e) => Response::Error(ErrorReply {
-                message: error_chain(&e),
-            }),
+        if !s.journal(items) {
+            return Response::Error(ErrorReply {
+                message: s.health.clone().unwrap_or_default(),
+            });
         }
+        for run in ended {
+            s.queue.retain(|q| *q != run);
+            s.runs
+                .entry(run)
+                .or_insert_with(|| RunRecord::new(PathBuf::new(), Phase::Ended))
+                .phase = Phase::Ended;
+        }
+    }
+    let sent: Vec<String> = {
+        let mut warden = shared.warden();
+        to_cancel
+            .into_iter()
+            .filter(|(_, job, req)| !job.is_empty() && warden.cancel(job, req))
+            .map(|(run, _, _)| run)
+            .collect()
+    };
+    let mut s = shared.lock();
+    for run in &sent {
+        if let Some(r) = s.runs.get_mut(run) {
+            r.abort_requested = true;
+        }
+    }
+    let items = sent
+        .into_iter()
+        .map(|run| (run, MumEvent::AbortSent, None))
+        .collect();
+    let ok = s.journal(items);
+    drop(s);
+    shared.appended.notify_all();
+    if ok {
+        Response::Done
+    } else {
+        Response::Error(ErrorReply {
+            message: shared.lock().health.clone().unwrap_or_default(),
+        })
     }
 }

@@ -1,8 +1,13 @@
-//! The `local` warden: a job is a process on mum's own machine. Also the run-directory layout
-//! every warden shares: `job.sh` (what the warden runs), `command.sh` (the user's command and
-//! setup lines) and `kid.json`. Every value that reaches a script is shell-quoted here.
+//! The `local` warden: a job is a process on mum's own machine, in its own session. A reaper
+//! thread per job wakes mum the moment a kid exits, so a freed slot is refilled at once. Also
+//! the run-directory layout every warden shares: `job.sh` (what the warden runs), `command.sh`
+//! (the user's command and setup lines) and `kid.json`. Every value that reaches a script is
+//! shell-quoted here.
 
+use super::warden::{Found, JobRequest, JobState, Warden};
 use crate::cluster::protocol::RunSpec;
+use std::collections::HashMap;
+use std::sync::Arc;
 use nerokid::report::SPEC_FILE;
 use std::fs::File;
 use std::io;
@@ -11,6 +16,109 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
+/// Wakes mum's main loop (a kid exited, a run was submitted).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// Plain processes on this machine.
+pub struct LocalWarden {
+    wake: Wake,
+}
+
+impl LocalWarden {
+    pub fn new(wake: Wake) -> LocalWarden {
+        LocalWarden { wake }
+    }
+}
+
+impl Warden for LocalWarden {
+    fn submit(&mut self, jobs: &[JobRequest]) -> Vec<Result<String, String>> {
+        jobs.iter()
+            .map(|j| match launch(&j.run_dir) {
+                Ok(mut child) => {
+                    let pid = child.id();
+                    let wake = Arc::clone(&self.wake);
+                    // Reap it and wake mum the moment it exits: the slot is refilled at once.
+                    std::thread::spawn(move || {
+                        let _ = child.wait();
+                        wake();
+                    });
+                    Ok(pid.to_string())
+                }
+                Err(e) => Err(format!("could not start the job script: {e}")),
+            })
+            .collect()
+    }
+
+    fn poll(&mut self, jobs: &[(String, JobRequest)]) -> HashMap<String, JobState> {
+        jobs.iter()
+            .map(|(job, req)| {
+                let alive = job.parse().is_ok_and(|pid| kid_of(pid, &req.run_dir));
+                let state = if alive { JobState::Alive } else { JobState::Gone };
+                (job.clone(), state)
+            })
+            .collect()
+    }
+
+    fn cancel(&mut self, job: &str, req: &JobRequest) -> bool {
+        match job.parse::<i32>() {
+            // SAFETY: kill(2) on a pid just verified to be this run's kid; no memory is involved.
+            Ok(pid) if kid_of(pid, &req.run_dir) => unsafe { libc::kill(pid, libc::SIGTERM) == 0 },
+            _ => false,
+        }
+    }
+
+    fn find(&mut self, req: &JobRequest) -> Found {
+        if let Some(pid) = find_kid(&req.run_dir) {
+            return Found::Running(pid.to_string());
+        }
+        if req.run_dir.join(nerokid::report::EVENTS_FILE).exists() {
+            Found::Ended
+        } else {
+            Found::Never
+        }
+    }
+
+    fn clean_up(&mut self, req: &JobRequest, job_pgid: Option<i32>) {
+        if let Some(pgid) = job_pgid {
+            kill_group(pgid, &req.run_dir);
+        }
+    }
+}
+
+/// The pid of the process running this run's `job.sh` or its nerokid, found in /proc.
+fn find_kid(run_dir: &Path) -> Option<i32> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| kid_of(*pid, run_dir))
+}
+
+/// Is `pid` a live (not zombie) job script or nerokid of the run in `run_dir`? Guards against
+/// pid reuse: the command line must name this run's directory.
+fn kid_of(pid: i32, run_dir: &Path) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat
+        .rfind(')')
+        .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
+    if zombie {
+        return false;
+    }
+    let dir = run_dir.as_os_str().as_encoded_bytes();
+    let job = run_dir.join("job.sh");
+    let job = job.as_os_str().as_encoded_bytes();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_job_script = args.iter().take(3).any(|a| *a == job);
+    let is_kid = args.windows(2).any(|w| w[0] == b"--dir" && w[1] == dir)
+        && args.first().is_some_and(|a| a.ends_with(b"nerokid"));
+    is_job_script || is_kid
+}
 
 /// Hold an exclusive lock on the workdir for this process's lifetime; `None` if another mum has it.
 pub fn lock_workdir(workdir: &Path) -> io::Result<Option<File>> {
@@ -33,6 +141,20 @@ pub fn lock_workdir(workdir: &Path) -> io::Result<Option<File>> {
     f.set_len(0)?;
     io::Write::write_all(&mut &f, format!("{}\n", std::process::id()).as_bytes())?;
     Ok(Some(f))
+}
+
+/// [`lock_workdir`], retried for up to `wait` while another mum (one handing over) holds it.
+pub fn lock_workdir_wait(workdir: &Path, wait: std::time::Duration) -> io::Result<Option<File>> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(f) = lock_workdir(workdir)? {
+            return Ok(Some(f));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn quote(s: &str) -> io::Result<String> {
@@ -127,31 +249,6 @@ pub fn launch(run_dir: &Path) -> io::Result<Child> {
         });
     }
     cmd.spawn()
-}
-
-/// Is `pid` still a nerokid (or the job script about to become one)? Guards against pid reuse.
-pub fn kid_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat
-        .rfind(')')
-        .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
-    let text = String::from_utf8_lossy(&cmdline);
-    !zombie && (text.contains("nerokid") || text.contains("job.sh"))
-}
-
-/// Send `sig` to a kid, if it is still one. Returns whether it was sent.
-pub fn signal_kid(pid: i32, sig: i32) -> bool {
-    if !kid_alive(pid) {
-        return false;
-    }
-    // SAFETY: kill(2) on a verified pid; no memory is involved.
-    unsafe { libc::kill(pid, sig) == 0 }
 }
 
 /// Can `path` be run: an executable file, or a bare name found on PATH?

@@ -1,29 +1,50 @@
-//! neromum, the per-(host, user, workdir) agent. It listens on a unix socket (mode 0600) in its
-//! workdir, accepts runs from neroman, writes each run directory (job script, kid spec), hands jobs
-//! to the warden when a slot is free, tails every kid's event log, and journals all it learns.
-//! It keeps running and collecting while neroman is away; a restarted mum replays its journal and
-//! picks up the runs still going.
+//! neromum, the per-(host, user, workdir) agent.
+//!
+//! Theory of operation. mum listens on a unix socket (mode 0600) in its workdir (a remote
+//! neroman reaches it through `neromum bridge` over ssh), accepts runs from neroman, writes each
+//! run directory, hands jobs to its [`Warden`] when a slot is free, tails every kid's event log,
+//! and journals all it learns. Everything mum decides is journaled *before* it acts on the world
+//! (intent first): a run is `queued` before the submit is answered, `launching` before the
+//! warden is asked, and a kid event's byte offset travels in the same entry as the event, so a
+//! kill -9 at any line replays into exactly-once launches and events. A journal that cannot be
+//! written (disk full) stops progress, not correctness: nothing in memory advances past what was
+//! journaled, the error is reported in every hello and sync reply, and work resumes once space
+//! returns.
+//!
+//! Threads: one main loop owns the rounds (`tick`: plan under the state lock, call the warden
+//! and read kid logs outside it, journal and apply under it); one thread per connection answers
+//! requests; long-polls wait on a condition variable signalled by every journal append. The
+//! loop wakes when a kid exits or a run is submitted, else every `tick`. It stops when idle, on
+//! SIGTERM/SIGINT, or when asked (`shutdown`); `serve` then returns.
 
 mod abort;
 mod journal;
-mod local;
+pub mod local;
 mod read_log;
 mod submit;
 mod sync;
+pub mod warden;
 
 use crate::cluster::protocol::*;
 use crate::cluster::socket_path;
-use journal::Journal;
+use crate::util::failpoint;
+pub use journal::{JournalError, JOURNAL_FORMAT};
+use journal::{Journal, SnapRun, Snapshot};
 use nerokid::report::{KidEvent, EVENTS_FILE};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use warden::{Found, JobRequest, JobState, Warden};
 
-pub use journal::JournalError;
+/// A connection that sends nothing for this long is dropped (a hung bridge must not keep mum).
+const CONNECTION_IDLE: Duration = Duration::from_secs(120);
+/// Compact when this many entries are in the journal and acknowledged.
+const COMPACT_AFTER: u64 = 50_000;
 
 /// How mum is started (`neromum serve`).
 #[derive(Debug, Clone)]
@@ -33,7 +54,7 @@ pub struct MumOptions {
     pub kid_binary: PathBuf,
     /// Exit after this long with no runs going and no client connected.
     pub idle_exit: Duration,
-    /// How often kid logs are tailed and slots refilled.
+    /// How often kid logs are tailed (slots are refilled as soon as a kid exits).
     pub tick: Duration,
     pub max_parallel: u32,
 }
@@ -55,16 +76,18 @@ pub enum MumError {
     Journal(#[from] JournalError),
 }
 
+#[derive(Debug, Clone, PartialEq)]
 enum Phase {
     Queued,
-    /// Handed to the warden. `child` is set while this mum is the job's parent (not after a restart).
-    Launched {
-        pid: i32,
-        child: Option<std::process::Child>,
-    },
+    /// "launching" is journaled; the warden has not confirmed yet.
+    Launching,
+    /// Handed to the warden. `journaled` is false while the `launched` entry still waits to be
+    /// written (a failed append, or a launch reconciled on replay).
+    Launched { job: String, journaled: bool },
     Ended,
 }
 
+#[derive(Debug, Clone)]
 struct RunRecord {
     run_dir: PathBuf,
     phase: Phase,
@@ -72,16 +95,25 @@ struct RunRecord {
     kid_offset: u64,
     /// The job's process group, once the kid reported it started.
     job_pgid: Option<i32>,
+    /// An abort arrived while the launch was in progress: cancel once launched.
+    abort_requested: bool,
 }
 
 impl RunRecord {
-    /// A run cancelled before mum was given it: known, ended, with no directory.
-    fn cancelled() -> RunRecord {
+    fn new(run_dir: PathBuf, phase: Phase) -> RunRecord {
         RunRecord {
-            run_dir: PathBuf::new(),
-            phase: Phase::Ended,
+            run_dir,
+            phase,
             kid_offset: 0,
             job_pgid: None,
+            abort_requested: false,
+        }
+    }
+
+    fn request(&self, run: &str) -> JobRequest {
+        JobRequest {
+            run: run.to_string(),
+            run_dir: self.run_dir.clone(),
         }
     }
 }
@@ -93,90 +125,292 @@ struct State {
     queue: VecDeque<String>,
     connections: usize,
     last_activity: Instant,
+    /// Why mum cannot make progress right now (its journal cannot be written).
+    health: Option<String>,
+    /// Per project: every entry up to this one is stored by it.
+    acks: BTreeMap<String, u64>,
+    served_first: bool,
 }
 
-/// Run mum until it goes idle. Blocks; meant for the `neromum serve` process.
-pub fn serve(opts: MumOptions) -> Result<(), MumError> {
-    let workdir = opts.workdir.clone();
-    if !local::is_executable(&opts.kid_binary) {
-        return Err(MumError::NoKid(opts.kid_binary.clone()));
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled after every journal append: long-polls wait on it.
+    appended: Condvar,
+    /// Set (with `woken`) to run a round now instead of at the next tick.
+    wake: Mutex<bool>,
+    woken: Condvar,
+    warden: Mutex<Box<dyn Warden>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking connection thread must not take the agent down with it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-    let io = |about, path: &Path| {
-        let path = path.to_path_buf();
-        move |err| MumError::Io { about, path, err }
-    };
-    std::fs::create_dir_all(workdir.join("runs")).map_err(io("create", &workdir))?;
-    let _ = std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o700));
-    let _lock = local::lock_workdir(&workdir)
-        .map_err(io("lock", &workdir))?
-        .ok_or_else(|| MumError::AlreadyRunning(workdir.clone()))?;
 
-    let mut runs: HashMap<String, RunRecord> = HashMap::new();
-    let mut queue = VecDeque::new();
-    let journal = Journal::open(&workdir, |e| replay(&mut runs, &mut queue, e))?;
-    queue.retain(|r| matches!(runs.get(r).map(|x| &x.phase), Some(Phase::Queued)));
-    tracing::info!(
-        "neromum {} serving {} (journal at seq {}, {} runs known)",
-        env!("CARGO_PKG_VERSION"),
-        workdir.display(),
-        journal.last_seq(),
-        runs.len()
-    );
+    fn warden(&self) -> MutexGuard<'_, Box<dyn Warden>> {
+        self.warden.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-    let sock = socket_path(&workdir);
-    let _ = std::fs::remove_file(&sock); // we hold the lock: any socket file is stale
-    let listener = UnixListener::bind(&sock).map_err(io("listen on", &sock))?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("chmod", &sock))?;
+    fn wake(&self) {
+        *self.wake.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.woken.notify_all();
+    }
+}
 
-    let state = Arc::new(Mutex::new(State {
-        opts: opts.clone(),
-        journal,
-        runs,
-        queue,
-        connections: 0,
-        last_activity: Instant::now(),
-    }));
-    {
-        let state = Arc::clone(&state);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let state = Arc::clone(&state);
-                std::thread::spawn(move || {
-                    lock(&state).connections += 1;
-                    if let Err(e) = handle_connection(&state, conn) {
-                        if !matches!(e, WireError::Closed) {
-                            tracing::warn!("connection ended: {e}");
-                        }
-                    }
-                    let mut s = lock(&state);
-                    s.connections -= 1;
-                    s.last_activity = Instant::now();
-                });
+/// A mum serving one workdir, with its lock held. Tests drive it in-process through
+/// [`Mum::handle`] and [`Mum::tick`]; `neromum serve` calls [`Mum::serve`].
+pub struct Mum {
+    shared: Arc<Shared>,
+    _lock: std::fs::File,
+}
+
+/// Run mum with the local warden until it goes idle or is stopped. Blocks.
+pub fn serve(opts: MumOptions) -> Result<(), MumError> {
+    Mum::open_local(opts)?.serve()
+}
+
+impl Mum {
+    /// Lock the workdir, replay the journal, reconcile interrupted launches; local warden.
+    pub fn open_local(opts: MumOptions) -> Result<Mum, MumError> {
+        let waker: Arc<Mutex<Option<std::sync::Weak<Shared>>>> = Arc::new(Mutex::new(None));
+        let w = Arc::clone(&waker);
+        let wake: local::Wake = Arc::new(move || {
+            let target = w.lock().ok().and_then(|g| g.as_ref().and_then(|s| s.upgrade()));
+            if let Some(shared) = target {
+                shared.wake();
             }
         });
+        let mum = Mum::open(opts, Box::new(local::LocalWarden::new(wake)))?;
+        *waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&mum.shared));
+        Ok(mum)
     }
-    loop {
-        std::thread::sleep(opts.tick);
-        let mut s = lock(&state);
-        if let Err(e) = s.tick() {
-            tracing::error!("tick: {e}");
-        }
-        let busy = s.runs.values().any(|r| !matches!(r.phase, Phase::Ended));
-        if busy || s.connections > 0 {
-            s.last_activity = Instant::now();
-        } else if s.last_activity.elapsed() >= opts.idle_exit {
-            tracing::info!("idle for {:?}: exiting", opts.idle_exit);
-            let _ = std::fs::remove_file(&sock);
-            return Ok(());
-        }
-    }
-}
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // A panicking connection thread must not take the agent down with it.
-    state.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn open(opts: MumOptions, warden: Box<dyn Warden>) -> Result<Mum, MumError> {
+        let workdir = opts.workdir.clone();
+        if !local::is_executable(&opts.kid_binary) {
+            return Err(MumError::NoKid(opts.kid_binary.clone()));
+        }
+        let io = |about, path: &Path| {
+            let path = path.to_path_buf();
+            move |err| MumError::Io { about, path, err }
+        };
+        std::fs::create_dir_all(workdir.join("runs")).map_err(io("create", &workdir))?;
+        let _ = std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o700));
+        // A mum handing over (an upgrade) releases the lock within moments: wait a little.
+        let lock = local::lock_workdir_wait(&workdir, Duration::from_secs(5))
+            .map_err(io("lock", &workdir))?
+            .ok_or_else(|| MumError::AlreadyRunning(workdir.clone()))?;
+
+        let mut runs: HashMap<String, RunRecord> = HashMap::new();
+        let mut queue = VecDeque::new();
+        let mut replayed: Vec<JournalEntry> = Vec::new();
+        let (journal, snapshot) = Journal::open(&workdir, |e| replayed.push(e.clone()))?;
+        let mut acks = BTreeMap::new();
+        if let Some(snap) = snapshot {
+            for r in snap.runs {
+                let phase = match (r.phase.as_str(), r.job) {
+                    ("queued", _) => Phase::Queued,
+                    ("launching", _) => Phase::Launching,
+                    ("launched", Some(job)) => Phase::Launched {
+                        job,
+                        journaled: true,
+                    },
+                    _ => Phase::Ended,
+                };
+                let mut rec = RunRecord::new(PathBuf::from(r.run_dir), phase);
+                rec.kid_offset = r.kid_offset;
+                rec.job_pgid = r.job_pgid;
+                rec.abort_requested = r.abort_requested;
+                runs.insert(r.run, rec);
+            }
+            queue.extend(snap.queue);
+        }
+        if let Ok(bytes) = std::fs::read(workdir.join("acks.json")) {
+            acks = serde_json::from_slice(&bytes).unwrap_or_default();
+        }
+        for e in &replayed {
+            replay(&mut runs, &mut queue, e);
+        }
+        drop(replayed);
+        queue.retain(|r| matches!(runs.get(r).map(|x| &x.phase), Some(Phase::Queued)));
+        let mut warden = warden;
+        // Launches journaled as intent only: ask the warden what became of them.
+        let mut requeue = Vec::new();
+        for (run, rec) in runs.iter_mut() {
+            if rec.phase != Phase::Launching {
+                continue;
+            }
+            match warden.find(&rec.request(run)) {
+                Found::Running(job) => {
+                    tracing::info!("run {run}: launch found running as job {job}; adopted");
+                    rec.phase = Phase::Launched {
+                        job,
+                        journaled: false,
+                    };
+                }
+                Found::Ended => {
+                    tracing::info!("run {run}: launch found already ended; following its log");
+                    rec.phase = Phase::Launched {
+                        job: String::new(),
+                        journaled: true,
+                    };
+                }
+                Found::Never => {
+                    tracing::info!("run {run}: launch never happened; queued again");
+                    rec.phase = Phase::Queued;
+                    requeue.push(run.clone());
+                }
+            }
+        }
+        requeue.sort();
+        for run in requeue.into_iter().rev() {
+            queue.push_front(run);
+        }
+        tracing::info!(
+            "neromum {} serving {} (journal at seq {}, {} entries, {} runs known)",
+            env!("CARGO_PKG_VERSION"),
+            workdir.display(),
+            journal.last_seq(),
+            journal.entries(),
+            runs.len()
+        );
+        let state = State {
+            opts,
+            journal,
+            runs,
+            queue,
+            connections: 0,
+            last_activity: Instant::now(),
+            health: None,
+            acks,
+            served_first: false,
+        };
+        Ok(Mum {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                appended: Condvar::new(),
+                wake: Mutex::new(false),
+                woken: Condvar::new(),
+                warden: Mutex::new(warden),
+                stop: AtomicBool::new(false),
+            }),
+            _lock: lock,
+        })
+    }
+
+    /// Answer one request as a connection of `project` would get it (hello excepted).
+    pub fn handle(&self, project: Option<&str>, req: Request) -> Response {
+        handle_request(&self.shared, project, req)
+    }
+
+    /// One round: journal kid news, notice ended jobs, fill free slots.
+    pub fn tick(&self) {
+        tick(&self.shared);
+    }
+
+    /// A flag that stops [`Mum::serve`] (the signal handlers set it).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let shared = Arc::clone(&self.shared);
+        let f = Arc::clone(&flag);
+        std::thread::spawn(move || loop {
+            if f.load(Ordering::SeqCst) {
+                shared.stop.store(true, Ordering::SeqCst);
+                shared.wake();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        });
+        flag
+    }
+
+    /// Listen on the workdir's socket and run rounds until idle or stopped; then return.
+    pub fn serve(self) -> Result<(), MumError> {
+        let (workdir, tick_every, idle_exit) = {
+            let s = self.shared.lock();
+            (s.opts.workdir.clone(), s.opts.tick, s.opts.idle_exit)
+        };
+        let sock = socket_path(&workdir);
+        let _ = std::fs::remove_file(&sock); // we hold the lock: any socket file is stale
+        let listener = UnixListener::bind(&sock).map_err(|err| MumError::Io {
+            about: "listen on",
+            path: sock.clone(),
+            err,
+        })?;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(
+            |err| MumError::Io {
+                about: "chmod",
+                path: sock.clone(),
+                err,
+            },
+        )?;
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            let flag = Arc::new(AtomicBool::new(false));
+            if signal_hook::flag::register(sig, Arc::clone(&flag)).is_ok() {
+                let shared = Arc::clone(&self.shared);
+                std::thread::spawn(move || loop {
+                    if flag.load(Ordering::SeqCst) {
+                        tracing::info!("signal received: stopping");
+                        shared.stop.store(true, Ordering::SeqCst);
+                        shared.wake();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                });
+            }
+        }
+        {
+            let shared = Arc::clone(&self.shared);
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    let shared = Arc::clone(&shared);
+                    std::thread::spawn(move || {
+                        shared.lock().connections += 1;
+                        if let Err(e) = handle_connection(&shared, conn) {
+                            if !matches!(e, WireError::Closed) {
+                                tracing::warn!("connection ended: {e}");
+                            }
+                        }
+                        let mut s = shared.lock();
+                        s.connections -= 1;
+                        s.last_activity = Instant::now();
+                    });
+                }
+            });
+        }
+        loop {
+            {
+                let mut woken = self.shared.wake.lock().unwrap_or_else(|p| p.into_inner());
+                if !*woken {
+                    woken = self
+                        .shared
+                        .woken
+                        .wait_timeout(woken, tick_every)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                *woken = false;
+            }
+            if self.shared.stop.load(Ordering::SeqCst) {
+                tracing::info!("stopping (runs in flight keep running; the next mum adopts them)");
+                break;
+            }
+            tick(&self.shared);
+            let mut s = self.shared.lock();
+            let busy = s.runs.values().any(|r| r.phase != Phase::Ended);
+            if busy || s.connections > 0 {
+                s.last_activity = Instant::now();
+            } else if s.last_activity.elapsed() >= idle_exit {
+                tracing::info!("idle for {idle_exit:?}: exiting");
+                break;
+            }
+        }
+        let _ = std::fs::remove_file(&sock);
+        Ok(())
+    }
 }
 
 fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e: &JournalEntry) {
@@ -184,21 +418,25 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
         MumEvent::Queued { run_dir } => {
             runs.insert(
                 e.run.clone(),
-                RunRecord {
-                    run_dir: PathBuf::from(run_dir),
-                    phase: Phase::Queued,
-                    kid_offset: 0,
-                    job_pgid: None,
-                },
+                RunRecord::new(PathBuf::from(run_dir), Phase::Queued),
             );
             queue.push_back(e.run.clone());
         }
+        MumEvent::Launching => {
+            if let Some(r) = runs.get_mut(&e.run) {
+                if r.phase == Phase::Queued {
+                    r.phase = Phase::Launching;
+                }
+            }
+        }
         MumEvent::Launched { job } => {
             if let Some(r) = runs.get_mut(&e.run) {
-                r.phase = Phase::Launched {
-                    pid: job.parse().unwrap_or(-1),
-                    child: None,
-                };
+                if r.phase != Phase::Ended {
+                    r.phase = Phase::Launched {
+                        job: job.clone(),
+                        journaled: true,
+                    };
+                }
             }
         }
         MumEvent::Kid { event } => {
@@ -216,185 +454,453 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
         }
         MumEvent::Cancelled | MumEvent::Lost { .. } => {
             runs.entry(e.run.clone())
-                .or_insert_with(RunRecord::cancelled)
+                .or_insert_with(|| RunRecord::new(PathBuf::new(), Phase::Ended))
                 .phase = Phase::Ended;
         }
-        MumEvent::AbortSent => {}
+        MumEvent::AbortSent => {
+            if let Some(r) = runs.get_mut(&e.run) {
+                r.abort_requested = true;
+            }
+        }
     }
 }
 
-fn handle_connection(state: &Mutex<State>, conn: UnixStream) -> Result<(), WireError> {
+fn handle_connection(shared: &Shared, conn: UnixStream) -> Result<(), WireError> {
+    conn.set_read_timeout(Some(CONNECTION_IDLE))?;
     let mut writer = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
     // Handshake first: nothing else is understood before the versions agree.
     let hello = match recv::<Request>(&mut reader) {
         Ok(Request::Hello(h)) => h,
         Ok(_) => {
-            send(
-                &mut writer,
-                &Response::Error(ErrorReply {
-                    message: "expected hello first".into(),
-                }),
-            )?;
+            let message = "expected hello first".into();
+            send(&mut writer, &Response::Error(ErrorReply { message }))?;
             return Ok(());
         }
         Err(WireError::Decode(d)) => {
-            send(
-                &mut writer,
-                &Response::Error(ErrorReply {
-                    message: format!("cannot decode hello (version mismatch?): {d}"),
-                }),
-            )?;
+            let message = format!("cannot decode hello (version mismatch?): {d}");
+            send(&mut writer, &Response::Error(ErrorReply { message }))?;
             return Ok(());
         }
         Err(e) => return Err(e),
     };
+    let reply = {
+        let mut s = shared.lock();
+        if hello.version == PROTOCOL_VERSION {
+            if let Some(n) = hello.max_parallel {
+                s.opts.max_parallel = n.max(1);
+            }
+            if let Some(p) = &hello.project {
+                s.register_project(p);
+            }
+        }
+        s.hello_reply()
+    };
+    send(&mut writer, &Response::Hello(reply))?;
     if hello.version != PROTOCOL_VERSION {
-        let message = format!(
-            "protocol version mismatch: neromum {} speaks {PROTOCOL_VERSION}, {} speaks {}",
-            env!("CARGO_PKG_VERSION"),
+        // Another version: our hello reply told it ours. The one request every version
+        // understands is `shutdown`, with which a newer neroman takes over (an upgrade).
+        tracing::info!(
+            "{} speaks protocol {}, this neromum {PROTOCOL_VERSION}: only shutdown is served",
             hello.client,
             hello.version
         );
-        send(&mut writer, &Response::Error(ErrorReply { message }))?;
-        return Ok(());
+        loop {
+            let line = recv_line(&mut reader)?;
+            if let Ok(Request::Shutdown) = decode::<Request>(&line) {
+                send(&mut writer, &Response::Done)?;
+                shutdown(shared);
+                return Ok(());
+            }
+            let message = format!(
+                "neromum {} speaks protocol {PROTOCOL_VERSION}, not {}: only shutdown is understood",
+                env!("CARGO_PKG_VERSION"),
+                hello.version
+            );
+            send(&mut writer, &Response::Error(ErrorReply { message }))?;
+        }
     }
-    let reply = {
-        let mut s = lock(state);
-        if let Some(n) = hello.max_parallel {
-            s.opts.max_parallel = n.max(1);
-        }
-        HelloReply {
-            version: PROTOCOL_VERSION,
-            mum_version: env!("CARGO_PKG_VERSION").into(),
-            epoch: s.journal.epoch.clone(),
-            workdir: s.opts.workdir.display().to_string(),
-            pid: std::process::id(),
-        }
-    };
-    send(&mut writer, &Response::Hello(reply))?;
     loop {
         let req = match recv::<Request>(&mut reader) {
             Ok(r) => r,
             Err(WireError::Decode(d)) => {
-                send(
-                    &mut writer,
-                    &Response::Error(ErrorReply {
-                        message: format!("cannot decode request (version mismatch?): {d}"),
-                    }),
-                )?;
+                let message = format!("cannot decode request (version mismatch?): {d}");
+                send(&mut writer, &Response::Error(ErrorReply { message }))?;
                 continue;
             }
             Err(e) => return Err(e),
         };
-        let response = {
-            let mut s = lock(state);
-            s.last_activity = Instant::now();
-            match req {
-                Request::Hello(_) => Response::Error(ErrorReply {
-                    message: "hello twice".into(),
-                }),
-                Request::Submit(sub) => s.submit(sub),
-                Request::Abort(a) => s.abort(a),
-                Request::Sync(q) => s.sync(q),
-                Request::ReadLog(r) => s.read_log(r),
-                Request::Shutdown => {
-                    send(&mut writer, &Response::Done)?;
-                    tracing::info!("shutdown requested");
-                    let _ = std::fs::remove_file(socket_path(&s.opts.workdir));
-                    std::process::exit(0);
-                }
-            }
-        };
+        let is_shutdown = matches!(req, Request::Shutdown);
+        let response = handle_request(shared, hello.project.as_deref(), req);
         send(&mut writer, &response)?;
+        if is_shutdown {
+            shutdown(shared);
+            return Ok(());
+        }
+    }
+}
+
+fn shutdown(shared: &Shared) {
+    tracing::info!("shutdown requested");
+    let workdir = shared.lock().opts.workdir.clone();
+    // Remove the socket now: the next client must not reach a mum that is going away.
+    let _ = std::fs::remove_file(socket_path(&workdir));
+    shared.stop.store(true, Ordering::SeqCst);
+    shared.wake();
+}
+
+fn handle_request(shared: &Shared, project: Option<&str>, req: Request) -> Response {
+    match req {
+        Request::Hello(_) => Response::Error(ErrorReply {
+            message: "hello twice".into(),
+        }),
+        Request::Submit(sub) => {
+            let r = shared.lock().submit(sub);
+            shared.appended.notify_all();
+            shared.wake();
+            r
+        }
+        Request::Abort(a) => abort::abort(shared, a),
+        Request::Sync(q) => sync::sync(shared, project, q),
+        Request::ReadLog(r) => read_log::read_log(shared, r),
+        Request::Shutdown => Response::Done,
     }
 }
 
 impl State {
-    fn running(&self) -> usize {
+    fn hello_reply(&mut self) -> HelloReply {
+        let first_connection = !self.served_first;
+        self.served_first = true;
+        HelloReply {
+            version: PROTOCOL_VERSION,
+            mum_version: env!("CARGO_PKG_VERSION").into(),
+            epoch: self.journal.epoch.clone(),
+            workdir: self.opts.workdir.display().to_string(),
+            pid: std::process::id(),
+            last_seq: self.journal.last_seq(),
+            queued: self.queue.len() as u32,
+            running: self
+                .runs
+                .values()
+                .filter(|r| matches!(r.phase, Phase::Launching | Phase::Launched { .. }))
+                .count() as u32,
+            health: self.health.clone(),
+            first_connection,
+        }
+    }
+
+    /// A project seen for the first time holds back compaction from now on; written at once,
+    /// so a crash cannot forget it.
+    fn register_project(&mut self, project: &str) {
+        if !self.acks.contains_key(project) {
+            // Everything it may not have stored yet is after the oldest entry still in the file.
+            let from = self.journal.last_seq().saturating_sub(self.journal.entries());
+            self.acks.insert(project.to_string(), from);
+            self.write_acks();
+        }
+    }
+
+    /// Acks are kept in `acks.json`, written whole. Progress lost in a crash only delays
+    /// compaction; a project registered is never forgotten once this returned.
+    fn write_acks(&self) {
+        let path = self.opts.workdir.join("acks.json");
+        let bytes = serde_json::to_vec(&self.acks).expect("acks serialize");
+        if let Err(e) = crate::util::write_atomic(&path, &bytes) {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut runs: Vec<SnapRun> = self
+            .runs
+            .iter()
+            .map(|(run, r)| {
+                let (phase, job) = match &r.phase {
+                    Phase::Queued => ("queued", None),
+                    Phase::Launching => ("launching", None),
+                    // A launch not yet journaled is recorded as intent: replay reconciles it.
+                    Phase::Launched {
+                        journaled: false, ..
+                    } => ("launching", None),
+                    Phase::Launched { job, .. } => ("launched", Some(job.clone())),
+                    Phase::Ended => ("ended", None),
+                };
+                SnapRun {
+                    run: run.clone(),
+                    run_dir: r.run_dir.display().to_string(),
+                    phase: phase.into(),
+                    job,
+                    kid_offset: r.kid_offset,
+                    job_pgid: r.job_pgid,
+                    abort_requested: r.abort_requested,
+                }
+            })
+            .collect();
+        runs.sort_by(|a, b| a.run.cmp(&b.run));
+        Snapshot {
+            format: JOURNAL_FORMAT,
+            epoch: self.journal.epoch.clone(),
+            base_seq: self.journal.last_seq(),
+            runs,
+            queue: self.queue.iter().cloned().collect(),
+        }
+    }
+
+    /// Compact when enough entries are acknowledged by every project that ever synced.
+    fn maybe_compact(&mut self) {
+        let Some(acked) = self.acks.values().min().copied() else {
+            return;
+        };
+        let first = self.journal.last_seq().saturating_sub(self.journal.entries());
+        // Tests make compaction frequent to reach its failpoints.
+        let after = std::env::var("NERONET_COMPACT_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(COMPACT_AFTER);
+        if acked.saturating_sub(first) < after.max(1) {
+            return;
+        }
+        let t = Instant::now();
+        let before = self.journal.entries();
+        let snap = self.snapshot();
+        match self.journal.compact(&snap, acked) {
+            Ok(()) => tracing::info!(
+                "journal compacted: {before} → {} entries in {:?}",
+                self.journal.entries(),
+                t.elapsed()
+            ),
+            Err(e) => tracing::warn!("journal compaction failed (kept as it was): {e}"),
+        }
+    }
+
+    /// Journal `items`; on failure remember why (shown to every client) and return false.
+    fn journal(&mut self, items: Vec<(String, MumEvent, Option<u64>)>) -> bool {
+        match self.journal.append(items) {
+            Ok(_) => {
+                if self.health.take().is_some() {
+                    tracing::info!("journal writable again");
+                }
+                true
+            }
+            Err(e) => {
+                let why = format!(
+                    "neromum cannot write its journal, so nothing advances until it can: {}",
+                    crate::util::error_chain(&e)
+                );
+                if self.health.as_deref() != Some(why.as_str()) {
+                    tracing::error!("{why}");
+                }
+                self.health = Some(why);
+                false
+            }
+        }
+    }
+
+    fn in_flight(&self) -> usize {
         self.runs
             .values()
-            .filter(|r| matches!(r.phase, Phase::Launched { .. }))
+            .filter(|r| matches!(r.phase, Phase::Launching | Phase::Launched { .. }))
             .count()
     }
+}
 
-    fn launch_queued(&mut self) -> Result<(), MumError> {
-        while self.running() < self.opts.max_parallel as usize {
-            let Some(run) = self.queue.pop_front() else {
-                break;
-            };
-            let Some(rec) = self.runs.get_mut(&run) else {
-                continue;
-            };
-            if !matches!(rec.phase, Phase::Queued) {
-                continue;
+/// What one round reads outside the lock for one launched run.
+struct Watched {
+    run: String,
+    job: String,
+    req: JobRequest,
+    offset: u64,
+    job_pgid: Option<i32>,
+}
+
+fn tick(shared: &Shared) {
+    // 1. Under the lock: journal the intent to launch what fits, note what to watch.
+    let (to_launch, watched) = {
+        let mut s = shared.lock();
+        let free = (s.opts.max_parallel as usize).saturating_sub(s.in_flight());
+        let mut picked = Vec::new();
+        while picked.len() < free {
+            let Some(run) = s.queue.pop_front() else { break };
+            if s.runs.get(&run).is_some_and(|r| r.phase == Phase::Queued) {
+                picked.push(run);
             }
-            match local::launch(&rec.run_dir) {
-                Ok(child) => {
-                    let pid = child.id() as i32;
-                    rec.phase = Phase::Launched {
-                        pid,
-                        child: Some(child),
-                    };
-                    self.journal.append(vec![(
-                        run,
-                        MumEvent::Launched {
-                            job: pid.to_string(),
-                        },
-                        None,
-                    )])?;
+        }
+        let mut to_launch = Vec::new();
+        if !picked.is_empty() {
+            failpoint("launch.before_intent");
+            let items = picked
+                .iter()
+                .map(|r| (r.clone(), MumEvent::Launching, None))
+                .collect();
+            if s.journal(items) {
+                for run in &picked {
+                    let rec = s.runs.get_mut(run).expect("picked from runs");
+                    rec.phase = Phase::Launching;
+                    to_launch.push(rec.request(run));
                 }
-                Err(e) => {
-                    rec.phase = Phase::Ended;
-                    let reason = format!("could not start the job script: {e}");
-                    self.journal
-                        .append(vec![(run, MumEvent::Lost { reason }, None)])?;
+                shared.appended.notify_all();
+            } else {
+                for run in picked.into_iter().rev() {
+                    s.queue.push_front(run);
                 }
             }
         }
-        Ok(())
+        let watched: Vec<Watched> = s
+            .runs
+            .iter()
+            .filter_map(|(run, r)| match &r.phase {
+                Phase::Launched { job, .. } => Some(Watched {
+                    run: run.clone(),
+                    job: job.clone(),
+                    req: r.request(run),
+                    offset: r.kid_offset,
+                    job_pgid: r.job_pgid,
+                }),
+                _ => None,
+            })
+            .collect();
+        (to_launch, watched)
+    };
+    if !to_launch.is_empty() {
+        failpoint("launch.after_intent");
     }
 
-    /// One round: notice ended jobs, journal new kid events, fill free slots.
-    fn tick(&mut self) -> Result<(), MumError> {
+    // 2. Outside the lock: the warden and the kids' logs.
+    let launched = if to_launch.is_empty() {
+        Vec::new()
+    } else {
+        shared.warden().submit(&to_launch)
+    };
+    if !launched.is_empty() {
+        failpoint("launch.after_warden");
+    }
+    let polled: Vec<(String, JobRequest)> = watched
+        .iter()
+        .filter(|w| !w.job.is_empty())
+        .map(|w| (w.job.clone(), w.req.clone()))
+        .collect();
+    // Ask the warden first, then read the logs: a kid writes its exit record before it exits.
+    let states = if polled.is_empty() {
+        HashMap::new()
+    } else {
+        shared.warden().poll(&polled)
+    };
+    let news: Vec<(Vec<(KidEvent, u64)>, bool)> = watched
+        .iter()
+        .map(|w| {
+            let gone = states.get(&w.job) != Some(&JobState::Alive);
+            let mut offset = w.offset;
+            (tail_events(&w.req.run_dir, &mut offset), gone)
+        })
+        .collect();
+
+    // 3. Under the lock: journal everything learned in one append, then apply it.
+    let mut to_cancel = Vec::new();
+    let mut lost_jobs = Vec::new();
+    {
+        let mut s = shared.lock();
         let mut items = Vec::new();
-        for (run, rec) in self.runs.iter_mut() {
-            let Phase::Launched { pid, child } = &mut rec.phase else {
-                continue;
-            };
-            // Exit first, then a last read of the log: a kid writes its exit record before it exits.
-            let gone = match child {
-                Some(c) => !matches!(c.try_wait(), Ok(None)),
-                None => !local::kid_alive(*pid),
-            };
-            let mut ended = false;
-            for (event, offset) in tail_events(&rec.run_dir, &mut rec.kid_offset) {
-                ended |= matches!(event, KidEvent::Exited { .. });
-                if let KidEvent::Started { job_pid, .. } = &event {
-                    rec.job_pgid = Some(*job_pid as i32);
-                }
-                items.push((run.clone(), MumEvent::Kid { event }, Some(offset)));
-            }
-            if ended {
-                if let Some(c) = child {
-                    let _ = c.wait();
-                }
-                rec.phase = Phase::Ended;
-            } else if gone {
-                rec.phase = Phase::Ended;
-                // Nobody supervises the job any more: end it rather than leave it running unseen.
-                if let Some(pgid) = rec.job_pgid {
-                    local::kill_group(pgid, &rec.run_dir);
-                }
-                let reason = format!(
-                    "the kid ended without writing an exit record (killed, or its node died){}",
-                    local::kid_log_tail(&rec.run_dir)
-                );
-                items.push((run.clone(), MumEvent::Lost { reason }, None));
+        for (req, result) in to_launch.iter().zip(&launched) {
+            match result {
+                Ok(job) => items.push((req.run.clone(), MumEvent::Launched { job: job.clone() }, None)),
+                Err(reason) => items.push((req.run.clone(), MumEvent::Lost { reason: reason.clone() }, None)),
             }
         }
-        self.journal.append(items)?;
-        self.launch_queued()
+        // Launches from earlier rounds whose entry could not be written yet.
+        for (run, r) in &s.runs {
+            if let Phase::Launched {
+                job,
+                journaled: false,
+            } = &r.phase
+            {
+                items.push((run.clone(), MumEvent::Launched { job: job.clone() }, None));
+            }
+        }
+        for (w, (events, gone)) in watched.iter().zip(&news) {
+            // Skip runs changed meanwhile (an abort ended a run, another round applied).
+            let current = s.runs.get(&w.run);
+            if current.is_none_or(|r| r.kid_offset != w.offset || r.phase == Phase::Ended) {
+                continue;
+            }
+            let mut ended = false;
+            for (event, offset) in events {
+                ended |= matches!(event, KidEvent::Exited { .. });
+                items.push((w.run.clone(), MumEvent::Kid { event: event.clone() }, Some(*offset)));
+            }
+            if !ended && *gone {
+                let reason = format!(
+                    "the kid ended without writing an exit record (killed, or its node died){}",
+                    local::kid_log_tail(&w.req.run_dir)
+                );
+                items.push((w.run.clone(), MumEvent::Lost { reason }, None));
+                lost_jobs.push((w.req.clone(), w.job_pgid));
+            }
+        }
+        if items.is_empty() {
+            s.maybe_compact();
+            return;
+        }
+        failpoint("tick.before_journal");
+        let applied = items.clone();
+        if !s.journal(items) {
+            // Nothing advanced: the same news is read again next round. Launches already made
+            // are kept in memory, to be journaled when the journal is writable again.
+            for (req, result) in to_launch.iter().zip(&launched) {
+                if let (Ok(job), Some(r)) = (result, s.runs.get_mut(&req.run)) {
+                    r.phase = Phase::Launched {
+                        job: job.clone(),
+                        journaled: false,
+                    };
+                }
+            }
+            return;
+        }
+        failpoint("tick.after_journal");
+        for (run, event, offset) in &applied {
+            let Some(r) = s.runs.get_mut(run) else { continue };
+            match event {
+                MumEvent::Launched { job } => {
+                    if r.phase != Phase::Ended {
+                        r.phase = Phase::Launched {
+                            job: job.clone(),
+                            journaled: true,
+                        };
+                        if r.abort_requested {
+                            to_cancel.push((job.clone(), r.request(run)));
+                        }
+                    }
+                }
+                MumEvent::Lost { .. } => r.phase = Phase::Ended,
+                MumEvent::Kid { event } => {
+                    if let Some(o) = offset {
+                        r.kid_offset = *o;
+                    }
+                    if let KidEvent::Started { job_pid, .. } = event {
+                        r.job_pgid = Some(*job_pid as i32);
+                    }
+                    if matches!(event, KidEvent::Exited { .. }) {
+                        r.phase = Phase::Ended;
+                    }
+                }
+                _ => {}
+            }
+        }
+        s.maybe_compact();
+        shared.appended.notify_all();
+    }
+    if !lost_jobs.is_empty() || !to_cancel.is_empty() {
+        let mut warden = shared.warden();
+        // Nobody supervises these jobs any more: end them rather than leave them running unseen.
+        for (req, pgid) in &lost_jobs {
+            warden.clean_up(req, *pgid);
+        }
+        for (job, req) in &to_cancel {
+            warden.cancel(job, req);
+        }
+    }
+    // A slot freed in this round is refilled in the next one, at once.
+    if launched.iter().any(|r| r.is_err()) || news.iter().any(|(e, g)| *g || e.iter().any(|(ev, _)| matches!(ev, KidEvent::Exited { .. }))) {
+        shared.wake();
     }
 }
 
@@ -422,4 +928,245 @@ fn tail_events(run_dir: &Path, offset: &mut u64) -> Vec<(KidEvent, u64)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! Handlers driven in-process (no fork of mum): a temp workdir, the real journal, and a
+    //! recording warden where a test needs to see what mum asked of it.
+    use super::*;
+    use nerokid::report::KidSpec;
+
+    fn workdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "nero-mum-{name}-{}-{}",
+            std::process::id(),
+            journal::tests::tempdir().file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn opts(dir: &Path) -> MumOptions {
+        MumOptions {
+            workdir: dir.to_path_buf(),
+            kid_binary: PathBuf::from("/bin/true"),
+            idle_exit: Duration::from_secs(60),
+            tick: Duration::from_millis(50),
+            max_parallel: 2,
+        }
+    }
+
+    fn spec(run: &str) -> RunSpec {
+        RunSpec {
+            run: run.into(),
+            command: "true".into(),
+            cwd: None,
+            env: vec![],
+            setup: vec![],
+            kid: KidSpec::default(),
+        }
+    }
+
+    /// Records every call; `find` answers what the test set.
+    #[derive(Default, Clone)]
+    struct Recorder {
+        submitted: Arc<Mutex<Vec<String>>>,
+        /// The journal as it was when submit was called.
+        journal_at_submit: Arc<Mutex<String>>,
+        journal_path: PathBuf,
+        found: Option<Found>,
+    }
+
+    impl Warden for Recorder {
+        fn submit(&mut self, jobs: &[JobRequest]) -> Vec<Result<String, String>> {
+            *self.journal_at_submit.lock().unwrap() =
+                std::fs::read_to_string(&self.journal_path).unwrap_or_default();
+            let mut s = self.submitted.lock().unwrap();
+            jobs.iter()
+                .map(|j| {
+                    s.push(j.run.clone());
+                    Ok(format!("job-{}", j.run))
+                })
+                .collect()
+        }
+        fn poll(&mut self, jobs: &[(String, JobRequest)]) -> HashMap<String, JobState> {
+            jobs.iter().map(|(j, _)| (j.clone(), JobState::Alive)).collect()
+        }
+        fn cancel(&mut self, _job: &str, _req: &JobRequest) -> bool {
+            true
+        }
+        fn find(&mut self, _req: &JobRequest) -> Found {
+            self.found.clone().unwrap_or(Found::Never)
+        }
+        fn clean_up(&mut self, _req: &JobRequest, _pgid: Option<i32>) {}
+    }
+
+    fn recorder(dir: &Path) -> Recorder {
+        Recorder {
+            journal_path: dir.join("journal.jsonl"),
+            ..Default::default()
+        }
+    }
+
+    fn journal_events(dir: &Path) -> Vec<(String, String)> {
+        std::fs::read_to_string(dir.join("journal.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let e: JournalEntry = serde_json::from_str(l).unwrap();
+                let what = serde_json::to_value(&e.event).unwrap()["what"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                (e.run, what)
+            })
+            .collect()
+    }
+
+    /// Regression: a submit batch in which one run failed returned early; the runs before it
+    /// were queued in memory but never journaled, so a restarted mum ran them again.
+    #[test]
+    fn a_failing_run_in_a_batch_does_not_drop_the_others() {
+        let dir = workdir("batch");
+        let rec = recorder(&dir);
+        {
+            let mum = Mum::open(opts(&dir), Box::new(rec.clone())).unwrap();
+            let mut bad = spec("2.1");
+            bad.env.push(("NOT A NAME".into(), "x".into()));
+            let reply = mum.handle(None, Submit { runs: vec![spec("1.1"), bad, spec("3.1")] }.into());
+            assert!(matches!(reply, Response::Accepted(ref a) if a.runs.len() == 3), "{reply:?}");
+        }
+        let events = journal_events(&dir);
+        assert!(events.contains(&("1.1".into(), "queued".into())), "{events:?}");
+        assert!(events.contains(&("2.1".into(), "lost".into())), "{events:?}");
+        assert!(events.contains(&("3.1".into(), "queued".into())), "{events:?}");
+        // After a restart each good run is launched once, the bad one never.
+        let mum = Mum::open(opts(&dir), Box::new(rec.clone())).unwrap();
+        mum.tick();
+        mum.tick();
+        assert_eq!(*rec.submitted.lock().unwrap(), ["1.1", "3.1"]);
+    }
+
+    /// Regression: a job was started before its launch was journaled, so a crash in between
+    /// started it a second time.
+    #[test]
+    fn launch_intent_is_journaled_before_the_warden_is_asked() {
+        let dir = workdir("intent");
+        let rec = recorder(&dir);
+        let mum = Mum::open(opts(&dir), Box::new(rec.clone())).unwrap();
+        mum.handle(None, Submit { runs: vec![spec("1.1")] }.into());
+        mum.tick();
+        assert_eq!(*rec.submitted.lock().unwrap(), ["1.1"]);
+        let seen = rec.journal_at_submit.lock().unwrap().clone();
+        assert!(seen.contains(r#""run":"1.1""#) && seen.contains(r#""what":"launching""#), "{seen}");
+        let events = journal_events(&dir);
+        assert_eq!(events.last().unwrap(), &("1.1".to_string(), "launched".to_string()));
+    }
+
+    #[test]
+    fn an_interrupted_launch_is_reconciled_never_repeated() {
+        for (found, launches) in [
+            (Found::Running("job-7".into()), 0),
+            (Found::Ended, 0),
+            (Found::Never, 1),
+        ] {
+            let dir = workdir("reconcile");
+            {
+                let (mut j, _) = Journal::open(&dir, |_| {}).unwrap();
+                let run_dir = dir.join("runs/1.1").display().to_string();
+                j.append(vec![
+                    ("1.1".into(), MumEvent::Queued { run_dir }, None),
+                    ("1.1".into(), MumEvent::Launching, None),
+                ])
+                .unwrap();
+            }
+            let mut rec = recorder(&dir);
+            rec.found = Some(found.clone());
+            let mum = Mum::open(opts(&dir), Box::new(rec.clone())).unwrap();
+            mum.tick();
+            mum.tick();
+            assert_eq!(rec.submitted.lock().unwrap().len(), launches, "{found:?}");
+            if let Found::Running(job) = found {
+                let events = journal_events(&dir);
+                assert_eq!(events.last().unwrap().1, "launched");
+                assert!(std::fs::read_to_string(dir.join("journal.jsonl")).unwrap().contains(&job));
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_poll_answers_as_soon_as_something_is_journaled() {
+        let dir = workdir("longpoll");
+        let mum = Arc::new(Mum::open(opts(&dir), Box::new(recorder(&dir))).unwrap());
+        let m = Arc::clone(&mum);
+        let waiter = std::thread::spawn(move || {
+            let t = Instant::now();
+            let q = SyncSince { since: 0, max: 100, wait_ms: 10_000, ack: None };
+            (m.handle(None, q.into()), t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        mum.handle(None, Submit { runs: vec![spec("1.1")] }.into());
+        let (reply, took) = waiter.join().unwrap();
+        assert!(matches!(reply, Response::Events(ref b) if b.entries.len() == 1), "{reply:?}");
+        assert!(took < Duration::from_secs(5), "answered after {took:?}");
+        // Nothing new: it waits the time asked, then answers empty.
+        let t = Instant::now();
+        let q = SyncSince { since: 1, max: 100, wait_ms: 300, ack: None };
+        assert!(matches!(mum.handle(None, q.into()), Response::Events(ref b) if b.entries.is_empty()));
+        assert!(t.elapsed() >= Duration::from_millis(250));
+    }
+
+    /// A journal written by neromum 0.1.0 (protocol 1, journal format 1, captured from a real
+    /// demo run) is adopted by this version: its runs are known and numbering continues.
+    #[test]
+    fn a_version_1_journal_is_adopted() {
+        let dir = workdir("v1");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mum-v1");
+        let text = std::fs::read_to_string(fixture.join("journal.jsonl")).unwrap();
+        std::fs::write(dir.join("journal.jsonl"), text.replace("/FIXTURE", &dir.display().to_string())).unwrap();
+        std::fs::copy(fixture.join("epoch"), dir.join("epoch")).unwrap();
+        let lines = text.lines().count() as u64;
+        let mum = Mum::open(opts(&dir), Box::new(recorder(&dir))).unwrap();
+        {
+            let s = mum.shared.lock();
+            assert_eq!(s.journal.last_seq(), lines);
+            assert_eq!(s.runs.len(), 6);
+            assert!(s.runs.values().all(|r| r.phase == Phase::Ended));
+        }
+        let q = SyncSince { since: 0, max: 1000, wait_ms: 0, ack: None };
+        assert!(matches!(mum.handle(None, q.into()), Response::Events(ref b) if b.entries.len() as u64 == lines));
+        mum.handle(None, Submit { runs: vec![spec("7.1")] }.into());
+        assert_eq!(mum.shared.lock().journal.last_seq(), lines + 1);
+        assert_eq!(std::fs::read_to_string(dir.join("journal.format")).unwrap().trim(), "2");
+    }
+
+    #[test]
+    fn acknowledged_entries_are_compacted_and_replay_stays_the_same() {
+        let dir = workdir("compact");
+        {
+            let mum = Mum::open(opts(&dir), Box::new(recorder(&dir))).unwrap();
+            mum.shared.lock().register_project("p");
+            let runs: Vec<RunSpec> = (0..30).map(|i| spec(&format!("{i}.1"))).collect();
+            mum.handle(Some("p"), Submit { runs }.into());
+            for _ in 0..20 {
+                mum.tick();
+            }
+            let mut s = mum.shared.lock();
+            let last = s.journal.last_seq();
+            s.acks.insert("p".into(), last - 5);
+            let before = s.journal.entries();
+            // Below the threshold nothing happens; force it as the threshold would.
+            let snap = s.snapshot();
+            s.journal.compact(&snap, last - 5).unwrap();
+            assert!(s.journal.entries() < before);
+            assert_eq!(s.journal.entries(), 5);
+        }
+        let mum = Mum::open(opts(&dir), Box::new(recorder(&dir))).unwrap();
+        let s = mum.shared.lock();
+        assert_eq!(s.runs.len(), 30);
+        let launched = s.runs.values().filter(|r| matches!(r.phase, Phase::Launched { .. })).count();
+        assert_eq!(launched, 2, "max_parallel 2: two launched, the rest queued");
+        assert_eq!(s.queue.len(), 28);
+    }
 }

@@ -1,13 +1,28 @@
 //! mum's `ReadLog` handler: a chunk of a run's stdout or stderr from an offset, cut at a
 //! character boundary, and whether the run has ended and everything was read.
 
-use super::{Phase, State};
+use super::{Phase, Shared, State};
 use crate::cluster::protocol::*;
 use nerokid::report::{STDERR_FILE, STDOUT_FILE};
 use std::io::{Read, Seek, SeekFrom};
+use std::time::{Duration, Instant};
+
+/// With `wait_ms`, hold the request until output arrives, the run ends or the time is up: a
+/// follower (`logs -f`) keeps one connection and asks again at once.
+pub(super) fn read_log(shared: &Shared, r: ReadLog) -> Response {
+    let deadline = Instant::now() + Duration::from_millis(u64::from(r.wait_ms.min(MAX_WAIT_MS)));
+    loop {
+        let reply = shared.lock().read_log(&r);
+        let waiting = matches!(&reply, Response::Log(l) if l.next == r.offset && !l.complete);
+        if !waiting || Instant::now() >= deadline {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 impl State {
-    pub(super) fn read_log(&self, r: ReadLog) -> Response {
+    fn read_log(&self, r: &ReadLog) -> Response {
         let Some(rec) = self.runs.get(&r.run) else {
             return Response::Error(ErrorReply {
                 message: format!("unknown run {}", r.run),

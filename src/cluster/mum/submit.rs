@@ -1,64 +1,60 @@
-//! mum's `Submit` handler: write each new run's directory, journal it as queued, start what fits.
-//! A run mum already has is accepted again unchanged (neroman retrying after a lost reply).
+//! mum's `Submit` handler: write each new run's directory, journal the batch as queued (one
+//! append), and only then take the runs; the main loop starts what fits. A run mum already has is
+//! accepted again unchanged (neroman retrying after a lost reply). A run whose directory cannot
+//! be written is journaled as lost with the reason, the others of the batch go ahead; when the
+//! journal itself cannot be written, nothing of the batch is taken and neroman retries later.
 
 use super::{local, Phase, RunRecord, State};
 use crate::cluster::protocol::*;
-use crate::util::error_chain;
+use crate::util::failpoint;
 
 impl State {
     pub(super) fn submit(&mut self, sub: Submit) -> Response {
         let mut accepted = Vec::new();
-        let mut journal_items = Vec::new();
+        let mut items = Vec::new();
+        let mut new_runs = Vec::new();
         for spec in sub.runs {
-            if self.runs.contains_key(&spec.run) {
+            if let Some(known) = self.runs.get(&spec.run) {
                 // Resubmitting the same run (neroman retrying after a dropped reply) is harmless.
-                let run_dir = self.runs[&spec.run].run_dir.display().to_string();
                 accepted.push(AcceptedRun {
-                    run: spec.run,
-                    run_dir,
+                    run: spec.run.clone(),
+                    run_dir: known.run_dir.display().to_string(),
                 });
                 continue;
             }
-            let run_dir = self.opts.workdir.join("runs").join(&spec.run);
-            if let Err(e) = local::write_run_dir(&run_dir, &spec, &self.opts.kid_binary) {
-                return Response::Error(ErrorReply {
-                    message: format!(
-                        "run {}: write run directory {}: {e}",
-                        spec.run,
-                        run_dir.display()
-                    ),
-                });
+            if new_runs.iter().any(|(r, _, _)| *r == spec.run) {
+                continue; // the same run twice in one batch
             }
-            journal_items.push((
-                spec.run.clone(),
-                MumEvent::Queued {
+            let run_dir = self.opts.workdir.join("runs").join(&spec.run);
+            let event = match local::write_run_dir(&run_dir, &spec, &self.opts.kid_binary) {
+                Ok(()) => MumEvent::Queued {
                     run_dir: run_dir.display().to_string(),
                 },
-                None,
-            ));
+                Err(e) => MumEvent::Lost {
+                    reason: format!("cannot write the run directory {}: {e}", run_dir.display()),
+                },
+            };
+            let queued = matches!(event, MumEvent::Queued { .. });
+            items.push((spec.run.clone(), event, None));
+            new_runs.push((spec.run.clone(), run_dir.clone(), queued));
             accepted.push(AcceptedRun {
-                run: spec.run.clone(),
+                run: spec.run,
                 run_dir: run_dir.display().to_string(),
             });
-            self.runs.insert(
-                spec.run.clone(),
-                RunRecord {
-                    run_dir,
-                    phase: Phase::Queued,
-                    kid_offset: 0,
-                    job_pgid: None,
-                },
-            );
-            self.queue.push_back(spec.run);
         }
-        if let Err(e) = self.journal.append(journal_items) {
+        failpoint("submit.before_journal");
+        if !self.journal(items) {
             return Response::Error(ErrorReply {
-                message: error_chain(&e),
+                message: self.health.clone().unwrap_or_default(),
             });
         }
-        // Start what fits now rather than at the next tick.
-        if let Err(e) = self.launch_queued() {
-            tracing::error!("launch: {e}");
+        failpoint("submit.after_journal");
+        for (run, run_dir, queued) in new_runs {
+            let phase = if queued { Phase::Queued } else { Phase::Ended };
+            self.runs.insert(run.clone(), RunRecord::new(run_dir, phase));
+            if queued {
+                self.queue.push_back(run);
+            }
         }
         Response::Accepted(Accepted { runs: accepted })
     }

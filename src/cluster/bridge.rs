@@ -1,0 +1,86 @@
+//! `neromum bridge`: joins its stdin/stdout to the local mum's unix socket, starting the mum
+//! when none answers. `ssh host neromum bridge --workdir W` is how neroman reaches a remote mum:
+//! no port is opened, the protocol is the same bytes as over the socket. The bridge ends when
+//! either side closes (neroman gone: stdin ends; mum gone: the socket ends).
+
+use crate::cluster::client::{spawn_mum, ClientError, LocalMum};
+use crate::cluster::socket_path;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// Connect (starting mum if needed), then pump bytes both ways until one side closes.
+pub fn run(m: &LocalMum) -> Result<(), ClientError> {
+    let stream = connect_or_start(m)?;
+    let mut to_mum = stream.try_clone().map_err(|e| io_err(m, e))?;
+    let mut from_mum = stream;
+    let pump_in = std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_mum.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // neroman is gone (or closed its end): let mum see the end of the stream.
+        let _ = to_mum.shutdown(std::net::Shutdown::Write);
+    });
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        match from_mum.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                // A closed stdout (ssh gone) is an error here, not a SIGPIPE death.
+                if stdout.write_all(&buf[..n]).and_then(|_| stdout.flush()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = from_mum.shutdown(std::net::Shutdown::Both);
+    drop(pump_in); // it ends with stdin; the process exits now either way
+    Ok(())
+}
+
+fn connect_or_start(m: &LocalMum) -> Result<UnixStream, ClientError> {
+    let sock = socket_path(&m.workdir);
+    if let Ok(s) = UnixStream::connect(&sock) {
+        return Ok(s);
+    }
+    let mut child = spawn_mum(m)?;
+    let started = Instant::now();
+    loop {
+        if let Ok(s) = UnixStream::connect(&sock) {
+            std::thread::spawn(move || child.wait());
+            return Ok(s);
+        }
+        // A mum that lost a start race exits at once; the winner's socket appears shortly.
+        let _ = child.try_wait();
+        if started.elapsed() > Duration::from_secs(15) {
+            let log = std::fs::read_to_string(m.workdir.join("mum.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            return Err(ClientError::NoAnswer {
+                workdir: m.workdir.clone(),
+                secs: started.elapsed().as_secs(),
+                log_tail: format!(
+                    "its log ends with:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn io_err(m: &LocalMum, err: std::io::Error) -> ClientError {
+    ClientError::Wire {
+        workdir: m.workdir.clone(),
+        err: err.into(),
+    }
+}

@@ -1,0 +1,231 @@
+//! Fault tests of the agent with the real binaries: neromum killed (SIGKILL, by a failpoint) at
+//! every step of submit, launch, tick, sync and compaction while 20 runs are in flight; a full
+//! disk under the agent's workdir; an older agent handing over; chatty shells on the bridge.
+//! Afterwards every run ran exactly once and every metric line is in the store exactly once.
+//! The whole file also runs over `neromum bridge` (`NERONET_TRANSPORT=bridge`, see
+//! scripts/test.sh), so each of these holds over a pipe pair as over the unix socket.
+
+mod common;
+use common::{wait_until, Project, V};
+use std::time::Duration;
+
+const STEPS: usize = 6;
+
+/// Each run appends its id to ran.log (to count executions) and prints STEPS metric lines.
+const JOB: &str = r#"
+import sys, time
+rid = sys.argv[1]
+with open("ran.log", "a") as f:
+    f.write(rid + "\n")
+for i in range(6):
+    print(f"step={i} loss={1.0/(i+1):.6f}", flush=True)
+    time.sleep(0.15)
+"#;
+
+fn twenty(name: &str, yaml: &str) -> Project {
+    let p = Project::new(name, yaml);
+    p.write("job.py", JOB);
+    let rows: Vec<Vec<V>> = (1..=20)
+        .map(|i| vec![V::N(i as f64), V::E, V::S("python3 job.py {id}")])
+        .collect();
+    p.workbook(&["id", "status", "command"], &rows);
+    p
+}
+
+/// Every run ran once, and every metric line reached the store once.
+fn assert_exactly_once(p: &Project, runs: usize) {
+    let ran = std::fs::read_to_string(p.path("ran.log")).unwrap_or_default();
+    let mut ids: Vec<&str> = ran.lines().collect();
+    ids.sort();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(ids.len(), unique.len(), "a run ran twice: {ids:?}");
+    assert_eq!(unique.len(), runs, "not every run ran: {ids:?}");
+    let db = p.store();
+    let mut stmt = db
+        .prepare("SELECT run_uid, COUNT(*), COUNT(DISTINCT value) FROM metrics WHERE name = 'step' GROUP BY run_uid")
+        .unwrap();
+    let rows: Vec<(String, i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), runs, "runs with metrics: {rows:?}");
+    for (run, n, distinct) in rows {
+        assert_eq!((n, distinct), (STEPS as i64, STEPS as i64), "run {run}: every metric line once");
+    }
+}
+
+fn mum_log(p: &Project) -> String {
+    std::fs::read_to_string(p.mum_dir().join("mum.log")).unwrap_or_default()
+}
+
+/// SIGKILL of mum at each step (by `NERONET_FAILPOINT`, at its N-th time so runs are in
+/// flight), then plain commands until everything ended: each run exactly once, each metric
+/// line exactly once.
+#[test]
+fn mum_killed_at_every_step_runs_each_job_once_and_loses_no_metric() {
+    let steps = [
+        "submit.before_journal",
+        "submit.after_journal",
+        "launch.before_intent@2",
+        "launch.after_intent@2",
+        "launch.after_warden@2",
+        "tick.before_journal@6",
+        "tick.after_journal@6",
+        "sync.before_reply@3",
+        "compact.after_snapshot",
+        "compact.after_rewrite",
+    ];
+    // Two at a time, over separate projects: the machine has two cores.
+    for pair in steps.chunks(2) {
+        let projects: Vec<(&str, Project)> = pair
+            .iter()
+            .map(|step| {
+                let name = format!("fp-{}", step.replace(['.', '@'], "-"));
+                // max_parallel 8: launches happen over several rounds while others run.
+                let p = twenty(&name, "clusters:\n  local:\n    max_parallel: 8\n");
+                (*step, p)
+            })
+            .collect();
+        for (step, p) in &projects {
+            // The mum started by this command inherits the failpoint; compaction is made
+            // frequent so its steps are reached. Later commands start a plain mum.
+            let out = p.neroman_env(
+                &["start", "all"],
+                &[("NERONET_FAILPOINT", step), ("NERONET_COMPACT_AFTER", "10")],
+            );
+            let _ = out; // the command may fail: its agent died under it
+        }
+        for (step, p) in &projects {
+            let name = step.split('@').next().unwrap();
+            wait_until(&format!("failpoint {step} to fire"), Duration::from_secs(30), || {
+                mum_log(p).contains(&format!("failpoint {name}"))
+            });
+            wait_until(&format!("all finished after {step}"), Duration::from_secs(90), || {
+                // Runs the dead agent never confirmed are resubmitted by a later sync.
+                let st = p.status();
+                st.iter().all(|e| e["state"] == "finished")
+            });
+            assert_exactly_once(p, 20);
+        }
+    }
+}
+
+/// Regression: a failed journal append (disk full) advanced the kid offset and the run phase
+/// before writing, dropped those events, glued later entries to the torn line, and `status`
+/// said nothing. Now nothing advances, `status` warns, and everything arrives once space returns.
+#[test]
+fn a_full_disk_under_the_agent_loses_nothing_and_is_reported() {
+    let p = twenty("disk-full", "clusters:\n  local:\n    max_parallel: 4\n    workdir: agent\n");
+    let agent = p.path("agent");
+    std::fs::create_dir_all(&agent).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&agent)
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "this test needs to mount a tmpfs (run as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(agent.clone());
+
+    p.ok(&["start", "1-4"]);
+    wait_until("runs going", Duration::from_secs(20), || {
+        p.status().iter().filter(|e| e["state"] == "running").count() == 4
+    });
+    // Fill the agent's file system.
+    let filler = agent.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", filler.display()))
+        .output();
+    let out = p.neroman(&["start", "5-20"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("cannot write its journal") || said.contains("No space"), "{said}");
+    let out = p.neroman(&["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot write its journal"), "status must warn: {stderr}");
+    std::fs::remove_file(&filler).unwrap();
+    p.wait_all("finished", Duration::from_secs(120));
+    assert_exactly_once(&p, 20);
+    let out = p.neroman(&["status"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("cannot write its journal"));
+}
+
+/// Regression: with an agent of another protocol version running (normal right after an
+/// upgrade), neroman started a second agent that could not get the lock, then gave up with a
+/// misleading message. Now the older agent is asked to hand over, and the new one takes its
+/// workdir. The older agent here is a stand-in (tests/fixtures/mum_v1.py) that speaks exactly
+/// what neromum 0.1.0 (protocol 1) answers: its refusal text, hello, shutdown, and its lock.
+#[test]
+fn an_older_agent_hands_over_instead_of_being_doubled() {
+    let p = twenty("handover", "clusters:\n  local:\n    max_parallel: 8\n");
+    let dir = p.mum_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut old = std::process::Command::new("python3")
+        .arg(fixture.join("mum_v1.py"))
+        .arg(&dir)
+        .spawn()
+        .unwrap();
+    wait_until("old agent listening", Duration::from_secs(10), || dir.join("mum.sock").exists());
+    let out = p.neroman(&["start", "1-3", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("hand over"), "{stderr}");
+    // The old agent was asked to stop, and did.
+    let status = old.wait().unwrap();
+    assert!(status.success());
+    assert!(std::fs::read_to_string(dir.join("v1-log")).unwrap().contains("shutdown"));
+    let agents = p.ok(&["agents"]);
+    assert!(agents.contains(&format!("neromum {}", env!("CARGO_PKG_VERSION"))), "{agents}");
+}
+
+/// A newer agent is left alone, with a message to upgrade neroman (no second agent).
+#[test]
+fn a_newer_agent_is_left_alone() {
+    let p = twenty("newer", "clusters:\n  local:\n    max_parallel: 8\n");
+    let dir = p.mum_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut newer = std::process::Command::new("python3")
+        .arg(fixture.join("mum_v1.py"))
+        .arg(&dir)
+        .arg("--protocol=99")
+        .spawn()
+        .unwrap();
+    wait_until("newer agent listening", Duration::from_secs(10), || dir.join("mum.sock").exists());
+    let out = p.neroman(&["start", "1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upgrade neroman"), "{stderr}");
+    assert!(newer.try_wait().unwrap().is_none(), "the newer agent must keep running");
+    newer.kill().unwrap();
+    let _ = newer.wait();
+}
+
+/// `neroman agents --stop` stops the agent cleanly; the runs it had keep going and the next
+/// command's agent adopts them.
+#[test]
+fn agents_can_be_stopped_and_their_runs_are_adopted() {
+    let p = twenty("stop", "clusters:\n  local:\n    max_parallel: 20\n");
+    p.ok(&["start", "1-5"]);
+    let pid = p.mum_pid().unwrap();
+    let out = p.ok(&["agents", "--stop"]);
+    assert!(out.contains("stopped"), "{out}");
+    wait_until("agent gone", Duration::from_secs(10), || {
+        !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+    });
+    assert!(mum_log(&p).contains("stopping"));
+    p.wait_all_in(&["1", "2", "3", "4", "5"], "finished");
+    assert!(p.ok(&["agents"]).contains("running"));
+}
