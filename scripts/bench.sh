@@ -6,3 +6,4 @@ cd "$(dirname "$0")/.."
 cargo bench -p nerokid --bench kid
 cargo bench -p neronet --bench workbooks
 cargo bench -p neronet --bench latency
+cargo bench -p neronet --bench agent

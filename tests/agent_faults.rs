@@ -100,6 +100,8 @@ fn mum_killed_at_every_step_runs_each_job_once_and_loses_no_metric() {
         for (step, p) in &projects {
             let name = step.split('@').next().unwrap();
             wait_until(&format!("failpoint {step} to fire"), Duration::from_secs(30), || {
+                // Commands drive the agent's syncs (and restart it once it died).
+                let _ = p.neroman(&["status"]);
                 mum_log(p).contains(&format!("failpoint {name}"))
             });
             wait_until(&format!("all finished after {step}"), Duration::from_secs(90), || {
@@ -150,15 +152,16 @@ fn a_full_disk_under_the_agent_loses_nothing_and_is_reported() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(said.contains("cannot write its journal") || said.contains("No space"), "{said}");
+    assert!(said.contains("neromum cannot write"), "{said}");
     let out = p.neroman(&["status"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot write its journal"), "status must warn: {stderr}");
+    assert!(stderr.contains("neromum cannot write"), "status must warn: {stderr}");
+    assert!(stderr.contains("No space left"), "status must say why: {stderr}");
     std::fs::remove_file(&filler).unwrap();
     p.wait_all("finished", Duration::from_secs(120));
     assert_exactly_once(&p, 20);
     let out = p.neroman(&["status"]);
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("cannot write its journal"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("neromum cannot write"));
 }
 
 /// Regression: with an agent of another protocol version running (normal right after an

@@ -73,7 +73,7 @@ fn main() {
             workdir: std::path::absolute(&workdir).unwrap_or(workdir),
             kid_binary: kid_or_sibling(kid),
             idle_exit: Duration::from_secs(idle_exit),
-            tick: Duration::from_millis(200),
+            tick: Duration::from_millis(100),
             max_parallel: max_parallel.max(1),
         })
         .map_err(|e| neronet::util::error_chain(&e)),

@@ -65,6 +65,12 @@ pub struct Snapshot {
     pub queue: Vec<String>,
 }
 
+/// What [`Journal::open`] replays: the snapshot first, then each newer entry.
+pub enum Replay<'a> {
+    Snapshot(Snapshot),
+    Entry(&'a JournalEntry),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("{about} {path}")]
@@ -79,12 +85,12 @@ pub enum JournalError {
 }
 
 impl Journal {
-    /// Open (or create) the journal: returns it with the snapshot (if any), after calling
-    /// `replay` for every entry newer than the snapshot.
+    /// Open (or create) the journal: calls `replay` with the snapshot (if any), then with every
+    /// entry newer than it, and returns the journal with the snapshot's base.
     pub fn open(
         dir: &Path,
-        mut replay: impl FnMut(&JournalEntry),
-    ) -> Result<(Journal, Option<Snapshot>), JournalError> {
+        mut replay: impl FnMut(Replay<'_>),
+    ) -> Result<(Journal, Option<u64>), JournalError> {
         let path = dir.join("journal.jsonl");
         let io = |about, err| JournalError::Io {
             about,
@@ -134,6 +140,9 @@ impl Journal {
             Err(_) => None,
         };
         let base = snapshot.as_ref().map_or(0, |s| s.base_seq);
+        if let Some(s) = snapshot {
+            replay(Replay::Snapshot(s));
+        }
         let file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -163,7 +172,7 @@ impl Journal {
                     first_seq.get_or_insert(entry.seq);
                     next_seq = next_seq.max(entry.seq.saturating_add(1));
                     if entry.seq > base {
-                        replay(&entry);
+                        replay(Replay::Entry(&entry));
                     }
                 }
                 Err(e) => {
@@ -191,7 +200,7 @@ impl Journal {
             lines,
             epoch,
         };
-        Ok((journal, snapshot))
+        Ok((journal, (base > 0).then_some(base)))
     }
 
     /// Append entries for the given events with one write and one fsync; returns them with
@@ -450,8 +459,13 @@ pub(crate) mod tests {
         j.append(vec![("z".into(), MumEvent::Cancelled, None)]).unwrap();
         drop(j);
         let mut replayed = 0;
-        let (j, s) = Journal::open(&dir, |_| replayed += 1).unwrap();
-        assert_eq!(s.unwrap().base_seq, 1000);
+        let (j, s) = Journal::open(&dir, |r| {
+            if let Replay::Entry(_) = r {
+                replayed += 1
+            }
+        })
+        .unwrap();
+        assert_eq!(s, Some(1000));
         assert_eq!(replayed, 1, "only the entry after the snapshot is replayed");
         assert_eq!(j.last_seq(), 1001);
         assert_eq!(j.read_since(0, 1000).unwrap().0.len(), 101);

@@ -29,7 +29,7 @@ use crate::cluster::protocol::*;
 use crate::cluster::socket_path;
 use crate::util::failpoint;
 pub use journal::{JournalError, JOURNAL_FORMAT};
-use journal::{Journal, SnapRun, Snapshot};
+use journal::{Journal, Replay, SnapRun, Snapshot};
 use nerokid::report::{KidEvent, EVENTS_FILE};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -205,35 +205,32 @@ impl Mum {
 
         let mut runs: HashMap<String, RunRecord> = HashMap::new();
         let mut queue = VecDeque::new();
-        let mut replayed: Vec<JournalEntry> = Vec::new();
-        let (journal, snapshot) = Journal::open(&workdir, |e| replayed.push(e.clone()))?;
-        let mut acks = BTreeMap::new();
-        if let Some(snap) = snapshot {
-            for r in snap.runs {
-                let phase = match (r.phase.as_str(), r.job) {
-                    ("queued", _) => Phase::Queued,
-                    ("launching", _) => Phase::Launching,
-                    ("launched", Some(job)) => Phase::Launched {
-                        job,
-                        journaled: true,
-                    },
-                    _ => Phase::Ended,
-                };
-                let mut rec = RunRecord::new(PathBuf::from(r.run_dir), phase);
-                rec.kid_offset = r.kid_offset;
-                rec.job_pgid = r.job_pgid;
-                rec.abort_requested = r.abort_requested;
-                runs.insert(r.run, rec);
+        let (journal, _) = Journal::open(&workdir, |item| match item {
+            Replay::Snapshot(snap) => {
+                for r in snap.runs {
+                    let phase = match (r.phase.as_str(), r.job) {
+                        ("queued", _) => Phase::Queued,
+                        ("launching", _) => Phase::Launching,
+                        ("launched", Some(job)) => Phase::Launched {
+                            job,
+                            journaled: true,
+                        },
+                        _ => Phase::Ended,
+                    };
+                    let mut rec = RunRecord::new(PathBuf::from(r.run_dir), phase);
+                    rec.kid_offset = r.kid_offset;
+                    rec.job_pgid = r.job_pgid;
+                    rec.abort_requested = r.abort_requested;
+                    runs.insert(r.run, rec);
+                }
+                queue.extend(snap.queue);
             }
-            queue.extend(snap.queue);
-        }
-        if let Ok(bytes) = std::fs::read(workdir.join("acks.json")) {
-            acks = serde_json::from_slice(&bytes).unwrap_or_default();
-        }
-        for e in &replayed {
-            replay(&mut runs, &mut queue, e);
-        }
-        drop(replayed);
+            Replay::Entry(e) => replay(&mut runs, &mut queue, e),
+        })?;
+        let acks: BTreeMap<String, u64> = std::fs::read(workdir.join("acks.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         queue.retain(|r| matches!(runs.get(r).map(|x| &x.phase), Some(Phase::Queued)));
         let mut warden = warden;
         // Launches journaled as intent only: ask the warden what became of them.
@@ -308,6 +305,23 @@ impl Mum {
     /// One round: journal kid news, notice ended jobs, fill free slots.
     pub fn tick(&self) {
         tick(&self.shared);
+    }
+
+    /// Record that `project` has stored every entry up to `seq` (as a sync's `ack` does); the
+    /// next round compacts when enough is acknowledged.
+    pub fn acknowledge(&self, project: &str, seq: u64) {
+        let mut s = self.shared.lock();
+        s.register_project(project);
+        let seq = seq.min(s.journal.last_seq());
+        if let Some(a) = s.acks.get_mut(project) {
+            *a = (*a).max(seq);
+        }
+    }
+
+    /// Entries in the journal file now, and the newest sequence number.
+    pub fn journal_size(&self) -> (u64, u64) {
+        let s = self.shared.lock();
+        (s.journal.entries(), s.journal.last_seq())
     }
 
     /// A flag that stops [`Mum::serve`] (the signal handlers set it).
@@ -675,6 +689,9 @@ impl State {
 
     /// Journal `items`; on failure remember why (shown to every client) and return false.
     fn journal(&mut self, items: Vec<(String, MumEvent, Option<u64>)>) -> bool {
+        if items.is_empty() {
+            return true;
+        }
         match self.journal.append(items) {
             Ok(_) => {
                 if self.health.take().is_some() {
@@ -683,17 +700,20 @@ impl State {
                 true
             }
             Err(e) => {
-                let why = format!(
-                    "neromum cannot write its journal, so nothing advances until it can: {}",
-                    crate::util::error_chain(&e)
-                );
-                if self.health.as_deref() != Some(why.as_str()) {
-                    tracing::error!("{why}");
-                }
-                self.health = Some(why);
+                self.set_unhealthy(format!("its journal: {}", crate::util::error_chain(&e)));
                 false
             }
         }
+    }
+
+    /// Remember (and log once) what keeps mum from working; every hello and sync reply shows it
+    /// until the next successful journal append.
+    fn set_unhealthy(&mut self, what: String) {
+        let why = format!("neromum cannot write {what}; nothing is lost, work resumes once it can");
+        if self.health.as_deref() != Some(why.as_str()) {
+            tracing::error!("{why}");
+        }
+        self.health = Some(why);
     }
 
     fn in_flight(&self) -> usize {

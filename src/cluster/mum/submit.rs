@@ -1,8 +1,10 @@
 //! mum's `Submit` handler: write each new run's directory, journal the batch as queued (one
 //! append), and only then take the runs; the main loop starts what fits. A run mum already has is
-//! accepted again unchanged (neroman retrying after a lost reply). A run whose directory cannot
-//! be written is journaled as lost with the reason, the others of the batch go ahead; when the
-//! journal itself cannot be written, nothing of the batch is taken and neroman retries later.
+//! accepted again unchanged (neroman retrying after a lost reply). A run whose spec cannot be
+//! written (a bad environment name) is journaled as lost with the reason; a run whose directory
+//! cannot be written for want of space (or any other I/O error) is not taken — neroman resubmits
+//! it later — and the problem is reported. The others of the batch go ahead either way; when the
+//! journal itself cannot be written, nothing of the batch is taken.
 
 use super::{local, Phase, RunRecord, State};
 use crate::cluster::protocol::*;
@@ -13,6 +15,7 @@ impl State {
         let mut accepted = Vec::new();
         let mut items = Vec::new();
         let mut new_runs = Vec::new();
+        let mut transient = false;
         for spec in sub.runs {
             if let Some(known) = self.runs.get(&spec.run) {
                 // Resubmitting the same run (neroman retrying after a dropped reply) is harmless.
@@ -30,9 +33,19 @@ impl State {
                 Ok(()) => MumEvent::Queued {
                     run_dir: run_dir.display().to_string(),
                 },
-                Err(e) => MumEvent::Lost {
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => MumEvent::Lost {
                     reason: format!("cannot write the run directory {}: {e}", run_dir.display()),
                 },
+                Err(e) => {
+                    // Transient (disk full, quota): not taken; neroman sends it again later.
+                    let _ = std::fs::remove_dir_all(&run_dir);
+                    self.set_unhealthy(format!(
+                        "the run directory {}: {e}",
+                        run_dir.display()
+                    ));
+                    transient = true;
+                    continue;
+                }
             };
             let queued = matches!(event, MumEvent::Queued { .. });
             items.push((spec.run.clone(), event, None));
@@ -49,6 +62,11 @@ impl State {
             });
         }
         failpoint("submit.after_journal");
+        if transient && accepted.is_empty() {
+            return Response::Error(ErrorReply {
+                message: self.health.clone().unwrap_or_default(),
+            });
+        }
         for (run, run_dir, queued) in new_runs {
             let phase = if queued { Phase::Queued } else { Phase::Ended };
             self.runs.insert(run.clone(), RunRecord::new(run_dir, phase));
