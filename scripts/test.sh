@@ -16,6 +16,12 @@ log=$(mktemp)
 set +e
 cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The same end-to-end suites again over the remote transport: neroman talks to each agent
+# through a `neromum bridge` child (stdin/stdout, started by `sh -c` as ssh would), not the socket.
+echo "== tests over neromum bridge (NERONET_TRANSPORT=bridge)"
+NERONET_TRANSPORT=bridge cargo test --test local_runs --test agent_faults 2>&1 | tee -a "$log"
+bridge_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$bridge_status
 set -e
 # One closing line for the whole run (cargo prints one summary per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

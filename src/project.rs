@@ -511,18 +511,6 @@ impl Project {
             Some((e, seq)) if e == epoch => seq,
             _ => 0,
         };
-        // The agent's journal is shorter than what we stored from it (restored from a backup,
-        // cut by hand): what it writes next reuses numbers we have seen. Take those, not skip them.
-        let mut floor = None;
-        if since > client.hello.last_seq {
-            tracing::warn!(
-                "cluster {cluster}: the agent's journal ends at {} but {since} entries were stored from it; syncing from {}",
-                client.hello.last_seq,
-                client.hello.last_seq
-            );
-            since = client.hello.last_seq;
-            floor = Some(since);
-        }
         let mut wait = wait;
         loop {
             let batch = client.sync(since, Some(since), wait).map_err(cerr)?;
@@ -532,8 +520,21 @@ impl Project {
                     report.agent_problems.push((cluster.to_string(), why.clone()));
                 }
             }
+            // The agent's journal is shorter than what we stored from it (restored from a
+            // backup, cut by hand): what it writes next reuses numbers we have seen. Take those
+            // from now on instead of skipping them. (Compared with the reply's own newest
+            // number: another neroman may have stored more since our hello.)
+            if since > batch.last_seq {
+                tracing::warn!(
+                    "cluster {cluster}: the agent's journal ends at {} but {since} entries were stored from it; syncing from {}",
+                    batch.last_seq,
+                    batch.last_seq
+                );
+                since = apply_entries(&mut self.store, cluster, &epoch, &[], report, Some(batch.last_seq))?;
+                continue;
+            }
             // Another neroman may have applied part of this already: the store says how far.
-            since = apply_entries(&mut self.store, cluster, &epoch, &batch.entries, report, floor.take())?;
+            since = apply_entries(&mut self.store, cluster, &epoch, &batch.entries, report, None)?;
             if !batch.more {
                 break;
             }

@@ -73,7 +73,7 @@ fn mum_killed_at_every_step_runs_each_job_once_and_loses_no_metric() {
         "launch.after_warden@2",
         "tick.before_journal@6",
         "tick.after_journal@6",
-        "sync.before_reply@3",
+        "sync.before_reply@2",
         "compact.after_snapshot",
         "compact.after_rewrite",
     ];
@@ -231,4 +231,46 @@ fn agents_can_be_stopped_and_their_runs_are_adopted() {
     assert!(mum_log(&p).contains("stopping"));
     p.wait_all_in(&["1", "2", "3", "4", "5"], "finished");
     assert!(p.ok(&["agents"]).contains("running"));
+}
+
+/// A remote shell that prints text before neromum answers (a chatty `.bashrc`) is tolerated
+/// and reported; one that never lets neromum answer gets an error that shows the text.
+#[test]
+fn chatty_shells_on_the_bridge_are_detected_and_explained() {
+    use neronet::cluster::client::{LocalMum, MumClient, Transport};
+    let p = Project::new("chatty", "");
+    let bin = common::neroman_bin();
+    let bridge = |script: &str| LocalMum {
+        workdir: p.path("mum"),
+        mum_binary: bin.with_file_name("neromum"),
+        kid_binary: common::nerokid_bin(),
+        max_parallel: 2,
+        idle_exit_secs: 30,
+        project: None,
+        transport: Transport::Bridge {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                script.into(),
+                bin.with_file_name("neromum").display().to_string(),
+                p.path("mum").display().to_string(),
+                common::nerokid_bin().display().to_string(),
+            ],
+        },
+    };
+    let chatty = bridge(
+        "echo 'Welcome to the cluster!'; echo 'You have new mail.'; exec \"$0\" bridge --workdir \"$1\" --kid \"$2\" --idle-exit 30",
+    );
+    let mut c = MumClient::connect_or_start(&chatty).expect("noise before hello is skipped");
+    assert!(c.started, "the bridge started the agent");
+    let batch = c.sync(0, None, Duration::ZERO).unwrap();
+    assert!(batch.entries.is_empty());
+    c.shutdown().unwrap();
+
+    let broken = bridge("echo 'Last login: Fri Nov 27'; echo 'neromum: command not found' >&2; exit 127");
+    let err = match MumClient::connect_or_start(&broken) {
+        Ok(_) => panic!("a bridge that never answers must fail"),
+        Err(e) => neronet::util::error_chain(&e),
+    };
+    assert!(err.contains(".bashrc") && err.contains("Last login"), "{err}");
 }

@@ -129,10 +129,18 @@ fn mum_refuses_another_protocol_version() {
         BufReader::new(s).read_line(&mut reply).unwrap();
         reply
     };
-    let reply = talk(
-        "{\"type\":\"hello\",\"version\":99,\"client\":\"neroman 9\",\"max_parallel\":null}\n",
-    );
-    assert!(reply.contains("protocol version mismatch"), "{reply}");
+    // Another version gets mum's own version in a hello reply (so a newer neroman can ask it to
+    // hand over), and nothing but `shutdown` is served on that connection.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"{\"type\":\"hello\",\"version\":99,\"client\":\"neroman 9\",\"max_parallel\":null}\n{\"type\":\"submit\",\"runs\":[]}\n")
+        .unwrap();
+    let mut r = BufReader::new(s);
+    let mut reply = String::new();
+    r.read_line(&mut reply).unwrap();
+    assert!(reply.contains("\"type\":\"hello\"") && reply.contains("\"version\":2"), "{reply}");
+    reply.clear();
+    r.read_line(&mut reply).unwrap();
+    assert!(reply.contains("only shutdown is understood"), "{reply}");
     let reply = talk("{\"type\":\"submit\",\"runs\":[]}\n");
     assert!(reply.contains("expected hello first"), "{reply}");
     let reply = talk("not json\n");
