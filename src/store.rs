@@ -7,6 +7,7 @@ use crate::state::RunState;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,8 +94,43 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// The schema version this neroman writes (`PRAGMA user_version` after migrating).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 pub struct Store {
     conn: Connection,
+}
+
+/// How long a statement waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// Switch to WAL. The switch needs an exclusive lock and SQLite may answer SQLITE_BUSY at once,
+/// without calling the busy handler, while another process opens the same fresh file: retry with
+/// backoff for as long as the busy timeout.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// A run as the store knows it.
@@ -146,6 +182,9 @@ pub struct ExperimentRow {
 }
 
 impl Store {
+    /// Open (creating and migrating when needed). Safe when several processes open a fresh
+    /// store at once: the busy timeout is set before anything else, the switch to WAL is retried,
+    /// and the schema version is re-read inside the write transaction that migrates.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -155,10 +194,8 @@ impl Store {
             err,
         };
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        enable_wal(&conn).map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         let mut store = Store { conn };
@@ -167,25 +204,31 @@ impl Store {
     }
 
     fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
-        let version: i64 = self
+        let too_new = |found| StoreError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        };
+        let version = user_version(&self.conn)?;
+        if version > SCHEMA_VERSION {
+            return Err(too_new(version));
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // Another process may have migrated since we looked: decide again under the write lock.
+        let tx = self
             .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let supported = MIGRATIONS.len() as i64;
-        if version > supported {
-            return Err(StoreError::TooNew {
-                path: path.to_path_buf(),
-                found: version,
-                supported,
-            });
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = user_version(&tx)?;
+        if version > SCHEMA_VERSION {
+            return Err(too_new(version));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for sql in MIGRATIONS.iter().skip(version as usize) {
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
         }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -697,6 +740,53 @@ mod tests {
         let rows = vec![("12".to_string(), 3, 1u64), ("12".to_string(), 7, 2u64)];
         s.note_rows(&rows, 10.0).unwrap();
         assert_eq!(s.experiments().unwrap().len(), 1);
+    }
+
+    /// Regression: two commands on a fresh project (`neroman start 1-15 & neroman start 5-20`)
+    /// failed with `database is locked` or `table experiments already exists`: the switch to WAL
+    /// gave up on SQLITE_BUSY and both connections ran the first migration.
+    #[test]
+    fn concurrent_first_opens_of_a_fresh_store_all_succeed() {
+        const THREADS: usize = 8;
+        for round in 0..20 {
+            let dir = std::env::temp_dir()
+                .join(format!("neronet-store-race-{}-{round}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let path = dir.join("state.db");
+            let barrier = std::sync::Barrier::new(THREADS);
+            let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..THREADS)
+                    .map(|i| {
+                        let (path, barrier) = (&path, &barrier);
+                        s.spawn(move || {
+                            barrier.wait();
+                            let mut store =
+                                Store::open(path).map_err(|e| crate::util::error_chain(&e))?;
+                            store
+                                .note_rows(&[(format!("{i}"), i as u32 + 2, 1)], 1.0)
+                                .map_err(|e| crate::util::error_chain(&e))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for r in &results {
+                assert!(r.is_ok(), "round {round}: {r:?}");
+            }
+            let store = Store::open(&path).unwrap();
+            let version: i64 = store
+                .conn()
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, MIGRATIONS.len() as i64);
+            let mode: String = store
+                .conn()
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            assert_eq!(store.experiments().unwrap().len(), THREADS);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]
