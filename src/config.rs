@@ -261,7 +261,7 @@ impl Config {
                 if let Some(v) = value {
                     parse_duration(v).ok_or_else(|| {
                         bad(format!(
-                            "clusters.{name}.{key}: {v:?} is not a duration (like 30s, 5m)"
+                            "clusters.{name}.{key}: {v:?} is not a duration (a finite, non-negative time like 30s, 5m)"
                         ))
                     })?;
                 }
@@ -360,7 +360,8 @@ pub fn user_config_path() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "neronet").map(|d| d.config_dir().join(CONFIG_FILE))
 }
 
-/// `90`, `90s`, `30m`, `1h`, `2d` → seconds.
+/// `90`, `90s`, `30m`, `1h`, `2d` → seconds; `None` unless finite and non-negative (`inf`,
+/// `nan`, `1e400` and `-1s` all parse as floats, and an endless grace never ends a run).
 pub fn parse_duration(s: &str) -> Option<f64> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last()? {
@@ -373,8 +374,8 @@ pub fn parse_duration(s: &str) -> Option<f64> {
     num.trim()
         .parse::<f64>()
         .ok()
-        .filter(|n| *n >= 0.0)
         .map(|n| n * mult)
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
 }
 
 #[cfg(test)]
@@ -409,6 +410,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("abort_when"));
+    }
+
+    /// Regression: `grace: inf` (and any duration that parses to infinity) was accepted, and a
+    /// run's SIGTERM→SIGKILL grace became endless.
+    #[test]
+    fn an_infinite_or_negative_duration_is_refused() {
+        for key in ["grace", "poll_interval"] {
+            for v in ["inf", "infs", "-inf", "nan", "1e400", "1e308d", "-1", "-2s"] {
+                let yaml = format!("clusters:\n  local:\n    {key}: '{v}'\n");
+                let path = Path::new("dir/neronet.yaml");
+                let cfg = Config::parse(&yaml, path).unwrap();
+                let e = cfg
+                    .validate(path)
+                    .expect_err(&format!("{key}: {v} accepted"))
+                    .to_string();
+                assert!(
+                    e.contains("dir/neronet.yaml")
+                        && e.contains(&format!("clusters.local.{key}: "))
+                        && e.contains(&format!("{v:?}")),
+                    "{e}"
+                );
+            }
+        }
+        for v in ["inf", "1e400s"] {
+            assert_eq!(parse_duration(v), None, "{v}");
+        }
+        assert_eq!(parse_duration("0"), Some(0.0));
+        assert_eq!(parse_duration("1.5m"), Some(90.0));
     }
 
     #[test]
