@@ -12,7 +12,7 @@ pub const STDOUT_FILE: &str = "stdout.log";
 pub const STDERR_FILE: &str = "stderr.log";
 
 /// What the kid needs to know beyond the command line (written by mum as `kid.json`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KidSpec {
     /// Experiment id, for messages and the `id` field of rules.
@@ -32,6 +32,40 @@ pub struct KidSpec {
     /// Resource sample period, seconds.
     #[serde(default = "default_sample")]
     pub sample_secs: f64,
+}
+
+/// What an empty `kid.json` means (a derived default would have zero periods, which are invalid).
+impl Default for KidSpec {
+    fn default() -> Self {
+        KidSpec {
+            id: String::new(),
+            params: BTreeMap::new(),
+            abort_when: None,
+            metrics: MetricsSpec::default(),
+            grace_secs: default_grace(),
+            sample_secs: default_sample(),
+        }
+    }
+}
+
+impl KidSpec {
+    /// What serde cannot check: the periods must be usable as durations (a negative or endless
+    /// one would panic in `Duration::from_secs_f64` or never end a run). Names the bad key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.sample_secs.is_finite() && self.sample_secs > 0.0) {
+            return Err(format!(
+                "sample_secs: {} is not a number of seconds above 0",
+                self.sample_secs
+            ));
+        }
+        if !(self.grace_secs.is_finite() && self.grace_secs >= 0.0) {
+            return Err(format!(
+                "grace_secs: {} is not a finite, non-negative number of seconds",
+                self.grace_secs
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_grace() -> f64 {
@@ -248,6 +282,34 @@ pub fn now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_periods_are_checked() {
+        let spec = |sample_secs, grace_secs| KidSpec {
+            sample_secs,
+            grace_secs,
+            ..KidSpec::default()
+        };
+        assert!(KidSpec::default().validate().is_ok());
+        assert_eq!(
+            serde_json::from_str::<KidSpec>("{}").unwrap(),
+            KidSpec::default()
+        );
+        assert!(spec(5.0, 10.0).validate().is_ok());
+        assert!(spec(0.1, 0.0).validate().is_ok());
+        for (s, g, key) in [
+            (-1.0, 10.0, "sample_secs"),
+            (0.0, 10.0, "sample_secs"),
+            (f64::NAN, 10.0, "sample_secs"),
+            (f64::INFINITY, 10.0, "sample_secs"),
+            (5.0, -0.5, "grace_secs"),
+            (5.0, f64::NAN, "grace_secs"),
+            (5.0, f64::INFINITY, "grace_secs"),
+        ] {
+            let e = spec(s, g).validate().unwrap_err();
+            assert!(e.starts_with(key), "{s} {g}: {e}");
+        }
+    }
 
     /// Snapshot: the on-disk event format. A change here breaks old run directories.
     #[test]

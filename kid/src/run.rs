@@ -239,6 +239,8 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Run `command` under supervision in `dir`; returns the exit code the kid should exit with.
 pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidError> {
+    spec.validate()
+        .map_err(|e| KidError::Spec(format!("{SPEC_FILE}: {e}")))?;
     std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
     let rule = match spec
         .abort_when

@@ -199,3 +199,24 @@ fn bad_arguments_say_so() {
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dir is required"));
 }
+
+/// Regression: a negative `sample_secs` in kid.json made the kid panic in
+/// `Duration::from_secs_f64` after the job had started; a bad spec is now refused up front.
+#[test]
+fn a_bad_period_in_the_spec_is_refused_not_a_panic() {
+    for (spec, key) in [
+        (r#"{"sample_secs":-1}"#, "sample_secs"),
+        (r#"{"sample_secs":0}"#, "sample_secs"),
+        (r#"{"grace_secs":-0.5}"#, "grace_secs"),
+    ] {
+        let d = run_dir("badspec");
+        std::fs::write(d.join("kid.json"), spec).unwrap();
+        let out = kid(&d, &[], &["true"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{spec}: {err}");
+        assert!(
+            err.contains(key) && !err.contains("panicked"),
+            "{spec}: {err}"
+        );
+    }
+}

@@ -54,11 +54,7 @@ fn real_main(args: Vec<String>) -> Result<i32, String> {
         Ok(bytes) => {
             serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", spec_path.display()))?
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => KidSpec {
-            grace_secs: 10.0,
-            sample_secs: 5.0,
-            ..KidSpec::default()
-        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => KidSpec::default(),
         Err(e) => return Err(format!("{}: {e}", spec_path.display())),
     };
     if rule.is_some() {
