@@ -39,9 +39,29 @@ fn io_err(about: impl Into<String>) -> impl FnOnce(io::Error) -> KidError {
     move |source| KidError::Io { about, source }
 }
 
-/// The durable event log: one JSON line per event, written with a single `write` call.
+/// The most unwritten events the kid keeps while the log cannot be written (a full disk, a
+/// quota): past this, the oldest metric and resource samples are dropped to make room for the
+/// newest. Start, environment, rule and exit events are never dropped.
+const MAX_BACKLOG: usize = 64 << 20;
+
+/// How long the kid keeps trying to write its exit record before giving up.
+const FINAL_WRITE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// The durable event log: one JSON line per event. Writes are exact: what a short or failed
+/// write leaves over stays in memory and is written first next time, so a line is never torn in
+/// the middle of the file (only its last line can be incomplete, until the next write).
 pub struct EventLog {
     file: File,
+    path: PathBuf,
+    /// Serialized lines not yet all in the file; `pending[..written]` already is.
+    pending: Vec<u8>,
+    written: usize,
+    max_backlog: usize,
+    /// Where each line in `pending` ends, and whether it may be dropped on overflow.
+    lines: Vec<(usize, bool)>,
+    /// Said on stderr that writing fails (once per episode) / that samples were dropped (once).
+    warned_failing: bool,
+    warned_dropping: bool,
 }
 
 impl EventLog {
@@ -52,23 +72,171 @@ impl EventLog {
             .append(true)
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
-        Ok(EventLog { file })
+        Ok(EventLog {
+            file,
+            path,
+            pending: Vec::new(),
+            written: 0,
+            max_backlog: MAX_BACKLOG,
+            lines: Vec::new(),
+            warned_failing: false,
+            warned_dropping: false,
+        })
     }
 
-    pub fn append(&mut self, events: &[KidEvent]) -> io::Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let mut buf = Vec::with_capacity(128 * events.len());
+    /// Queue events for the next write.
+    pub fn push(&mut self, events: &[KidEvent]) {
         for e in events {
-            serde_json::to_writer(&mut buf, e).map_err(io::Error::other)?;
-            buf.push(b'\n');
+            // Serializing our own types into memory cannot fail.
+            if serde_json::to_writer(&mut self.pending, e).is_ok() {
+                self.pending.push(b'\n');
+                let droppable = matches!(e, KidEvent::Metrics { .. } | KidEvent::Resources { .. });
+                self.lines.push((self.pending.len(), droppable));
+            }
         }
-        self.file.write_all(&buf)
+        if self.pending.len() - self.written > self.max_backlog {
+            self.shed();
+        }
+    }
+
+    /// Write everything queued. On an error what is left stays queued, to be written (after the
+    /// part of a line already in the file, if any) by the next call.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.written < self.pending.len() {
+            match self.file.write(&self.pending[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.pending.clear();
+        self.lines.clear();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// `push` then `flush`.
+    pub fn append(&mut self, events: &[KidEvent]) -> io::Result<()> {
+        self.push(events);
+        self.flush()
+    }
+
+    /// Flush, and when that fails say so on stderr (once until it works again): the job goes on
+    /// and the events wait in memory.
+    fn flush_or_warn(&mut self) {
+        match self.flush() {
+            Ok(()) => {
+                if self.warned_failing {
+                    eprintln!(
+                        "nerokid: the event log {} is written again",
+                        self.path.display()
+                    );
+                    self.warned_failing = false;
+                }
+            }
+            Err(e) => {
+                if !self.warned_failing {
+                    eprintln!(
+                        "nerokid: cannot write the event log {} ({e}); keeping events in memory and retrying",
+                        self.path.display()
+                    );
+                    self.warned_failing = true;
+                }
+            }
+        }
+    }
+
+    /// The last write: everything queued (the exit record) and an fsync, retried with backoff for
+    /// up to `patience`. When it still fails, an incomplete last line is cut off the file.
+    fn finish(&mut self, patience: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + patience;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let result = self.flush().and_then(|()| self.sync());
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    self.cut_torn_tail();
+                    return Err(e);
+                }
+                Err(e) => {
+                    if !self.warned_failing {
+                        eprintln!(
+                            "nerokid: cannot write the exit record to {} ({e}); retrying for {} s",
+                            self.path.display(),
+                            patience.as_secs()
+                        );
+                        self.warned_failing = true;
+                    }
+                    std::thread::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
     }
 
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.sync_all()
+    }
+
+    /// The start of the line that `written` falls in.
+    fn current_line_start(&self) -> usize {
+        let i = self.lines.partition_point(|(end, _)| *end <= self.written);
+        if i == 0 {
+            0
+        } else {
+            self.lines[i - 1].0
+        }
+    }
+
+    /// If the file ends in part of a line, cut that part off (so a reader never meets it).
+    fn cut_torn_tail(&mut self) {
+        let torn = (self.written - self.current_line_start()) as u64;
+        if torn == 0 {
+            return;
+        }
+        if let Ok(len) = self.file.metadata().map(|m| m.len()) {
+            if self.file.set_len(len.saturating_sub(torn)).is_ok() {
+                self.written -= torn as usize;
+            }
+        }
+    }
+
+    /// Over the backlog limit: forget what is written, then drop the oldest unwritten samples
+    /// until a quarter of the limit is free. The line being written (partly in the file) stays.
+    fn shed(&mut self) {
+        let base = self.current_line_start();
+        let (old, old_lines) = (
+            std::mem::take(&mut self.pending),
+            std::mem::take(&mut self.lines),
+        );
+        let mut excess = (old.len() - base).saturating_sub(self.max_backlog / 4 * 3);
+        let mut start = 0;
+        let mut dropped = 0u64;
+        for (end, droppable) in old_lines {
+            let line_start = std::mem::replace(&mut start, end);
+            if end <= base {
+                continue;
+            }
+            if droppable && excess > 0 && line_start >= self.written {
+                excess = excess.saturating_sub(end - line_start);
+                dropped += 1;
+                continue;
+            }
+            self.pending.extend_from_slice(&old[line_start..end]);
+            self.lines.push((self.pending.len(), droppable));
+        }
+        self.written -= base;
+        if dropped > 0 && !self.warned_dropping {
+            eprintln!(
+                "nerokid: the event log has fallen {} MiB behind; dropping the oldest metric and resource samples (start, rule and exit events are kept)",
+                self.max_backlog >> 20
+            );
+            self.warned_dropping = true;
+        }
     }
 }
 
@@ -291,20 +459,20 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     let mut child: Child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            log.append(&[KidEvent::Exited {
+            log.push(&[KidEvent::Exited {
                 t: now(),
                 outcome: Outcome::FailedToStart {
                     error: format!("{program}: {e}"),
                 },
-            }])
-            .and_then(|_| log.sync())
-            .map_err(io_err("write event log"))?;
+            }]);
+            log.finish(FINAL_WRITE_PATIENCE)
+                .map_err(io_err("write event log"))?;
             return Ok(127);
         }
     };
     let started = Instant::now();
     let job_pid = child.id() as i32;
-    log.append(&[
+    log.push(&[
         KidEvent::Started {
             t: now(),
             pid: std::process::id(),
@@ -315,8 +483,8 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             t: now(),
             report: probe::env_report(&cwd),
         },
-    ])
-    .map_err(io_err("write event log"))?;
+    ]);
+    log.flush_or_warn();
 
     let (tx, rx) = mpsc::channel();
     let readers = [
@@ -446,9 +614,11 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
                 killed = true;
             }
         }
-        // Durable before anything else learns of it.
-        log.append(&pending).map_err(io_err("write event log"))?;
+        // Durable before anything else learns of it. A log that cannot be written (a full disk)
+        // keeps its events in memory and is retried next round; the job is not stopped for it.
+        log.push(&pending);
         pending.clear();
+        log.flush_or_warn();
 
         if exit_status.is_none() {
             if let Some(status) = child.try_wait().map_err(io_err("wait for job"))? {
@@ -487,8 +657,73 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             (None, None) => Outcome::Exit { code: -1 },
         },
     };
-    log.append(&[KidEvent::Exited { t: now(), outcome }])
-        .and_then(|_| log.sync())
+    log.push(&[KidEvent::Exited { t: now(), outcome }]);
+    log.finish(FINAL_WRITE_PATIENCE)
         .map_err(io_err("write event log"))?;
     Ok(code.unwrap_or_else(|| 128 + signal.unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(step: u32) -> KidEvent {
+        KidEvent::Metrics {
+            t: 1.0,
+            step: Some(f64::from(step)),
+            values: vec![("loss".into(), 0.5)],
+        }
+    }
+
+    /// A log that cannot be written keeps a bounded backlog: the newest samples and every
+    /// start, rule and exit event; once writable, it writes them in order, whole lines only.
+    #[test]
+    fn a_backlog_over_the_limit_drops_old_samples_only() {
+        let dir = std::env::temp_dir().join(format!("nerokid-backlog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = EventLog::open(&dir).unwrap();
+        let real = std::mem::replace(
+            &mut log.file,
+            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+        );
+        log.max_backlog = 4096;
+        log.push(&[KidEvent::RuleFired {
+            t: 1.0,
+            rule: "loss>1".into(),
+        }]);
+        for step in 0..1000 {
+            log.push(&[metric(step)]);
+            assert!(log.flush().is_err(), "/dev/full is always full");
+        }
+        log.push(&[KidEvent::Exited {
+            t: 2.0,
+            outcome: Outcome::Exit { code: 0 },
+        }]);
+        assert!(log.pending.len() <= 4096 + 200, "{}", log.pending.len());
+        log.file = real;
+        log.finish(Duration::ZERO).unwrap();
+        let events = read_events(&dir).unwrap();
+        assert_eq!(
+            events.len(),
+            std::fs::read_to_string(dir.join(EVENTS_FILE))
+                .unwrap()
+                .lines()
+                .count(),
+            "no torn line"
+        );
+        assert!(matches!(events[0], KidEvent::RuleFired { .. }));
+        assert!(matches!(events.last(), Some(KidEvent::Exited { .. })));
+        let steps: Vec<f64> = events
+            .iter()
+            .filter_map(|e| match e {
+                KidEvent::Metrics { step, .. } => *step,
+                _ => None,
+            })
+            .collect();
+        assert!(steps.len() > 10 && steps.len() < 100, "{}", steps.len());
+        assert_eq!(steps.last(), Some(&999.0), "the newest are kept");
+        assert!(steps.windows(2).all(|w| w[1] == w[0] + 1.0), "{steps:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
