@@ -301,6 +301,23 @@ fn grow_pipe(fd: &impl std::os::unix::io::AsRawFd) {
     }
 }
 
+/// Wait up to `limit` for a pipe's writers to be gone, without waking for new data (POLLHUP is
+/// reported even when no event is asked for): coalesces a busy job's output, yet a short job's
+/// end is seen at once.
+fn linger(pipe: &impl std::os::unix::io::AsRawFd, limit: Duration) {
+    let mut fd = libc::pollfd {
+        fd: pipe.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the duration of the call; an error or EINTR just ends the
+    // wait early.
+    unsafe {
+        libc::poll(&mut fd, 1, ms);
+    }
+}
+
 fn spawn_reader(
     mut from: impl Read + std::os::unix::io::AsRawFd + Send + 'static,
     mut to: File,
@@ -331,7 +348,7 @@ fn spawn_reader(
                 let _ = tx.send(Msg::Found(found));
             }
             if n < buf.len() {
-                std::thread::sleep(COALESCE);
+                linger(&from, COALESCE);
             }
         }
         let mut found = Vec::new();
@@ -527,21 +544,32 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     let mut streams_done_at: Option<Instant> = None;
     let mut pending: Vec<KidEvent> = Vec::new();
 
+    let mut round_start = started;
+    let mut ending_pause = Duration::from_millis(1);
     loop {
-        // One round every TICK: what the readers found meanwhile is written in one go.
-        std::thread::sleep(TICK);
         let mut found: Vec<(f64, Found)> = Vec::new();
-        loop {
-            match rx.try_recv() {
-                Ok(Msg::Found(f)) => found.extend(f),
-                Ok(Msg::Closed) => open_streams -= 1,
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    open_streams = 0;
+        if open_streams > 0 {
+            // One round every TICK: what the readers find meanwhile is written in one go. But
+            // the job's streams closing (it is ending) starts the next round at once.
+            let deadline = round_start + TICK;
+            while open_streams > 0 {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                     break;
+                };
+                match rx.recv_timeout(left) {
+                    Ok(Msg::Found(f)) => found.extend(f),
+                    Ok(Msg::Closed) => open_streams -= 1,
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => open_streams = 0,
                 }
             }
+        } else {
+            // The streams are closed, so the job is ending (or runs on without them): look for
+            // its exit soon, then less and less often, up to once per TICK.
+            std::thread::sleep(ending_pause);
+            ending_pause = (ending_pause * 2).min(TICK);
         }
+        round_start = Instant::now();
         let now_i = Instant::now();
         if now_i >= next_tail && !tails.is_empty() {
             for tail in &mut tails {

@@ -220,3 +220,22 @@ fn a_bad_period_in_the_spec_is_refused_not_a_panic() {
         );
     }
 }
+
+/// Regression: the kid slept a whole round (250 ms) before it looked at the job at all, so a
+/// trivial job took at least that long and 1,000 of them at 8 in parallel at least 31 s. The
+/// best of a few runs must come in well under one round.
+#[test]
+fn a_short_job_does_not_wait_a_whole_tick() {
+    let d = run_dir("short");
+    let best = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let status = kid(&d, &[], &["sh", "-c", "echo loss=1"]).status().unwrap();
+            assert!(status.success());
+            start.elapsed()
+        })
+        .min()
+        .unwrap();
+    assert!(best < Duration::from_millis(200), "{best:?}");
+    assert_eq!(outcome(&d), Outcome::Exit { code: 0 });
+}
