@@ -23,11 +23,17 @@ pub type Wake = Arc<dyn Fn() + Send + Sync>;
 /// Plain processes on this machine.
 pub struct LocalWarden {
     wake: Wake,
+    /// Jobs this mum started, and whether each has exited (set by its reaper thread). For its
+    /// own children mum knows exactly; /proc is only asked about jobs adopted after a restart.
+    children: Arc<std::sync::Mutex<HashMap<u32, bool>>>,
 }
 
 impl LocalWarden {
     pub fn new(wake: Wake) -> LocalWarden {
-        LocalWarden { wake }
+        LocalWarden {
+            wake,
+            children: Arc::default(),
+        }
     }
 }
 
@@ -38,9 +44,12 @@ impl Warden for LocalWarden {
                 Ok(mut child) => {
                     let pid = child.id();
                     let wake = Arc::clone(&self.wake);
+                    let children = Arc::clone(&self.children);
+                    children.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, false);
                     // Reap it and wake mum the moment it exits: the slot is refilled at once.
                     std::thread::spawn(move || {
                         let _ = child.wait();
+                        children.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, true);
                         wake();
                     });
                     Ok(pid.to_string())
@@ -51,9 +60,15 @@ impl Warden for LocalWarden {
     }
 
     fn poll(&mut self, jobs: &[(String, JobRequest)]) -> HashMap<String, JobState> {
+        let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         jobs.iter()
             .map(|(job, req)| {
-                let alive = job.parse().is_ok_and(|pid| kid_of(pid, &req.run_dir));
+                let pid: Option<u32> = job.parse().ok();
+                let alive = match pid.and_then(|p| children.get(&p)) {
+                    Some(exited) => !exited,
+                    // Adopted after a restart: ask /proc (the pid must still be this run's).
+                    None => pid.is_some_and(|p| kid_of(p as i32, &req.run_dir, true)),
+                };
                 let state = if alive { JobState::Alive } else { JobState::Gone };
                 (job.clone(), state)
             })
@@ -61,11 +76,22 @@ impl Warden for LocalWarden {
     }
 
     fn cancel(&mut self, job: &str, req: &JobRequest) -> bool {
-        match job.parse::<i32>() {
-            // SAFETY: kill(2) on a pid just verified to be this run's kid; no memory is involved.
-            Ok(pid) if kid_of(pid, &req.run_dir) => unsafe { libc::kill(pid, libc::SIGTERM) == 0 },
-            _ => false,
-        }
+        let Ok(pid) = job.parse::<i32>() else {
+            return false;
+        };
+        let ours_and_running = self
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(pid as u32))
+            .map(|exited| !exited);
+        let target = match ours_and_running {
+            Some(running) => running,
+            None => kid_of(pid, &req.run_dir, false),
+        };
+        // SAFETY: kill(2) on our own unreaped child or a pid just verified to be this run's
+        // kid; no memory is involved.
+        target && unsafe { libc::kill(pid, libc::SIGTERM) == 0 }
     }
 
     fn find(&mut self, req: &JobRequest) -> Found {
@@ -91,12 +117,12 @@ fn find_kid(run_dir: &Path) -> Option<i32> {
     let entries = std::fs::read_dir("/proc").ok()?;
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| kid_of(*pid, run_dir))
+        .find(|pid| kid_of(*pid, run_dir, false))
 }
 
 /// Is `pid` a live (not zombie) job script or nerokid of the run in `run_dir`? Guards against
 /// pid reuse: the command line must name this run's directory.
-fn kid_of(pid: i32, run_dir: &Path) -> bool {
+fn kid_of(pid: i32, run_dir: &Path, mid_exec_counts: bool) -> bool {
     if pid <= 0 {
         return false;
     }
@@ -109,6 +135,11 @@ fn kid_of(pid: i32, run_dir: &Path) -> bool {
         .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
     if zombie {
         return false;
+    }
+    if cmdline.is_empty() {
+        // Mid-exec (job.sh becoming nerokid) the command line reads empty for a moment; a
+        // poll counts that as alive (a kernel thread has none either: never for find/cancel).
+        return mid_exec_counts && !stat.is_empty();
     }
     let dir = run_dir.as_os_str().as_encoded_bytes();
     let job = run_dir.join("job.sh");

@@ -909,13 +909,22 @@ fn tick(shared: &Shared) {
         shared.appended.notify_all();
     }
     if !lost_jobs.is_empty() || !to_cancel.is_empty() {
-        let mut warden = shared.warden();
-        // Nobody supervises these jobs any more: end them rather than leave them running unseen.
-        for (req, pgid) in &lost_jobs {
-            warden.clean_up(req, *pgid);
-        }
-        for (job, req) in &to_cancel {
-            warden.cancel(job, req);
+        let sent: Vec<String> = {
+            let mut warden = shared.warden();
+            // Nobody supervises these jobs any more: end them rather than leave them unseen.
+            for (req, pgid) in &lost_jobs {
+                warden.clean_up(req, *pgid);
+            }
+            to_cancel
+                .iter()
+                .filter(|(job, req)| warden.cancel(job, req))
+                .map(|(_, req)| req.run.clone())
+                .collect()
+        };
+        // Aborts that arrived during the launch were passed on now.
+        let items: Vec<_> = sent.into_iter().map(|r| (r, MumEvent::AbortSent, None)).collect();
+        if !items.is_empty() && shared.lock().journal(items) {
+            shared.appended.notify_all();
         }
     }
     // A slot freed in this round is refilled in the next one, at once.
