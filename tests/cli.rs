@@ -281,3 +281,44 @@ fn a_rule_field_nothing_knows_is_warned_about() {
     );
     assert!(err.contains("did you mean loss?"), "{err}");
 }
+
+/// Regression: `neroman` set SIGPIPE to SIG_DFL for `neroman status | head`, which would let a
+/// dead ssh child kill the coming daemon. With SIGPIPE ignored, a closed stdout must still end a
+/// command quietly with exit 0 (println! would panic).
+#[test]
+fn status_into_a_closed_pipe_ends_quietly() {
+    let p = Project::new("closed-pipe", "command: echo loss={x}\n");
+    p.workbook(
+        &["id", "status", "x"],
+        &[
+            vec![V::N(1.0), V::E, V::N(0.1)],
+            vec![V::N(2.0), V::E, V::N(0.2)],
+            vec![V::N(3.0), V::S("hold"), V::N(0.3)],
+        ],
+    );
+    for args in [&["status"][..], &["status", "--json"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(common::neroman_bin())
+            .arg("--dir")
+            .arg(&p.dir)
+            .args(args)
+            .env("XDG_CONFIG_HOME", p.path(".no-user-config"))
+            .env_remove("RUST_LOG")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+        assert!(
+            !err.contains("panicked") && !err.to_lowercase().contains("broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+}

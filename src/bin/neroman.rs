@@ -3,7 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use neronet::actions::Verb;
-use neronet::commands::{self, exit};
+use neronet::commands::{self, exit, output};
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -102,12 +103,15 @@ enum Cmd {
     Demo,
 }
 
+/// Say something on stderr; a closed stderr is no reason to panic.
+fn complain(msg: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "neroman: {msg}");
+}
+
 fn main() {
-    // Like other command-line tools: `neroman status | head` ends quietly when head is done.
-    // SAFETY: restoring the default disposition of a signal before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default), so that a dead child (ssh, an agent) is an error
+    // where it is written to, never the death of neroman. A closed stdout (`neroman status |
+    // head`) ends a command quietly: the commands write through `commands::output`.
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -135,7 +139,9 @@ fn main() {
     let result = match (cli.command, flag_action.as_slice()) {
         (None, [(verb, sel)]) => commands::act::run(&dir, *verb, sel, cli.wait),
         (None, []) => {
-            eprintln!("neroman: nothing to do; try `neroman demo` or `neroman --help`");
+            complain(format_args!(
+                "nothing to do; try `neroman demo` or `neroman --help`"
+            ));
             std::process::exit(exit::USAGE);
         }
         (
@@ -149,13 +155,13 @@ fn main() {
             ),
             _,
         ) if cli.wait => {
-            eprintln!("neroman: --wait goes with start, restart and abort");
+            complain(format_args!("--wait goes with start, restart and abort"));
             std::process::exit(exit::USAGE);
         }
         (None, _) | (Some(_), [_, ..]) => {
-            eprintln!(
-                "neroman: give one action at a time (--start, --restart, --abort, or a subcommand)"
-            );
+            complain(format_args!(
+                "give one action at a time (--start, --restart, --abort, or a subcommand)"
+            ));
             std::process::exit(exit::USAGE);
         }
         (Some(cmd), _) => match cmd {
@@ -181,10 +187,22 @@ fn main() {
             Cmd::Demo => commands::demo::run(cli.dir.as_deref()),
         },
     };
+    // Whatever is still buffered must reach stdout now: a reader gone meanwhile is no failure.
+    let flushed = std::io::stdout().flush();
     match result {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => {
+            match flushed {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    complain(format_args!("write to standard output: {e}"));
+                    std::process::exit(exit::ERROR);
+                }
+                _ => {}
+            }
+            std::process::exit(code)
+        }
+        Err(e) if output::is_closed_stdout(&e) => std::process::exit(exit::OK),
         Err(e) => {
-            eprintln!("neroman: {e:#}");
+            complain(format_args!("{e:#}"));
             std::process::exit(exit::ERROR);
         }
     }

@@ -1,11 +1,12 @@
 //! `neroman start|restart|abort SEL [--wait]` (and the flag forms `--start SEL`, ...): act on a
 //! selection, return once mum has accepted, or with `--wait` follow the runs to their end.
 
+use super::output::{self, outln, OutputError};
 use super::{exit, open_synced, print_changes};
 use crate::actions::{act, ActionReport, Verb};
 use crate::project::{Experiments, Project};
 use nerokid::expr::Expr;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -32,17 +33,17 @@ pub fn parse(project: &Project, exps: &Experiments, src: &str) -> anyhow::Result
 
 pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Result<i32> {
     let (mut project, exps, sync) = open_synced(dir)?;
-    print_changes(&sync);
+    print_changes(&sync)?;
     let expr = parse(&project, &exps, selection)?;
     let (report, sync) = act(&mut project, &exps, verb, &expr)?;
     if report.started.is_empty() && report.aborted.is_empty() && report.skipped.is_empty() {
-        println!(
+        outln!(
             "nothing to {}: no experiment matches {selection:?}",
             verb.as_str()
-        );
+        )?;
     }
-    print_report(verb, &report);
-    print_changes(&sync);
+    print_report(verb, &report)?;
+    print_changes(&sync)?;
     let path = crate::view::write_results(&project, &exps)?;
     tracing::info!("wrote {}", path.display());
     if wait && !report.touched_runs().is_empty() {
@@ -57,19 +58,20 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     Ok(exit::OK)
 }
 
-pub fn print_report(verb: Verb, r: &ActionReport) {
+pub fn print_report(verb: Verb, r: &ActionReport) -> Result<(), OutputError> {
     for (id, uid) in &r.started {
-        println!(
+        outln!(
             "{id}: submitted (run {})",
             uid.rsplit('.').next().unwrap_or(uid)
-        );
+        )?;
     }
     for (id, _) in &r.aborted {
-        println!("{id}: abort sent");
+        outln!("{id}: abort sent")?;
     }
     for (id, why) in &r.skipped {
-        println!("{id}: not {}: {why}", past(verb));
+        outln!("{id}: not {}: {why}", past(verb))?;
     }
+    Ok(())
 }
 
 fn past(verb: Verb) -> &'static str {
@@ -115,7 +117,7 @@ pub fn wait_for(
             dirty = true;
         }
         if !live {
-            print_changes(&sync);
+            print_changes(&sync)?;
         }
         let states: Vec<_> = runs
             .iter()
@@ -133,7 +135,7 @@ pub fn wait_for(
             let mut out = std::io::stdout().lock();
             if last_drawn_lines > 0 {
                 // Move up and clear what we drew last time.
-                write!(out, "\x1b[{last_drawn_lines}A\x1b[J")?;
+                output::write_to(&mut out, format_args!("\x1b[{last_drawn_lines}A\x1b[J"))?;
             }
             let running = states.iter().filter(|r| !r.state.is_terminal()).count();
             let header = format!(
@@ -155,8 +157,7 @@ pub fn wait_for(
                     l
                 })
                 .collect();
-            write!(out, "{fitted}")?;
-            out.flush()?;
+            output::write_bytes(&mut out, fitted.as_bytes())?;
             last_drawn_lines = table.lines().count() + 1;
         }
         if done {

@@ -4,6 +4,7 @@
 
 use super::act::{print_report, wait_for};
 use super::exit;
+use super::output::{out, outln};
 use crate::actions::{act, Verb};
 use crate::cluster::protocol::Request;
 use crate::project::Project;
@@ -42,27 +43,27 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
     std::fs::write(dir.join("experiments.xlsx"), SAMPLE_XLSX)?;
     std::fs::write(dir.join("neronet.yaml"), SAMPLE_YAML)?;
     std::fs::write(dir.join("train.py"), SAMPLE_TRAIN)?;
-    println!("Neronet demo: a fresh project in {}", dir.display());
-    println!("six experiments of a small neural network (plain Python), run two at a time on this machine;");
-    println!("the sample's rule `abort_when: epoch>=3 && loss>3` stops the one that diverges.\n");
+    outln!("Neronet demo: a fresh project in {}", dir.display())?;
+    outln!("six experiments of a small neural network (plain Python), run two at a time on this machine;")?;
+    outln!("the sample's rule `abort_when: epoch>=3 && loss>3` stops the one that diverges.\n")?;
 
     let mut project = Project::open(&dir)?;
     let exps = project.read_experiments()?;
     let (report, _) = act(&mut project, &exps, Verb::Start, &Expr::All)?;
-    print_report(Verb::Start, &report);
-    println!();
+    print_report(Verb::Start, &report)?;
+    outln!()?;
     wait_for(&mut project, &exps, &report.touched_runs(), true)?;
-    if !std::io::stdout().is_terminal() {
-        // On a terminal the live table already shows the final state.
-        println!("\nfinal state:");
-        print!("{}", crate::view::status_table(&project, &exps, None, 4)?);
-    }
-    let results = crate::view::write_results(&project, &exps)?;
-
-    // Leave nothing running: the demo's agent is not needed any more.
+    // Leave nothing running: the demo's agent is not needed any more. Before printing more, so
+    // that a reader who went away (a closed stdout ends the command) leaves no agent behind.
     if let Ok(mut client) = project.connect("local") {
         let _ = client.request(Request::Shutdown);
     }
+    if !std::io::stdout().is_terminal() {
+        // On a terminal the live table already shows the final state.
+        outln!("\nfinal state:")?;
+        out!("{}", crate::view::status_table(&project, &exps, None, 4)?)?;
+    }
+    let results = crate::view::write_results(&project, &exps)?;
     let runs: Vec<_> = report
         .touched_runs()
         .iter()
@@ -80,30 +81,30 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
             .reason()
             .map(|x| format!(" ({x})"))
             .unwrap_or_default();
-        println!("{}: {}{reason}", r.exp_id, r.state.name().as_str());
+        outln!("{}: {}{reason}", r.exp_id, r.state.name().as_str())?;
     }
-    println!(
+    outln!(
         "\n{finished} finished, {aborted} aborted by the rule, {} other",
         runs.len() - finished - aborted
-    );
-    println!("\nwhere everything is:");
-    println!("  project         {}", dir.display());
-    println!("  experiments     {}", project.workbook_path().display());
-    println!("  results         {}", results.display());
-    println!(
+    )?;
+    outln!("\nwhere everything is:")?;
+    outln!("  project         {}", dir.display())?;
+    outln!("  experiments     {}", project.workbook_path().display())?;
+    outln!("  results         {}", results.display())?;
+    outln!(
         "  run directories {}",
         dir.join(".neronet/mum-local/runs").display()
-    );
-    println!(
+    )?;
+    outln!(
         "  state store     {}",
         dir.join(".neronet/state.db").display()
-    );
+    )?;
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "neroman".into());
-    println!("\ntry: {me} --dir {} status", dir.display());
-    println!("     {me} --dir {} logs 6", dir.display());
-    println!("     {me} --dir {} restart aborted", dir.display());
+    outln!("\ntry: {me} --dir {} status", dir.display())?;
+    outln!("     {me} --dir {} logs 6", dir.display())?;
+    outln!("     {me} --dir {} restart aborted", dir.display())?;
     Ok(if finished + aborted == runs.len() {
         exit::OK
     } else {

@@ -1,5 +1,6 @@
 //! `neroman init [DIR]`: a new project from the template workbook and a commented neronet.yaml.
 
+use super::output::outln;
 use crate::config::CONFIG_FILE;
 use std::path::Path;
 
@@ -20,7 +21,7 @@ pub fn run(dir: &Path, force: bool) -> anyhow::Result<()> {
     }
     crate::util::write_atomic(&wb, TEMPLATE_XLSX)?;
     crate::util::write_atomic(&cfg, TEMPLATE_YAML.as_bytes())?;
-    println!("created {} and {}", wb.display(), cfg.display());
-    println!("next: add rows to the workbook (one per experiment), then `neroman start all`");
+    outln!("created {} and {}", wb.display(), cfg.display())?;
+    outln!("next: add rows to the workbook (one per experiment), then `neroman start all`")?;
     Ok(())
 }

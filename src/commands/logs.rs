@@ -3,7 +3,6 @@
 
 use super::{exit, open_synced};
 use crate::cluster::protocol::LogStream;
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,8 +43,7 @@ pub fn run(dir: &Path, id: &str, follow: bool, stderr: bool) -> anyhow::Result<i
             }
             Err(e) => return Err(e.into()),
         };
-        out.write_all(chunk.text.as_bytes())?;
-        out.flush()?;
+        super::output::write_bytes(&mut out, chunk.text.as_bytes())?;
         let got_some = chunk.next > offset;
         offset = chunk.next;
         if chunk.complete || (!follow && !got_some) {

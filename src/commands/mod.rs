@@ -6,6 +6,7 @@ pub mod agents;
 pub mod demo;
 pub mod init;
 pub mod logs;
+pub mod output;
 pub mod results;
 pub mod status;
 
@@ -59,12 +60,13 @@ pub fn refresh_results(project: &Project, exps: &Experiments, sync: &SyncReport)
 }
 
 /// Print state changes as they happen, one line each.
-pub fn print_changes(sync: &SyncReport) {
+pub fn print_changes(sync: &SyncReport) -> Result<(), output::OutputError> {
     for (_, id, state) in &sync.changes {
         let reason = state
             .reason()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
-        println!("{id}: {}{reason}", state.name().as_str());
+        output::outln!("{id}: {}{reason}", state.name().as_str())?;
     }
+    Ok(())
 }

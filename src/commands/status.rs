@@ -1,5 +1,6 @@
 //! `neroman status [SEL] [--json]`: the experiments, their states, parameters and last metrics.
 
+use super::output::{out, outln};
 use super::{exit, open_synced};
 use std::path::Path;
 
@@ -12,12 +13,12 @@ pub fn run(dir: &Path, selection: Option<&str>, json: bool) -> anyhow::Result<i3
     };
     if json {
         let v = crate::view::status_json(&project, &exps, sel.as_ref())?;
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        print!(
+        out!(
             "{}",
             crate::view::status_table(&project, &exps, sel.as_ref(), 6)?
-        );
+        )?;
     }
     Ok(exit::OK)
 }
