@@ -4,6 +4,7 @@
 
 use crate::project::{CoreError, Experiments, Project, SyncReport};
 use crate::select::Candidate;
+use crate::sheet::read::StatusCommand;
 use crate::store::{NewRun, RunRow};
 use nerokid::expr::Expr;
 use nerokid::report::now;
@@ -126,7 +127,7 @@ pub fn act(
                         continue;
                     }
                 }
-                if c.exp.row.status == "hold" {
+                if c.exp.row.status.is(StatusCommand::Hold) {
                     report
                         .skipped
                         .push((id, "on hold (status cell says hold)".into()));

@@ -63,6 +63,23 @@ pub enum StateName {
 }
 
 impl StateName {
+    pub const ALL: [StateName; 9] = [
+        StateName::Defined,
+        StateName::Submitted,
+        StateName::Queued,
+        StateName::Running,
+        StateName::Finished,
+        StateName::Crashed,
+        StateName::Aborted,
+        StateName::Timeout,
+        StateName::Lost,
+    ];
+
+    /// The state a word names (lower-case, as `as_str` writes it).
+    pub fn parse(word: &str) -> Option<StateName> {
+        StateName::ALL.into_iter().find(|s| s.as_str() == word)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             StateName::Defined => "defined",

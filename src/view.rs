@@ -3,6 +3,7 @@
 
 use crate::project::{CoreError, Experiments, Project};
 use crate::select::Candidate;
+use crate::sheet::read::StatusCommand;
 use crate::sheet::results::{HistoryRow, ProblemRow, ResultRow, Results, Value};
 use nerokid::expr::{format_number, Expr};
 use serde_json::json;
@@ -210,7 +211,7 @@ fn state_label(c: &Candidate<'_>) -> String {
     let s = c.state_name().to_string();
     if !c.exp.is_valid() && c.run.is_none() {
         "invalid".into()
-    } else if c.exp.row.status == "hold" && c.run.is_none() {
+    } else if c.exp.row.status.is(StatusCommand::Hold) && c.run.is_none() {
         format!("{s} (hold)")
     } else {
         s

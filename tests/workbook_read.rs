@@ -1,7 +1,7 @@
 //! Cell types as the researcher types them: whole numbers, decimals, text, booleans, dates,
 //! and headers in any case; ignored columns; blank rows.
 
-use neronet::sheet::read::read_experiments;
+use neronet::sheet::read::{read_experiments, StatusCell, StatusCommand};
 use rust_xlsxwriter::{ExcelDateTime, Format, Workbook};
 
 #[test]
@@ -59,7 +59,8 @@ fn numbers_text_dates_and_reserved_columns() {
     assert_eq!(sheet.rows.len(), 3, "the blank row is passed over");
     assert_eq!(sheet.rows[2].id, "7", "`007` typed as text is the id 7");
     let r = &sheet.rows[0];
-    assert_eq!((r.row, r.id.as_str(), r.status.as_str()), (2, "7", "start"));
+    assert_eq!((r.row, r.id.as_str()), (2, "7"));
+    assert_eq!(r.status, StatusCell::Command(StatusCommand::Start));
     assert_eq!(r.id_cell, "Experiments!A2");
     assert_eq!(r.status_cell, "Experiments!B2");
     assert_eq!(r.params["LR"].text, "0.1");

@@ -3,6 +3,7 @@
 //! parameter. A problem with the whole file is an error (nothing may be acted on); a problem with
 //! one row marks that row invalid and names its cell, and the other rows proceed.
 
+use crate::state::StateName;
 use calamine::{Data, Reader};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,14 +50,67 @@ pub struct Param {
     pub number: Option<f64>,
 }
 
+/// A command typed into the status cell (SPEC §2, docs/WORKBOOK.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCommand {
+    Start,
+    Restart,
+    /// Also typed as `stop`.
+    Abort,
+    /// Never start this row, even when selected.
+    Hold,
+}
+
+impl StatusCommand {
+    /// Every word the status cell accepts, in the order the template's drop-down lists them.
+    pub const WORDS: [(&'static str, StatusCommand); 5] = [
+        ("start", StatusCommand::Start),
+        ("restart", StatusCommand::Restart),
+        ("abort", StatusCommand::Abort),
+        ("stop", StatusCommand::Abort),
+        ("hold", StatusCommand::Hold),
+    ];
+}
+
+/// The status cell, parsed once: case and surrounding spaces do not matter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusCell {
+    Empty,
+    Command(StatusCommand),
+    /// A state name (`running`, `finished`, ...), as neronet will write back into the cell.
+    State(StateName),
+    /// Anything else, trimmed, as typed.
+    Other(String),
+}
+
+impl StatusCell {
+    pub fn parse(text: &str) -> StatusCell {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return StatusCell::Empty;
+        }
+        let lower = trimmed.to_lowercase();
+        if let Some((_, c)) = StatusCommand::WORDS.iter().find(|(w, _)| *w == lower) {
+            return StatusCell::Command(*c);
+        }
+        match StateName::parse(&lower) {
+            Some(s) => StatusCell::State(s),
+            None => StatusCell::Other(trimmed.to_string()),
+        }
+    }
+
+    pub fn is(&self, command: StatusCommand) -> bool {
+        *self == StatusCell::Command(command)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SheetRow {
     /// 1-based row number in the sheet.
     pub row: u32,
     pub id: String,
     pub id_cell: String,
-    /// The status cell as typed, trimmed and lower-cased.
-    pub status: String,
+    pub status: StatusCell,
     pub status_cell: String,
     pub command: Option<String>,
     pub cluster: Option<String>,
@@ -231,7 +285,7 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
             row: row0 + 1,
             id: String::new(),
             id_cell: String::new(),
-            status: String::new(),
+            status: StatusCell::Empty,
             status_cell: String::new(),
             command: None,
             cluster: None,
@@ -275,7 +329,7 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
                 }
                 Role::Status => {
                     row.status_cell = at;
-                    row.status = trimmed.to_ascii_lowercase();
+                    row.status = StatusCell::parse(trimmed);
                 }
                 Role::Command => {
                     row.command = opt();
@@ -476,6 +530,41 @@ mod tests {
         assert_eq!(cell_ref(6, 25), "Z7");
         assert_eq!(cell_ref(2, 26), "AA3");
         assert_eq!(cell_ref(0, 701), "ZZ1");
+    }
+
+    #[test]
+    fn status_cell_ignores_case_and_surrounding_space() {
+        use StatusCommand::*;
+        for (text, want) in [
+            ("", StatusCell::Empty),
+            ("  \t", StatusCell::Empty),
+            ("start", StatusCell::Command(Start)),
+            (" Start ", StatusCell::Command(Start)),
+            ("RESTART", StatusCell::Command(Restart)),
+            ("abort", StatusCell::Command(Abort)),
+            ("\tStop\n", StatusCell::Command(Abort)),
+            ("hold", StatusCell::Command(Hold)),
+            (" HoLd", StatusCell::Command(Hold)),
+            ("Running", StatusCell::State(StateName::Running)),
+            ("finished ", StatusCell::State(StateName::Finished)),
+            ("on hold", StatusCell::Other("on hold".into())),
+            (" Maybe later ", StatusCell::Other("Maybe later".into())),
+        ] {
+            assert_eq!(StatusCell::parse(text), want, "{text:?}");
+        }
+        assert!(StatusCell::parse(" HOLD ").is(Hold));
+        assert!(!StatusCell::parse("hold it").is(Hold));
+    }
+
+    #[test]
+    fn every_status_word_is_in_the_template_drop_down() {
+        assert_eq!(
+            crate::sheet::template::STATUS_COMMANDS,
+            ["start", "restart", "abort", "stop", "hold"]
+        );
+        for word in crate::sheet::template::STATUS_COMMANDS {
+            assert!(matches!(StatusCell::parse(word), StatusCell::Command(_)));
+        }
     }
 
     #[test]

@@ -3,13 +3,23 @@
 //! reserved columns, a status drop-down, a frozen header, sensible widths. Output is byte-stable
 //! (fixed document dates) so a test can tell when a checked-in copy is stale.
 
+use super::read::StatusCommand;
 use rust_xlsxwriter::{
     DataValidation, DataValidationErrorStyle, DocProperties, ExcelDateTime, Format, FormatBorder,
     Workbook, XlsxError,
 };
 
-/// The commands a user may type in the status column (SPEC §2).
-pub const STATUS_COMMANDS: &[&str] = &["start", "restart", "abort", "stop", "hold"];
+/// The commands a user may type in the status column (SPEC §2), for the drop-down: the words
+/// the reader knows, in its order.
+pub const STATUS_COMMANDS: [&str; StatusCommand::WORDS.len()] = {
+    let mut words = [""; StatusCommand::WORDS.len()];
+    let mut i = 0;
+    while i < words.len() {
+        words[i] = StatusCommand::WORDS[i].0;
+        i += 1;
+    }
+    words
+};
 
 /// A cell value in a generated workbook.
 #[derive(Debug, Clone)]
@@ -149,7 +159,7 @@ pub fn build(spec: &BookSpec) -> Result<Vec<u8>, XlsxError> {
     if let Some(c) = status_col {
         // Warning style: the tool writes states (running, finished, ...) into the same cells.
         let dv = DataValidation::new()
-            .allow_list_strings(STATUS_COMMANDS)?
+            .allow_list_strings(&STATUS_COMMANDS)?
             .set_input_title("Status")?
             .set_input_message("Type start, restart, abort (or stop) or hold, then save. Neronet writes the state here.")?
             .set_error_style(DataValidationErrorStyle::Warning)
