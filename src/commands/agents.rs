@@ -2,6 +2,7 @@
 //! one; `--stop` stops them (runs in flight keep going and are adopted by the next agent).
 
 use super::exit;
+use super::output::outln;
 use crate::project::Project;
 use std::path::Path;
 
@@ -13,7 +14,7 @@ pub fn run(dir: &Path, stop: bool) -> anyhow::Result<i32> {
         project.agents()
     };
     for (cluster, what) in lines {
-        println!("{cluster}: {what}");
+        outln!("{cluster}: {what}")?;
     }
     Ok(exit::OK)
 }
