@@ -3,7 +3,8 @@
 # Sourced by scripts/test.sh. Each `need_*` installs what is missing and fails loudly: a test
 # that needs a service must fail when it is missing, never skip.
 #
-# Today's tests need: LibreOffice (headless, to open the workbooks we write and to make .ods).
+# Today's tests need: LibreOffice (headless, to open the workbooks we write and to make .ods),
+# python3, and tmpfs mounts (root) for the full-disk tests.
 # Later ones add single-node SLURM, sshd on localhost and an SMTP sink here.
 
 APT_UPDATED=${APT_UPDATED:-0}
@@ -23,6 +24,19 @@ need_libreoffice() {
             || { tail -20 /tmp/neronet-apt-libreoffice.log; return 1; }
     fi
     soffice --version | head -1
+}
+
+need_tmpfs() {
+    # The full-disk tests put an agent's workdir (and a kid's run dir) on a small tmpfs.
+    local d
+    d=$(mktemp -d)
+    if ! mount -t tmpfs -o size=64k tmpfs "$d" 2>/dev/null; then
+        rmdir "$d"
+        echo "the tests need to mount a tmpfs (run as root)" >&2
+        return 1
+    fi
+    umount "$d" && rmdir "$d"
+    echo "tmpfs mounts: ok"
 }
 
 need_python3() {

@@ -274,3 +274,66 @@ fn chatty_shells_on_the_bridge_are_detected_and_explained() {
     };
     assert!(err.contains(".bashrc") && err.contains("Last login"), "{err}");
 }
+
+/// SIGTERM stops the agent cleanly (socket removed, log says so); a client that connects and
+/// then says nothing (a hung bridge) is dropped, so it cannot keep an idle agent alive.
+#[test]
+fn sigterm_stops_the_agent_and_a_silent_client_cannot_keep_it_alive() {
+    use std::io::Write;
+    let p = twenty("sigterm", "clusters:\n  local:\n    max_parallel: 4\n");
+    let mum = common::neroman_bin().with_file_name("neromum");
+    let workdir = p.path("w");
+    let spawn = |idle: &str| {
+        std::process::Command::new(&mum)
+            .args(["serve", "--idle-exit", idle, "--kid"])
+            .arg(common::nerokid_bin())
+            .arg("--workdir")
+            .arg(&workdir)
+            .env("NERONET_MUM_CONN_IDLE_SECS", "2")
+            .stderr(std::fs::File::create(p.path("mum.err")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let sock = workdir.join("mum.sock");
+    let mut child = spawn("600");
+    wait_until("socket", Duration::from_secs(10), || sock.exists());
+    common::kill(child.id() as i32, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!sock.exists(), "the socket is removed");
+    assert!(std::fs::read_to_string(p.path("mum.err")).unwrap().contains("stopping"));
+
+    // Idle exit after 1 s, with a client connected that never sends a byte.
+    let mut child = spawn("1");
+    wait_until("socket", Duration::from_secs(10), || sock.exists());
+    let mut silent = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let _ = silent.write_all(b"");
+    wait_until("agent to exit despite the silent client", Duration::from_secs(15), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+}
+
+/// Regression: neroman could not tell that an agent's journal had become shorter than what it
+/// had stored (a workdir restored from a backup): the new entries reused sequence numbers it
+/// had already applied, were skipped, and new runs never left `submitted`/`queued`.
+#[test]
+fn a_shortened_journal_is_noticed_and_new_events_still_arrive() {
+    let p = twenty("shortened", "clusters:\n  local:\n    max_parallel: 4\n");
+    p.ok(&["start", "1-2", "--wait"]);
+    p.ok(&["agents", "--stop"]);
+    let journal = p.mum_dir().join("journal.jsonl");
+    wait_until("agent gone", Duration::from_secs(10), || !p.mum_dir().join("mum.sock").exists());
+    // Keep only the first three entries, as a restored backup would.
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let kept: String = text.lines().take(3).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&journal, kept).unwrap();
+    let _ = std::fs::remove_file(p.mum_dir().join("journal.snap"));
+    let out = p.neroman(&["start", "3-4", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("journal ends at"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.wait_all_in(&["3", "4"], "finished");
+}

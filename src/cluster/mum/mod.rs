@@ -480,7 +480,12 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
 }
 
 fn handle_connection(shared: &Shared, conn: UnixStream) -> Result<(), WireError> {
-    conn.set_read_timeout(Some(CONNECTION_IDLE))?;
+    // Tests shorten it to see a silent client dropped.
+    let idle = std::env::var("NERONET_MUM_CONN_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(CONNECTION_IDLE, Duration::from_secs);
+    conn.set_read_timeout(Some(idle))?;
     let mut writer = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
     // Handshake first: nothing else is understood before the versions agree.
