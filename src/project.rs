@@ -81,6 +81,13 @@ impl Experiments {
 }
 
 /// What one sync learned: state changes in order (run uid, experiment id, new state).
+/// One line of `neroman agents`: what the agent said, and whether all is well.
+#[derive(Debug, Clone)]
+pub struct AgentStatus {
+    pub ok: bool,
+    pub text: String,
+}
+
 #[derive(Debug, Default)]
 pub struct SyncReport {
     pub changes: Vec<(String, String, RunState)>,
@@ -351,55 +358,60 @@ impl Project {
     }
 
     /// Stop the agents of this project's clusters (runs in flight keep going; the next command
-    /// starts an agent again, which adopts them). Returns (cluster, what happened).
-    pub fn stop_agents(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for cluster in self.config.clusters.keys() {
-            let m = self.local_mum(cluster);
-            let sock = crate::cluster::socket_path(&m.workdir);
-            if m.transport == Transport::Socket && std::os::unix::net::UnixStream::connect(&sock).is_err() {
-                out.push((cluster.clone(), "no agent running".into()));
-                continue;
-            }
-            let outcome = MumClient::connect_or_start(&m).and_then(|c| {
-                let pid = c.hello.pid;
-                let (q, r) = (c.hello.queued, c.hello.running);
-                c.shutdown()?;
-                Ok(format!("stopped neromum pid {pid} ({r} runs in flight keep going, {q} queued)"))
-            });
-            out.push((
-                cluster.clone(),
-                outcome.unwrap_or_else(|e| crate::util::error_chain(&e)),
-            ));
-        }
-        out
+    /// starts an agent again, which adopts them).
+    pub fn stop_agents(&self) -> Vec<(String, AgentStatus)> {
+        self.each_agent(|c| {
+            let pid = c.hello.pid;
+            let (q, r) = (c.hello.queued, c.hello.running);
+            c.shutdown()?;
+            Ok(format!(
+                "stopped neromum pid {pid} ({r} runs in flight keep going, {q} queued)"
+            ))
+        })
     }
 
     /// Say what each cluster's agent is doing, without starting one.
-    pub fn agents(&self) -> Vec<(String, String)> {
+    pub fn agents(&self) -> Vec<(String, AgentStatus)> {
+        self.each_agent(|c| {
+            let h = &c.hello;
+            let mut line = format!(
+                "neromum {} pid {}, {} running, {} queued, journal at {} ({})",
+                h.mum_version, h.pid, h.running, h.queued, h.last_seq, h.workdir
+            );
+            if let Some(why) = &h.health {
+                line.push_str(&format!("; PROBLEM: {why}"));
+                return Err(ClientError::Refused(line));
+            }
+            Ok(line)
+        })
+    }
+
+    fn each_agent(
+        &self,
+        what: impl Fn(MumClient) -> Result<String, ClientError>,
+    ) -> Vec<(String, AgentStatus)> {
         let mut out = Vec::new();
         for cluster in self.config.clusters.keys() {
             let m = self.local_mum(cluster);
             let sock = crate::cluster::socket_path(&m.workdir);
-            if m.transport == Transport::Socket && std::os::unix::net::UnixStream::connect(&sock).is_err() {
-                out.push((cluster.clone(), format!("no agent running ({})", m.workdir.display())));
-                continue;
-            }
-            let line = match MumClient::connect_or_start(&m) {
-                Ok(c) => {
-                    let h = &c.hello;
-                    let mut line = format!(
-                        "neromum {} pid {}, {} running, {} queued, journal at {} ({})",
-                        h.mum_version, h.pid, h.running, h.queued, h.last_seq, h.workdir
-                    );
-                    if let Some(why) = &h.health {
-                        line.push_str(&format!("; PROBLEM: {why}"));
-                    }
-                    line
+            let status = if m.transport == Transport::Socket
+                && std::os::unix::net::UnixStream::connect(&sock).is_err()
+            {
+                AgentStatus {
+                    ok: true,
+                    text: format!("no agent running ({})", m.workdir.display()),
                 }
-                Err(e) => crate::util::error_chain(&e),
+            } else {
+                match MumClient::connect_or_start(&m).and_then(&what) {
+                    Ok(text) => AgentStatus { ok: true, text },
+                    Err(ClientError::Refused(text)) => AgentStatus { ok: false, text },
+                    Err(e) => AgentStatus {
+                        ok: false,
+                        text: crate::util::error_chain(&e),
+                    },
+                }
             };
-            out.push((cluster.clone(), line));
+            out.push((cluster.clone(), status));
         }
         out
     }
@@ -436,7 +448,14 @@ impl Project {
             if client.started {
                 report.restarted_mum.push(cluster.clone());
             }
-            self.sync_with(&cluster, &mut client, &mut report, std::time::Duration::ZERO)?;
+            match self.sync_with(&cluster, &mut client, &mut report, std::time::Duration::ZERO) {
+                Ok(()) => {}
+                // The agent went away mid-sync: what the store knows still stands.
+                Err(CoreError::Cluster { err, .. }) => report
+                    .unreachable
+                    .push((cluster.clone(), crate::util::error_chain(&err))),
+                Err(e) => return Err(e),
+            }
         }
         Ok(report)
     }
@@ -530,11 +549,21 @@ impl Project {
                     batch.last_seq,
                     batch.last_seq
                 );
-                since = apply_entries(&mut self.store, cluster, &epoch, &[], report, Some(batch.last_seq))?;
+                since = apply_entries(&mut self.store, cluster, &epoch, &[], report, Some(batch.last_seq), 0, None)?;
                 continue;
             }
             // Another neroman may have applied part of this already: the store says how far.
-            since = apply_entries(&mut self.store, cluster, &epoch, &batch.entries, report, None)?;
+            let project = self.project_id();
+            since = apply_entries(
+                &mut self.store,
+                cluster,
+                &epoch,
+                &batch.entries,
+                report,
+                None,
+                batch.through,
+                Some(&project),
+            )?;
             if !batch.more {
                 break;
             }
@@ -547,7 +576,21 @@ impl Project {
                 .iter()
                 .filter_map(|s| serde_json::from_str(s).ok())
                 .collect();
-            client.submit(specs).map_err(cerr)?;
+            match client.submit(specs) {
+                // Taken now: whatever kept them back (a full disk) is over.
+                Ok(a) if a.runs.len() == stale.len() => {
+                    report.agent_problems.retain(|(c, _)| c != cluster)
+                }
+                Ok(_) => {}
+                // The agent cannot take them yet (its disk is full): they stay submitted and are
+                // sent again next time; the command goes on with what the store knows.
+                Err(ClientError::Refused(why)) => {
+                    if !report.agent_problems.iter().any(|(c, _)| c == cluster) {
+                        report.agent_problems.push((cluster.to_string(), why));
+                    }
+                }
+                Err(e) => return Err(cerr(e)),
+            }
         }
         Ok(())
     }
@@ -728,6 +771,7 @@ pub fn render_command(
 /// Apply journal entries to the store in one transaction, with the new sync point, and return
 /// the sequence number applied up to. The transaction takes the write lock first and then reads
 /// the sync point, so two neromans syncing at once apply each entry exactly once between them.
+#[expect(clippy::too_many_arguments)]
 fn apply_entries(
     store: &mut Store,
     cluster: &str,
@@ -735,6 +779,8 @@ fn apply_entries(
     entries: &[crate::cluster::protocol::JournalEntry],
     report: &mut SyncReport,
     floor: Option<u64>,
+    through: u64,
+    project: Option<&str>,
 ) -> Result<u64, CoreError> {
     use crate::cluster::protocol::MumEvent;
     use tx::RunColumn;
@@ -757,6 +803,10 @@ fn apply_entries(
     let mut last_seq = applied;
     for e in entries.iter().filter(|e| e.seq > applied) {
         last_seq = e.seq;
+        // Another project sharing the agent's workdir: its runs have names like ours.
+        if e.project.is_some() && e.project.as_deref() != project {
+            continue;
+        }
         let run = match cache.get(&e.run) {
             Some(r) => r.clone(),
             None => {
@@ -808,6 +858,10 @@ fn apply_entries(
             run.state = next;
         }
         cache.insert(e.run.clone(), Some(run));
+    }
+    // Entries the agent looked at and left out (another project's) count as seen.
+    if through > last_seq && floor.is_none() {
+        last_seq = through;
     }
     tx::set_sync_point(&tx, cluster, epoch, last_seq)?;
     tx.commit().map_err(StoreError::from)?;

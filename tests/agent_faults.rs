@@ -153,10 +153,17 @@ fn a_full_disk_under_the_agent_loses_nothing_and_is_reported() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains("neromum cannot write"), "{said}");
-    let out = p.neroman(&["status"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("neromum cannot write"), "status must warn: {stderr}");
-    assert!(stderr.contains("No space left"), "status must say why: {stderr}");
+    // Every command keeps working while the disk is full (regression: once the refused runs
+    // were 5 s old, each sync resent them and the refusal failed `status`, `abort`, ...).
+    let full_since = std::time::Instant::now();
+    wait_until("status to keep working past the resend", Duration::from_secs(30), || {
+        let out = p.neroman(&["status"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "status fails while the disk is full: {stderr}");
+        assert!(stderr.contains("neromum cannot write"), "status must warn: {stderr}");
+        assert!(stderr.contains("No space left"), "status must say why: {stderr}");
+        full_since.elapsed() > Duration::from_secs(7)
+    });
     std::fs::remove_file(&filler).unwrap();
     p.wait_all("finished", Duration::from_secs(120));
     assert_exactly_once(&p, 20);
@@ -336,4 +343,33 @@ fn a_shortened_journal_is_noticed_and_new_events_still_arrive() {
         String::from_utf8_lossy(&out.stderr)
     );
     p.wait_all_in(&["3", "4"], "finished");
+}
+
+/// Regression: two projects whose agent workdir is the same (an absolute `workdir:` in the
+/// user's defaults) got each other's runs: run names are the project's own (`1.1`), the agent
+/// took the second project's `1.1` for the first one's, and its command never ran.
+#[test]
+fn projects_sharing_an_agent_workdir_keep_their_own_runs() {
+    let a = twenty("shared-a", "");
+    let shared = a.path("../shared-agent");
+    let yaml = format!("clusters:\n  local:\n    max_parallel: 4\n    workdir: {}\n", shared.display());
+    a.write("neronet.yaml", &yaml);
+    let b = twenty("shared-b", &yaml);
+    a.ok(&["start", "1-2", "--wait"]);
+    b.ok(&["start", "1-2", "--wait"]);
+    for p in [&a, &b] {
+        let ran = std::fs::read_to_string(p.path("ran.log")).unwrap_or_default();
+        assert_eq!(ran.lines().count(), 2, "each project's own jobs ran: {ran:?}");
+        let logs = p.ok(&["logs", "1"]);
+        assert!(logs.contains("step=5"), "{logs}");
+        let n: i64 = p
+            .store()
+            .query_row("SELECT COUNT(*) FROM metrics WHERE name = 'step'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2 * STEPS as i64, "only its own metrics");
+    }
+    let _ = std::process::Command::new("pkill")
+        .arg("-f")
+        .arg(format!("neromum serve --workdir {}", shared.display()))
+        .status();
 }

@@ -284,14 +284,28 @@ impl MumClient {
         }
         let reply = match skip_preamble(&mut conn, timeout) {
             Ok(r) => r,
-            Err(WireError::Timeout(_)) if m.transport == Transport::Socket => {
-                let pid = std::fs::read_to_string(m.workdir.join("mum.lock"))
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_else(|_| "?".into());
+            Err(WireError::Timeout(_)) => {
+                // Over the socket the lock file names the agent; through a bridge (a remote
+                // host) only the bridge knows, and it said nothing.
+                let pid = match m.transport {
+                    Transport::Socket => std::fs::read_to_string(m.workdir.join("mum.lock"))
+                        .map(|s| s.trim().to_string())
+                        .unwrap_or_else(|_| "?".into()),
+                    Transport::Bridge { .. } => "see its mum.lock".into(),
+                };
+                let mut why = format!(
+                    "no answer to hello within {} s through the {}",
+                    timeout.as_secs(),
+                    conn.describe
+                );
+                let stderr = conn.stderr_text();
+                if !stderr.is_empty() {
+                    why.push_str(&format!("; it said: {stderr}"));
+                }
                 return Ok(Err(Handshake::Failed(ClientError::Wedged {
                     workdir: m.workdir.clone(),
                     pid,
-                    why: format!("no answer to hello within {timeout:?}"),
+                    why,
                 })));
             }
             Err(WireError::Preamble(text)) => {

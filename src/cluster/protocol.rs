@@ -150,6 +150,10 @@ pub struct EventBatch {
     /// The newest entry in the journal when this batch was read.
     #[serde(default)]
     pub last_seq: u64,
+    /// Every entry up to this one was looked at (entries of other projects are left out, so
+    /// the batch may hold fewer, or none): the client's sync point may move up to here.
+    #[serde(default)]
+    pub through: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
 }
@@ -197,6 +201,26 @@ pub struct JournalEntry {
     /// For kid events: the byte offset just past this event in the run's `events.jsonl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid_offset: Option<u64>,
+    /// The project that submitted the run (its id from hello). Run names are the project's own
+    /// (`12.1`), so two projects sharing an agent workdir are told apart by this; entries
+    /// without it were written for a neroman of protocol 1 and belong to whoever knows the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+impl JournalEntry {
+    /// mum's own key for the run: `project/run`, or the bare run name for protocol 1.
+    pub fn key(&self) -> String {
+        run_key(self.project.as_deref(), &self.run)
+    }
+}
+
+/// mum's key for a project's run.
+pub fn run_key(project: Option<&str>, run: &str) -> String {
+    match project {
+        Some(p) => format!("{p}/{run}"),
+        None => run.to_string(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,7 +264,7 @@ pub enum WireError {
     Decode(String),
     #[error("message larger than {0} bytes")]
     TooLarge(usize),
-    #[error("no answer within {0:?}")]
+    #[error("no answer within {} s", .0.as_secs_f64().round())]
     Timeout(std::time::Duration),
     #[error("text where a message should be: {0:?}")]
     Preamble(String),
@@ -327,6 +351,7 @@ mod tests {
             t: 1.0,
             event: MumEvent::Launched { job: "4242".into() },
             kid_offset: None,
+            project: None,
         };
         assert_eq!(
             serde_json::to_string(&entry).unwrap(),

@@ -13,8 +13,11 @@ pub fn run(dir: &Path, stop: bool) -> anyhow::Result<i32> {
     } else {
         project.agents()
     };
-    for (cluster, what) in lines {
-        outln!("{cluster}: {what}")?;
+    let mut trouble = false;
+    for (cluster, status) in lines {
+        trouble |= !status.ok;
+        outln!("{cluster}: {}", status.text)?;
     }
-    Ok(exit::OK)
+    // Scripts can tell a wedged or failing agent from a healthy one.
+    Ok(if trouble { exit::ERROR } else { exit::OK })
 }

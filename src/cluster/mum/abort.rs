@@ -7,13 +7,16 @@ use super::{Phase, RunRecord, Shared};
 use crate::cluster::protocol::*;
 use std::path::PathBuf;
 
-pub(super) fn abort(shared: &Shared, a: Abort) -> Response {
+pub(super) fn abort(shared: &Shared, a: Abort, project: Option<&str>) -> Response {
     let mut to_cancel = Vec::new();
     {
         let mut s = shared.lock();
         let mut items = Vec::new();
         let mut ended = Vec::new();
-        for run in a.runs {
+        for name in a.runs {
+            let run = s
+                .find_run(project, &name)
+                .unwrap_or_else(|| run_key(project, &name));
             let Some(r) = s.runs.get(&run) else {
                 // Not submitted yet (neroman recorded it, then lost its connection): remember the
                 // cancel, so a later submit of this run is accepted but never started.

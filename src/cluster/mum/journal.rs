@@ -217,13 +217,19 @@ impl Journal {
         let mut out = Vec::with_capacity(items.len());
         let mut starts = Vec::with_capacity(items.len());
         let t = nerokid::report::now();
-        for (i, (run, event, kid_offset)) in items.into_iter().enumerate() {
+        for (i, (key, event, kid_offset)) in items.into_iter().enumerate() {
+            // mum keys a project's runs `project/run` (see `run_key`); the entry keeps both.
+            let (project, run) = match key.split_once('/') {
+                Some((p, r)) => (Some(p.to_string()), r.to_string()),
+                None => (None, key),
+            };
             let entry = JournalEntry {
                 seq: self.next_seq + i as u64,
                 run,
                 t,
                 event,
                 kid_offset,
+                project,
             };
             starts.push(buf.len() as u64);
             serde_json::to_writer(&mut buf, &entry).expect("journal entries serialize");

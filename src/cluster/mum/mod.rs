@@ -428,23 +428,24 @@ impl Mum {
 }
 
 fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e: &JournalEntry) {
+    let key = e.key();
     match &e.event {
         MumEvent::Queued { run_dir } => {
             runs.insert(
-                e.run.clone(),
+                key.clone(),
                 RunRecord::new(PathBuf::from(run_dir), Phase::Queued),
             );
-            queue.push_back(e.run.clone());
+            queue.push_back(key.clone());
         }
         MumEvent::Launching => {
-            if let Some(r) = runs.get_mut(&e.run) {
+            if let Some(r) = runs.get_mut(&key) {
                 if r.phase == Phase::Queued {
                     r.phase = Phase::Launching;
                 }
             }
         }
         MumEvent::Launched { job } => {
-            if let Some(r) = runs.get_mut(&e.run) {
+            if let Some(r) = runs.get_mut(&key) {
                 if r.phase != Phase::Ended {
                     r.phase = Phase::Launched {
                         job: job.clone(),
@@ -454,7 +455,7 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
             }
         }
         MumEvent::Kid { event } => {
-            if let Some(r) = runs.get_mut(&e.run) {
+            if let Some(r) = runs.get_mut(&key) {
                 if let Some(off) = e.kid_offset {
                     r.kid_offset = off;
                 }
@@ -467,12 +468,12 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
             }
         }
         MumEvent::Cancelled | MumEvent::Lost { .. } => {
-            runs.entry(e.run.clone())
+            runs.entry(key.clone())
                 .or_insert_with(|| RunRecord::new(PathBuf::new(), Phase::Ended))
                 .phase = Phase::Ended;
         }
         MumEvent::AbortSent => {
-            if let Some(r) = runs.get_mut(&e.run) {
+            if let Some(r) = runs.get_mut(&key) {
                 r.abort_requested = true;
             }
         }
@@ -574,14 +575,14 @@ fn handle_request(shared: &Shared, project: Option<&str>, req: Request) -> Respo
             message: "hello twice".into(),
         }),
         Request::Submit(sub) => {
-            let r = shared.lock().submit(sub);
+            let r = shared.lock().submit(sub, project);
             shared.appended.notify_all();
             shared.wake();
             r
         }
-        Request::Abort(a) => abort::abort(shared, a),
+        Request::Abort(a) => abort::abort(shared, a, project),
         Request::Sync(q) => sync::sync(shared, project, q),
-        Request::ReadLog(r) => read_log::read_log(shared, r),
+        Request::ReadLog(r) => read_log::read_log(shared, r, project),
         Request::Shutdown => Response::Done,
     }
 }
@@ -719,6 +720,16 @@ impl State {
             tracing::error!("{why}");
         }
         self.health = Some(why);
+    }
+
+    /// The key of `project`'s run `run`: its own, or (a run submitted by a neroman of
+    /// protocol 1, before the upgrade) the bare name.
+    fn find_run(&self, project: Option<&str>, run: &str) -> Option<String> {
+        let key = run_key(project, run);
+        if self.runs.contains_key(&key) {
+            return Some(key);
+        }
+        self.runs.contains_key(run).then(|| run.to_string())
     }
 
     fn in_flight(&self) -> usize {

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 /// With `wait_ms`, hold the request until output arrives, the run ends or the time is up: a
 /// follower (`logs -f`) keeps one connection and asks again at once.
-pub(super) fn read_log(shared: &Shared, r: ReadLog) -> Response {
+pub(super) fn read_log(shared: &Shared, r: ReadLog, project: Option<&str>) -> Response {
     let deadline = Instant::now() + Duration::from_millis(u64::from(r.wait_ms.min(MAX_WAIT_MS)));
     loop {
-        let reply = shared.lock().read_log(&r);
+        let reply = shared.lock().read_log(&r, project);
         let waiting = matches!(&reply, Response::Log(l) if l.next == r.offset && !l.complete);
         if !waiting || Instant::now() >= deadline {
             return reply;
@@ -22,8 +22,8 @@ pub(super) fn read_log(shared: &Shared, r: ReadLog) -> Response {
 }
 
 impl State {
-    fn read_log(&self, r: &ReadLog) -> Response {
-        let Some(rec) = self.runs.get(&r.run) else {
+    fn read_log(&self, r: &ReadLog, project: Option<&str>) -> Response {
+        let Some(rec) = self.find_run(project, &r.run).and_then(|k| self.runs.get(&k)) else {
             return Response::Error(ErrorReply {
                 message: format!("unknown run {}", r.run),
             });

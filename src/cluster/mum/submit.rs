@@ -11,13 +11,19 @@ use crate::cluster::protocol::*;
 use crate::util::failpoint;
 
 impl State {
-    pub(super) fn submit(&mut self, sub: Submit) -> Response {
+    pub(super) fn submit(&mut self, sub: Submit, project: Option<&str>) -> Response {
         let mut accepted = Vec::new();
         let mut items = Vec::new();
         let mut new_runs = Vec::new();
         let mut transient = false;
         for spec in sub.runs {
-            if let Some(known) = self.runs.get(&spec.run) {
+            // Runs are the project's own (`12.1`): keyed with its id, another project sharing
+            // this workdir has runs of the same names. (A run held from before an upgrade is
+            // found under its bare name.)
+            let key = self
+                .find_run(project, &spec.run)
+                .unwrap_or_else(|| run_key(project, &spec.run));
+            if let Some(known) = self.runs.get(&key) {
                 // Resubmitting the same run (neroman retrying after a dropped reply) is harmless.
                 accepted.push(AcceptedRun {
                     run: spec.run.clone(),
@@ -25,10 +31,14 @@ impl State {
                 });
                 continue;
             }
-            if new_runs.iter().any(|(r, _, _)| *r == spec.run) {
+            if new_runs.iter().any(|(r, _, _)| *r == key) {
                 continue; // the same run twice in one batch
             }
-            let run_dir = self.opts.workdir.join("runs").join(&spec.run);
+            let dir_name = match project {
+                Some(p) => format!("{}-{}", &p[..p.len().min(12)], spec.run),
+                None => spec.run.clone(),
+            };
+            let run_dir = self.opts.workdir.join("runs").join(dir_name);
             let event = match local::write_run_dir(&run_dir, &spec, &self.opts.kid_binary) {
                 Ok(()) => MumEvent::Queued {
                     run_dir: run_dir.display().to_string(),
@@ -48,8 +58,8 @@ impl State {
                 }
             };
             let queued = matches!(event, MumEvent::Queued { .. });
-            items.push((spec.run.clone(), event, None));
-            new_runs.push((spec.run.clone(), run_dir.clone(), queued));
+            items.push((key.clone(), event, None));
+            new_runs.push((key, run_dir.clone(), queued));
             accepted.push(AcceptedRun {
                 run: spec.run,
                 run_dir: run_dir.display().to_string(),
