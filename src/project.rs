@@ -344,12 +344,13 @@ impl Project {
             let _ = std::io::Read::read_exact(&mut f, &mut bytes);
         }
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        // Two first uses at once: the first write wins and both read it back.
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, id.as_bytes()));
+        // Two first uses at once: the file appears whole (a hard link of a complete temp file
+        // fails if it exists), the first one wins and both read it back.
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        if std::fs::write(&tmp, &id).is_ok() {
+            let _ = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+        }
         std::fs::read_to_string(&path)
             .map(|s| s.trim().to_string())
             .ok()

@@ -136,6 +136,10 @@ fn a_full_disk_under_the_agent_loses_nothing_and_is_reported() {
     }
     let _unmount = Unmount(agent.clone());
 
+    // The agent's log stays in its workdir, on the full disk, as it would be (regression: the
+    // failed log write made tracing report it on that same stderr, which panicked the thread
+    // answering neroman: "connection closed").
+    let log = agent.join("mum.log");
     p.ok(&["start", "1-4"]);
     wait_until("runs going", Duration::from_secs(20), || {
         p.status().iter().filter(|e| e["state"] == "running").count() == 4
@@ -152,7 +156,11 @@ fn a_full_disk_under_the_agent_loses_nothing_and_is_reported() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(said.contains("neromum cannot write"), "{said}");
+    assert!(
+        said.contains("neromum cannot write"),
+        "{said}\nagent log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     // Every command keeps working while the disk is full (regression: once the refused runs
     // were 5 s old, each sync resent them and the refusal failed `status`, `abort`, ...).
     let full_since = std::time::Instant::now();

@@ -119,6 +119,9 @@ fn main() {
         _ => "debug",
     };
     tracing_subscriber::fmt()
+        // A log that cannot be written (a full disk under mum.log, a closed stderr) must not
+        // turn into a panic: tracing's fallback report would print to that same stderr.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )

@@ -52,6 +52,9 @@ fn main() {
     let cli = Cli::parse();
     let bridging = matches!(cli.command, Cmd::Bridge { .. });
     tracing_subscriber::fmt()
+        // A log that cannot be written (a full disk under mum.log, a closed stderr) must not
+        // turn into a panic: tracing's fallback report would print to that same stderr.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 // stderr of a bridge reaches the user through ssh: only what matters.

@@ -504,10 +504,15 @@ pub fn spawn_mum(m: &LocalMum) -> Result<Child, ClientError> {
         err,
     };
     std::fs::create_dir_all(&m.workdir).map_err(start_err)?;
+    // The log lives in the workdir unless NERONET_MUM_LOG names another file (diagnosis of a
+    // workdir whose disk is full).
+    let log_path = std::env::var_os("NERONET_MUM_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| m.workdir.join("mum.log"));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(m.workdir.join("mum.log"))
+        .open(log_path)
         .map_err(start_err)?;
     let mut cmd = Command::new(&m.mum_binary);
     cmd.arg("serve")

@@ -125,8 +125,11 @@ struct State {
     queue: VecDeque<String>,
     connections: usize,
     last_activity: Instant,
-    /// Why mum cannot make progress right now (its journal cannot be written).
+    /// Why mum cannot make progress right now: its journal cannot be written (cleared by the
+    /// next append that succeeds) ...
     health: Option<String>,
+    /// ... or a run directory cannot be written (cleared when one can).
+    workdir_health: Option<String>,
     /// Per project: every entry up to this one is stored by it.
     acks: BTreeMap<String, u64>,
     served_first: bool,
@@ -281,6 +284,7 @@ impl Mum {
             connections: 0,
             last_activity: Instant::now(),
             health: None,
+            workdir_health: None,
             acks,
             served_first: false,
         };
@@ -604,7 +608,7 @@ impl State {
                 .values()
                 .filter(|r| matches!(r.phase, Phase::Launching | Phase::Launched { .. }))
                 .count() as u32,
-            health: self.health.clone(),
+            health: self.problem(),
             first_connection,
         }
     }
@@ -712,14 +716,33 @@ impl State {
         }
     }
 
-    /// Remember (and log once) what keeps mum from working; every hello and sync reply shows it
-    /// until the next successful journal append.
+    /// Remember (and log once) that the journal cannot be written; every hello and sync reply
+    /// shows it until the next successful journal append.
     fn set_unhealthy(&mut self, what: String) {
         let why = format!("neromum cannot write {what}; nothing is lost, work resumes once it can");
         if self.health.as_deref() != Some(why.as_str()) {
             tracing::error!("{why}");
         }
         self.health = Some(why);
+    }
+
+    /// The same for a run directory; shown until a run directory can be written again.
+    fn set_workdir_unhealthy(&mut self, what: String) {
+        let why = format!(
+            "neromum cannot write {what}; those runs wait (nothing is lost) and are sent again"
+        );
+        if self.workdir_health.is_none() {
+            tracing::error!("{why}");
+        }
+        self.workdir_health = Some(why);
+    }
+
+    /// What every hello and sync reply reports, if anything.
+    fn problem(&self) -> Option<String> {
+        match (&self.health, &self.workdir_health) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        }
     }
 
     /// The key of `project`'s run `run`: its own, or (a run submitted by a neroman of

@@ -40,16 +40,19 @@ impl State {
             };
             let run_dir = self.opts.workdir.join("runs").join(dir_name);
             let event = match local::write_run_dir(&run_dir, &spec, &self.opts.kid_binary) {
-                Ok(()) => MumEvent::Queued {
+                Ok(()) => {
+                    self.workdir_health = None;
+                    MumEvent::Queued {
                     run_dir: run_dir.display().to_string(),
-                },
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => MumEvent::Lost {
                     reason: format!("cannot write the run directory {}: {e}", run_dir.display()),
                 },
                 Err(e) => {
                     // Transient (disk full, quota): not taken; neroman sends it again later.
                     let _ = std::fs::remove_dir_all(&run_dir);
-                    self.set_unhealthy(format!(
+                    self.set_workdir_unhealthy(format!(
                         "the run directory {}: {e}",
                         run_dir.display()
                     ));
@@ -74,7 +77,7 @@ impl State {
         failpoint("submit.after_journal");
         if transient && accepted.is_empty() {
             return Response::Error(ErrorReply {
-                message: self.health.clone().unwrap_or_default(),
+                message: self.problem().unwrap_or_default(),
             });
         }
         for (run, run_dir, queued) in new_runs {

@@ -44,7 +44,7 @@ pub(super) fn sync(shared: &Shared, project: Option<&str>, q: SyncSince) -> Resp
                 more,
                 last_seq: s.journal.last_seq(),
                 through,
-                health: s.health.clone(),
+                health: s.problem(),
             })
         }
         Err(e) => Response::Error(ErrorReply {
