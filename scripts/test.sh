@@ -15,12 +15,12 @@ cargo build --workspace --bins --tests
 echo "== tests"
 log=$(mktemp)
 set +e
-cargo test --workspace 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The same end-to-end suites again over the remote transport: neroman talks to each agent
 # through a `neromum bridge` child (stdin/stdout, started by `sh -c` as ssh would), not the socket.
 echo "== tests over neromum bridge (NERONET_TRANSPORT=bridge)"
-NERONET_TRANSPORT=bridge cargo test --test local_runs --test agent_faults 2>&1 | tee -a "$log"
+NERONET_TRANSPORT=bridge cargo test --no-fail-fast --test local_runs --test agent_faults 2>&1 | tee -a "$log"
 bridge_status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] || status=$bridge_status
 set -e

@@ -250,7 +250,7 @@ fn logs_follow_survives_a_mum_restart() {
         .spawn()
         .unwrap();
     wait_until("some output", Duration::from_secs(10), || {
-        std::fs::read_to_string(p.mum_dir().join("runs/s.1/stdout.log"))
+        std::fs::read_to_string(p.run_dir("s.1").join("stdout.log"))
             .is_ok_and(|t| t.lines().count() >= 3)
     });
     common::kill(p.mum_pid().unwrap(), libc::SIGKILL);

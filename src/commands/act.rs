@@ -99,10 +99,17 @@ pub fn wait_for(
     let mut unreachable_since: Option<Instant> = None;
     // One connection per cluster for the whole wait; each round long-polls for news.
     let mut clients = BTreeMap::new();
+    let mut warned = std::collections::HashSet::new();
+    let mut states = Vec::new();
+    let mut first = true;
+    let mut states_read = Instant::now();
     loop {
         let sync = project.sync_held(&mut clients, Duration::from_millis(if live { 500 } else { 2000 }))?;
         for (c, why) in &sync.agent_problems {
-            eprintln!("neroman: warning: cluster {c}: {why}");
+            // Once per problem, not once per round.
+            if warned.insert(format!("{c}\0{why}")) {
+                eprintln!("neroman: warning: cluster {c}: {why}");
+            }
         }
         // Keep trying for a while (a restarting agent), then say what is wrong.
         if let Some((cluster, why)) = sync.unreachable.first() {
@@ -119,10 +126,16 @@ pub fn wait_for(
         if !live {
             print_changes(&sync)?;
         }
-        let states: Vec<_> = runs
-            .iter()
-            .filter_map(|u| project.store.run(u).ok().flatten())
-            .collect();
+        // The runs' states change with news (read them then: 1,000 runs are 1,000 reads), or
+        // when another neroman applied the news; so also every 2 s.
+        if first || !sync.changes.is_empty() || states_read.elapsed() > Duration::from_secs(2) {
+            states_read = Instant::now();
+            states = runs
+                .iter()
+                .filter_map(|u| project.store.run(u).ok().flatten())
+                .collect();
+            first = false;
+        }
         let done = states.iter().all(|r| r.state.is_terminal());
         // Results at most every second while running; always at the end.
         if dirty && (done || last_results.elapsed() >= Duration::from_secs(1)) {

@@ -176,15 +176,25 @@ impl Project {
 
     /// (kid pid, job pid = the job's process group) from a run's first event.
     pub fn started(&self, run: &str) -> (i32, i32) {
-        let events =
-            std::fs::read_to_string(self.mum_dir().join(format!("runs/{run}/events.jsonl")))
-                .unwrap();
+        let events = std::fs::read_to_string(self.run_dir(run).join("events.jsonl")).unwrap();
         let first: serde_json::Value =
             serde_json::from_str(events.lines().next().unwrap()).unwrap();
         (
             first["pid"].as_i64().unwrap() as i32,
             first["job_pid"].as_i64().unwrap() as i32,
         )
+    }
+
+    /// A run's directory in the agent's workdir: `runs/<project id prefix>-<run>`.
+    pub fn run_dir(&self, run: &str) -> PathBuf {
+        let runs = self.mum_dir().join("runs");
+        let suffix = format!("-{run}");
+        std::fs::read_dir(&runs)
+            .unwrap_or_else(|e| panic!("{}: {e}", runs.display()))
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().ends_with(&suffix))
+            .unwrap_or_else(|| panic!("no directory for run {run} in {}", runs.display()))
     }
 
     pub fn mum_dir(&self) -> PathBuf {
