@@ -5,11 +5,11 @@
 //! 3. Latency job print → store through the long-poll (one held connection, no sleeps), and
 //!    the CPU that mum and a long-polling client use while nothing happens.
 
+use nerokid::report::{KidEvent, Outcome};
 use neronet::actions::{act, Verb};
 use neronet::cluster::mum::{Mum, MumOptions};
 use neronet::cluster::protocol::{JournalEntry, MumEvent};
 use neronet::project::Project;
-use nerokid::report::{KidEvent, Outcome};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
@@ -35,7 +35,9 @@ fn project(name: &str, yaml: &str, rows: usize, files: &[(&str, &str)]) -> std::
     use neronet::sheet::template::{BookSpec, Cell};
     let book = BookSpec {
         columns: vec![("id", 8.0), ("status", 8.0)],
-        rows: (1..=rows).map(|i| vec![Cell::Num(i as f64), Cell::Empty]).collect(),
+        rows: (1..=rows)
+            .map(|i| vec![Cell::Num(i as f64), Cell::Empty])
+            .collect(),
     };
     std::fs::write(
         dir.join("experiments.xlsx"),
@@ -67,7 +69,9 @@ fn throughput() {
     let t1 = Instant::now();
     let mut clients = BTreeMap::new();
     loop {
-        project.sync_held(&mut clients, Duration::from_secs(2)).unwrap();
+        project
+            .sync_held(&mut clients, Duration::from_secs(2))
+            .unwrap();
         let active = project.store.active_runs().unwrap().len();
         if active == 0 {
             break;
@@ -78,7 +82,8 @@ fn throughput() {
     let finished = uids
         .iter()
         .filter(|u| {
-            project.store.run(u).unwrap().unwrap().state.name() == neronet::state::StateName::Finished
+            project.store.run(u).unwrap().unwrap().state.name()
+                == neronet::state::StateName::Finished
         })
         .count();
     drop(clients);
@@ -107,11 +112,18 @@ fn restart_with_a_long_journal() {
     std::fs::create_dir_all(dir.join("runs")).unwrap();
     std::fs::write(dir.join("epoch"), "benchbenchbench0").unwrap();
     // 1,000 runs × 1,000 entries: queued, launching, launched, 996 metric events, exited.
-    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("journal.jsonl")).unwrap());
+    let mut out =
+        std::io::BufWriter::new(std::fs::File::create(dir.join("journal.jsonl")).unwrap());
     let mut seq = 0u64;
     let mut put = |run: &str, event: MumEvent, kid_offset: Option<u64>| {
         seq += 1;
-        let e = JournalEntry { seq, run: run.into(), t: 1.0e9 + seq as f64, event, kid_offset };
+        let e = JournalEntry {
+            seq,
+            run: run.into(),
+            t: 1.0e9 + seq as f64,
+            event,
+            kid_offset,
+        };
         serde_json::to_writer(&mut out, &e).unwrap();
         out.write_all(b"\n").unwrap();
     };
@@ -120,13 +132,29 @@ fn restart_with_a_long_journal() {
         let run_dir = dir.join("runs").join(&run).display().to_string();
         put(&run, MumEvent::Queued { run_dir }, None);
         put(&run, MumEvent::Launching, None);
-        put(&run, MumEvent::Launched { job: "999999".into() }, None);
+        put(
+            &run,
+            MumEvent::Launched {
+                job: "999999".into(),
+            },
+            None,
+        );
         for i in 0..996u64 {
-            let values = vec![("loss".to_string(), 1.0 / (i + 1) as f64), ("step".to_string(), i as f64)];
-            let event = KidEvent::Metrics { t: 1.0e9, step: Some(i as f64), values };
+            let values = vec![
+                ("loss".to_string(), 1.0 / (i + 1) as f64),
+                ("step".to_string(), i as f64),
+            ];
+            let event = KidEvent::Metrics {
+                t: 1.0e9,
+                step: Some(i as f64),
+                values,
+            };
             put(&run, MumEvent::Kid { event }, Some(100 * (i + 1)));
         }
-        let event = KidEvent::Exited { t: 1.0e9, outcome: Outcome::Exit { code: 0 } };
+        let event = KidEvent::Exited {
+            t: 1.0e9,
+            outcome: Outcome::Exit { code: 0 },
+        };
         put(&run, MumEvent::Kid { event }, Some(100_000));
     }
     drop(out);
@@ -187,16 +215,29 @@ fn latency_and_idle_cpu() {
     let mut seen: HashMap<i64, f64> = HashMap::new();
     let mut clients = BTreeMap::new();
     loop {
-        project.sync_held(&mut clients, Duration::from_secs(2)).unwrap();
+        project
+            .sync_held(&mut clients, Duration::from_secs(2))
+            .unwrap();
         let t = nerokid::report::now();
         let db = project.store.conn();
         let mut stmt = db
             .prepare("SELECT value FROM metrics WHERE run_uid = ?1 AND name = 'sent'")
             .unwrap();
-        for sent in stmt.query_map([&uid], |r| r.get::<_, f64>(0)).unwrap().map(Result::unwrap) {
+        for sent in stmt
+            .query_map([&uid], |r| r.get::<_, f64>(0))
+            .unwrap()
+            .map(Result::unwrap)
+        {
             seen.entry((sent * 1e6) as i64).or_insert(t - sent);
         }
-        if project.store.run(&uid).unwrap().unwrap().state.is_terminal() {
+        if project
+            .store
+            .run(&uid)
+            .unwrap()
+            .unwrap()
+            .state
+            .is_terminal()
+        {
             break;
         }
     }
@@ -218,7 +259,9 @@ fn latency_and_idle_cpu() {
     let (mum0, t0) = (cpu_ticks(pid), Instant::now());
     let me0 = cpu_ticks(std::process::id());
     while t0.elapsed() < Duration::from_secs(10) {
-        client.sync(last, Some(last), Duration::from_secs(5)).unwrap();
+        client
+            .sync(last, Some(last), Duration::from_secs(5))
+            .unwrap();
     }
     let secs = t0.elapsed().as_secs_f64();
     let mum_pct = (cpu_ticks(pid) - mum0) as f64 / ticks / secs * 100.0;
@@ -231,4 +274,3 @@ fn latency_and_idle_cpu() {
     stop_agent(&project);
     let _ = std::fs::remove_dir_all(&dir);
 }
-

@@ -449,7 +449,12 @@ impl Project {
             if client.started {
                 report.restarted_mum.push(cluster.clone());
             }
-            match self.sync_with(&cluster, &mut client, &mut report, std::time::Duration::ZERO) {
+            match self.sync_with(
+                &cluster,
+                &mut client,
+                &mut report,
+                std::time::Duration::ZERO,
+            ) {
                 Ok(()) => {}
                 // The agent went away mid-sync: what the store knows still stands.
                 Err(CoreError::Cluster { err, .. }) => report
@@ -537,7 +542,9 @@ impl Project {
             wait = std::time::Duration::ZERO;
             if let Some(why) = &batch.health {
                 if !report.agent_problems.iter().any(|(c, _)| c == cluster) {
-                    report.agent_problems.push((cluster.to_string(), why.clone()));
+                    report
+                        .agent_problems
+                        .push((cluster.to_string(), why.clone()));
                 }
             }
             // The agent's journal is shorter than what we stored from it (restored from a
@@ -550,7 +557,16 @@ impl Project {
                     batch.last_seq,
                     batch.last_seq
                 );
-                since = apply_entries(&mut self.store, cluster, &epoch, &[], report, Some(batch.last_seq), 0, None)?;
+                since = apply_entries(
+                    &mut self.store,
+                    cluster,
+                    &epoch,
+                    &[],
+                    report,
+                    Some(batch.last_seq),
+                    0,
+                    None,
+                )?;
                 continue;
             }
             // Another neroman may have applied part of this already: the store says how far.

@@ -52,7 +52,11 @@ fn assert_exactly_once(p: &Project, runs: usize) {
         .collect();
     assert_eq!(rows.len(), runs, "runs with metrics: {rows:?}");
     for (run, n, distinct) in rows {
-        assert_eq!((n, distinct), (STEPS as i64, STEPS as i64), "run {run}: every metric line once");
+        assert_eq!(
+            (n, distinct),
+            (STEPS as i64, STEPS as i64),
+            "run {run}: every metric line once"
+        );
     }
 }
 
@@ -99,16 +103,24 @@ fn mum_killed_at_every_step_runs_each_job_once_and_loses_no_metric() {
         }
         for (step, p) in &projects {
             let name = step.split('@').next().unwrap();
-            wait_until(&format!("failpoint {step} to fire"), Duration::from_secs(30), || {
-                // Commands drive the agent's syncs (and restart it once it died).
-                let _ = p.neroman(&["status"]);
-                mum_log(p).contains(&format!("failpoint {name}"))
-            });
-            wait_until(&format!("all finished after {step}"), Duration::from_secs(90), || {
-                // Runs the dead agent never confirmed are resubmitted by a later sync.
-                let st = p.status();
-                st.iter().all(|e| e["state"] == "finished")
-            });
+            wait_until(
+                &format!("failpoint {step} to fire"),
+                Duration::from_secs(30),
+                || {
+                    // Commands drive the agent's syncs (and restart it once it died).
+                    let _ = p.neroman(&["status"]);
+                    mum_log(p).contains(&format!("failpoint {name}"))
+                },
+            );
+            wait_until(
+                &format!("all finished after {step}"),
+                Duration::from_secs(90),
+                || {
+                    // Runs the dead agent never confirmed are resubmitted by a later sync.
+                    let st = p.status();
+                    st.iter().all(|e| e["state"] == "finished")
+                },
+            );
             assert_exactly_once(p, 20);
         }
     }
@@ -119,7 +131,10 @@ fn mum_killed_at_every_step_runs_each_job_once_and_loses_no_metric() {
 /// said nothing. Now nothing advances, `status` warns, and everything arrives once space returns.
 #[test]
 fn a_full_disk_under_the_agent_loses_nothing_and_is_reported() {
-    let p = twenty("disk-full", "clusters:\n  local:\n    max_parallel: 4\n    workdir: agent\n");
+    let p = twenty(
+        "disk-full",
+        "clusters:\n  local:\n    max_parallel: 4\n    workdir: agent\n",
+    );
     let agent = p.path("agent");
     std::fs::create_dir_all(&agent).unwrap();
     let mounted = std::process::Command::new("mount")
@@ -127,11 +142,17 @@ fn a_full_disk_under_the_agent_loses_nothing_and_is_reported() {
         .arg(&agent)
         .status()
         .expect("run mount");
-    assert!(mounted.success(), "this test needs to mount a tmpfs (run as root)");
+    assert!(
+        mounted.success(),
+        "this test needs to mount a tmpfs (run as root)"
+    );
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _unmount = Unmount(agent.clone());
@@ -142,7 +163,11 @@ fn a_full_disk_under_the_agent_loses_nothing_and_is_reported() {
     let log = agent.join("mum.log");
     p.ok(&["start", "1-4"]);
     wait_until("runs going", Duration::from_secs(20), || {
-        p.status().iter().filter(|e| e["state"] == "running").count() == 4
+        p.status()
+            .iter()
+            .filter(|e| e["state"] == "running")
+            .count()
+            == 4
     });
     // Fill the agent's file system.
     let filler = agent.join("filler");
@@ -164,14 +189,27 @@ fn a_full_disk_under_the_agent_loses_nothing_and_is_reported() {
     // Every command keeps working while the disk is full (regression: once the refused runs
     // were 5 s old, each sync resent them and the refusal failed `status`, `abort`, ...).
     let full_since = std::time::Instant::now();
-    wait_until("status to keep working past the resend", Duration::from_secs(30), || {
-        let out = p.neroman(&["status"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "status fails while the disk is full: {stderr}");
-        assert!(stderr.contains("neromum cannot write"), "status must warn: {stderr}");
-        assert!(stderr.contains("No space left"), "status must say why: {stderr}");
-        full_since.elapsed() > Duration::from_secs(7)
-    });
+    wait_until(
+        "status to keep working past the resend",
+        Duration::from_secs(30),
+        || {
+            let out = p.neroman(&["status"]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "status fails while the disk is full: {stderr}"
+            );
+            assert!(
+                stderr.contains("neromum cannot write"),
+                "status must warn: {stderr}"
+            );
+            assert!(
+                stderr.contains("No space left"),
+                "status must say why: {stderr}"
+            );
+            full_since.elapsed() > Duration::from_secs(7)
+        },
+    );
     std::fs::remove_file(&filler).unwrap();
     p.wait_all("finished", Duration::from_secs(120));
     assert_exactly_once(&p, 20);
@@ -195,17 +233,28 @@ fn an_older_agent_hands_over_instead_of_being_doubled() {
         .arg(&dir)
         .spawn()
         .unwrap();
-    wait_until("old agent listening", Duration::from_secs(10), || dir.join("mum.sock").exists());
+    wait_until("old agent listening", Duration::from_secs(10), || {
+        dir.join("mum.sock").exists()
+    });
     let out = p.neroman(&["start", "1-3", "--wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("hand over"), "{stderr}");
     // The old agent was asked to stop, and did.
     let status = old.wait().unwrap();
     assert!(status.success());
-    assert!(std::fs::read_to_string(dir.join("v1-log")).unwrap().contains("shutdown"));
+    assert!(std::fs::read_to_string(dir.join("v1-log"))
+        .unwrap()
+        .contains("shutdown"));
     let agents = p.ok(&["agents"]);
-    assert!(agents.contains(&format!("neromum {}", env!("CARGO_PKG_VERSION"))), "{agents}");
+    assert!(
+        agents.contains(&format!("neromum {}", env!("CARGO_PKG_VERSION"))),
+        "{agents}"
+    );
 }
 
 /// A newer agent is left alone, with a message to upgrade neroman (no second agent).
@@ -221,12 +270,17 @@ fn a_newer_agent_is_left_alone() {
         .arg("--protocol=99")
         .spawn()
         .unwrap();
-    wait_until("newer agent listening", Duration::from_secs(10), || dir.join("mum.sock").exists());
+    wait_until("newer agent listening", Duration::from_secs(10), || {
+        dir.join("mum.sock").exists()
+    });
     let out = p.neroman(&["start", "1"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("upgrade neroman"), "{stderr}");
-    assert!(newer.try_wait().unwrap().is_none(), "the newer agent must keep running");
+    assert!(
+        newer.try_wait().unwrap().is_none(),
+        "the newer agent must keep running"
+    );
     newer.kill().unwrap();
     let _ = newer.wait();
 }
@@ -282,12 +336,16 @@ fn chatty_shells_on_the_bridge_are_detected_and_explained() {
     assert!(batch.entries.is_empty());
     c.shutdown().unwrap();
 
-    let broken = bridge("echo 'Last login: Fri Nov 27'; echo 'neromum: command not found' >&2; exit 127");
+    let broken =
+        bridge("echo 'Last login: Fri Nov 27'; echo 'neromum: command not found' >&2; exit 127");
     let err = match MumClient::connect_or_start(&broken) {
         Ok(_) => panic!("a bridge that never answers must fail"),
         Err(e) => neronet::util::error_chain(&e),
     };
-    assert!(err.contains(".bashrc") && err.contains("Last login"), "{err}");
+    assert!(
+        err.contains(".bashrc") && err.contains("Last login"),
+        "{err}"
+    );
 }
 
 /// SIGTERM stops the agent cleanly (socket removed, log says so); a client that connects and
@@ -316,16 +374,20 @@ fn sigterm_stops_the_agent_and_a_silent_client_cannot_keep_it_alive() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!sock.exists(), "the socket is removed");
-    assert!(std::fs::read_to_string(p.path("mum.err")).unwrap().contains("stopping"));
+    assert!(std::fs::read_to_string(p.path("mum.err"))
+        .unwrap()
+        .contains("stopping"));
 
     // Idle exit after 1 s, with a client connected that never sends a byte.
     let mut child = spawn("1");
     wait_until("socket", Duration::from_secs(10), || sock.exists());
     let mut silent = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     let _ = silent.write_all(b"");
-    wait_until("agent to exit despite the silent client", Duration::from_secs(15), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    });
+    wait_until(
+        "agent to exit despite the silent client",
+        Duration::from_secs(15),
+        || matches!(child.try_wait(), Ok(Some(_))),
+    );
 }
 
 /// Regression: neroman could not tell that an agent's journal had become shorter than what it
@@ -337,14 +399,20 @@ fn a_shortened_journal_is_noticed_and_new_events_still_arrive() {
     p.ok(&["start", "1-2", "--wait"]);
     p.ok(&["agents", "--stop"]);
     let journal = p.mum_dir().join("journal.jsonl");
-    wait_until("agent gone", Duration::from_secs(10), || !p.mum_dir().join("mum.sock").exists());
+    wait_until("agent gone", Duration::from_secs(10), || {
+        !p.mum_dir().join("mum.sock").exists()
+    });
     // Keep only the first three entries, as a restored backup would.
     let text = std::fs::read_to_string(&journal).unwrap();
     let kept: String = text.lines().take(3).map(|l| format!("{l}\n")).collect();
     std::fs::write(&journal, kept).unwrap();
     let _ = std::fs::remove_file(p.mum_dir().join("journal.snap"));
     let out = p.neroman(&["start", "3-4", "--wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("journal ends at"),
         "{}",
@@ -360,19 +428,30 @@ fn a_shortened_journal_is_noticed_and_new_events_still_arrive() {
 fn projects_sharing_an_agent_workdir_keep_their_own_runs() {
     let a = twenty("shared-a", "");
     let shared = a.path("../shared-agent");
-    let yaml = format!("clusters:\n  local:\n    max_parallel: 4\n    workdir: {}\n", shared.display());
+    let yaml = format!(
+        "clusters:\n  local:\n    max_parallel: 4\n    workdir: {}\n",
+        shared.display()
+    );
     a.write("neronet.yaml", &yaml);
     let b = twenty("shared-b", &yaml);
     a.ok(&["start", "1-2", "--wait"]);
     b.ok(&["start", "1-2", "--wait"]);
     for p in [&a, &b] {
         let ran = std::fs::read_to_string(p.path("ran.log")).unwrap_or_default();
-        assert_eq!(ran.lines().count(), 2, "each project's own jobs ran: {ran:?}");
+        assert_eq!(
+            ran.lines().count(),
+            2,
+            "each project's own jobs ran: {ran:?}"
+        );
         let logs = p.ok(&["logs", "1"]);
         assert!(logs.contains("step=5"), "{logs}");
         let n: i64 = p
             .store()
-            .query_row("SELECT COUNT(*) FROM metrics WHERE name = 'step'", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM metrics WHERE name = 'step'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(n, 2 * STEPS as i64, "only its own metrics");
     }

@@ -137,7 +137,10 @@ fn mum_refuses_another_protocol_version() {
     let mut r = BufReader::new(s);
     let mut reply = String::new();
     r.read_line(&mut reply).unwrap();
-    assert!(reply.contains("\"type\":\"hello\"") && reply.contains("\"version\":2"), "{reply}");
+    assert!(
+        reply.contains("\"type\":\"hello\"") && reply.contains("\"version\":2"),
+        "{reply}"
+    );
     reply.clear();
     r.read_line(&mut reply).unwrap();
     assert!(reply.contains("only shutdown is understood"), "{reply}");

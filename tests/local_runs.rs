@@ -498,9 +498,11 @@ fn status_works_while_the_agent_is_unreachable() {
         .unwrap();
     // The killed agent's last threads may still be exiting (its main thread is already a
     // zombie): poll until its lock is free.
-    wait_until("the dead agent's lock to be free", Duration::from_secs(10), || unsafe {
-        libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0
-    });
+    wait_until(
+        "the dead agent's lock to be free",
+        Duration::from_secs(10),
+        || unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 },
+    );
     let out = p.neroman(&["status", "--json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -512,4 +514,3 @@ fn status_works_while_the_agent_is_unreachable() {
     p.ok(&["abort", "1", "--wait"]);
     assert_eq!(p.state_of("1"), "aborted");
 }
-

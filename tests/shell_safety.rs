@@ -32,8 +32,8 @@ fn hostile_values_reach_the_job_literally() {
     p.workbook(&["id", "status", "value"], &rows);
     p.ok(&["start", "all", "--wait"]);
     for (i, v) in values.iter().enumerate() {
-        let seen = std::fs::read_to_string(p.run_dir(&format!("{}.1", i + 1)).join("seen.json"))
-            .unwrap();
+        let seen =
+            std::fs::read_to_string(p.run_dir(&format!("{}.1", i + 1)).join("seen.json")).unwrap();
         let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
         assert_eq!(
             seen["argv"],

@@ -87,8 +87,7 @@ fn main() {
             idle_exit,
         } => neronet::cluster::bridge::run(&LocalMum {
             workdir: std::path::absolute(&workdir).unwrap_or(workdir),
-            mum_binary: std::env::current_exe()
-                .unwrap_or_else(|_| PathBuf::from("neromum")),
+            mum_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("neromum")),
             kid_binary: kid_or_sibling(kid),
             max_parallel: max_parallel.max(1),
             idle_exit_secs: idle_exit,

@@ -37,7 +37,11 @@ pub fn run(m: &LocalMum) -> Result<(), ClientError> {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 // A closed stdout (ssh gone) is an error here, not a SIGPIPE death.
-                if stdout.write_all(&buf[..n]).and_then(|_| stdout.flush()).is_err() {
+                if stdout
+                    .write_all(&buf[..n])
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+                {
                     break;
                 }
             }

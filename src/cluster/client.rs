@@ -226,8 +226,8 @@ impl MumClient {
         };
         let mut conn = match &m.transport {
             Transport::Socket => {
-                let stream = UnixStream::connect(socket_path(&m.workdir))
-                    .map_err(|e| wire(e.into()))?;
+                let stream =
+                    UnixStream::connect(socket_path(&m.workdir)).map_err(|e| wire(e.into()))?;
                 Self::socket_conn(m, stream)?
             }
             Transport::Bridge { .. } => Self::bridge_conn(m)?,
@@ -352,10 +352,13 @@ impl MumClient {
             err,
         };
         self.conn.send(&req.into()).map_err(wire)?;
-        match self.conn.recv(REQUEST_TIMEOUT + wait).map_err(|err| ClientError::Wire {
-            workdir: self.workdir.clone(),
-            err,
-        })? {
+        match self
+            .conn
+            .recv(REQUEST_TIMEOUT + wait)
+            .map_err(|err| ClientError::Wire {
+                workdir: self.workdir.clone(),
+                err,
+            })? {
             Response::Error(e) => Err(ClientError::Refused(e.message)),
             r => Ok(r),
         }
@@ -476,7 +479,11 @@ fn bridge_failure(m: &LocalMum, conn: &Connection, e: ClientError) -> ClientErro
     ClientError::NoAnswer {
         workdir: m.workdir.clone(),
         secs: 0,
-        log_tail: format!("{} said: {stderr} ({})", conn.describe, crate::util::error_chain(&e)),
+        log_tail: format!(
+            "{} said: {stderr} ({})",
+            conn.describe,
+            crate::util::error_chain(&e)
+        ),
     }
 }
 
@@ -484,7 +491,11 @@ fn bridge_failure(m: &LocalMum, conn: &Connection, e: ClientError) -> ClientErro
 fn older_version_in(message: &str) -> Option<u32> {
     let rest = message.strip_prefix("protocol version mismatch: neromum ")?;
     let (_, after) = rest.split_once(" speaks ")?;
-    after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn mum_log_tail(workdir: &Path) -> String {

@@ -370,12 +370,27 @@ mod tests {
     #[test]
     fn version_1_messages_still_decode() {
         let old: Request = decode(br#"{"type":"sync","since":5,"max":100}"#).unwrap();
-        assert!(matches!(old, Request::Sync(SyncSince { since: 5, wait_ms: 0, ack: None, .. })));
+        assert!(matches!(
+            old,
+            Request::Sync(SyncSince {
+                since: 5,
+                wait_ms: 0,
+                ack: None,
+                ..
+            })
+        ));
         let reply: Response = decode(
             br#"{"type":"hello","version":1,"mum_version":"0.1.0","epoch":"ab","workdir":"/w","pid":7}"#,
         )
         .unwrap();
-        assert!(matches!(reply, Response::Hello(HelloReply { version: 1, last_seq: 0, .. })));
+        assert!(matches!(
+            reply,
+            Response::Hello(HelloReply {
+                version: 1,
+                last_seq: 0,
+                ..
+            })
+        ));
     }
 
     #[test]

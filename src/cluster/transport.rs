@@ -111,7 +111,11 @@ impl Connection {
     pub fn stderr_text(&self) -> String {
         self.stderr
             .as_ref()
-            .map(|s| String::from_utf8_lossy(&s.lock().unwrap_or_else(|p| p.into_inner())).trim().to_string())
+            .map(|s| {
+                String::from_utf8_lossy(&s.lock().unwrap_or_else(|p| p.into_inner()))
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_default()
     }
 }

@@ -6,9 +6,9 @@ use super::{exit, open_synced, print_changes};
 use crate::actions::{act, ActionReport, Verb};
 use crate::project::{Experiments, Project};
 use nerokid::expr::Expr;
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Parse a selection against what this project knows.
@@ -104,7 +104,10 @@ pub fn wait_for(
     let mut first = true;
     let mut states_read = Instant::now();
     loop {
-        let sync = project.sync_held(&mut clients, Duration::from_millis(if live { 500 } else { 2000 }))?;
+        let sync = project.sync_held(
+            &mut clients,
+            Duration::from_millis(if live { 500 } else { 2000 }),
+        )?;
         for (c, why) in &sync.agent_problems {
             // Once per problem, not once per round.
             if warned.insert(format!("{c}\0{why}")) {

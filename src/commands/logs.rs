@@ -27,7 +27,11 @@ pub fn run(dir: &Path, id: &str, follow: bool, stderr: bool) -> anyhow::Result<i
     let mut out = std::io::stdout().lock();
     loop {
         // Following: mum holds the request until output arrives (one connection, no polling).
-        let wait = if follow { Duration::from_secs(10) } else { Duration::ZERO };
+        let wait = if follow {
+            Duration::from_secs(10)
+        } else {
+            Duration::ZERO
+        };
         let chunk = match client.read_log(&run.uid, stream, offset, wait) {
             Ok(c) => {
                 failures = 0;

@@ -29,13 +29,19 @@ pub(super) fn abort(shared: &Shared, a: Abort, project: Option<&str>) -> Respons
                     items.push((run.clone(), MumEvent::Cancelled, None));
                     ended.push(run);
                 }
-                Phase::Launching | Phase::Launched { job: _, journaled: false } => {
+                Phase::Launching
+                | Phase::Launched {
+                    job: _,
+                    journaled: false,
+                } => {
                     // Cancelled as soon as the launch is journaled.
                     if let Some(r) = s.runs.get_mut(&run) {
                         r.abort_requested = true;
                     }
                 }
-                Phase::Launched { job, .. } => to_cancel.push((run.clone(), job.clone(), r.request(&run))),
+                Phase::Launched { job, .. } => {
+                    to_cancel.push((run.clone(), job.clone(), r.request(&run)))
+                }
                 Phase::Ended => {}
             }
         }

@@ -243,7 +243,10 @@ impl Journal {
         if let Err(err) = result {
             // Whatever part reached the file is cut off, so later entries never glue onto it.
             if let Err(cut) = self.file.set_len(self.len) {
-                tracing::error!("journal {}: cannot cut a failed write: {cut}", self.path.display());
+                tracing::error!(
+                    "journal {}: cannot cut a failed write: {cut}",
+                    self.path.display()
+                );
             }
             return Err(JournalError::Io {
                 about: "append to",
@@ -427,18 +430,27 @@ pub(crate) mod tests {
     fn a_failed_append_leaves_no_torn_line() {
         let dir = tempdir();
         let (mut j, _) = Journal::open(&dir, |_| {}).unwrap();
-        j.append(vec![("a".into(), MumEvent::Cancelled, None)]).unwrap();
+        j.append(vec![("a".into(), MumEvent::Cancelled, None)])
+            .unwrap();
         // Stand-in for ENOSPC: a file handle that cannot be written.
         let good = std::mem::replace(
             &mut j.file,
-            OpenOptions::new().read(true).open(dir.join("journal.jsonl")).unwrap(),
+            OpenOptions::new()
+                .read(true)
+                .open(dir.join("journal.jsonl"))
+                .unwrap(),
         );
-        assert!(j.append(vec![("b".into(), MumEvent::Cancelled, None)]).is_err());
+        assert!(j
+            .append(vec![("b".into(), MumEvent::Cancelled, None)])
+            .is_err());
         j.file = good;
-        j.append(vec![("c".into(), MumEvent::Cancelled, None)]).unwrap();
+        j.append(vec![("c".into(), MumEvent::Cancelled, None)])
+            .unwrap();
         let (got, _) = j.read_since(0, 10).unwrap();
         assert_eq!(
-            got.iter().map(|e| (e.seq, e.run.as_str())).collect::<Vec<_>>(),
+            got.iter()
+                .map(|e| (e.seq, e.run.as_str()))
+                .collect::<Vec<_>>(),
             [(1, "a"), (2, "c")]
         );
     }
@@ -462,7 +474,8 @@ pub(crate) mod tests {
         assert_eq!(j.entries(), 100);
         let (got, _) = j.read_since(950, 10).unwrap();
         assert_eq!(got[0].seq, 951);
-        j.append(vec![("z".into(), MumEvent::Cancelled, None)]).unwrap();
+        j.append(vec![("z".into(), MumEvent::Cancelled, None)])
+            .unwrap();
         drop(j);
         let mut replayed = 0;
         let (j, s) = Journal::open(&dir, |r| {

@@ -6,9 +6,8 @@
 
 use super::warden::{Found, JobRequest, JobState, Warden};
 use crate::cluster::protocol::RunSpec;
-use std::collections::HashMap;
-use std::sync::Arc;
 use nerokid::report::SPEC_FILE;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,6 +15,7 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 /// Wakes mum's main loop (a kid exited, a run was submitted).
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
@@ -45,11 +45,17 @@ impl Warden for LocalWarden {
                     let pid = child.id();
                     let wake = Arc::clone(&self.wake);
                     let children = Arc::clone(&self.children);
-                    children.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, false);
+                    children
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(pid, false);
                     // Reap it and wake mum the moment it exits: the slot is refilled at once.
                     std::thread::spawn(move || {
                         let _ = child.wait();
-                        children.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, true);
+                        children
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(pid, true);
                         wake();
                     });
                     Ok(pid.to_string())
@@ -69,7 +75,11 @@ impl Warden for LocalWarden {
                     // Adopted after a restart: ask /proc (the pid must still be this run's).
                     None => pid.is_some_and(|p| kid_of(p as i32, &req.run_dir, true)),
                 };
-                let state = if alive { JobState::Alive } else { JobState::Gone };
+                let state = if alive {
+                    JobState::Alive
+                } else {
+                    JobState::Gone
+                };
                 (job.clone(), state)
             })
             .collect()

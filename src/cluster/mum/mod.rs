@@ -28,8 +28,8 @@ pub mod warden;
 use crate::cluster::protocol::*;
 use crate::cluster::socket_path;
 use crate::util::failpoint;
-pub use journal::{JournalError, JOURNAL_FORMAT};
 use journal::{Journal, Replay, SnapRun, Snapshot};
+pub use journal::{JournalError, JOURNAL_FORMAT};
 use nerokid::report::{KidEvent, EVENTS_FILE};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -83,7 +83,10 @@ enum Phase {
     Launching,
     /// Handed to the warden. `journaled` is false while the `launched` entry still waits to be
     /// written (a failed append, or a launch reconciled on replay).
-    Launched { job: String, journaled: bool },
+    Launched {
+        job: String,
+        journaled: bool,
+    },
     Ended,
 }
 
@@ -180,7 +183,10 @@ impl Mum {
         let waker: Arc<Mutex<Option<std::sync::Weak<Shared>>>> = Arc::new(Mutex::new(None));
         let w = Arc::clone(&waker);
         let wake: local::Wake = Arc::new(move || {
-            let target = w.lock().ok().and_then(|g| g.as_ref().and_then(|s| s.upgrade()));
+            let target = w
+                .lock()
+                .ok()
+                .and_then(|g| g.as_ref().and_then(|s| s.upgrade()));
             if let Some(shared) = target {
                 shared.wake();
             }
@@ -357,13 +363,13 @@ impl Mum {
             path: sock.clone(),
             err,
         })?;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(
-            |err| MumError::Io {
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(|err| {
+            MumError::Io {
                 about: "chmod",
                 path: sock.clone(),
                 err,
-            },
-        )?;
+            }
+        })?;
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             let flag = Arc::new(AtomicBool::new(false));
             if signal_hook::flag::register(sig, Arc::clone(&flag)).is_ok() {
@@ -618,7 +624,10 @@ impl State {
     fn register_project(&mut self, project: &str) {
         if !self.acks.contains_key(project) {
             // Everything it may not have stored yet is after the oldest entry still in the file.
-            let from = self.journal.last_seq().saturating_sub(self.journal.entries());
+            let from = self
+                .journal
+                .last_seq()
+                .saturating_sub(self.journal.entries());
             self.acks.insert(project.to_string(), from);
             self.write_acks();
         }
@@ -675,7 +684,10 @@ impl State {
         let Some(acked) = self.acks.values().min().copied() else {
             return;
         };
-        let first = self.journal.last_seq().saturating_sub(self.journal.entries());
+        let first = self
+            .journal
+            .last_seq()
+            .saturating_sub(self.journal.entries());
         // Tests make compaction frequent to reach its failpoints.
         let after = std::env::var("NERONET_COMPACT_AFTER")
             .ok()
@@ -779,7 +791,9 @@ fn tick(shared: &Shared) {
         let free = (s.opts.max_parallel as usize).saturating_sub(s.in_flight());
         let mut picked = Vec::new();
         while picked.len() < free {
-            let Some(run) = s.queue.pop_front() else { break };
+            let Some(run) = s.queue.pop_front() else {
+                break;
+            };
             if s.runs.get(&run).is_some_and(|r| r.phase == Phase::Queued) {
                 picked.push(run);
             }
@@ -861,8 +875,18 @@ fn tick(shared: &Shared) {
         let mut items = Vec::new();
         for (req, result) in to_launch.iter().zip(&launched) {
             match result {
-                Ok(job) => items.push((req.run.clone(), MumEvent::Launched { job: job.clone() }, None)),
-                Err(reason) => items.push((req.run.clone(), MumEvent::Lost { reason: reason.clone() }, None)),
+                Ok(job) => items.push((
+                    req.run.clone(),
+                    MumEvent::Launched { job: job.clone() },
+                    None,
+                )),
+                Err(reason) => items.push((
+                    req.run.clone(),
+                    MumEvent::Lost {
+                        reason: reason.clone(),
+                    },
+                    None,
+                )),
             }
         }
         // Launches from earlier rounds whose entry could not be written yet.
@@ -884,7 +908,13 @@ fn tick(shared: &Shared) {
             let mut ended = false;
             for (event, offset) in events {
                 ended |= matches!(event, KidEvent::Exited { .. });
-                items.push((w.run.clone(), MumEvent::Kid { event: event.clone() }, Some(*offset)));
+                items.push((
+                    w.run.clone(),
+                    MumEvent::Kid {
+                        event: event.clone(),
+                    },
+                    Some(*offset),
+                ));
             }
             if !ended && *gone {
                 let reason = format!(
@@ -916,7 +946,9 @@ fn tick(shared: &Shared) {
         }
         failpoint("tick.after_journal");
         for (run, event, offset) in &applied {
-            let Some(r) = s.runs.get_mut(run) else { continue };
+            let Some(r) = s.runs.get_mut(run) else {
+                continue;
+            };
             match event {
                 MumEvent::Launched { job } => {
                     if r.phase != Phase::Ended {
@@ -961,13 +993,22 @@ fn tick(shared: &Shared) {
                 .collect()
         };
         // Aborts that arrived during the launch were passed on now.
-        let items: Vec<_> = sent.into_iter().map(|r| (r, MumEvent::AbortSent, None)).collect();
+        let items: Vec<_> = sent
+            .into_iter()
+            .map(|r| (r, MumEvent::AbortSent, None))
+            .collect();
         if !items.is_empty() && shared.lock().journal(items) {
             shared.appended.notify_all();
         }
     }
     // A slot freed in this round is refilled in the next one, at once.
-    if launched.iter().any(|r| r.is_err()) || news.iter().any(|(e, g)| *g || e.iter().any(|(ev, _)| matches!(ev, KidEvent::Exited { .. }))) {
+    if launched.iter().any(|r| r.is_err())
+        || news.iter().any(|(e, g)| {
+            *g || e
+                .iter()
+                .any(|(ev, _)| matches!(ev, KidEvent::Exited { .. }))
+        })
+    {
         shared.wake();
     }
 }
@@ -1009,7 +1050,10 @@ mod tests {
         let d = std::env::temp_dir().join(format!(
             "nero-mum-{name}-{}-{}",
             std::process::id(),
-            journal::tests::tempdir().file_name().unwrap().to_string_lossy()
+            journal::tests::tempdir()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -1059,7 +1103,9 @@ mod tests {
                 .collect()
         }
         fn poll(&mut self, jobs: &[(String, JobRequest)]) -> HashMap<String, JobState> {
-            jobs.iter().map(|(j, _)| (j.clone(), JobState::Alive)).collect()
+            jobs.iter()
+                .map(|(j, _)| (j.clone(), JobState::Alive))
+                .collect()
         }
         fn cancel(&mut self, _job: &str, _req: &JobRequest) -> bool {
             true
@@ -1102,13 +1148,31 @@ mod tests {
             let mum = Mum::open(opts(&dir), Box::new(rec.clone())).unwrap();
             let mut bad = spec("2.1");
             bad.env.push(("NOT A NAME".into(), "x".into()));
-            let reply = mum.handle(None, Submit { runs: vec![spec("1.1"), bad, spec("3.1")] }.into());
-            assert!(matches!(reply, Response::Accepted(ref a) if a.runs.len() == 3), "{reply:?}");
+            let reply = mum.handle(
+                None,
+                Submit {
+                    runs: vec![spec("1.1"), bad, spec("3.1")],
+                }
+                .into(),
+            );
+            assert!(
+                matches!(reply, Response::Accepted(ref a) if a.runs.len() == 3),
+                "{reply:?}"
+            );
         }
         let events = journal_events(&dir);
-        assert!(events.contains(&("1.1".into(), "queued".into())), "{events:?}");
-        assert!(events.contains(&("2.1".into(), "lost".into())), "{events:?}");
-        assert!(events.contains(&("3.1".into(), "queued".into())), "{events:?}");
+        assert!(
+            events.contains(&("1.1".into(), "queued".into())),
+            "{events:?}"
+        );
+        assert!(
+            events.contains(&("2.1".into(), "lost".into())),
+            "{events:?}"
+        );
+        assert!(
+            events.contains(&("3.1".into(), "queued".into())),
+            "{events:?}"
+        );
         // After a restart each good run is launched once, the bad one never.
         let mum = Mum::open(opts(&dir), Box::new(rec.clone())).unwrap();
         mum.tick();
@@ -1123,13 +1187,25 @@ mod tests {
         let dir = workdir("intent");
         let rec = recorder(&dir);
         let mum = Mum::open(opts(&dir), Box::new(rec.clone())).unwrap();
-        mum.handle(None, Submit { runs: vec![spec("1.1")] }.into());
+        mum.handle(
+            None,
+            Submit {
+                runs: vec![spec("1.1")],
+            }
+            .into(),
+        );
         mum.tick();
         assert_eq!(*rec.submitted.lock().unwrap(), ["1.1"]);
         let seen = rec.journal_at_submit.lock().unwrap().clone();
-        assert!(seen.contains(r#""run":"1.1""#) && seen.contains(r#""what":"launching""#), "{seen}");
+        assert!(
+            seen.contains(r#""run":"1.1""#) && seen.contains(r#""what":"launching""#),
+            "{seen}"
+        );
         let events = journal_events(&dir);
-        assert_eq!(events.last().unwrap(), &("1.1".to_string(), "launched".to_string()));
+        assert_eq!(
+            events.last().unwrap(),
+            &("1.1".to_string(), "launched".to_string())
+        );
     }
 
     #[test]
@@ -1158,7 +1234,9 @@ mod tests {
             if let Found::Running(job) = found {
                 let events = journal_events(&dir);
                 assert_eq!(events.last().unwrap().1, "launched");
-                assert!(std::fs::read_to_string(dir.join("journal.jsonl")).unwrap().contains(&job));
+                assert!(std::fs::read_to_string(dir.join("journal.jsonl"))
+                    .unwrap()
+                    .contains(&job));
             }
         }
     }
@@ -1170,18 +1248,39 @@ mod tests {
         let m = Arc::clone(&mum);
         let waiter = std::thread::spawn(move || {
             let t = Instant::now();
-            let q = SyncSince { since: 0, max: 100, wait_ms: 10_000, ack: None };
+            let q = SyncSince {
+                since: 0,
+                max: 100,
+                wait_ms: 10_000,
+                ack: None,
+            };
             (m.handle(None, q.into()), t.elapsed())
         });
         std::thread::sleep(Duration::from_millis(200));
-        mum.handle(None, Submit { runs: vec![spec("1.1")] }.into());
+        mum.handle(
+            None,
+            Submit {
+                runs: vec![spec("1.1")],
+            }
+            .into(),
+        );
         let (reply, took) = waiter.join().unwrap();
-        assert!(matches!(reply, Response::Events(ref b) if b.entries.len() == 1), "{reply:?}");
+        assert!(
+            matches!(reply, Response::Events(ref b) if b.entries.len() == 1),
+            "{reply:?}"
+        );
         assert!(took < Duration::from_secs(5), "answered after {took:?}");
         // Nothing new: it waits the time asked, then answers empty.
         let t = Instant::now();
-        let q = SyncSince { since: 1, max: 100, wait_ms: 300, ack: None };
-        assert!(matches!(mum.handle(None, q.into()), Response::Events(ref b) if b.entries.is_empty()));
+        let q = SyncSince {
+            since: 1,
+            max: 100,
+            wait_ms: 300,
+            ack: None,
+        };
+        assert!(
+            matches!(mum.handle(None, q.into()), Response::Events(ref b) if b.entries.is_empty())
+        );
         assert!(t.elapsed() >= Duration::from_millis(250));
     }
 
@@ -1192,7 +1291,11 @@ mod tests {
         let dir = workdir("v1");
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mum-v1");
         let text = std::fs::read_to_string(fixture.join("journal.jsonl")).unwrap();
-        std::fs::write(dir.join("journal.jsonl"), text.replace("/FIXTURE", &dir.display().to_string())).unwrap();
+        std::fs::write(
+            dir.join("journal.jsonl"),
+            text.replace("/FIXTURE", &dir.display().to_string()),
+        )
+        .unwrap();
         std::fs::copy(fixture.join("epoch"), dir.join("epoch")).unwrap();
         let lines = text.lines().count() as u64;
         let mum = Mum::open(opts(&dir), Box::new(recorder(&dir))).unwrap();
@@ -1202,11 +1305,29 @@ mod tests {
             assert_eq!(s.runs.len(), 6);
             assert!(s.runs.values().all(|r| r.phase == Phase::Ended));
         }
-        let q = SyncSince { since: 0, max: 1000, wait_ms: 0, ack: None };
-        assert!(matches!(mum.handle(None, q.into()), Response::Events(ref b) if b.entries.len() as u64 == lines));
-        mum.handle(None, Submit { runs: vec![spec("7.1")] }.into());
+        let q = SyncSince {
+            since: 0,
+            max: 1000,
+            wait_ms: 0,
+            ack: None,
+        };
+        assert!(
+            matches!(mum.handle(None, q.into()), Response::Events(ref b) if b.entries.len() as u64 == lines)
+        );
+        mum.handle(
+            None,
+            Submit {
+                runs: vec![spec("7.1")],
+            }
+            .into(),
+        );
         assert_eq!(mum.shared.lock().journal.last_seq(), lines + 1);
-        assert_eq!(std::fs::read_to_string(dir.join("journal.format")).unwrap().trim(), "2");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("journal.format"))
+                .unwrap()
+                .trim(),
+            "2"
+        );
     }
 
     #[test]
@@ -1233,7 +1354,11 @@ mod tests {
         let mum = Mum::open(opts(&dir), Box::new(recorder(&dir))).unwrap();
         let s = mum.shared.lock();
         assert_eq!(s.runs.len(), 30);
-        let launched = s.runs.values().filter(|r| matches!(r.phase, Phase::Launched { .. })).count();
+        let launched = s
+            .runs
+            .values()
+            .filter(|r| matches!(r.phase, Phase::Launched { .. }))
+            .count();
         assert_eq!(launched, 2, "max_parallel 2: two launched, the rest queued");
         assert_eq!(s.queue.len(), 28);
     }

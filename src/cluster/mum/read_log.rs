@@ -23,7 +23,10 @@ pub(super) fn read_log(shared: &Shared, r: ReadLog, project: Option<&str>) -> Re
 
 impl State {
     fn read_log(&self, r: &ReadLog, project: Option<&str>) -> Response {
-        let Some(rec) = self.find_run(project, &r.run).and_then(|k| self.runs.get(&k)) else {
+        let Some(rec) = self
+            .find_run(project, &r.run)
+            .and_then(|k| self.runs.get(&k))
+        else {
             return Response::Error(ErrorReply {
                 message: format!("unknown run {}", r.run),
             });

@@ -43,7 +43,7 @@ impl State {
                 Ok(()) => {
                     self.workdir_health = None;
                     MumEvent::Queued {
-                    run_dir: run_dir.display().to_string(),
+                        run_dir: run_dir.display().to_string(),
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => MumEvent::Lost {
@@ -82,7 +82,8 @@ impl State {
         }
         for (run, run_dir, queued) in new_runs {
             let phase = if queued { Phase::Queued } else { Phase::Ended };
-            self.runs.insert(run.clone(), RunRecord::new(run_dir, phase));
+            self.runs
+                .insert(run.clone(), RunRecord::new(run_dir, phase));
             if queued {
                 self.queue.push_back(run);
             }

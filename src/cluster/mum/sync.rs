@@ -33,10 +33,19 @@ pub(super) fn sync(shared: &Shared, project: Option<&str>, q: SyncSince) -> Resp
             .unwrap_or_else(|p| p.into_inner())
             .0;
     }
-    let reply = match s.journal.read_since(q.since, q.max.clamp(1, MAX_BATCH) as usize) {
+    let reply = match s
+        .journal
+        .read_since(q.since, q.max.clamp(1, MAX_BATCH) as usize)
+    {
         Ok((mut entries, more)) => {
-            let through = entries.last().map_or(q.since.max(s.journal.last_seq()), |e| e.seq);
-            let through = if more { through } else { through.max(s.journal.last_seq()) };
+            let through = entries
+                .last()
+                .map_or(q.since.max(s.journal.last_seq()), |e| e.seq);
+            let through = if more {
+                through
+            } else {
+                through.max(s.journal.last_seq())
+            };
             // Another project's runs are none of this one's business (a shared workdir).
             entries.retain(|e| e.project.is_none() || e.project.as_deref() == project);
             Response::Events(EventBatch {
