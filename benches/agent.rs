@@ -123,6 +123,7 @@ fn restart_with_a_long_journal() {
             t: 1.0e9 + seq as f64,
             event,
             kid_offset,
+            project: Some("bench".into()),
         };
         serde_json::to_writer(&mut out, &e).unwrap();
         out.write_all(b"\n").unwrap();

@@ -3,6 +3,8 @@
 # nothing here is a pass/fail test. Run on a quiet machine and compare numbers from one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The benches that run jobs need the release binaries beside them (neromum, nerokid).
+cargo build --release --workspace --bins
 cargo bench -p nerokid --bench kid
 cargo bench -p neronet --bench workbooks
 cargo bench -p neronet --bench latency

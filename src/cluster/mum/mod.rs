@@ -334,22 +334,6 @@ impl Mum {
         (s.journal.entries(), s.journal.last_seq())
     }
 
-    /// A flag that stops [`Mum::serve`] (the signal handlers set it).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        let flag = Arc::new(AtomicBool::new(false));
-        let shared = Arc::clone(&self.shared);
-        let f = Arc::clone(&flag);
-        std::thread::spawn(move || loop {
-            if f.load(Ordering::SeqCst) {
-                shared.stop.store(true, Ordering::SeqCst);
-                shared.wake();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        });
-        flag
-    }
-
     /// Listen on the workdir's socket and run rounds until idle or stopped; then return.
     pub fn serve(self) -> Result<(), MumError> {
         let (workdir, tick_every, idle_exit) = {
@@ -370,20 +354,23 @@ impl Mum {
                 err,
             }
         })?;
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            let flag = Arc::new(AtomicBool::new(false));
-            if signal_hook::flag::register(sig, Arc::clone(&flag)).is_ok() {
+        // SIGTERM/SIGINT stop the loop (a thread blocked on the signals; no polling).
+        let signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ]);
+        match signals {
+            Ok(mut signals) => {
                 let shared = Arc::clone(&self.shared);
-                std::thread::spawn(move || loop {
-                    if flag.load(Ordering::SeqCst) {
+                std::thread::spawn(move || {
+                    if signals.forever().next().is_some() {
                         tracing::info!("signal received: stopping");
                         shared.stop.store(true, Ordering::SeqCst);
                         shared.wake();
-                        return;
                     }
-                    std::thread::sleep(Duration::from_millis(50));
                 });
             }
+            Err(e) => tracing::warn!("cannot handle SIGTERM/SIGINT: {e}"),
         }
         {
             let shared = Arc::clone(&self.shared);
@@ -405,14 +392,22 @@ impl Mum {
                 }
             });
         }
+        let mut idle_round = false;
         loop {
             {
+                // With nothing launched there are no logs to tail: a submit or a signal wakes
+                // the loop; the idle check needs no more than a round a second.
+                let wait = if idle_round {
+                    Duration::from_secs(1)
+                } else {
+                    tick_every
+                };
                 let mut woken = self.shared.wake.lock().unwrap_or_else(|p| p.into_inner());
                 if !*woken {
                     woken = self
                         .shared
                         .woken
-                        .wait_timeout(woken, tick_every)
+                        .wait_timeout(woken, wait)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }
@@ -425,6 +420,7 @@ impl Mum {
             tick(&self.shared);
             let mut s = self.shared.lock();
             let busy = s.runs.values().any(|r| r.phase != Phase::Ended);
+            idle_round = s.in_flight() == 0;
             if busy || s.connections > 0 {
                 s.last_activity = Instant::now();
             } else if s.last_activity.elapsed() >= idle_exit {
