@@ -946,15 +946,13 @@ fn tick(shared: &Shared) {
                 continue;
             };
             match event {
-                MumEvent::Launched { job } => {
-                    if r.phase != Phase::Ended {
-                        r.phase = Phase::Launched {
-                            job: job.clone(),
-                            journaled: true,
-                        };
-                        if r.abort_requested {
-                            to_cancel.push((job.clone(), r.request(run)));
-                        }
+                MumEvent::Launched { job } if r.phase != Phase::Ended => {
+                    r.phase = Phase::Launched {
+                        job: job.clone(),
+                        journaled: true,
+                    };
+                    if r.abort_requested {
+                        to_cancel.push((job.clone(), r.request(run)));
                     }
                 }
                 MumEvent::Lost { .. } => r.phase = Phase::Ended,
