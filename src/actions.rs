@@ -186,10 +186,23 @@ pub fn act(
                     .push((id, "started meanwhile by another neroman".into())),
             }
         }
-        client.submit(specs).map_err(|err| CoreError::Cluster {
-            cluster: cluster.clone(),
-            err,
-        })?;
+        match client.submit(specs) {
+            Ok(_) => {}
+            // The agent cannot take them now (its disk is full): they stay recorded as
+            // submitted and every later command (or `--wait`) sends them again.
+            Err(crate::cluster::client::ClientError::Refused(why)) => sync.agent_problems.push((
+                cluster.clone(),
+                format!(
+                    "{why} (the runs stay submitted; the next command sends them again, or use --wait)"
+                ),
+            )),
+            Err(err) => {
+                return Err(CoreError::Cluster {
+                    cluster: cluster.clone(),
+                    err,
+                })
+            }
+        }
         project.sync_with(&cluster, &mut client, &mut sync, std::time::Duration::ZERO)?;
     }
     for (cluster, runs) in to_abort {

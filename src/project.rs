@@ -286,6 +286,11 @@ impl Project {
     }
 
     fn local_mum(&self, cluster: &str) -> LocalMum {
+        self.mum_for(cluster, true)
+    }
+
+    /// How to reach the cluster's agent; with `start: false` a bridge does not start one.
+    fn mum_for(&self, cluster: &str, start: bool) -> LocalMum {
         let c = self
             .config
             .clusters
@@ -310,7 +315,10 @@ impl Project {
                 program: PathBuf::from("sh"),
                 args: vec![
                     "-c".into(),
-                    "exec \"$0\" bridge --workdir \"$1\" --kid \"$2\" --max-parallel \"$3\" --idle-exit \"$4\"".into(),
+                    format!(
+                        "exec \"$0\" bridge --workdir \"$1\" --kid \"$2\" --max-parallel \"$3\" --idle-exit \"$4\"{}",
+                        if start { "" } else { " --no-start" }
+                    ),
                     mum_binary.display().to_string(),
                     workdir.display().to_string(),
                     kid_binary.display().to_string(),
@@ -331,29 +339,55 @@ impl Project {
         }
     }
 
-    /// The project's stable id, created on first use (`.neronet/project-id`).
+    /// The project's stable id, created on first use: `.neronet/project-id` holds it with the
+    /// directory it was made for. A moved project keeps its id (its agents still know its runs
+    /// by it); a copied one (the original still there with the same id) gets a new one, so two
+    /// copies sharing an agent workdir never take each other's runs.
     pub fn project_id(&self) -> String {
         let path = self.dir.join(STATE_DIR).join("project-id");
-        if let Ok(id) = std::fs::read_to_string(&path) {
-            if !id.trim().is_empty() {
-                return id.trim().to_string();
+        let here = self.dir.display().to_string();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let (id, made_for) = match text.trim().split_once(' ') {
+            Some((id, dir)) => (id.to_string(), Some(dir.to_string())),
+            None => (text.trim().to_string(), None),
+        };
+        if !id.is_empty() {
+            match made_for {
+                Some(dir) if dir == here => return id,
+                Some(dir) => {
+                    let original = Path::new(&dir).join(STATE_DIR).join("project-id");
+                    let copied = std::fs::read_to_string(original)
+                        .is_ok_and(|t| t.split_whitespace().next() == Some(id.as_str()));
+                    if !copied {
+                        // Moved: keep the id, remember the new place.
+                        let _ =
+                            crate::util::write_atomic(&path, format!("{id} {here}\n").as_bytes());
+                        return id;
+                    }
+                    tracing::info!("{here} is a copy of {dir}: it gets a project id of its own");
+                    let fresh = new_project_id();
+                    let _ =
+                        crate::util::write_atomic(&path, format!("{fresh} {here}\n").as_bytes());
+                    return fresh;
+                }
+                None => {
+                    // Written by an earlier version: remember where it belongs from now on.
+                    let _ = crate::util::write_atomic(&path, format!("{id} {here}\n").as_bytes());
+                    return id;
+                }
             }
         }
-        let mut bytes = [0u8; 16];
-        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-            let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-        }
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let id = new_project_id();
         // Two first uses at once: the file appears whole (a hard link of a complete temp file
         // fails if it exists), the first one wins and both read it back.
         let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        if std::fs::write(&tmp, &id).is_ok() {
+        if std::fs::write(&tmp, format!("{id} {here}\n")).is_ok() {
             let _ = std::fs::hard_link(&tmp, &path);
             let _ = std::fs::remove_file(&tmp);
         }
         std::fs::read_to_string(&path)
-            .map(|s| s.trim().to_string())
             .ok()
+            .and_then(|t| t.split_whitespace().next().map(str::to_string))
             .filter(|s| !s.is_empty())
             .unwrap_or(id)
     }
@@ -393,7 +427,7 @@ impl Project {
     ) -> Vec<(String, AgentStatus)> {
         let mut out = Vec::new();
         for cluster in self.config.clusters.keys() {
-            let m = self.local_mum(cluster);
+            let m = self.mum_for(cluster, false);
             let sock = crate::cluster::socket_path(&m.workdir);
             let status = if m.transport == Transport::Socket
                 && std::os::unix::net::UnixStream::connect(&sock).is_err()
@@ -405,6 +439,16 @@ impl Project {
             } else {
                 match MumClient::connect_or_start(&m).and_then(&what) {
                     Ok(text) => AgentStatus { ok: true, text },
+                    // A bridge told not to start one found none.
+                    Err(e)
+                        if crate::util::error_chain(&e)
+                            .contains(crate::cluster::bridge::NO_AGENT) =>
+                    {
+                        AgentStatus {
+                            ok: true,
+                            text: format!("no agent running ({})", m.workdir.display()),
+                        }
+                    }
                     Err(ClientError::Refused(text)) => AgentStatus { ok: false, text },
                     Err(e) => AgentStatus {
                         ok: false,
@@ -648,6 +692,15 @@ impl Project {
     }
 }
 
+/// 16 random bytes in hex.
+fn new_project_id() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn default_parallel() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
@@ -834,6 +887,13 @@ fn apply_entries(
         };
         // A run this project does not know (another project sharing the workdir): not ours.
         let Some(mut run) = run else { continue };
+        // An entry without a project was written for a neroman of protocol 1, before the
+        // upgrade: it can only be about a run this project had already recorded then. (Another
+        // project's old run of the same name in a shared workdir is older than ours.) Protocol
+        // 1 served only the local cluster, so both times come from one clock.
+        if e.project.is_none() && run.submitted_at.is_some_and(|at| e.t + 1.0 < at) {
+            continue;
+        }
         match &e.event {
             MumEvent::Queued { run_dir } => {
                 tx::set_field(&tx, &run.uid, RunColumn::RunDir, run_dir)?

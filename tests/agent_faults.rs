@@ -460,3 +460,118 @@ fn projects_sharing_an_agent_workdir_keep_their_own_runs() {
         .arg(format!("neromum serve --workdir {}", shared.display()))
         .status();
 }
+
+/// `neroman agents` starts no agent, over the socket and over a bridge (regression: a bridge
+/// started one to be asked, and `agents --stop` started one to stop it).
+#[test]
+fn agents_reports_no_agent_without_starting_one() {
+    let p = twenty("no-agent", "");
+    let out = p.ok(&["agents"]);
+    assert!(out.contains("no agent running"), "{out}");
+    let out = p.ok(&["agents", "--stop"]);
+    assert!(out.contains("no agent running"), "{out}");
+    assert!(
+        !p.mum_dir().join("mum.sock").exists(),
+        "an agent was started"
+    );
+    assert!(!mum_log(&p).contains("serving"), "{}", mum_log(&p));
+}
+
+/// Regression: entries journaled for a protocol-1 neroman carry no project; in a workdir a new
+/// project shares, they were taken for the new project's runs of the same names (its jobs never
+/// ran, the old runs' metrics showed as its own).
+#[test]
+fn old_runs_in_a_shared_workdir_are_not_taken_for_a_new_projects() {
+    let p = twenty("legacy-shared", "");
+    let shared = p.path("../legacy-agent");
+    std::fs::create_dir_all(&shared).unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mum-v1");
+    let journal = std::fs::read_to_string(fixture.join("journal.jsonl")).unwrap();
+    std::fs::write(
+        shared.join("journal.jsonl"),
+        journal.replace("/FIXTURE", &shared.display().to_string()),
+    )
+    .unwrap();
+    std::fs::copy(fixture.join("epoch"), shared.join("epoch")).unwrap();
+    p.write(
+        "neronet.yaml",
+        &format!(
+            "clusters:\n  local:\n    max_parallel: 4\n    workdir: {}\n",
+            shared.display()
+        ),
+    );
+    p.ok(&["start", "1-3", "--wait"]);
+    let ran = std::fs::read_to_string(p.path("ran.log")).unwrap_or_default();
+    assert_eq!(
+        ran.lines().count(),
+        3,
+        "the project's own jobs ran: {ran:?}"
+    );
+    let names: Vec<String> = {
+        let db = p.store();
+        let mut st = db
+            .prepare("SELECT DISTINCT name FROM metrics ORDER BY name")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(names, ["loss", "step"], "only its own metrics");
+    p.ok(&["agents", "--stop"]);
+}
+
+/// A copied project directory gets a project id of its own (two copies on one agent workdir
+/// would take each other's runs); a moved one keeps its id (its agent knows its runs by it).
+#[test]
+fn a_copied_project_gets_its_own_id_and_a_moved_one_keeps_it() {
+    let p = twenty("copy-id", "");
+    p.ok(&["status"]);
+    p.ok(&["agents"]);
+    let read_id = |dir: &std::path::Path| {
+        std::fs::read_to_string(dir.join(".neronet/project-id"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let _ = p.neroman(&["start", "1"]);
+    let original = read_id(&p.dir);
+    let copy = p.path("../copy");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&p.dir)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = std::process::Command::new(common::neroman_bin())
+        .arg("--dir")
+        .arg(&copy)
+        .arg("agents")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(read_id(&copy), original, "a copy gets its own id");
+    assert_eq!(read_id(&p.dir), original, "the original keeps its id");
+    let moved = p.path("../moved");
+    std::fs::rename(&copy, &moved).unwrap();
+    let before = read_id(&moved);
+    let out = std::process::Command::new(common::neroman_bin())
+        .arg("--dir")
+        .arg(&moved)
+        .arg("agents")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read_id(&moved), before, "a moved project keeps its id");
+}

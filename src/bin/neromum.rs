@@ -45,6 +45,9 @@ enum Cmd {
         max_parallel: u32,
         #[arg(long, default_value_t = 900)]
         idle_exit: u64,
+        /// When no agent answers, say so on stderr and exit 3 instead of starting one.
+        #[arg(long)]
+        no_start: bool,
     },
 }
 
@@ -85,15 +88,19 @@ fn main() {
             kid,
             max_parallel,
             idle_exit,
-        } => neronet::cluster::bridge::run(&LocalMum {
-            workdir: std::path::absolute(&workdir).unwrap_or(workdir),
-            mum_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("neromum")),
-            kid_binary: kid_or_sibling(kid),
-            max_parallel: max_parallel.max(1),
-            idle_exit_secs: idle_exit,
-            project: None,
-            transport: Transport::Socket,
-        })
+            no_start,
+        } => neronet::cluster::bridge::run(
+            &LocalMum {
+                workdir: std::path::absolute(&workdir).unwrap_or(workdir),
+                mum_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("neromum")),
+                kid_binary: kid_or_sibling(kid),
+                max_parallel: max_parallel.max(1),
+                idle_exit_secs: idle_exit,
+                project: None,
+                transport: Transport::Socket,
+            },
+            !no_start,
+        )
         .map_err(|e| neronet::util::error_chain(&e)),
     };
     if let Err(e) = result {

@@ -9,8 +9,16 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-/// Connect (starting mum if needed), then pump bytes both ways until one side closes.
-pub fn run(m: &LocalMum) -> Result<(), ClientError> {
+/// What a bridge with `start: false` prints (and exits 3) when no agent answers.
+pub const NO_AGENT: &str = "neromum: no agent running";
+
+/// Connect (starting mum if needed and `start`), then pump bytes both ways until one side
+/// closes.
+pub fn run(m: &LocalMum, start: bool) -> Result<(), ClientError> {
+    if !start && UnixStream::connect(socket_path(&m.workdir)).is_err() {
+        eprintln!("{NO_AGENT} for {}", m.workdir.display());
+        std::process::exit(3);
+    }
     let stream = connect_or_start(m)?;
     let mut to_mum = stream.try_clone().map_err(|e| io_err(m, e))?;
     let mut from_mum = stream;

@@ -43,10 +43,11 @@ pub enum ClientError {
         mum_version: String,
         version: u32,
     },
-    #[error("neromum at {workdir} (pid {pid}) holds its workdir but does not answer ({why}); not starting a second one — stop it (kill {pid}) if it is wedged")]
+    #[error("neromum at {workdir} ({holder}) does not answer ({why}); not starting a second one — stop it if it is wedged")]
     Wedged {
         workdir: PathBuf,
-        pid: String,
+        /// "pid N" when known here, else where to look.
+        holder: String,
         why: String,
     },
     #[error("{transport} printed text where neromum's answer should be (a chatty shell startup file such as .bashrc? make it quiet for non-interactive shells): {text:?}")]
@@ -287,11 +288,17 @@ impl MumClient {
             Err(WireError::Timeout(_)) => {
                 // Over the socket the lock file names the agent; through a bridge (a remote
                 // host) only the bridge knows, and it said nothing.
-                let pid = match m.transport {
-                    Transport::Socket => std::fs::read_to_string(m.workdir.join("mum.lock"))
-                        .map(|s| s.trim().to_string())
-                        .unwrap_or_else(|_| "?".into()),
-                    Transport::Bridge { .. } => "see its mum.lock".into(),
+                let holder = match m.transport {
+                    Transport::Socket => format!(
+                        "pid {}",
+                        std::fs::read_to_string(m.workdir.join("mum.lock"))
+                            .map(|s| s.trim().to_string())
+                            .unwrap_or_else(|_| "?".into())
+                    ),
+                    Transport::Bridge { .. } => format!(
+                        "its pid is in {} on the far side of the bridge",
+                        m.workdir.join("mum.lock").display()
+                    ),
                 };
                 let mut why = format!(
                     "no answer to hello within {} s through the {}",
@@ -304,7 +311,7 @@ impl MumClient {
                 }
                 return Ok(Err(Handshake::Failed(ClientError::Wedged {
                     workdir: m.workdir.clone(),
-                    pid,
+                    holder,
                     why,
                 })));
             }

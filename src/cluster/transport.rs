@@ -18,7 +18,7 @@ pub struct Connection {
     lines: mpsc::Receiver<Result<Vec<u8>, WireError>>,
     writer: Box<dyn Write + Send>,
     close: Option<Box<dyn FnOnce() + Send>>,
-    stderr: Option<Arc<Mutex<Vec<u8>>>>,
+    stderr: Option<(Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>)>,
     /// What this transport is, for messages ("unix socket /x/mum.sock", "bridge `sh -c ...`").
     pub describe: String,
 }
@@ -109,14 +109,16 @@ impl Connection {
 
     /// What the bridge printed on stderr so far (ssh's own errors land here).
     pub fn stderr_text(&self) -> String {
-        self.stderr
-            .as_ref()
-            .map(|s| {
-                String::from_utf8_lossy(&s.lock().unwrap_or_else(|p| p.into_inner()))
-                    .trim()
-                    .to_string()
-            })
-            .unwrap_or_default()
+        let Some((kept, reader)) = &self.stderr else {
+            return String::new();
+        };
+        // Called on a failure: give a bridge that is ending a moment to finish saying why.
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while !reader.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&kept).trim().to_string()
     }
 }
 
@@ -131,10 +133,10 @@ impl Drop for Connection {
     }
 }
 
-fn keep_stderr(mut stderr: ChildStderr) -> Arc<Mutex<Vec<u8>>> {
+fn keep_stderr(mut stderr: ChildStderr) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
     let kept = Arc::new(Mutex::new(Vec::new()));
     let k = Arc::clone(&kept);
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = stderr.read(&mut buf) {
             if n == 0 {
@@ -145,5 +147,5 @@ fn keep_stderr(mut stderr: ChildStderr) -> Arc<Mutex<Vec<u8>>> {
             k.extend_from_slice(&buf[..n.min(room)]);
         }
     });
-    kept
+    (kept, reader)
 }

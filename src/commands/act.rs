@@ -44,6 +44,9 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     }
     print_report(verb, &report)?;
     print_changes(&sync)?;
+    for (c, why) in &sync.agent_problems {
+        eprintln!("neroman: warning: cluster {c}: {why}");
+    }
     let path = crate::view::write_results(&project, &exps)?;
     tracing::info!("wrote {}", path.display());
     if wait && !report.touched_runs().is_empty() {

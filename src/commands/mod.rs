@@ -29,7 +29,9 @@ pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), Cor
     let mut project = Project::open(dir)?;
     let sync = project.sync()?;
     for (c, why) in &sync.unreachable {
-        tracing::warn!("cluster {c} not reached, showing what was known before: {why}");
+        eprintln!(
+            "neroman: warning: cluster {c} not reached, showing what was known before: {why}"
+        );
     }
     for (c, why) in &sync.agent_problems {
         eprintln!("neroman: warning: cluster {c}: {why}");

@@ -18,11 +18,9 @@ impl State {
         let mut transient = false;
         for spec in sub.runs {
             // Runs are the project's own (`12.1`): keyed with its id, another project sharing
-            // this workdir has runs of the same names. (A run held from before an upgrade is
-            // found under its bare name.)
-            let key = self
-                .find_run(project, &spec.run)
-                .unwrap_or_else(|| run_key(project, &spec.run));
+            // this workdir has runs of the same names. Never matched with a run held under its
+            // bare name from before an upgrade: that may be another project's.
+            let key = run_key(project, &spec.run);
             if let Some(known) = self.runs.get(&key) {
                 // Resubmitting the same run (neroman retrying after a dropped reply) is harmless.
                 accepted.push(AcceptedRun {
