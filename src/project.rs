@@ -468,8 +468,8 @@ impl Project {
         })
     }
 
-    /// Bring the store up to date from every cluster that has runs in flight.
-    pub fn sync(&mut self) -> Result<SyncReport, CoreError> {
+    /// The clusters with runs in flight, each once.
+    fn active_clusters(&self) -> Result<Vec<String>, CoreError> {
         let mut clusters: Vec<String> = self
             .store
             .active_runs()?
@@ -478,6 +478,12 @@ impl Project {
             .collect();
         clusters.sort();
         clusters.dedup();
+        Ok(clusters)
+    }
+
+    /// Bring the store up to date from every cluster that has runs in flight.
+    pub fn sync(&mut self) -> Result<SyncReport, CoreError> {
+        let clusters = self.active_clusters()?;
         let mut report = SyncReport::default();
         for cluster in clusters {
             // One unreachable cluster must not hide the others, nor what the store already knows.
@@ -517,14 +523,7 @@ impl Project {
         clients: &mut BTreeMap<String, MumClient>,
         wait: std::time::Duration,
     ) -> Result<SyncReport, CoreError> {
-        let mut clusters: Vec<String> = self
-            .store
-            .active_runs()?
-            .into_iter()
-            .map(|r| r.cluster)
-            .collect();
-        clusters.sort();
-        clusters.dedup();
+        let clusters = self.active_clusters()?;
         let wait = if clusters.len() == 1 {
             wait
         } else {

@@ -22,33 +22,32 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve one workdir until idle (or SIGTERM).
-    Serve {
-        #[arg(long)]
-        workdir: PathBuf,
-        /// The nerokid binary job scripts run.
-        #[arg(long)]
-        kid: Option<PathBuf>,
-        #[arg(long, default_value_t = 2)]
-        max_parallel: u32,
-        /// Exit after this many seconds with no runs and no client.
-        #[arg(long, default_value_t = 900)]
-        idle_exit: u64,
-    },
+    Serve(AgentArgs),
     /// Join stdin/stdout to the workdir's agent, starting it when none answers.
     Bridge {
-        #[arg(long)]
-        workdir: PathBuf,
-        /// The nerokid binary job scripts run (when the agent has to be started).
-        #[arg(long)]
-        kid: Option<PathBuf>,
-        #[arg(long, default_value_t = 2)]
-        max_parallel: u32,
-        #[arg(long, default_value_t = 900)]
-        idle_exit: u64,
+        #[command(flatten)]
+        agent: AgentArgs,
         /// When no agent answers, say so on stderr and exit 3 instead of starting one.
         #[arg(long)]
         no_start: bool,
     },
+}
+
+/// The agent's settings (a bridge passes them on when it has to start one).
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The agent's directory (journal, run directories, socket).
+    #[arg(long)]
+    workdir: PathBuf,
+    /// The nerokid binary job scripts run.
+    #[arg(long)]
+    kid: Option<PathBuf>,
+    /// Jobs at once (neroman sends the cluster's setting with every connection).
+    #[arg(long, default_value_t = 2)]
+    max_parallel: u32,
+    /// Exit after this many seconds with no runs and no client.
+    #[arg(long, default_value_t = 900)]
+    idle_exit: u64,
 }
 
 fn main() {
@@ -70,12 +69,12 @@ fn main() {
     let kid_or_sibling =
         |kid: Option<PathBuf>| kid.unwrap_or_else(|| neronet::cluster::sibling_binary("nerokid"));
     let result = match cli.command {
-        Cmd::Serve {
+        Cmd::Serve(AgentArgs {
             workdir,
             kid,
             max_parallel,
             idle_exit,
-        } => serve(MumOptions {
+        }) => serve(MumOptions {
             workdir: std::path::absolute(&workdir).unwrap_or(workdir),
             kid_binary: kid_or_sibling(kid),
             idle_exit: Duration::from_secs(idle_exit),
@@ -84,10 +83,13 @@ fn main() {
         })
         .map_err(|e| neronet::util::error_chain(&e)),
         Cmd::Bridge {
-            workdir,
-            kid,
-            max_parallel,
-            idle_exit,
+            agent:
+                AgentArgs {
+                    workdir,
+                    kid,
+                    max_parallel,
+                    idle_exit,
+                },
             no_start,
         } => neronet::cluster::bridge::run(
             &LocalMum {
