@@ -41,6 +41,8 @@ pub struct Project {
     pub dir: PathBuf,
     pub config: Config,
     pub store: Store,
+    /// Stable id sent to agents (see [`project_id`]).
+    id: String,
 }
 
 /// A workbook row with everything the core decided about it.
@@ -112,7 +114,25 @@ impl Project {
             });
         }
         let store = Store::open(&dir.join(STATE_DIR).join("state.db"))?;
-        Ok(Project { dir, config, store })
+        let (id, copied_from) = project_id(&dir);
+        let mut project = Project {
+            dir,
+            config,
+            store,
+            id,
+        };
+        if let Some(original) = copied_from {
+            // Runs in flight were copied as records only: their agent follows them for the
+            // original. Say so, so they can be restarted here.
+            let why = format!(
+                "this project was copied from {} while the run was in flight; it goes on there (restart it to run it here)",
+                original.display()
+            );
+            let tx = project.store.transaction()?;
+            tx::lose_runs_in_flight(&tx, &why, now())?;
+            tx.commit().map_err(StoreError::from)?;
+        }
+        Ok(project)
     }
 
     pub fn workbook_path(&self) -> PathBuf {
@@ -339,57 +359,9 @@ impl Project {
         }
     }
 
-    /// The project's stable id, created on first use: `.neronet/project-id` holds it with the
-    /// directory it was made for. A moved project keeps its id (its agents still know its runs
-    /// by it); a copied one (the original still there with the same id) gets a new one, so two
-    /// copies sharing an agent workdir never take each other's runs.
+    /// The project's stable id (see [`project_id`]).
     pub fn project_id(&self) -> String {
-        let path = self.dir.join(STATE_DIR).join("project-id");
-        let here = self.dir.display().to_string();
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let (id, made_for) = match text.trim().split_once(' ') {
-            Some((id, dir)) => (id.to_string(), Some(dir.to_string())),
-            None => (text.trim().to_string(), None),
-        };
-        if !id.is_empty() {
-            match made_for {
-                Some(dir) if dir == here => return id,
-                Some(dir) => {
-                    let original = Path::new(&dir).join(STATE_DIR).join("project-id");
-                    let copied = std::fs::read_to_string(original)
-                        .is_ok_and(|t| t.split_whitespace().next() == Some(id.as_str()));
-                    if !copied {
-                        // Moved: keep the id, remember the new place.
-                        let _ =
-                            crate::util::write_atomic(&path, format!("{id} {here}\n").as_bytes());
-                        return id;
-                    }
-                    tracing::info!("{here} is a copy of {dir}: it gets a project id of its own");
-                    let fresh = new_project_id();
-                    let _ =
-                        crate::util::write_atomic(&path, format!("{fresh} {here}\n").as_bytes());
-                    return fresh;
-                }
-                None => {
-                    // Written by an earlier version: remember where it belongs from now on.
-                    let _ = crate::util::write_atomic(&path, format!("{id} {here}\n").as_bytes());
-                    return id;
-                }
-            }
-        }
-        let id = new_project_id();
-        // Two first uses at once: the file appears whole (a hard link of a complete temp file
-        // fails if it exists), the first one wins and both read it back.
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        if std::fs::write(&tmp, format!("{id} {here}\n")).is_ok() {
-            let _ = std::fs::hard_link(&tmp, &path);
-            let _ = std::fs::remove_file(&tmp);
-        }
-        std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| t.split_whitespace().next().map(str::to_string))
-            .filter(|s| !s.is_empty())
-            .unwrap_or(id)
+        self.id.clone()
     }
 
     /// Stop the agents of this project's clusters (runs in flight keep going; the next command
@@ -689,6 +661,64 @@ impl Project {
             },
         })
     }
+}
+
+/// The project's stable id, created on first use: `.neronet/project-id` holds it with the
+/// directory it was made for. A moved project keeps its id (its agents still know its runs by
+/// it); a copied one (the original still there with the same id) gets a new one — returned with
+/// the original's directory — so two copies sharing an agent workdir never take each other's
+/// runs.
+fn project_id(dir: &Path) -> (String, Option<PathBuf>) {
+    let path = dir.join(STATE_DIR).join("project-id");
+    // Commands started at once in a fresh copy must agree on its new id: one at a time here.
+    let _ = std::fs::create_dir_all(dir.join(STATE_DIR));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(STATE_DIR).join("project-id.lock"));
+    if let Ok(f) = &lock {
+        // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+        unsafe {
+            libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(f), libc::LOCK_EX);
+        }
+    }
+    let here = dir.display().to_string();
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let (id, made_for) = match text.trim().split_once(' ') {
+        Some((id, dir)) => (id.to_string(), Some(dir.to_string())),
+        None => (text.trim().to_string(), None),
+    };
+    let remember = |id: &str| {
+        let _ = crate::util::write_atomic(&path, format!("{id} {here}\n").as_bytes());
+    };
+    if !id.is_empty() {
+        match made_for {
+            Some(d) if d == here => return (id, None),
+            Some(d) => {
+                let original = Path::new(&d).join(STATE_DIR).join("project-id");
+                let copied = std::fs::read_to_string(original)
+                    .is_ok_and(|t| t.split_whitespace().next() == Some(id.as_str()));
+                if !copied {
+                    // Moved: keep the id, remember the new place.
+                    remember(&id);
+                    return (id, None);
+                }
+                tracing::info!("{here} is a copy of {d}: it gets a project id of its own");
+                let fresh = new_project_id();
+                remember(&fresh);
+                return (fresh, Some(PathBuf::from(d)));
+            }
+            None => {
+                // Written by an earlier version: remember where it belongs from now on.
+                remember(&id);
+                return (id, None);
+            }
+        }
+    }
+    let id = new_project_id();
+    remember(&id);
+    (id, None)
 }
 
 /// 16 random bytes in hex.

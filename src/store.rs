@@ -682,6 +682,30 @@ pub mod tx {
         Ok(out)
     }
 
+    /// Every queued or running run (of any cluster) becomes lost with `reason`.
+    pub fn lose_runs_in_flight(
+        tx: &Transaction<'_>,
+        reason: &str,
+        now: f64,
+    ) -> Result<Vec<(String, String, RunState)>, StoreError> {
+        let runs: Vec<RunRow> = {
+            let mut stmt =
+                tx.prepare(&format!("{RUN_SELECT} WHERE state IN ('queued','running')"))?;
+            let rows = stmt.query_map([], run_from_row)?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::new();
+        for run in runs {
+            let state = RunState::Lost {
+                at: now,
+                reason: reason.to_string(),
+            };
+            set_state(tx, &run, &state, state.reason().as_deref())?;
+            out.push((run.uid, run.exp_id, state));
+        }
+        Ok(out)
+    }
+
     pub fn set_sync_point(
         tx: &Transaction<'_>,
         cluster: &str,

@@ -211,6 +211,14 @@ fn a_full_disk_under_the_agent_loses_nothing_and_is_reported() {
         },
     );
     std::fs::remove_file(&filler).unwrap();
+    // `--wait` waits for the runs still `submitted` too, sending them (regression: it refused
+    // them as "already submitted" and returned at once).
+    let out = p.neroman(&["start", "5-20", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     p.wait_all("finished", Duration::from_secs(120));
     assert_exactly_once(&p, 20);
     let out = p.neroman(&["status"]);
@@ -536,7 +544,8 @@ fn a_copied_project_gets_its_own_id_and_a_moved_one_keeps_it() {
             .unwrap()
             .to_string()
     };
-    let _ = p.neroman(&["start", "1"]);
+    p.ok(&["start", "1"]);
+    p.wait_for_state("1", "running");
     let original = read_id(&p.dir);
     let copy = p.path("../copy");
     let status = std::process::Command::new("cp")
@@ -559,6 +568,29 @@ fn a_copied_project_gets_its_own_id_and_a_moved_one_keeps_it() {
     );
     assert_ne!(read_id(&copy), original, "a copy gets its own id");
     assert_eq!(read_id(&p.dir), original, "the original keeps its id");
+    // The run in flight was copied as a record only: it goes on for the original; the copy
+    // says so and can restart it (regression: it stayed `queued` for good and refused restart).
+    let in_copy = |args: &[&str]| {
+        std::process::Command::new(common::neroman_bin())
+            .arg("--dir")
+            .arg(&copy)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let st = String::from_utf8_lossy(&in_copy(&["status", "--json"]).stdout).into_owned();
+    assert!(
+        st.contains("\"lost\"") && st.contains("copied from"),
+        "{st}"
+    );
+    let out = in_copy(&["restart", "1", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.wait_for_state("1", "finished"); // the original's run is untouched
+    let _ = in_copy(&["agents", "--stop"]);
     let moved = p.path("../moved");
     std::fs::rename(&copy, &moved).unwrap();
     let before = read_id(&moved);

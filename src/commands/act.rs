@@ -49,8 +49,21 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     }
     let path = crate::view::write_results(&project, &exps)?;
     tracing::info!("wrote {}", path.display());
-    if wait && !report.touched_runs().is_empty() {
-        let all_finished = wait_for(&mut project, &exps, &report.touched_runs(), false)?;
+    // `--wait` also waits for selected runs already in flight (a run still `submitted` because
+    // its agent could not take it yet is sent by the waiting loop).
+    let mut waited = report.touched_runs();
+    if wait {
+        let latest = project.store.latest_runs()?;
+        for (id, _) in &report.skipped {
+            if let Some(r) = latest.get(id).filter(|r| !r.state.is_terminal()) {
+                if !waited.contains(&r.uid) {
+                    waited.push(r.uid.clone());
+                }
+            }
+        }
+    }
+    if wait && !waited.is_empty() {
+        let all_finished = wait_for(&mut project, &exps, &waited, false)?;
         // Waiting for an abort succeeds when the runs have ended, however they ended.
         return Ok(if all_finished || verb == Verb::Abort {
             exit::OK
