@@ -455,37 +455,7 @@ impl Project {
 
     /// Bring the store up to date from every cluster that has runs in flight.
     pub fn sync(&mut self) -> Result<SyncReport, CoreError> {
-        let clusters = self.active_clusters()?;
-        let mut report = SyncReport::default();
-        for cluster in clusters {
-            // One unreachable cluster must not hide the others, nor what the store already knows.
-            let mut client = match self.connect(&cluster) {
-                Ok(c) => c,
-                Err(e) => {
-                    report
-                        .unreachable
-                        .push((cluster.clone(), crate::util::error_chain(&e)));
-                    continue;
-                }
-            };
-            if client.started {
-                report.restarted_mum.push(cluster.clone());
-            }
-            match self.sync_with(
-                &cluster,
-                &mut client,
-                &mut report,
-                std::time::Duration::ZERO,
-            ) {
-                Ok(()) => {}
-                // The agent went away mid-sync: what the store knows still stands.
-                Err(CoreError::Cluster { err, .. }) => report
-                    .unreachable
-                    .push((cluster.clone(), crate::util::error_chain(&err))),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(report)
+        self.sync_held(&mut BTreeMap::new(), std::time::Duration::ZERO)
     }
 
     /// Like [`Project::sync`], keeping one connection per cluster in `clients` across calls and
@@ -705,7 +675,7 @@ fn project_id(dir: &Path) -> (String, Option<PathBuf>) {
                     return (id, None);
                 }
                 tracing::info!("{here} is a copy of {d}: it gets a project id of its own");
-                let fresh = new_project_id();
+                let fresh = crate::util::random_hex(16);
                 remember(&fresh);
                 return (fresh, Some(PathBuf::from(d)));
             }
@@ -716,18 +686,9 @@ fn project_id(dir: &Path) -> (String, Option<PathBuf>) {
             }
         }
     }
-    let id = new_project_id();
+    let id = crate::util::random_hex(16);
     remember(&id);
     (id, None)
-}
-
-/// 16 random bytes in hex.
-fn new_project_id() -> String {
-    let mut bytes = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn default_parallel() -> u32 {

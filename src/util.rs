@@ -37,6 +37,15 @@ pub fn terminal_width() -> Option<usize> {
     (rc == 0 && size.ws_col > 0).then_some(size.ws_col as usize)
 }
 
+/// `bytes` random bytes from the kernel, in hex (ids and epochs; not for secrets).
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut buf);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// An error with its chain of causes, `outer: inner: root`, for messages that cross the wire.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

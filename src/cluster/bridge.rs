@@ -3,7 +3,7 @@
 //! no port is opened, the protocol is the same bytes as over the socket. The bridge ends when
 //! either side closes (neroman gone: stdin ends; mum gone: the socket ends).
 
-use crate::cluster::client::{spawn_mum, ClientError, LocalMum};
+use crate::cluster::client::{mum_log_tail, spawn_mum, ClientError, LocalMum};
 use crate::cluster::socket_path;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -22,42 +22,31 @@ pub fn run(m: &LocalMum, start: bool) -> Result<(), ClientError> {
     let stream = connect_or_start(m)?;
     let mut to_mum = stream.try_clone().map_err(|e| io_err(m, e))?;
     let mut from_mum = stream;
-    let pump_in = std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = [0u8; 64 << 10];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to_mum.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+    std::thread::spawn(move || {
+        pump(&mut std::io::stdin().lock(), &mut to_mum);
         // neroman is gone (or closed its end): let mum see the end of the stream.
         let _ = to_mum.shutdown(std::net::Shutdown::Write);
     });
-    let mut stdout = std::io::stdout().lock();
+    // A closed stdout (ssh gone) is an error here, not a SIGPIPE death. The stdin side ends
+    // with stdin; the process exits now either way.
+    pump(&mut from_mum, &mut std::io::stdout().lock());
+    let _ = from_mum.shutdown(std::net::Shutdown::Both);
+    Ok(())
+}
+
+/// Copy bytes until either side ends or fails, flushing each chunk as it comes.
+fn pump(from: &mut impl Read, to: &mut impl Write) {
     let mut buf = [0u8; 64 << 10];
     loop {
-        match from_mum.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
             Ok(n) => {
-                // A closed stdout (ssh gone) is an error here, not a SIGPIPE death.
-                if stdout
-                    .write_all(&buf[..n])
-                    .and_then(|_| stdout.flush())
-                    .is_err()
-                {
-                    break;
+                if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
+                    return;
                 }
             }
         }
     }
-    let _ = from_mum.shutdown(std::net::Shutdown::Both);
-    drop(pump_in); // it ends with stdin; the process exits now either way
-    Ok(())
 }
 
 fn connect_or_start(m: &LocalMum) -> Result<UnixStream, ClientError> {
@@ -75,15 +64,10 @@ fn connect_or_start(m: &LocalMum) -> Result<UnixStream, ClientError> {
         // A mum that lost a start race exits at once; the winner's socket appears shortly.
         let _ = child.try_wait();
         if started.elapsed() > Duration::from_secs(15) {
-            let log = std::fs::read_to_string(m.workdir.join("mum.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(8).collect();
             return Err(ClientError::NoAnswer {
                 workdir: m.workdir.clone(),
                 secs: started.elapsed().as_secs(),
-                log_tail: format!(
-                    "its log ends with:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                ),
+                log_tail: mum_log_tail(&m.workdir),
             });
         }
         std::thread::sleep(Duration::from_millis(20));

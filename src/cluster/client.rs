@@ -246,21 +246,9 @@ impl MumClient {
             Response::Done => {}
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+        // The mum started next waits for the old one's lock (`lock_workdir_wait`), which goes
+        // with its process.
         drop(conn);
-        if m.transport == Transport::Socket {
-            // Wait until it has let go of the workdir (its lock goes with the process).
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                let free = crate::cluster::mum::local::lock_workdir(&m.workdir)
-                    .ok()
-                    .flatten()
-                    .is_some();
-                if free {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
         Ok(())
     }
 
@@ -505,7 +493,8 @@ fn older_version_in(message: &str) -> Option<u32> {
         .ok()
 }
 
-fn mum_log_tail(workdir: &Path) -> String {
+/// The last lines of a mum's log, for an error message.
+pub(crate) fn mum_log_tail(workdir: &Path) -> String {
     let log = std::fs::read_to_string(workdir.join("mum.log")).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(8).collect();
     format!(

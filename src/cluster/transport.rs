@@ -14,11 +14,17 @@ use std::time::Duration;
 /// At most this much of a bridge's stderr is kept for error messages.
 const STDERR_KEPT: usize = 16 << 10;
 
+/// A bridge's stderr, read by a thread into a capped buffer.
+struct KeptStderr {
+    text: Arc<Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
 pub struct Connection {
     lines: mpsc::Receiver<Result<Vec<u8>, WireError>>,
     writer: Box<dyn Write + Send>,
     close: Option<Box<dyn FnOnce() + Send>>,
-    stderr: Option<(Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>)>,
+    stderr: Option<KeptStderr>,
     /// What this transport is, for messages ("unix socket /x/mum.sock", "bridge `sh -c ...`").
     pub describe: String,
 }
@@ -109,7 +115,7 @@ impl Connection {
 
     /// What the bridge printed on stderr so far (ssh's own errors land here).
     pub fn stderr_text(&self) -> String {
-        let Some((kept, reader)) = &self.stderr else {
+        let Some(KeptStderr { text: kept, reader }) = &self.stderr else {
             return String::new();
         };
         // Called on a failure: give a bridge that is ending a moment to finish saying why.
@@ -133,7 +139,7 @@ impl Drop for Connection {
     }
 }
 
-fn keep_stderr(mut stderr: ChildStderr) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
+fn keep_stderr(mut stderr: ChildStderr) -> KeptStderr {
     let kept = Arc::new(Mutex::new(Vec::new()));
     let k = Arc::clone(&kept);
     let reader = std::thread::spawn(move || {
@@ -147,5 +153,5 @@ fn keep_stderr(mut stderr: ChildStderr) -> (Arc<Mutex<Vec<u8>>>, std::thread::Jo
             k.extend_from_slice(&buf[..n.min(room)]);
         }
     });
-    (kept, reader)
+    KeptStderr { text: kept, reader }
 }

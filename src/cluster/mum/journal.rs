@@ -31,8 +31,6 @@ pub struct Journal {
     next_seq: u64,
     /// Bytes of whole entries in the file (anything past this is a failed write, cut off).
     len: u64,
-    /// Sequence number of the first entry in the file, if any.
-    first_seq: Option<u64>,
     /// (seq, byte offset of the line holding it), every INDEX_EVERY lines.
     index: Vec<(u64, u64)>,
     lines: u64,
@@ -117,7 +115,7 @@ impl Journal {
         let epoch = match std::fs::read_to_string(&epoch_path) {
             Ok(e) if !e.trim().is_empty() => e.trim().to_string(),
             _ => {
-                let e = new_epoch();
+                let e = crate::util::random_hex(8);
                 crate::util::write_atomic(&epoch_path, e.as_bytes())
                     .map_err(|err| io("write epoch", err))?;
                 // A new epoch with an old journal would confuse readers: start the journal afresh.
@@ -151,7 +149,6 @@ impl Journal {
             .map_err(|err| io("open", err))?;
         let mut reader = BufReader::new(file.try_clone().map_err(|err| io("open", err))?);
         let (mut offset, mut good_len, mut next_seq) = (0u64, 0u64, base.saturating_add(1));
-        let mut first_seq = None;
         let mut index = Vec::new();
         let mut lines = 0u64;
         let mut line = Vec::new();
@@ -169,7 +166,6 @@ impl Journal {
                         index.push((entry.seq, offset));
                     }
                     lines += 1;
-                    first_seq.get_or_insert(entry.seq);
                     next_seq = next_seq.max(entry.seq.saturating_add(1));
                     if entry.seq > base {
                         replay(Replay::Entry(&entry));
@@ -195,7 +191,6 @@ impl Journal {
             file,
             next_seq,
             len: good_len,
-            first_seq,
             index,
             lines,
             epoch,
@@ -255,12 +250,8 @@ impl Journal {
             });
         }
         for (entry, start) in out.iter().zip(starts) {
-            if self.lines.is_multiple_of(INDEX_EVERY) {
-                self.index.push((entry.seq, self.len + start));
-            }
-            self.lines += 1;
+            self.note_line(entry.seq, self.len + start);
         }
-        self.first_seq.get_or_insert(self.next_seq);
         self.next_seq += out.len() as u64;
         self.len += buf.len() as u64;
         Ok(out)
@@ -320,6 +311,11 @@ impl Journal {
         self.lines
     }
 
+    /// The newest entry no longer in the file (compacted away), 0 if none was.
+    pub fn compacted_through(&self) -> u64 {
+        self.last_seq().saturating_sub(self.lines)
+    }
+
     /// Write `snapshot` (the state as of [`last_seq`]) and drop the entries up to `keep_after`
     /// from the file. Entries after `keep_after` stay for neroman to sync.
     pub fn compact(&mut self, snapshot: &Snapshot, keep_after: u64) -> Result<(), JournalError> {
@@ -335,7 +331,9 @@ impl Journal {
 
         let (kept, _) = self.read_since(keep_after, usize::MAX)?;
         let mut buf = Vec::new();
+        let mut starts = Vec::with_capacity(kept.len());
         for e in &kept {
+            starts.push((e.seq, buf.len() as u64));
             serde_json::to_writer(&mut buf, e).expect("journal entries serialize");
             buf.push(b'\n');
         }
@@ -347,27 +345,22 @@ impl Journal {
             .open(&self.path)
             .map_err(|e| io("open", &self.path, e))?;
         self.len = buf.len() as u64;
-        self.first_seq = kept.first().map(|e| e.seq);
         self.index.clear();
         self.lines = 0;
-        let mut offset = 0u64;
-        for e in &kept {
-            if self.lines.is_multiple_of(INDEX_EVERY) {
-                self.index.push((e.seq, offset));
-            }
-            self.lines += 1;
-            offset += serde_json::to_vec(e).map_or(0, |v| v.len() as u64 + 1);
+        for (seq, offset) in starts {
+            self.note_line(seq, offset);
         }
         Ok(())
     }
-}
 
-fn new_epoch() -> String {
-    let mut bytes = [0u8; 8];
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut bytes);
+    /// Count one more line in the file (entry `seq` at byte `offset`), indexing every
+    /// INDEX_EVERY-th.
+    fn note_line(&mut self, seq: u64, offset: u64) {
+        if self.lines.is_multiple_of(INDEX_EVERY) {
+            self.index.push((seq, offset));
+        }
+        self.lines += 1;
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -494,7 +487,7 @@ pub(crate) mod tests {
         let d = std::env::temp_dir().join(format!(
             "nero-journal-{}-{}",
             std::process::id(),
-            new_epoch()
+            crate::util::random_hex(8)
         ));
         std::fs::create_dir_all(&d).unwrap();
         d

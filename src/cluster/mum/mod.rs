@@ -138,13 +138,39 @@ struct State {
     served_first: bool,
 }
 
+/// Asks the main loop for a round now instead of at the next tick (a kid exited, a run was
+/// submitted, a signal came). Shared with the warden's reaper threads.
+#[derive(Default)]
+pub struct Waker {
+    pending: Mutex<bool>,
+    signal: Condvar,
+}
+
+impl Waker {
+    pub fn wake(&self) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.signal.notify_all();
+    }
+
+    /// Wait until woken or `timeout` passed; either way the wake-up is used up.
+    fn wait(&self, timeout: Duration) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if !*pending {
+            pending = self
+                .signal
+                .wait_timeout(pending, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *pending = false;
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     /// Signalled after every journal append: long-polls wait on it.
     appended: Condvar,
-    /// Set (with `woken`) to run a round now instead of at the next tick.
-    wake: Mutex<bool>,
-    woken: Condvar,
+    waker: Arc<Waker>,
     warden: Mutex<Box<dyn Warden>>,
     stop: AtomicBool,
 }
@@ -160,8 +186,7 @@ impl Shared {
     }
 
     fn wake(&self) {
-        *self.wake.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.woken.notify_all();
+        self.waker.wake();
     }
 }
 
@@ -180,23 +205,21 @@ pub fn serve(opts: MumOptions) -> Result<(), MumError> {
 impl Mum {
     /// Lock the workdir, replay the journal, reconcile interrupted launches; local warden.
     pub fn open_local(opts: MumOptions) -> Result<Mum, MumError> {
-        let waker: Arc<Mutex<Option<std::sync::Weak<Shared>>>> = Arc::new(Mutex::new(None));
+        let waker = Arc::new(Waker::default());
         let w = Arc::clone(&waker);
-        let wake: local::Wake = Arc::new(move || {
-            let target = w
-                .lock()
-                .ok()
-                .and_then(|g| g.as_ref().and_then(|s| s.upgrade()));
-            if let Some(shared) = target {
-                shared.wake();
-            }
-        });
-        let mum = Mum::open(opts, Box::new(local::LocalWarden::new(wake)))?;
-        *waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&mum.shared));
-        Ok(mum)
+        let warden = local::LocalWarden::new(Arc::new(move || w.wake()));
+        Mum::open_with(opts, Box::new(warden), waker)
     }
 
     pub fn open(opts: MumOptions, warden: Box<dyn Warden>) -> Result<Mum, MumError> {
+        Mum::open_with(opts, warden, Arc::default())
+    }
+
+    fn open_with(
+        opts: MumOptions,
+        warden: Box<dyn Warden>,
+        waker: Arc<Waker>,
+    ) -> Result<Mum, MumError> {
         let workdir = opts.workdir.clone();
         if !local::is_executable(&opts.kid_binary) {
             return Err(MumError::NoKid(opts.kid_binary.clone()));
@@ -298,8 +321,7 @@ impl Mum {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 appended: Condvar::new(),
-                wake: Mutex::new(false),
-                woken: Condvar::new(),
+                waker,
                 warden: Mutex::new(warden),
                 stop: AtomicBool::new(false),
             }),
@@ -394,25 +416,13 @@ impl Mum {
         }
         let mut idle_round = false;
         loop {
-            {
-                // With nothing launched there are no logs to tail: a submit or a signal wakes
-                // the loop; the idle check needs no more than a round a second.
-                let wait = if idle_round {
-                    Duration::from_secs(1)
-                } else {
-                    tick_every
-                };
-                let mut woken = self.shared.wake.lock().unwrap_or_else(|p| p.into_inner());
-                if !*woken {
-                    woken = self
-                        .shared
-                        .woken
-                        .wait_timeout(woken, wait)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-                *woken = false;
-            }
+            // With nothing launched there are no logs to tail: a submit or a signal wakes the
+            // loop; the idle check needs no more than a round a second.
+            self.shared.waker.wait(if idle_round {
+                Duration::from_secs(1)
+            } else {
+                tick_every
+            });
             if self.shared.stop.load(Ordering::SeqCst) {
                 tracing::info!("stopping (runs in flight keep running; the next mum adopts them)");
                 break;
@@ -620,10 +630,7 @@ impl State {
     fn register_project(&mut self, project: &str) {
         if !self.acks.contains_key(project) {
             // Everything it may not have stored yet is after the oldest entry still in the file.
-            let from = self
-                .journal
-                .last_seq()
-                .saturating_sub(self.journal.entries());
+            let from = self.journal.compacted_through();
             self.acks.insert(project.to_string(), from);
             self.write_acks();
         }
@@ -680,10 +687,7 @@ impl State {
         let Some(acked) = self.acks.values().min().copied() else {
             return;
         };
-        let first = self
-            .journal
-            .last_seq()
-            .saturating_sub(self.journal.entries());
+        let first = self.journal.compacted_through();
         // Tests make compaction frequent to reach its failpoints.
         let after = std::env::var("NERONET_COMPACT_AFTER")
             .ok()
@@ -865,6 +869,7 @@ fn tick(shared: &Shared) {
 
     // 3. Under the lock: journal everything learned in one append, then apply it.
     let mut to_cancel = Vec::new();
+    let mut freed = false;
     let mut lost_jobs = Vec::new();
     {
         let mut s = shared.lock();
@@ -955,7 +960,10 @@ fn tick(shared: &Shared) {
                         to_cancel.push((job.clone(), r.request(run)));
                     }
                 }
-                MumEvent::Lost { .. } => r.phase = Phase::Ended,
+                MumEvent::Lost { .. } => {
+                    r.phase = Phase::Ended;
+                    freed = true;
+                }
                 MumEvent::Kid { event } => {
                     if let Some(o) = offset {
                         r.kid_offset = *o;
@@ -965,6 +973,7 @@ fn tick(shared: &Shared) {
                     }
                     if matches!(event, KidEvent::Exited { .. }) {
                         r.phase = Phase::Ended;
+                        freed = true;
                     }
                 }
                 _ => {}
@@ -996,13 +1005,7 @@ fn tick(shared: &Shared) {
         }
     }
     // A slot freed in this round is refilled in the next one, at once.
-    if launched.iter().any(|r| r.is_err())
-        || news.iter().any(|(e, g)| {
-            *g || e
-                .iter()
-                .any(|(ev, _)| matches!(ev, KidEvent::Exited { .. }))
-        })
-    {
+    if freed {
         shared.wake();
     }
 }
