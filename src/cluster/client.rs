@@ -269,6 +269,15 @@ impl MumClient {
             project: m.project.clone(),
         };
         if let Err(e) = conn.send(&Request::from(hello)) {
+            // A bridge whose shell printed its noise and exited before hello could be written
+            // (broken pipe) still left that noise on its stdout: show it, it is the explanation.
+            if let Err(WireError::Preamble(text)) = skip_preamble(&mut conn, Duration::from_secs(2))
+            {
+                return Ok(Err(Handshake::Failed(ClientError::Preamble {
+                    transport: conn.describe.clone(),
+                    text,
+                })));
+            }
             return Ok(Err(Handshake::Failed(bridge_failure(m, &conn, wire(e)))));
         }
         let reply = match skip_preamble(&mut conn, timeout) {
