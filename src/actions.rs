@@ -105,14 +105,19 @@ pub fn act(
             },
             Verb::Start | Verb::Restart => {
                 if let Some(r) = active {
-                    report.skipped.push((
-                        id,
-                        format!(
-                            "already {} (run {}); abort it first",
-                            r.state.name().as_str(),
+                    // Starting what is already on its way needs nothing; only a restart has to
+                    // wait for the run in flight to end.
+                    let why = match (verb, r.state.name().as_str()) {
+                        (Verb::Start, state @ ("submitted" | "queued")) => {
+                            format!("already {state}; it starts when a slot is free")
+                        }
+                        (Verb::Start, state) => format!("already {state}"),
+                        (_, state) => format!(
+                            "run {} is still {state}; abort it first for a new run",
                             r.run_no
                         ),
-                    ));
+                    };
+                    report.skipped.push((id, why));
                     continue;
                 }
                 if verb == Verb::Start {

@@ -23,9 +23,11 @@ fn demo_runs_the_sample_and_writes_results() {
         stdout.contains("5 finished, 1 aborted by the rule, 0 other"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("6: aborted (rule epoch>=3&&loss>3)"),
-        "{stdout}"
+    // Once: the reasons were printed a second time after the final table (a regression).
+    assert_eq!(
+        stdout.matches("6: aborted (rule ").count(),
+        1,
+        "the abort and its rule, said once:\n{stdout}"
     );
     // The results workbook opens in LibreOffice: six experiments, their metric history.
     let results = common::soffice_csv(&dir.join("results.xlsx"), 0);

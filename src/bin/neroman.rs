@@ -1,7 +1,7 @@
 //! `neroman`: the researcher's CLI (and, later, the watcher daemon). Parses arguments and calls
 //! `neronet::commands`; exit codes are in `neronet::commands::exit`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use neronet::actions::Verb;
 use neronet::commands::{self, exit, output};
 use std::io::Write;
@@ -83,6 +83,9 @@ enum Cmd {
     Logs {
         /// The experiment's id.
         id: String,
+        /// An earlier run (1 is the first; default: the latest).
+        #[arg(long = "run", value_name = "N")]
+        run: Option<i64>,
         /// Keep printing until the run ends.
         #[arg(short, long)]
         follow: bool,
@@ -101,6 +104,11 @@ enum Cmd {
     /// Run the whole loop on this machine with the embedded sample project (in --dir, or a new
     /// temporary directory).
     Demo,
+    /// Print a shell completion script (e.g. `neroman completions bash > ~/.local/share/bash-completion/completions/neroman`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Say something on stderr; a closed stderr is no reason to panic.
@@ -154,7 +162,8 @@ fn main() {
                 | Cmd::Logs { .. }
                 | Cmd::Results
                 | Cmd::Agents { .. }
-                | Cmd::Demo,
+                | Cmd::Demo
+                | Cmd::Completions { .. },
             ),
             _,
         ) if cli.wait => {
@@ -183,7 +192,19 @@ fn main() {
             Cmd::Status { selection, json } => {
                 commands::status::run(&dir, selection.as_deref(), json)
             }
-            Cmd::Logs { id, follow, stderr } => commands::logs::run(&dir, &id, follow, stderr),
+            Cmd::Logs {
+                id,
+                run,
+                follow,
+                stderr,
+            } => commands::logs::run(&dir, &id, run, follow, stderr),
+            Cmd::Completions { shell } => {
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "neroman", &mut script);
+                output::write_bytes(&mut std::io::stdout().lock(), &script)
+                    .map(|_| exit::OK)
+                    .map_err(anyhow::Error::from)
+            }
             Cmd::Results => commands::results::run(&dir),
             Cmd::Agents { stop } => commands::agents::run(&dir, stop),
             // The demo makes a fresh project: in --dir when given, else in a new temporary directory.

@@ -7,7 +7,7 @@ use crate::actions::{act, ActionReport, Verb};
 use crate::project::{Experiments, Project};
 use nerokid::expr::Expr;
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -33,17 +33,11 @@ pub fn parse(project: &Project, exps: &Experiments, src: &str) -> anyhow::Result
 
 pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Result<i32> {
     let (mut project, exps, sync) = open_synced(dir)?;
-    print_changes(&sync)?;
+    print_news(&sync)?;
     let expr = parse(&project, &exps, selection)?;
     let (report, sync) = act(&mut project, &exps, verb, &expr)?;
-    if report.started.is_empty() && report.aborted.is_empty() && report.skipped.is_empty() {
-        outln!(
-            "nothing to {}: no experiment matches {selection:?}",
-            verb.as_str()
-        )?;
-    }
-    print_report(verb, &report)?;
-    print_changes(&sync)?;
+    print_report(verb, &report, &expr)?;
+    print_news(&sync)?;
     for (c, why) in &sync.agent_problems {
         eprintln!("neroman: warning: cluster {c}: {why}");
     }
@@ -74,20 +68,192 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     Ok(exit::OK)
 }
 
-pub fn print_report(verb: Verb, r: &ActionReport) -> Result<(), OutputError> {
-    for (id, uid) in &r.started {
+/// Up to this many lines, every run gets its own line; beyond, a summary (a 1,000-row start
+/// printed 2,000 lines).
+const MAX_LINES: usize = 12;
+
+/// What an action did: one line per run for a few, grouped ids for many. `abort` lists a
+/// selected experiment with nothing in flight only when the selection named its id (`abort
+/// all` does not list every finished row).
+pub fn print_report(verb: Verb, r: &ActionReport, expr: &Expr) -> Result<(), OutputError> {
+    let named: Vec<String> = expr
+        .ids()
+        .iter()
+        .map(|i| crate::sheet::read::canonical_id(i))
+        .collect();
+    let idle = |why: &str| verb == Verb::Abort && why.starts_with(NOT_IN_FLIGHT);
+    let (quiet, skipped): (Vec<_>, Vec<_>) = r
+        .skipped
+        .iter()
+        .partition(|(id, why)| idle(why) && !named.contains(&crate::sheet::read::canonical_id(id)));
+    if r.started.is_empty() && r.aborted.is_empty() && skipped.is_empty() {
+        if quiet.is_empty() {
+            outln!("nothing to {}: no experiment matches {expr}", verb.as_str())?;
+        } else {
+            outln!(
+                "nothing to abort: none of the {} selected experiment{} has a run in flight",
+                quiet.len(),
+                plural(quiet.len())
+            )?;
+        }
+        return Ok(());
+    }
+    let lines = r.started.len() + r.aborted.len() + skipped.len();
+    if lines <= MAX_LINES {
+        for (id, uid) in &r.started {
+            outln!("{id}: submitted (run {})", run_no(uid))?;
+        }
+        for (id, _) in &r.aborted {
+            outln!("{id}: abort sent")?;
+        }
+        for (id, why) in &skipped {
+            outln!("{id}: not {}: {why}", past(verb))?;
+        }
+        return Ok(());
+    }
+    if !r.started.is_empty() {
         outln!(
-            "{id}: submitted (run {})",
-            uid.rsplit('.').next().unwrap_or(uid)
+            "submitted {} run{}: {}",
+            r.started.len(),
+            plural(r.started.len()),
+            id_list(r.started.iter().map(|(id, _)| id.as_str()))
         )?;
     }
-    for (id, _) in &r.aborted {
-        outln!("{id}: abort sent")?;
+    if !r.aborted.is_empty() {
+        outln!(
+            "abort sent to {} run{}: {}",
+            r.aborted.len(),
+            plural(r.aborted.len()),
+            id_list(r.aborted.iter().map(|(id, _)| id.as_str()))
+        )?;
     }
-    for (id, why) in &r.skipped {
-        outln!("{id}: not {}: {why}", past(verb))?;
+    // Skipped rows grouped by reason, the biggest groups first; reasons that differ row by
+    // row (an invalid row's cell) are counted after the first few.
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (id, why) in &skipped {
+        match groups.iter_mut().find(|(w, _)| *w == why.as_str()) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((why, vec![id])),
+        }
+    }
+    groups.sort_by_key(|(_, ids)| std::cmp::Reverse(ids.len()));
+    let shown = groups.len().min(MAX_LINES);
+    for (why, ids) in &groups[..shown] {
+        outln!(
+            "{}: not {}: {why}",
+            id_list(ids.iter().copied()),
+            past(verb)
+        )?;
+    }
+    let rest: usize = groups[shown..].iter().map(|(_, ids)| ids.len()).sum();
+    if rest > 0 {
+        outln!(
+            "not {} for other reasons: {rest} more (`neroman status` shows each row)",
+            past(verb)
+        )?;
     }
     Ok(())
+}
+
+/// State changes the agents reported: one line each for a handful, counts for many (right
+/// after a 1,000-run start, or news that came in since the last command).
+fn print_news(sync: &crate::project::SyncReport) -> Result<(), OutputError> {
+    if sync.changes.len() <= MAX_LINES {
+        return print_changes(sync);
+    }
+    let mut latest: BTreeMap<&str, &str> = BTreeMap::new();
+    for (uid, _, state) in &sync.changes {
+        latest.insert(uid, state.name().as_str());
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for state in latest.values() {
+        *counts.entry(state).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    outln!(
+        "news from the agents: {} (`neroman status` shows each)",
+        parts.join(", ")
+    )
+}
+
+/// The reason `actions::act` gives for an abort of an experiment with nothing in flight.
+const NOT_IN_FLIGHT: &str = "not running";
+
+/// One line on stderr, redrawn in place: `412/1000 ended (400 finished, 12 other), 4 running, 584 waiting, 73s`.
+fn draw_progress(states: &[crate::store::RunRow], secs: f64, done: bool) {
+    use crate::state::StateName;
+    let count = |f: &dyn Fn(&crate::store::RunRow) -> bool| states.iter().filter(|r| f(r)).count();
+    let ended = count(&|r| r.state.is_terminal());
+    let finished = count(&|r| r.state.name() == StateName::Finished);
+    let running = count(&|r| r.state.name() == StateName::Running);
+    let line = format!(
+        "{ended}/{} ended ({finished} finished, {} other), {running} running, {} waiting, {secs:.0}s",
+        states.len(),
+        ended - finished,
+        states.len() - ended - running
+    );
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "\r\x1b[K{line}{}", if done { "\n" } else { "" });
+    let _ = err.flush();
+}
+
+fn clear_progress() {
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "\r\x1b[K");
+    let _ = err.flush();
+}
+
+fn run_no(uid: &str) -> &str {
+    uid.rsplit('.').next().unwrap_or(uid)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Ids as a short list: runs of consecutive whole numbers become ranges (`1-998, 1000, x7`),
+/// and a very long list is cut with a count.
+pub fn id_list<'a>(ids: impl Iterator<Item = &'a str>) -> String {
+    // (text, how many ids it stands for)
+    let mut parts: Vec<(String, i64)> = Vec::new();
+    let mut range: Option<(i64, i64)> = None;
+    let flush = |range: &mut Option<(i64, i64)>, parts: &mut Vec<(String, i64)>| {
+        if let Some((lo, hi)) = range.take() {
+            match hi - lo {
+                0 => parts.push((lo.to_string(), 1)),
+                1 => {
+                    parts.push((lo.to_string(), 1));
+                    parts.push((hi.to_string(), 1));
+                }
+                n => parts.push((format!("{lo}-{hi}"), n + 1)),
+            }
+        }
+    };
+    for id in ids {
+        match (id.parse::<i64>(), range) {
+            (Ok(n), Some((lo, hi))) if hi.checked_add(1) == Some(n) => range = Some((lo, n)),
+            (Ok(n), _) => {
+                flush(&mut range, &mut parts);
+                range = Some((n, n));
+            }
+            (Err(_), _) => {
+                flush(&mut range, &mut parts);
+                parts.push((id.to_string(), 1));
+            }
+        }
+    }
+    flush(&mut range, &mut parts);
+    const SHOWN: usize = 40;
+    let mut text: Vec<String> = parts.iter().take(SHOWN).map(|(t, _)| t.clone()).collect();
+    let more: i64 = parts.iter().skip(SHOWN).map(|(_, n)| n).sum();
+    if more > 0 {
+        text.push(format!("… and {more} more"));
+    }
+    text.join(", ")
 }
 
 fn past(verb: Verb) -> &'static str {
@@ -108,6 +274,10 @@ pub fn wait_for(
     live: bool,
 ) -> anyhow::Result<bool> {
     let live = live && std::io::stdout().is_terminal();
+    let progress = !live
+        && runs.len() > MAX_LINES
+        && std::io::stdout().is_terminal()
+        && std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_drawn_lines = 0usize;
     let mut last_results = Instant::now();
@@ -142,7 +312,26 @@ pub fn wait_for(
         if !sync.changes.is_empty() || sync.metric_values > 0 {
             dirty = true;
         }
-        if !live {
+        if progress {
+            // Many runs on a terminal: the runs that need a look get a line, the rest a count.
+            let notable: Vec<_> = sync
+                .changes
+                .iter()
+                .filter(|(uid, _, st)| {
+                    st.is_terminal()
+                        && st.name() != crate::state::StateName::Finished
+                        && runs.contains(uid)
+                })
+                .cloned()
+                .collect();
+            if !notable.is_empty() {
+                clear_progress();
+                print_changes(&crate::project::SyncReport {
+                    changes: notable,
+                    ..Default::default()
+                })?;
+            }
+        } else if !live {
             print_changes(&sync)?;
         }
         // The runs' states change with news (read them then: 1,000 runs are 1,000 reads), or
@@ -156,6 +345,9 @@ pub fn wait_for(
             first = false;
         }
         let done = states.iter().all(|r| r.state.is_terminal());
+        if progress {
+            draw_progress(&states, started.elapsed().as_secs_f64(), done);
+        }
         // Results at most every second while running; always at the end.
         if dirty && (done || last_results.elapsed() >= Duration::from_secs(1)) {
             crate::view::write_results(project, exps)?;
@@ -200,5 +392,23 @@ pub fn wait_for(
         if !sync.unreachable.is_empty() {
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_list;
+
+    #[test]
+    fn id_lists_are_ranges_and_a_long_one_is_cut() {
+        let ids: Vec<String> = (1..=998).chain([1000]).map(|i| i.to_string()).collect();
+        assert_eq!(id_list(ids.iter().map(|s| s.as_str())), "1-998, 1000");
+        assert_eq!(
+            id_list(["3", "4", "x", "7", "8", "9"].into_iter()),
+            "3, 4, x, 7-9"
+        );
+        let sparse: Vec<String> = (0..100).map(|i| (i * 2).to_string()).collect();
+        let text = id_list(sparse.iter().map(|s| s.as_str()));
+        assert!(text.ends_with(", 78, … and 60 more"), "{text}");
     }
 }

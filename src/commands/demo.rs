@@ -44,13 +44,16 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
     std::fs::write(dir.join("neronet.yaml"), SAMPLE_YAML)?;
     std::fs::write(dir.join("train.py"), SAMPLE_TRAIN)?;
     outln!("Neronet demo: a fresh project in {}", dir.display())?;
-    outln!("six experiments of a small neural network (plain Python), run two at a time on this machine;")?;
-    outln!("the sample's rule `abort_when: epoch>=3 && loss>3` stops the one that diverges.\n")?;
-
     let mut project = Project::open(&dir)?;
+    outln!("six experiments of a small neural network (plain Python), run two at a time on this machine;")?;
+    if let Some(rule) = &project.config.abort_when {
+        outln!("the sample's rule `abort_when: {rule}` stops the one that diverges.")?;
+    }
+    outln!()?;
+
     let exps = project.read_experiments()?;
     let (report, _) = act(&mut project, &exps, Verb::Start, &Expr::All)?;
-    print_report(Verb::Start, &report)?;
+    print_report(Verb::Start, &report, &Expr::All)?;
     outln!()?;
     wait_for(&mut project, &exps, &report.touched_runs(), true)?;
     // Leave nothing running: the demo's agent is not needed any more. Before printing more, so
@@ -71,10 +74,12 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
         .collect();
     let count = |n: StateName| runs.iter().filter(|r| r.state.name() == n).count();
     let (finished, aborted) = (count(StateName::Finished), count(StateName::Aborted));
-    // The reasons, which a narrow terminal may have cut from the table.
+    // The reasons, which a narrow terminal may have cut from the live table. Elsewhere the
+    // change lines and the full table above already said them (printing them again doubled them).
     for r in runs
         .iter()
         .filter(|r| r.state.name() != StateName::Finished)
+        .filter(|_| std::io::stdout().is_terminal())
     {
         let reason = r
             .state

@@ -1,4 +1,4 @@
-//! `neroman logs ID [-f] [--stderr]`: the latest run's output, read through mum (the same path
+//! `neroman logs ID [--run N] [-f] [--stderr]`: the output of the latest run (or run N), read through mum (the same path
 //! for a local or a remote cluster).
 
 use super::{exit, open_synced};
@@ -6,15 +6,40 @@ use crate::cluster::protocol::LogStream;
 use std::path::Path;
 use std::time::Duration;
 
-pub fn run(dir: &Path, id: &str, follow: bool, stderr: bool) -> anyhow::Result<i32> {
+pub fn run(
+    dir: &Path,
+    id: &str,
+    run_no: Option<i64>,
+    follow: bool,
+    stderr: bool,
+) -> anyhow::Result<i32> {
     let (project, exps, sync) = open_synced(dir)?;
     super::refresh_results(&project, &exps, &sync);
-    let Some(exp) = exps.get(id) else {
-        anyhow::bail!("no experiment has the id {id:?}");
-    };
     let latest = project.store.latest_runs()?;
-    let Some(run) = latest.get(&exp.row.id) else {
+    // A row deleted from the workbook still has its runs in the store.
+    let key = crate::sheet::read::canonical_id(id);
+    let exp_id = match exps.get(id) {
+        Some(exp) => exp.row.id.clone(),
+        None => match latest
+            .keys()
+            .find(|k| crate::sheet::read::canonical_id(k) == key)
+        {
+            Some(k) => k.clone(),
+            None => anyhow::bail!("no experiment has the id {id:?}"),
+        },
+    };
+    let Some(last) = latest.get(&exp_id) else {
         anyhow::bail!("experiment {id} has not run yet");
+    };
+    let run = match run_no {
+        None => last.clone(),
+        Some(n) => match project.store.run(&crate::store::run_uid(&exp_id, n))? {
+            Some(r) => r,
+            None => anyhow::bail!(
+                "experiment {id} has no run {n} (its runs are 1 to {})",
+                last.run_no
+            ),
+        },
     };
     let stream = if stderr {
         LogStream::Stderr

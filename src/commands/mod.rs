@@ -42,13 +42,44 @@ pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), Cor
         );
     }
     let exps = project.read_experiments()?;
-    for w in &exps.warnings {
-        tracing::warn!("{w}");
-    }
-    for p in exps.problems() {
-        tracing::warn!("{p}");
-    }
+    warn_new_problems(&project, &exps);
     Ok((project, exps, sync))
+}
+
+/// Warn about the workbook's problems (invalid rows, clashing headers) the first time a command
+/// meets them, not on every command: `status` shows invalid rows in its table and results.xlsx
+/// on its problems sheet, and `start` names a selected invalid row when it skips it. A problem
+/// fixed and made again is new again.
+pub fn warn_new_problems(project: &Project, exps: &Experiments) {
+    let seen_path = project.dir.join(crate::project::STATE_DIR).join("warned");
+    let seen: std::collections::HashSet<u64> = std::fs::read_to_string(&seen_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.trim(), 16).ok())
+        .collect();
+    let now: Vec<(u64, String)> = exps
+        .warnings
+        .iter()
+        .cloned()
+        .chain(exps.problems().map(|p| p.to_string()))
+        .map(|text| (crate::store::fnv(text.as_bytes()), text))
+        .collect();
+    for (hash, text) in &now {
+        if !seen.contains(hash) {
+            tracing::warn!("{text}");
+        }
+    }
+    let current: std::collections::HashSet<u64> = now.iter().map(|(h, _)| *h).collect();
+    if current != seen {
+        let mut lines: Vec<String> = current.iter().map(|h| format!("{h:016x}")).collect();
+        lines.sort();
+        let mut text = lines.join("\n");
+        text.push('\n');
+        // Only a memory of what was said: failing to keep it means saying it again.
+        if let Err(e) = crate::util::write_atomic(&seen_path, text.as_bytes()) {
+            tracing::debug!("{}: {e}", seen_path.display());
+        }
+    }
 }
 
 /// For commands that do not write results.xlsx themselves (`status`, `logs`): when the sync
