@@ -362,44 +362,126 @@ fn short_number(v: f64) -> String {
     }
 }
 
+/// A value as one line of a table: a line break shows as `⏎`, a tab as a space, other control
+/// characters (an escape sequence would recolour the terminal) as their visible symbols.
+fn one_line(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' | '\r' | '\u{2028}' | '\u{2029}' => out.push('⏎'),
+            '\t' => out.push(' '),
+            // U+2400.. are the "control pictures" of C0 characters: ␛ for ESC.
+            c if (c as u32) < 0x20 => out.push(char::from_u32(0x2400 + c as u32).unwrap_or('�')),
+            '\u{7f}' => out.push('␡'),
+            c if c.is_control() => out.push('�'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Columns a text takes on a terminal (CJK characters take two, combining marks none).
+fn display_width(s: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(s)
+}
+
+/// At most `limit` columns of `s`; a cut value ends in `…`.
+fn fit_width(s: String, limit: usize) -> String {
+    if display_width(&s) <= limit {
+        return s;
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w > limit.saturating_sub(1) {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out.push('…');
+    out
+}
+
+/// Columns aligned by display width, every cell on one line; the last column (the note) is not
+/// padded. Cells are cut at 60 columns (the last at 200).
 pub fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    let fitted = |cells: &[String]| -> Vec<String> {
+        let last = cells.len().saturating_sub(1);
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| fit_width(one_line(c), if i == last { 200 } else { 60 }))
+            .collect()
+    };
+    let header = fitted(header);
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| fitted(r)).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| display_width(h)).collect();
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count().min(60));
+            widths[i] = widths[i].max(display_width(c));
         }
     }
     let mut out = String::new();
-    let line = |cells: &[String], out: &mut String| {
+    for cells in std::iter::once(&header).chain(&rows) {
         let last = cells.len().saturating_sub(1);
+        let mut line = String::new();
         for (i, c) in cells.iter().enumerate() {
-            let limit = if i == last { 200 } else { 60 };
-            // A cut value says so.
-            let c: String = if c.chars().count() > limit {
-                c.chars().take(limit - 1).chain(['…']).collect()
-            } else {
-                c.clone()
-            };
-            if i == last {
-                out.push_str(&c);
-            } else {
-                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            line.push_str(c);
+            if i != last {
+                let pad = widths[i] - display_width(c) + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
             }
         }
-        let trimmed = out.trim_end().len();
-        out.truncate(trimmed);
+        out.push_str(line.trim_end());
         out.push('\n');
-    };
-    line(header, &mut out);
-    for r in rows {
-        line(r, &mut out);
     }
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::short_number;
+    use super::{render_table, short_number};
+
+    /// Regression: a newline inside a value broke the status table over two lines, a tab pushed
+    /// the columns after it aside, and CJK characters (two columns wide each) misaligned it.
+    #[test]
+    fn table_cells_stay_on_one_line_and_columns_align() {
+        let header: Vec<String> = ["id", "name", "lr", "note"].map(String::from).to_vec();
+        let rows: Vec<Vec<String>> = [
+            ["1", "two\nlines", "0.1", "a"],
+            ["2", "tab\there", "0.2", "b"],
+            ["3", "学習率テスト", "0.3", "c"],
+            ["4", "plain", "0.4", "line one\r\nline two"],
+            ["5", "\u{1b}[31mred", "0.5", "d"],
+        ]
+        .iter()
+        .map(|r| r.map(String::from).to_vec())
+        .collect();
+        let table = render_table(&header, &rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 6, "one line per row:\n{table}");
+        assert!(lines[1].contains("two⏎lines"), "{table}");
+        assert!(lines[4].ends_with("line one⏎line two"), "{table}");
+        assert!(
+            !table.contains('\t') && !table.contains('\u{1b}'),
+            "{table:?}"
+        );
+        // The `lr` column starts at the same display column on every line.
+        let lr_at = |line: &str| {
+            let i = line
+                .find(" 0.")
+                .unwrap_or_else(|| line.find("lr").unwrap() - 1);
+            unicode_width::UnicodeWidthStr::width(&line[..i])
+        };
+        let at = lr_at(lines[0]);
+        for l in &lines[1..] {
+            assert_eq!(lr_at(l), at, "misaligned:\n{table}");
+        }
+    }
 
     /// Regression: small values showed as 0 (four fixed decimals).
     #[test]
