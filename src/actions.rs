@@ -61,7 +61,7 @@ pub fn select<'a>(
         // A row without a usable id can be shown (no selection) but never selected.
         .filter(|e| expr.is_none() || !e.row.id.is_empty())
         .map(|e| {
-            let run = latest.get(&e.row.id);
+            let run = latest.get(&e.row.id).filter(|_| e.shows_runs());
             Candidate {
                 exp: e,
                 run,
@@ -113,6 +113,10 @@ pub fn act(
                             r.run_no
                         ),
                     ));
+                    continue;
+                }
+                if let Some(why) = c.exp.detached() {
+                    report.skipped.push((id, why.to_string()));
                     continue;
                 }
                 if verb == Verb::Start {

@@ -82,16 +82,7 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
             finished: run.and_then(|r| r.finished_at),
             runtime: c.runtime(),
             exit_code: run.and_then(|r| r.exit_code),
-            reason: run.and_then(|r| r.state.reason()).or_else(|| {
-                (!c.exp.is_valid()).then(|| {
-                    c.exp
-                        .problems
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-            }),
+            reason: note(c),
             params: exps
                 .sheet
                 .params
@@ -207,6 +198,20 @@ fn shown_id(c: &Candidate<'_>) -> String {
     }
 }
 
+/// What to tell about an experiment beside its state: why it has no row of its own, the run's
+/// reason, else the row's problems.
+fn note(c: &Candidate<'_>) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    parts.extend(c.exp.detached().map(String::from));
+    match c.run.and_then(|r| r.state.reason()) {
+        Some(reason) => parts.push(reason),
+        None => parts.extend(c.exp.problems.iter().map(|p| p.to_string())),
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The state for people (the table and the results sheet): `invalid` for a row that cannot run,
+/// `(hold)` for one held back.
 fn state_label(c: &Candidate<'_>) -> String {
     let s = c.state_name().to_string();
     if !c.exp.is_valid() && c.run.is_none() {
@@ -255,8 +260,11 @@ pub fn status_json(
                 .unwrap_or_default();
             json!({
                 "id": c.exp.row.id,
-                "row": c.exp.row.row,
-                "state": state_label(c),
+                "row": c.exp.detached().is_none().then_some(c.exp.row.row),
+                // SPEC §4's names only; a hold and a row's problems are fields of their own.
+                "state": c.state_name(),
+                "hold": c.exp.row.status.is(StatusCommand::Hold),
+                "detached": c.exp.detached(),
                 "cluster": c.exp.cluster,
                 "runtime": c.runtime(),
                 "run": c.run.map(|r| r.run_no),
@@ -323,12 +331,7 @@ pub fn status_table(
                     .unwrap_or_default(),
             );
         }
-        let note = c
-            .run
-            .and_then(|r| r.state.reason())
-            .or_else(|| c.exp.problems.first().map(|p| p.to_string()))
-            .unwrap_or_default();
-        row.push(note);
+        row.push(note(c).unwrap_or_default());
         rows.push(row);
     }
     let mut table = render_table(&header, &rows);
