@@ -11,18 +11,117 @@ use std::collections::BTreeMap;
 
 const HISTORY_LIMIT: usize = 1_100_000;
 
+/// `step`, `epoch`, ...: the x axis of the other metrics.
+fn is_step_like(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "step" | "epoch" | "iter" | "iteration"
+    )
+}
+
 /// Metric names in a useful order: step-like first, then alphabetical.
 fn order_metrics(names: impl Iterator<Item = String>) -> Vec<String> {
     let mut v: Vec<String> = names.collect();
     v.sort();
     v.dedup();
-    let rank = |n: &str| match n.to_ascii_lowercase().as_str() {
-        "step" | "epoch" | "iter" | "iteration" => 0,
-        _ => 1,
-    };
-    let key = |n: &String| (rank(n), n.to_ascii_lowercase());
+    let key = |n: &String| (!is_step_like(n), n.to_ascii_lowercase());
     v.sort_by(|a, b| key(a).cmp(&key(b)).then(a.cmp(b)));
     v
+}
+
+/// Which metrics the `status` table shows as columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricColumns {
+    /// At most this many, the most useful first: those the selection names, those the rules
+    /// (`abort_when`) name, step-like ones, then the most common (`loss` and `acc` before other
+    /// names as common).
+    Auto(usize),
+    /// These, in this order (matched case-insensitively; `--metrics` or `status_metrics:`).
+    Named(Vec<String>),
+    /// Every metric.
+    All,
+}
+
+/// Choose up to `max` of the candidates' metrics (see [`MetricColumns::Auto`]); step-like
+/// ones are shown first. Returns the chosen names and how many were left out.
+fn choose_metrics(cands: &[Candidate<'_>], sel: Option<&Expr>, max: usize) -> (Vec<String>, usize) {
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in cands.iter().filter_map(|c| c.metrics) {
+        for name in m.keys() {
+            *count.entry(name).or_default() += 1;
+        }
+    }
+    let fields = |e: &Expr| -> Vec<String> {
+        e.comparisons()
+            .iter()
+            .map(|c| c.field.to_ascii_lowercase())
+            .collect()
+    };
+    let by_selection: Vec<String> = sel.map(fields).unwrap_or_default();
+    let mut by_rule: Vec<String> = Vec::new();
+    let mut rules_seen = std::collections::HashSet::new();
+    for rule in cands.iter().filter_map(|c| c.exp.abort_when.as_deref()) {
+        // A sweep repeats one rule on every row: parse each once.
+        if rules_seen.insert(rule) {
+            if let Ok(e) = nerokid::expr::parse(rule) {
+                by_rule.extend(fields(&e));
+            }
+        }
+    }
+    let tier = |name: &str| {
+        let lower = name.to_ascii_lowercase();
+        if by_selection.contains(&lower) {
+            0
+        } else if by_rule.contains(&lower) {
+            1
+        } else if is_step_like(name) {
+            2
+        } else {
+            3
+        }
+    };
+    let familiar = |name: &str| {
+        let lower = name.to_ascii_lowercase();
+        if lower.contains("loss") {
+            0
+        } else if lower.contains("acc") {
+            1
+        } else {
+            2
+        }
+    };
+    let mut names: Vec<(&str, usize)> = count.into_iter().collect();
+    names.sort_by_key(|(name, n)| {
+        (
+            tier(name),
+            std::cmp::Reverse(*n),
+            familiar(name),
+            name.to_ascii_lowercase(),
+        )
+    });
+    let hidden = names.len().saturating_sub(max);
+    let mut chosen: Vec<String> = names
+        .into_iter()
+        .take(max)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    chosen.sort_by_key(|n| !is_step_like(n));
+    (chosen, hidden)
+}
+
+/// The metric named `wanted` as the candidates spell it (an exact match first), else as given.
+fn spelled(cands: &[Candidate<'_>], wanted: &str) -> String {
+    let names = || {
+        cands
+            .iter()
+            .filter_map(|c| c.metrics)
+            .flat_map(|m| m.keys())
+    };
+    names()
+        .find(|n| *n == wanted)
+        .or_else(|| names().find(|n| n.eq_ignore_ascii_case(wanted)))
+        .cloned()
+        .unwrap_or_else(|| wanted.to_string())
 }
 
 pub struct Snapshot {
@@ -284,18 +383,35 @@ pub fn status_json(
     Ok(serde_json::Value::Array(items))
 }
 
-/// A readable table of the selected experiments.
+/// A readable table of the selected experiments, with the metric columns of the config's
+/// `status_metrics`, else at most `max_metrics` chosen ones.
 pub fn status_table(
     project: &Project,
     exps: &Experiments,
     sel: Option<&Expr>,
     max_metrics: usize,
 ) -> Result<String, CoreError> {
+    let columns = match &project.config.status_metrics {
+        Some(names) => MetricColumns::Named(names.clone()),
+        None => MetricColumns::Auto(max_metrics),
+    };
+    status_table_with(project, exps, sel, &columns)
+}
+
+/// A readable table of the selected experiments with these metric columns.
+pub fn status_table_with(
+    project: &Project,
+    exps: &Experiments,
+    sel: Option<&Expr>,
+    columns: &MetricColumns,
+) -> Result<String, CoreError> {
     let snap = Snapshot::take(project)?;
     let cands = snap.candidates(exps, sel);
-    let all_metrics = snap.metric_names(&cands);
-    let hidden = all_metrics.len().saturating_sub(max_metrics);
-    let metric_names: Vec<String> = all_metrics.into_iter().take(max_metrics).collect();
+    let (metric_names, hidden) = match columns {
+        MetricColumns::Auto(max) => choose_metrics(&cands, sel, *max),
+        MetricColumns::Named(names) => (names.iter().map(|n| spelled(&cands, n)).collect(), 0),
+        MetricColumns::All => (snap.metric_names(&cands), 0),
+    };
     let mut header: Vec<String> = ["id", "state", "cluster", "runtime"]
         .iter()
         .map(|s| s.to_string())
@@ -337,7 +453,7 @@ pub fn status_table(
     let mut table = render_table(&header, &rows);
     if hidden > 0 {
         table.push_str(&format!(
-            "({hidden} more metric{} not shown: see `neroman status --json` or results.xlsx)\n",
+            "({hidden} more metric{} not shown: `neroman status --metrics all` or `--metrics NAME,...`, `--json`, results.xlsx)\n",
             if hidden == 1 { "" } else { "s" }
         ));
     }
