@@ -430,6 +430,49 @@ fn status_metric_columns_prefer_rules_and_selection_and_can_be_chosen() {
     assert_eq!(metric_columns(&table), ["ag", "loss"], "{table}");
 }
 
+/// Regression: an unwritable results.xlsx made `start` exit 1 after it had submitted the runs
+/// (a script would retry a start that had worked), while `status` only warned and exited 0.
+/// Now every command that did its work exits 0 and says the work was done; only `results`,
+/// whose work is that file, fails.
+#[test]
+fn an_unwritable_results_workbook_does_not_fail_work_that_was_done() {
+    let p = Project::new("results-unwritable", "command: echo loss=1\n");
+    p.workbook(&["id", "status"], &[vec![V::N(1.0), V::E]]);
+    // A directory in its place: no rename can replace it, whoever runs the test (root too).
+    std::fs::create_dir(p.path("results.xlsx")).unwrap();
+    let out = p.neroman(&["start", "1", "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1: submitted"),
+        "{out:?}"
+    );
+    assert!(
+        err.contains("1 run submitted; only ") && err.contains("results.xlsx could not be written"),
+        "{err}"
+    );
+    assert_eq!(p.state_of("1"), "finished");
+    let out = p.neroman(&["restart", "1"]);
+    assert_eq!(out.status.code(), Some(0));
+    // `status` syncs the news of run 2 and tries to write the workbook: the same warning, 0.
+    wait_until("run 2 to end", Duration::from_secs(20), || {
+        let out = p.neroman(&["status", "--json"]);
+        assert_eq!(out.status.code(), Some(0));
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        st[0]["run"] == 2 && st[0]["state"] == "finished"
+    });
+    let out = p.neroman(&["results"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "writing it is all `results` does"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("results.xlsx"),
+        "{out:?}"
+    );
+}
+
 /// Regression: one cell over Excel's 32,767 characters (a long parameter from a workbook that
 /// openpyxl or pandas wrote, which do not check) stopped results.xlsx for the whole project
 /// with an error that named no cell. The value is cut with a visible mark, the cell is named on
@@ -491,7 +534,7 @@ os.replace(tmp, src)
         .unwrap_or_else(|| panic!("the cut cell is not named:\n{problems}"));
     assert!(
         line.starts_with("results!M2,1,")
-            && line.contains("column \"config\"")
+            && line.contains("column \"\"config\"\"")
             && line.contains("40000 characters"),
         "{line}"
     );
