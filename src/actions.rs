@@ -37,6 +37,22 @@ pub struct ActionReport {
 }
 
 impl ActionReport {
+    /// What was done, for a message: `2 runs submitted`, `1 abort sent`, `nothing was done`.
+    pub fn done(&self, verb: Verb) -> String {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        match (self.started.len(), self.aborted.len()) {
+            (0, 0) => format!("nothing to {}", verb.as_str()),
+            (n, 0) => format!("{} submitted", plural(n, "run", "runs")),
+            (0, n) => format!("{} sent", plural(n, "abort", "aborts")),
+            (s, a) => format!(
+                "{} submitted, {} sent",
+                plural(s, "run", "runs"),
+                plural(a, "abort", "aborts")
+            ),
+        }
+    }
+
     pub fn touched_runs(&self) -> Vec<String> {
         self.started
             .iter()
@@ -61,7 +77,7 @@ pub fn select<'a>(
         // A row without a usable id can be shown (no selection) but never selected.
         .filter(|e| expr.is_none() || !e.row.id.is_empty())
         .map(|e| {
-            let run = latest.get(&e.row.id);
+            let run = latest.get(&e.row.id).filter(|_| e.shows_runs());
             Candidate {
                 exp: e,
                 run,
@@ -118,6 +134,10 @@ pub fn act(
                         ),
                     };
                     report.skipped.push((id, why));
+                    continue;
+                }
+                if let Some(why) = c.exp.detached() {
+                    report.skipped.push((id, why.to_string()));
                     continue;
                 }
                 if verb == Verb::Start {

@@ -27,6 +27,10 @@ pub struct Config {
     pub abort_when: Option<String>,
     #[serde(default)]
     pub email: Option<EmailConfig>,
+    /// The metric columns of the `status` table, in order (default: chosen, see
+    /// `view::MetricColumns::Auto`).
+    #[serde(default)]
+    pub status_metrics: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -231,6 +235,7 @@ impl Config {
             metrics: other.metrics.or(self.metrics),
             abort_when: other.abort_when.or(self.abort_when),
             email: other.email.or(self.email),
+            status_metrics: other.status_metrics.or(self.status_metrics),
         }
     }
 

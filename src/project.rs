@@ -55,11 +55,42 @@ pub struct Experiment {
     pub abort_when: Option<String>,
     /// Reasons this row must not be acted on (sheet problems and config checks).
     pub problems: Vec<Problem>,
+    pub origin: Origin,
 }
+
+/// Where an experiment of the list comes from, and so whether its id's runs show with it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// The one workbook row with its id.
+    Row,
+    /// A workbook row whose id other rows share: invalid (either could be the one meant), and
+    /// no run shows with it.
+    SharedId,
+    /// No row of its own: the latest run of an id whose row left the workbook, or whose id is
+    /// now on several rows (`why` says which). Listed while the run is in flight and for
+    /// [`DETACHED_LISTED_FOR`] after it ended; it can be aborted, not started.
+    Detached { why: String },
+}
+
+/// How long a detached experiment stays listed after its run ended, so its end is seen.
+pub const DETACHED_LISTED_FOR: f64 = 86_400.0;
 
 impl Experiment {
     pub fn is_valid(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// Why this experiment has no row of its own, if so.
+    pub fn detached(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Detached { why } => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Whether the runs of its id show with it (not on a row whose id other rows share).
+    pub fn shows_runs(&self) -> bool {
+        self.origin != Origin::SharedId
     }
 }
 
@@ -161,11 +192,49 @@ impl Project {
         self.store.note_rows(&noted, now())?;
         let mut warnings = column_warnings(&sheet);
         warnings.extend(self.rule_warnings(&list, &sheet.params)?);
+        let mut list = list;
+        self.detach_runs(&mut list, now())?;
         Ok(Experiments {
             sheet,
             list,
             warnings,
         })
+    }
+
+    /// Mark rows whose id other rows share, and list apart (at the end, in id order) the latest
+    /// runs that no single row owns: a row deleted, or its id now on several rows. Without this
+    /// a run in flight would vanish from every list and could not be aborted, or show on each
+    /// row of a duplicated id as if each had run.
+    fn detach_runs(&self, list: &mut Vec<Experiment>, t: f64) -> Result<(), CoreError> {
+        let mut cells: HashMap<String, Vec<String>> = HashMap::new();
+        for e in list.iter().filter(|e| !e.row.id.is_empty()) {
+            let cell = e.row.id_cell.rsplit('!').next().unwrap_or_default();
+            cells
+                .entry(crate::sheet::read::canonical_id(&e.row.id))
+                .or_default()
+                .push(cell.to_string());
+        }
+        for e in list.iter_mut() {
+            let key = crate::sheet::read::canonical_id(&e.row.id);
+            if cells.get(&key).is_some_and(|c| c.len() > 1) {
+                e.origin = Origin::SharedId;
+            }
+        }
+        let mut detached: Vec<Experiment> = Vec::new();
+        for run in self.store.latest_runs()?.into_values() {
+            let why = match cells.get(&crate::sheet::read::canonical_id(&run.exp_id)) {
+                Some(c) if c.len() == 1 => continue,
+                Some(c) => format!("its id is now on {} rows ({})", c.len(), c.join(", ")),
+                None => "its row is no longer in the workbook".to_string(),
+            };
+            if run.state.is_terminal() && run.state.at() < t - DETACHED_LISTED_FOR {
+                continue;
+            }
+            detached.push(detached_experiment(run, why));
+        }
+        detached.sort_by(|a, b| id_order(&a.row.id, &b.row.id));
+        list.extend(detached);
+        Ok(())
     }
 
     /// A rule field nothing knows never matches, so the rule never fires: say so. Only once
@@ -302,6 +371,7 @@ impl Project {
             command,
             abort_when,
             problems,
+            origin: Origin::Row,
         }
     }
 
@@ -689,6 +759,57 @@ fn project_id(dir: &Path) -> (String, Option<PathBuf>) {
     let id = crate::util::random_hex(16);
     remember(&id);
     (id, None)
+}
+
+/// An experiment made from a run no single workbook row owns: its id, cluster and the
+/// parameters it ran with, and no command (it cannot be started).
+fn detached_experiment(run: crate::store::RunRow, why: String) -> Experiment {
+    use crate::sheet::read::{Param, StatusCell};
+    let params = run
+        .params
+        .iter()
+        .map(|(k, v)| {
+            let number = v.parse::<f64>().ok().filter(|n| n.is_finite());
+            let param = Param {
+                text: v.clone(),
+                number,
+            };
+            (k.clone(), param)
+        })
+        .collect();
+    Experiment {
+        row: SheetRow {
+            row: 0,
+            id: run.exp_id.clone(),
+            id_cell: String::new(),
+            status: StatusCell::Empty,
+            status_cell: String::new(),
+            command: None,
+            cluster: Some(run.cluster.clone()),
+            abort_when: None,
+            command_cell: String::new(),
+            cluster_cell: String::new(),
+            abort_when_cell: String::new(),
+            warden_options: BTreeMap::new(),
+            params,
+            invalid: Vec::new(),
+        },
+        cluster: run.cluster,
+        command: None,
+        abort_when: None,
+        problems: Vec::new(),
+        origin: Origin::Detached { why },
+    }
+}
+
+/// Whole-number ids by value, before text ids in text order.
+fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<i64>(), b.parse::<i64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+        (Err(_), Err(_)) => a.cmp(b),
+    }
 }
 
 fn default_parallel() -> u32 {

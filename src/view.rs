@@ -11,18 +11,117 @@ use std::collections::BTreeMap;
 
 const HISTORY_LIMIT: usize = 1_100_000;
 
+/// `step`, `epoch`, ...: the x axis of the other metrics.
+fn is_step_like(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "step" | "epoch" | "iter" | "iteration"
+    )
+}
+
 /// Metric names in a useful order: step-like first, then alphabetical.
 fn order_metrics(names: impl Iterator<Item = String>) -> Vec<String> {
     let mut v: Vec<String> = names.collect();
     v.sort();
     v.dedup();
-    let rank = |n: &str| match n.to_ascii_lowercase().as_str() {
-        "step" | "epoch" | "iter" | "iteration" => 0,
-        _ => 1,
-    };
-    let key = |n: &String| (rank(n), n.to_ascii_lowercase());
+    let key = |n: &String| (!is_step_like(n), n.to_ascii_lowercase());
     v.sort_by(|a, b| key(a).cmp(&key(b)).then(a.cmp(b)));
     v
+}
+
+/// Which metrics the `status` table shows as columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricColumns {
+    /// At most this many, the most useful first: those the selection names, those the rules
+    /// (`abort_when`) name, step-like ones, then the most common (`loss` and `acc` before other
+    /// names as common).
+    Auto(usize),
+    /// These, in this order (matched case-insensitively; `--metrics` or `status_metrics:`).
+    Named(Vec<String>),
+    /// Every metric.
+    All,
+}
+
+/// Choose up to `max` of the candidates' metrics (see [`MetricColumns::Auto`]); step-like
+/// ones are shown first. Returns the chosen names and how many were left out.
+fn choose_metrics(cands: &[Candidate<'_>], sel: Option<&Expr>, max: usize) -> (Vec<String>, usize) {
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in cands.iter().filter_map(|c| c.metrics) {
+        for name in m.keys() {
+            *count.entry(name).or_default() += 1;
+        }
+    }
+    let fields = |e: &Expr| -> Vec<String> {
+        e.comparisons()
+            .iter()
+            .map(|c| c.field.to_ascii_lowercase())
+            .collect()
+    };
+    let by_selection: Vec<String> = sel.map(fields).unwrap_or_default();
+    let mut by_rule: Vec<String> = Vec::new();
+    let mut rules_seen = std::collections::HashSet::new();
+    for rule in cands.iter().filter_map(|c| c.exp.abort_when.as_deref()) {
+        // A sweep repeats one rule on every row: parse each once.
+        if rules_seen.insert(rule) {
+            if let Ok(e) = nerokid::expr::parse(rule) {
+                by_rule.extend(fields(&e));
+            }
+        }
+    }
+    let tier = |name: &str| {
+        let lower = name.to_ascii_lowercase();
+        if by_selection.contains(&lower) {
+            0
+        } else if by_rule.contains(&lower) {
+            1
+        } else if is_step_like(name) {
+            2
+        } else {
+            3
+        }
+    };
+    let familiar = |name: &str| {
+        let lower = name.to_ascii_lowercase();
+        if lower.contains("loss") {
+            0
+        } else if lower.contains("acc") {
+            1
+        } else {
+            2
+        }
+    };
+    let mut names: Vec<(&str, usize)> = count.into_iter().collect();
+    names.sort_by_key(|(name, n)| {
+        (
+            tier(name),
+            std::cmp::Reverse(*n),
+            familiar(name),
+            name.to_ascii_lowercase(),
+        )
+    });
+    let hidden = names.len().saturating_sub(max);
+    let mut chosen: Vec<String> = names
+        .into_iter()
+        .take(max)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    chosen.sort_by_key(|n| !is_step_like(n));
+    (chosen, hidden)
+}
+
+/// The metric named `wanted` as the candidates spell it (an exact match first), else as given.
+fn spelled(cands: &[Candidate<'_>], wanted: &str) -> String {
+    let names = || {
+        cands
+            .iter()
+            .filter_map(|c| c.metrics)
+            .flat_map(|m| m.keys())
+    };
+    names()
+        .find(|n| *n == wanted)
+        .or_else(|| names().find(|n| n.eq_ignore_ascii_case(wanted)))
+        .cloned()
+        .unwrap_or_else(|| wanted.to_string())
 }
 
 pub struct Snapshot {
@@ -82,16 +181,7 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
             finished: run.and_then(|r| r.finished_at),
             runtime: c.runtime(),
             exit_code: run.and_then(|r| r.exit_code),
-            reason: run.and_then(|r| r.state.reason()).or_else(|| {
-                (!c.exp.is_valid()).then(|| {
-                    c.exp
-                        .problems
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-            }),
+            reason: note(c),
             params: exps
                 .sheet
                 .params
@@ -207,6 +297,20 @@ fn shown_id(c: &Candidate<'_>) -> String {
     }
 }
 
+/// What to tell about an experiment beside its state: why it has no row of its own, the run's
+/// reason, else the row's problems.
+fn note(c: &Candidate<'_>) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    parts.extend(c.exp.detached().map(String::from));
+    match c.run.and_then(|r| r.state.reason()) {
+        Some(reason) => parts.push(reason),
+        None => parts.extend(c.exp.problems.iter().map(|p| p.to_string())),
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The state for people (the table and the results sheet): `invalid` for a row that cannot run,
+/// `(hold)` for one held back.
 fn state_label(c: &Candidate<'_>) -> String {
     let s = c.state_name().to_string();
     if !c.exp.is_valid() && c.run.is_none() {
@@ -255,8 +359,11 @@ pub fn status_json(
                 .unwrap_or_default();
             json!({
                 "id": c.exp.row.id,
-                "row": c.exp.row.row,
-                "state": state_label(c),
+                "row": c.exp.detached().is_none().then_some(c.exp.row.row),
+                // SPEC §4's names only; a hold and a row's problems are fields of their own.
+                "state": c.state_name(),
+                "hold": c.exp.row.status.is(StatusCommand::Hold),
+                "detached": c.exp.detached(),
                 "cluster": c.exp.cluster,
                 "runtime": c.runtime(),
                 "run": c.run.map(|r| r.run_no),
@@ -276,18 +383,35 @@ pub fn status_json(
     Ok(serde_json::Value::Array(items))
 }
 
-/// A readable table of the selected experiments.
+/// A readable table of the selected experiments, with the metric columns of the config's
+/// `status_metrics`, else at most `max_metrics` chosen ones.
 pub fn status_table(
     project: &Project,
     exps: &Experiments,
     sel: Option<&Expr>,
     max_metrics: usize,
 ) -> Result<String, CoreError> {
+    let columns = match &project.config.status_metrics {
+        Some(names) => MetricColumns::Named(names.clone()),
+        None => MetricColumns::Auto(max_metrics),
+    };
+    status_table_with(project, exps, sel, &columns)
+}
+
+/// A readable table of the selected experiments with these metric columns.
+pub fn status_table_with(
+    project: &Project,
+    exps: &Experiments,
+    sel: Option<&Expr>,
+    columns: &MetricColumns,
+) -> Result<String, CoreError> {
     let snap = Snapshot::take(project)?;
     let cands = snap.candidates(exps, sel);
-    let all_metrics = snap.metric_names(&cands);
-    let hidden = all_metrics.len().saturating_sub(max_metrics);
-    let metric_names: Vec<String> = all_metrics.into_iter().take(max_metrics).collect();
+    let (metric_names, hidden) = match columns {
+        MetricColumns::Auto(max) => choose_metrics(&cands, sel, *max),
+        MetricColumns::Named(names) => (names.iter().map(|n| spelled(&cands, n)).collect(), 0),
+        MetricColumns::All => (snap.metric_names(&cands), 0),
+    };
     let mut header: Vec<String> = ["id", "state", "cluster", "runtime"]
         .iter()
         .map(|s| s.to_string())
@@ -323,18 +447,13 @@ pub fn status_table(
                     .unwrap_or_default(),
             );
         }
-        let note = c
-            .run
-            .and_then(|r| r.state.reason())
-            .or_else(|| c.exp.problems.first().map(|p| p.to_string()))
-            .unwrap_or_default();
-        row.push(note);
+        row.push(note(c).unwrap_or_default());
         rows.push(row);
     }
     let mut table = render_table(&header, &rows);
     if hidden > 0 {
         table.push_str(&format!(
-            "({hidden} more metric{} not shown: see `neroman status --json` or results.xlsx)\n",
+            "({hidden} more metric{} not shown: `neroman status --metrics all` or `--metrics NAME,...`, `--json`, results.xlsx)\n",
             if hidden == 1 { "" } else { "s" }
         ));
     }
@@ -362,44 +481,126 @@ fn short_number(v: f64) -> String {
     }
 }
 
+/// A value as one line of a table: a line break shows as `⏎`, a tab as a space, other control
+/// characters (an escape sequence would recolour the terminal) as their visible symbols.
+fn one_line(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' | '\r' | '\u{2028}' | '\u{2029}' => out.push('⏎'),
+            '\t' => out.push(' '),
+            // U+2400.. are the "control pictures" of C0 characters: ␛ for ESC.
+            c if (c as u32) < 0x20 => out.push(char::from_u32(0x2400 + c as u32).unwrap_or('�')),
+            '\u{7f}' => out.push('␡'),
+            c if c.is_control() => out.push('�'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Columns a text takes on a terminal (CJK characters take two, combining marks none).
+fn display_width(s: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(s)
+}
+
+/// At most `limit` columns of `s`; a cut value ends in `…`.
+fn fit_width(s: String, limit: usize) -> String {
+    if display_width(&s) <= limit {
+        return s;
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w > limit.saturating_sub(1) {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out.push('…');
+    out
+}
+
+/// Columns aligned by display width, every cell on one line; the last column (the note) is not
+/// padded. Cells are cut at 60 columns (the last at 200).
 pub fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    let fitted = |cells: &[String]| -> Vec<String> {
+        let last = cells.len().saturating_sub(1);
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| fit_width(one_line(c), if i == last { 200 } else { 60 }))
+            .collect()
+    };
+    let header = fitted(header);
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| fitted(r)).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| display_width(h)).collect();
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count().min(60));
+            widths[i] = widths[i].max(display_width(c));
         }
     }
     let mut out = String::new();
-    let line = |cells: &[String], out: &mut String| {
+    for cells in std::iter::once(&header).chain(&rows) {
         let last = cells.len().saturating_sub(1);
+        let mut line = String::new();
         for (i, c) in cells.iter().enumerate() {
-            let limit = if i == last { 200 } else { 60 };
-            // A cut value says so.
-            let c: String = if c.chars().count() > limit {
-                c.chars().take(limit - 1).chain(['…']).collect()
-            } else {
-                c.clone()
-            };
-            if i == last {
-                out.push_str(&c);
-            } else {
-                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            line.push_str(c);
+            if i != last {
+                let pad = widths[i] - display_width(c) + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
             }
         }
-        let trimmed = out.trim_end().len();
-        out.truncate(trimmed);
+        out.push_str(line.trim_end());
         out.push('\n');
-    };
-    line(header, &mut out);
-    for r in rows {
-        line(r, &mut out);
     }
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::short_number;
+    use super::{render_table, short_number};
+
+    /// Regression: a newline inside a value broke the status table over two lines, a tab pushed
+    /// the columns after it aside, and CJK characters (two columns wide each) misaligned it.
+    #[test]
+    fn table_cells_stay_on_one_line_and_columns_align() {
+        let header: Vec<String> = ["id", "name", "lr", "note"].map(String::from).to_vec();
+        let rows: Vec<Vec<String>> = [
+            ["1", "two\nlines", "0.1", "a"],
+            ["2", "tab\there", "0.2", "b"],
+            ["3", "学習率テスト", "0.3", "c"],
+            ["4", "plain", "0.4", "line one\r\nline two"],
+            ["5", "\u{1b}[31mred", "0.5", "d"],
+        ]
+        .iter()
+        .map(|r| r.map(String::from).to_vec())
+        .collect();
+        let table = render_table(&header, &rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 6, "one line per row:\n{table}");
+        assert!(lines[1].contains("two⏎lines"), "{table}");
+        assert!(lines[4].ends_with("line one⏎line two"), "{table}");
+        assert!(
+            !table.contains('\t') && !table.contains('\u{1b}'),
+            "{table:?}"
+        );
+        // The `lr` column starts at the same display column on every line.
+        let lr_at = |line: &str| {
+            let i = line
+                .find(" 0.")
+                .unwrap_or_else(|| line.find("lr").unwrap() - 1);
+            unicode_width::UnicodeWidthStr::width(&line[..i])
+        };
+        let at = lr_at(lines[0]);
+        for l in &lines[1..] {
+            assert_eq!(lr_at(l), at, "misaligned:\n{table}");
+        }
+    }
 
     /// Regression: small values showed as 0 (four fixed decimals).
     #[test]

@@ -20,6 +20,12 @@ sys.exit(code)
 fn job_project(name: &str, rows: &[(&str, f64, f64, f64)]) -> Project {
     let p = Project::new(name, YAML);
     p.write("job.py", JOB);
+    job_rows(&p, rows);
+    p
+}
+
+/// (Re)write the workbook of a [`job_project`] with these rows.
+fn job_rows(p: &Project, rows: &[(&str, f64, f64, f64)]) {
     p.workbook(
         &["id", "status", "command", "n", "pause", "code"],
         &rows
@@ -36,7 +42,6 @@ fn job_project(name: &str, rows: &[(&str, f64, f64, f64)]) -> Project {
             })
             .collect::<Vec<_>>(),
     );
-    p
 }
 
 #[test]
@@ -513,4 +518,125 @@ fn status_works_while_the_agent_is_unreachable() {
     // With the lock free again, the next call restarts mum, which picks the run up; end it.
     p.ok(&["abort", "1", "--wait"]);
     assert_eq!(p.state_of("1"), "aborted");
+}
+
+/// The entries of `status --json` with this id.
+fn entries(p: &Project, id: &str) -> Vec<serde_json::Value> {
+    p.status().into_iter().filter(|e| e["id"] == id).collect()
+}
+
+/// Regression: a running experiment whose row was deleted from the workbook vanished from
+/// `status`, `status --json` and results.xlsx, and could not be aborted (`abort 9`: no such id;
+/// `abort all` skipped it). It stays listed, marked, and controllable; once ended it stays
+/// listed for a day (its history with it), and it cannot be started again without its row.
+#[test]
+fn a_running_experiment_whose_row_is_deleted_stays_visible_and_abortable() {
+    let p = job_project(
+        "row-deleted",
+        &[
+            ("8", 1.0, 0.0, 0.0),
+            ("9", 600.0, 0.1, 0.0),
+            ("10", 600.0, 0.1, 0.0),
+        ],
+    );
+    p.ok(&["start", "9,10"]);
+    p.wait_all_in(&["9", "10"], "running");
+    job_rows(&p, &[("8", 1.0, 0.0, 0.0)]);
+    let st = p.status();
+    assert_eq!(st.len(), 3, "{st:?}");
+    for (e, id) in st[1..].iter().zip(["9", "10"]) {
+        assert_eq!(e["id"], id, "{st:?}");
+        assert_eq!(e["state"], "running", "{e}");
+        assert_eq!(e["row"], serde_json::Value::Null, "{e}");
+        assert!(
+            e["detached"]
+                .as_str()
+                .unwrap()
+                .contains("no longer in the workbook"),
+            "{e}"
+        );
+    }
+    assert_eq!(st[0]["detached"], serde_json::Value::Null);
+    let table = p.ok(&["status"]);
+    let line = table.lines().find(|l| l.starts_with("9 ")).unwrap();
+    assert!(
+        line.contains("running") && line.contains("no longer in the workbook"),
+        "{table}"
+    );
+    wait_until("9's first line", Duration::from_secs(20), || {
+        p.ok(&["logs", "9"]).starts_with("step=0 ")
+    });
+    let out = p.ok(&["abort", "9"]);
+    assert!(out.contains("9: abort sent"), "{out}");
+    let out = p.ok(&["abort", "all"]);
+    assert!(out.contains("10: abort sent"), "{out}");
+    p.wait_all_in(&["9", "10"], "aborted");
+    let out = p.ok(&["restart", "9"]);
+    assert!(
+        out.contains("9: not restarted: its row is no longer in the workbook"),
+        "{out}"
+    );
+    // Ended, it is still listed (for a day), in results.xlsx with its history too.
+    let results = common::soffice_csv(&p.path("results.xlsx"), 0);
+    assert!(
+        results.lines().any(|l| l.starts_with("9,aborted,local,1,")),
+        "{results}"
+    );
+    let history = common::soffice_csv(&p.path("results.xlsx"), 1);
+    assert!(history.lines().any(|l| l.starts_with("9,1,")), "{history}");
+    // With its row back, it is an ordinary row again.
+    job_rows(&p, &[("8", 1.0, 0.0, 0.0), ("9", 600.0, 0.1, 0.0)]);
+    let nine = entries(&p, "9");
+    assert_eq!(nine.len(), 1, "{nine:?}");
+    assert_eq!(nine[0]["row"], 3);
+    assert_eq!(nine[0]["state"], "aborted");
+}
+
+/// Regression: two rows sharing an id while a run of that id was in flight both showed
+/// `running`, as if each had a run. The rows are invalid (either could be the one meant) and
+/// show so; the run is listed apart, under its id, and can still be aborted.
+#[test]
+fn a_run_whose_id_is_now_on_two_rows_is_listed_once_apart_from_them() {
+    let p = job_project("dup-running", &[("12", 600.0, 0.1, 0.0)]);
+    p.ok(&["start", "12"]);
+    p.wait_for_state("12", "running");
+    job_rows(&p, &[("12", 600.0, 0.1, 0.0), ("12", 5.0, 0.1, 0.0)]);
+    let twelve = entries(&p, "12");
+    assert_eq!(twelve.len(), 3, "{twelve:?}");
+    for (e, row) in twelve[..2].iter().zip([2, 3]) {
+        assert_eq!(e["row"], row, "{e}");
+        assert_eq!(e["state"], "defined", "{e}");
+        assert_eq!(e["run"], serde_json::Value::Null, "{e}");
+        assert!(
+            e["problems"][0]
+                .as_str()
+                .unwrap()
+                .contains("duplicate id 12"),
+            "{e}"
+        );
+    }
+    let run = &twelve[2];
+    assert_eq!(run["state"], "running", "{run}");
+    assert_eq!(run["run"], 1, "{run}");
+    assert_eq!(run["row"], serde_json::Value::Null, "{run}");
+    assert!(
+        run["detached"].as_str().unwrap().contains("A2, A3"),
+        "{run}"
+    );
+    let table = p.ok(&["status"]);
+    assert_eq!(
+        table.lines().filter(|l| l.contains("running")).count(),
+        1,
+        "{table}"
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.contains("invalid")).count(),
+        2,
+        "{table}"
+    );
+    let out = p.ok(&["abort", "12"]);
+    assert!(out.contains("12: abort sent"), "{out}");
+    wait_until("the run aborted", Duration::from_secs(20), || {
+        entries(&p, "12").iter().any(|e| e["state"] == "aborted")
+    });
 }

@@ -78,6 +78,10 @@ enum Cmd {
         /// One JSON object per experiment instead of a table.
         #[arg(long)]
         json: bool,
+        /// The table's metric columns, in order (`loss,acc`), or `all`; default: those the
+        /// selection and rules name, then the most common (config: `status_metrics`).
+        #[arg(long, value_name = "NAMES", conflicts_with = "json")]
+        metrics: Option<String>,
     },
     /// Print the output of an experiment's latest run.
     Logs {
@@ -189,9 +193,11 @@ fn main() {
             Cmd::Abort { selection, wait } => {
                 commands::act::run(&dir, Verb::Abort, &selection, wait || cli.wait)
             }
-            Cmd::Status { selection, json } => {
-                commands::status::run(&dir, selection.as_deref(), json)
-            }
+            Cmd::Status {
+                selection,
+                json,
+                metrics,
+            } => commands::status::run(&dir, selection.as_deref(), json, metrics.as_deref()),
             Cmd::Logs {
                 id,
                 run,

@@ -41,8 +41,10 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     for (c, why) in &sync.agent_problems {
         eprintln!("neroman: warning: cluster {c}: {why}");
     }
-    let path = crate::view::write_results(&project, &exps)?;
-    tracing::info!("wrote {}", path.display());
+    // The runs are started (or aborted) whether or not results.xlsx can be written: exit 0.
+    if let Some(path) = super::results::write_after(&project, &exps, &report.done(verb)) {
+        tracing::info!("wrote {}", path.display());
+    }
     // `--wait` also waits for selected runs already in flight (a run still `submitted` because
     // its agent could not take it yet is sent by the waiting loop).
     let mut waited = report.touched_runs();
@@ -289,6 +291,7 @@ pub fn wait_for(
     let mut states = Vec::new();
     let mut first = true;
     let mut states_read = Instant::now();
+    let mut results_warned = false;
     loop {
         let sync = project.sync_held(
             &mut clients,
@@ -350,7 +353,13 @@ pub fn wait_for(
         }
         // Results at most every second while running; always at the end.
         if dirty && (done || last_results.elapsed() >= Duration::from_secs(1)) {
-            crate::view::write_results(project, exps)?;
+            // An unwritable results.xlsx is warned about once; the runs go on either way.
+            let written = if results_warned {
+                crate::view::write_results(project, exps).is_ok()
+            } else {
+                super::results::write_after(project, exps, "the runs are followed").is_some()
+            };
+            results_warned |= !written;
             last_results = Instant::now();
             dirty = false;
         }

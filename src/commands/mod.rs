@@ -86,9 +86,7 @@ pub fn warn_new_problems(project: &Project, exps: &Experiments) {
 /// brought news from the agents, bring the workbook up to date too.
 pub fn refresh_results(project: &Project, exps: &Experiments, sync: &SyncReport) {
     if !sync.changes.is_empty() || sync.metric_values > 0 {
-        if let Err(e) = crate::view::write_results(project, exps) {
-            tracing::warn!("results.xlsx not updated: {}", crate::util::error_chain(&e));
-        }
+        results::write_after(project, exps, "the news from the agents is stored");
     }
 }
 

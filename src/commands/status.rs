@@ -1,10 +1,20 @@
-//! `neroman status [SEL] [--json]`: the experiments, their states, parameters and last metrics.
+//! `neroman status [SEL] [--json] [--metrics NAMES]`: the experiments, their states,
+//! parameters and last metrics.
 
 use super::output::{out, outln};
 use super::{exit, open_synced};
+use crate::view::MetricColumns;
 use std::path::Path;
 
-pub fn run(dir: &Path, selection: Option<&str>, json: bool) -> anyhow::Result<i32> {
+/// How many metric columns the table shows when neither `--metrics` nor `status_metrics:` says.
+const DEFAULT_METRIC_COLUMNS: usize = 6;
+
+pub fn run(
+    dir: &Path,
+    selection: Option<&str>,
+    json: bool,
+    metrics: Option<&str>,
+) -> anyhow::Result<i32> {
     let (project, exps, sync) = open_synced(dir)?;
     super::refresh_results(&project, &exps, &sync);
     let sel = match selection {
@@ -15,10 +25,43 @@ pub fn run(dir: &Path, selection: Option<&str>, json: bool) -> anyhow::Result<i3
         let v = crate::view::status_json(&project, &exps, sel.as_ref())?;
         outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        out!(
-            "{}",
-            crate::view::status_table(&project, &exps, sel.as_ref(), 6)?
-        )?;
+        let table = match metrics {
+            Some(list) => {
+                let columns = metric_columns(list, &project.store.metric_names()?)?;
+                crate::view::status_table_with(&project, &exps, sel.as_ref(), &columns)?
+            }
+            // The config's `status_metrics`, else chosen.
+            None => {
+                crate::view::status_table(&project, &exps, sel.as_ref(), DEFAULT_METRIC_COLUMNS)?
+            }
+        };
+        out!("{table}")?;
     }
     Ok(exit::OK)
+}
+
+/// `--metrics loss,acc` (or `all`): every name must be a metric some run reported, so a typo
+/// is an error that suggests the name, not an empty column.
+fn metric_columns(list: &str, known: &[String]) -> anyhow::Result<MetricColumns> {
+    let names: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    if names.len() == 1 && names[0].eq_ignore_ascii_case("all") {
+        return Ok(MetricColumns::All);
+    }
+    if names.is_empty() {
+        anyhow::bail!("--metrics: give metric names separated by commas (loss,acc), or all");
+    }
+    for n in &names {
+        if !known.iter().any(|k| k.eq_ignore_ascii_case(n)) {
+            let hint = crate::select::nearest(n, known.iter().map(String::as_str))
+                .map(|k| format!("; did you mean {k}?"))
+                .unwrap_or_default();
+            anyhow::bail!("--metrics: no run has reported a metric {n:?}{hint}");
+        }
+    }
+    Ok(MetricColumns::Named(names))
 }
