@@ -24,7 +24,7 @@ fn demo_runs_the_sample_and_writes_results() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("6: aborted (rule epoch>=3&&loss>3)"),
+        stdout.contains("6: aborted (rule epoch>=3&&(loss>3||loss==nan))"),
         "{stdout}"
     );
     // The results workbook opens in LibreOffice: six experiments, their metric history.

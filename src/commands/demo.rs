@@ -45,7 +45,7 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
     std::fs::write(dir.join("train.py"), SAMPLE_TRAIN)?;
     outln!("Neronet demo: a fresh project in {}", dir.display())?;
     outln!("six experiments of a small neural network (plain Python), run two at a time on this machine;")?;
-    outln!("the sample's rule `abort_when: epoch>=3 && loss>3` stops the one that diverges.\n")?;
+    outln!("the sample's rule `abort_when: epoch>=3 && (loss>3 || loss==nan)` stops the one that diverges.\n")?;
 
     let mut project = Project::open(&dir)?;
     let exps = project.read_experiments()?;
