@@ -107,8 +107,18 @@ fn an_ambiguous_field_in_a_selection_is_an_error_naming_both() {
             fixture.display()
         ),
     );
-    p.workbook(&["id", "status", "x"], &[vec![V::N(1.0), V::E, V::N(1.0)]]);
+    p.workbook(
+        &["id", "status", "abort_when", "x"],
+        &[vec![V::N(1.0), V::E, V::S("LOSS>5"), V::N(1.0)]],
+    );
     p.ok(&["start", "all", "--wait"]);
+    // The row's rule names it too: neroman says so once the metrics are known.
+    let out = p.neroman(&["status"]);
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        se.contains("experiments!C2: the rule \"LOSS>5\": field \"LOSS\" is ambiguous: it matches \"Loss\" and \"loss\""),
+        "{se}"
+    );
     let out = p.neroman(&["status", "LOSS>0.3"]);
     let se = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{se}");
