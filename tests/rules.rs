@@ -136,3 +136,33 @@ fn an_ambiguous_field_in_a_selection_is_an_error_naming_both() {
     assert_eq!(one("Loss>0.3"), 1);
     assert_eq!(one("loss>0.3"), 0);
 }
+
+/// A selection finds the runs whose loss went to NaN (kept as NaN through the store), which no
+/// bound catches.
+#[test]
+fn a_selection_finds_nan_losses() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kid/tests/fixtures");
+    let p = Project::new("nan-selection", YAML);
+    let cmd = |f: &str| format!("cat '{}'", fixtures.join(f).display());
+    let (healthy, diverged) = (cmd("pytorch_mnist_epoch.log"), cmd("pytorch_mnist_nan.log"));
+    p.workbook(
+        &["id", "status", "command", "x"],
+        &[
+            vec![V::N(1.0), V::E, V::S(&healthy), V::N(1.0)],
+            vec![V::N(2.0), V::E, V::S(&diverged), V::N(2.0)],
+        ],
+    );
+    p.ok(&["start", "all", "--wait"]);
+    let ids = |sel: &str| -> Vec<String> {
+        let text = p.ok(&["status", sel, "--json"]);
+        serde_json::from_str::<Vec<serde_json::Value>>(&text)
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids("Loss==nan"), ["2"]);
+    assert_eq!(ids("Loss!=nan"), ["1"]);
+    assert_eq!(ids("Loss>0.3"), ["1"]);
+    assert!(ids("Loss>5").is_empty());
+}
