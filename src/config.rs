@@ -141,8 +141,7 @@ impl EmailConfig {
             nerokid::expr::parse(rule).map_err(|e| format!("when: {rule:?}: {e}"))?;
         }
         if let Some(d) = &self.digest {
-            parse_duration(d)
-                .ok_or_else(|| format!("digest: {d:?} is not a duration (like 10m)"))?;
+            parse_duration(d).map_err(|e| format!("digest: {d:?}: {e}"))?;
         }
         Ok(())
     }
@@ -245,7 +244,8 @@ impl Config {
             message,
         };
         if let Some(rule) = &self.abort_when {
-            nerokid::expr::parse(rule).map_err(|e| bad(format!("abort_when: {rule:?}: {e}")))?;
+            nerokid::expr::parse_rule(rule)
+                .map_err(|e| bad(format!("abort_when: {rule:?}: {e}")))?;
         }
         for (name, c) in &self.clusters {
             if name.is_empty()
@@ -264,11 +264,8 @@ impl Config {
             }
             for (key, value) in [("poll_interval", &c.poll_interval), ("grace", &c.grace)] {
                 if let Some(v) = value {
-                    parse_duration(v).ok_or_else(|| {
-                        bad(format!(
-                            "clusters.{name}.{key}: {v:?} is not a duration (a finite, non-negative time like 30s, 5m)"
-                        ))
-                    })?;
+                    parse_duration(v)
+                        .map_err(|e| bad(format!("clusters.{name}.{key}: {v:?}: {e}")))?;
                 }
             }
         }
@@ -339,7 +336,7 @@ impl ClusterConfig {
     pub fn grace_secs(&self) -> f64 {
         self.grace
             .as_deref()
-            .and_then(parse_duration)
+            .and_then(|g| parse_duration(g).ok())
             .unwrap_or(10.0)
     }
 }
@@ -365,23 +362,10 @@ pub fn user_config_path() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "neronet").map(|d| d.config_dir().join(CONFIG_FILE))
 }
 
-/// `90`, `90s`, `30m`, `1h`, `2d` → seconds; `None` unless finite and non-negative (`inf`,
-/// `nan`, `1e400` and `-1s` all parse as floats, and an endless grace never ends a run).
-pub fn parse_duration(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 's') => (&s[..i], 1.0),
-        (i, 'm') => (&s[..i], 60.0),
-        (i, 'h') => (&s[..i], 3600.0),
-        (i, 'd') => (&s[..i], 86400.0),
-        _ => (s, 1.0),
-    };
-    num.trim()
-        .parse::<f64>()
-        .ok()
-        .map(|n| n * mult)
-        .filter(|secs| secs.is_finite() && *secs >= 0.0)
-}
+/// Durations in `neronet.yaml` (`grace: 10s`, `digest: 1h30m`) are read exactly as a rule
+/// reads them (`runtime>1h30m`): one grammar, in the kid crate's expression module. Never
+/// negative or infinite (an endless grace never ends a run).
+pub use nerokid::expr::parse_duration;
 
 #[cfg(test)]
 mod tests {
@@ -439,10 +423,43 @@ mod tests {
             }
         }
         for v in ["inf", "1e400s"] {
-            assert_eq!(parse_duration(v), None, "{v}");
+            assert!(parse_duration(v).is_err(), "{v}");
         }
-        assert_eq!(parse_duration("0"), Some(0.0));
-        assert_eq!(parse_duration("1.5m"), Some(90.0));
+        assert_eq!(parse_duration("0"), Ok(0.0));
+        assert_eq!(parse_duration("1.5m"), Ok(90.0));
+    }
+
+    /// Regression: neronet.yaml had a duration parser of its own, with other forms than a
+    /// rule's (`1w` and `1h30m` were refused here; `10 s` was taken). Every duration key now
+    /// reads exactly what `runtime>…` reads.
+    #[test]
+    fn config_durations_take_the_rule_forms() {
+        for (v, secs) in [
+            ("1w", 604800.0),
+            ("1h30m", 5400.0),
+            ("2e1s", 20.0),
+            ("90", 90.0),
+        ] {
+            let yaml = format!(
+                "clusters:\n  local:\n    grace: '{v}'\n    poll_interval: '{v}'\nemail:\n  to: a@b.c\n  sendmail: /usr/sbin/sendmail\n  digest: '{v}'\n"
+            );
+            let cfg = Config::parse(&yaml, Path::new("n.yaml")).unwrap();
+            cfg.validate(Path::new("n.yaml"))
+                .unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(cfg.clusters["local"].grace_secs(), secs, "{v}");
+            let rule = nerokid::expr::parse(&format!("runtime>{v}")).unwrap();
+            assert_eq!(rule.comparisons()[0].value.as_number(), Some(secs), "{v}");
+        }
+        let cfg = Config::parse(
+            "clusters:\n  local:\n    grace: '10 s'\n",
+            Path::new("n.yaml"),
+        )
+        .unwrap();
+        let e = cfg.validate(Path::new("n.yaml")).unwrap_err().to_string();
+        assert!(
+            e.contains("clusters.local.grace: \"10 s\"") && e.contains("like 90s"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -521,6 +538,6 @@ email:
         cfg.validate(Path::new("n.yaml")).unwrap();
         assert_eq!(cfg.clusters["local"].max_parallel, Some(2));
         assert_eq!(cfg.metrics_spec().files.len(), 1);
-        assert_eq!(parse_duration("30m"), Some(1800.0));
+        assert_eq!(parse_duration("30m"), Ok(1800.0));
     }
 }

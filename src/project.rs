@@ -248,9 +248,8 @@ impl Project {
         if metrics.is_empty() {
             return Ok(Vec::new());
         }
-        let mut known: Vec<&str> = crate::select::BUILTIN_FIELDS.to_vec();
-        known.extend(params.iter().map(String::as_str));
-        known.extend(metrics.iter().map(String::as_str));
+        let params: Vec<&str> = params.iter().map(String::as_str).collect();
+        let metrics: Vec<&str> = metrics.iter().map(String::as_str).collect();
         let mut out = Vec::new();
         // Each distinct rule once (a sweep repeats one rule on thousands of rows).
         let mut rules: BTreeMap<&str, &Experiment> = BTreeMap::new();
@@ -263,22 +262,28 @@ impl Project {
             let Ok(expr) = nerokid::expr::parse(rule) else {
                 continue;
             };
+            let place = if e.row.abort_when.is_some() {
+                e.row.abort_when_cell.clone()
+            } else {
+                "neronet.yaml abort_when".into()
+            };
             for c in expr.comparisons() {
-                if known.iter().any(|k| k.eq_ignore_ascii_case(&c.field)) {
-                    continue;
+                use crate::select::FieldCheck;
+                match crate::select::check_field(&c.field, &metrics, &params) {
+                    FieldCheck::Known => {}
+                    FieldCheck::Unknown { nearest } => {
+                        let hint = nearest
+                            .map(|n| format!("; did you mean {n}?"))
+                            .unwrap_or_default();
+                        out.push(format!(
+                            "{place}: the rule {rule:?} uses {:?}, which no parameter or metric seen so far has, so it cannot fire{hint}",
+                            c.field
+                        ));
+                    }
+                    FieldCheck::Ambiguous(a) => out.push(format!(
+                        "{place}: the rule {rule:?}: {a}; that comparison cannot fire"
+                    )),
                 }
-                let hint = crate::select::nearest(&c.field, known.iter().copied())
-                    .map(|n| format!("; did you mean {n}?"))
-                    .unwrap_or_default();
-                let place = if e.row.abort_when.is_some() {
-                    e.row.abort_when_cell.clone()
-                } else {
-                    "neronet.yaml abort_when".into()
-                };
-                out.push(format!(
-                    "{place}: the rule {rule:?} uses {:?}, which no parameter or metric seen so far has, so it cannot fire{hint}",
-                    c.field
-                ));
             }
         }
         Ok(out)
@@ -329,7 +334,7 @@ impl Project {
         if let Some(rule) = &row.abort_when {
             let error = rules
                 .entry(rule.clone())
-                .or_insert_with(|| nerokid::expr::parse(rule).err().map(|e| e.to_string()));
+                .or_insert_with(|| nerokid::expr::parse_rule(rule).err().map(|e| e.to_string()));
             if let Some(e) = error {
                 problems.push(problem(
                     &row.abort_when_cell,

@@ -3,7 +3,7 @@
 
 use crate::project::{Experiment, Experiments};
 use crate::store::{ExperimentRow, RunRow};
-use nerokid::expr::{Expr, FieldValue, Fields};
+use nerokid::expr::{resolve_name, AmbiguousName, Expr, FieldValue, Fields};
 use std::collections::BTreeMap;
 
 /// Fields every experiment has, besides its parameters and metrics.
@@ -49,47 +49,77 @@ impl Fields for Candidate<'_> {
     fn state(&self) -> Option<&str> {
         Some(self.state_name())
     }
-    fn field(&self, name: &str) -> Option<FieldValue> {
+    fn field(&self, name: &str) -> Result<Option<FieldValue>, AmbiguousName> {
         let lower = name.to_ascii_lowercase();
         let num = FieldValue::Num;
-        match lower.as_str() {
-            "cluster" => return Some(FieldValue::Text(self.exp.cluster.clone())),
-            "runtime" => return self.runtime().map(num),
-            "tmod" => return self.seen.map(|s| num(self.now - s.row_changed_at)),
-            "age" => return self.seen.map(|s| num(self.now - s.first_seen)),
-            "run" => return self.run.map(|r| num(r.run_no as f64)),
-            "exit_code" => return self.run.and_then(|r| r.exit_code).map(|c| num(c as f64)),
-            "node" => return self.run.and_then(|r| r.node.clone()).map(FieldValue::Text),
-            "job_id" => {
-                return self
-                    .run
-                    .and_then(|r| r.job_id.clone())
-                    .map(FieldValue::Text)
-            }
-            _ => {}
-        }
-        if let Some(m) = self.metrics {
-            // Names are matched case-insensitively everywhere; an exact match wins.
-            let v = m.get(name).or_else(|| {
-                m.iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v)
-            });
-            if let Some(v) = v {
-                return Some(num(*v));
-            }
-        }
-        let param = self
-            .exp
-            .row
-            .params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)?;
-        Some(match param.number {
-            Some(n) => num(n),
-            None => FieldValue::Text(param.text.clone()),
+        let builtin = match lower.as_str() {
+            "cluster" => Some(FieldValue::Text(self.exp.cluster.clone())),
+            "runtime" => self.runtime().map(num),
+            "tmod" => self.seen.map(|s| num(self.now - s.row_changed_at)),
+            "age" => self.seen.map(|s| num(self.now - s.first_seen)),
+            "run" => self.run.map(|r| num(r.run_no as f64)),
+            "exit_code" => self.run.and_then(|r| r.exit_code).map(|c| num(c as f64)),
+            "node" => self.run.and_then(|r| r.node.clone()).map(FieldValue::Text),
+            "job_id" => self
+                .run
+                .and_then(|r| r.job_id.clone())
+                .map(FieldValue::Text),
+            _ => return self.metric_or_param(name),
+        };
+        Ok(builtin)
+    }
+}
+
+impl Candidate<'_> {
+    /// A metric or parameter as `resolve_name` finds it: the exact spelling first, then
+    /// ignoring case; a metric before a parameter.
+    fn metric_or_param(&self, name: &str) -> Result<Option<FieldValue>, AmbiguousName> {
+        let metrics: Vec<&str> = self
+            .metrics
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let params = &self.exp.row.params;
+        let param_names: Vec<&str> = params.keys().map(String::as_str).collect();
+        Ok(match resolve_name(name, &[&metrics, &param_names])? {
+            Some((0, m)) => self
+                .metrics
+                .and_then(|all| all.get(m))
+                .map(|v| FieldValue::Num(*v)),
+            Some((_, p)) => params.get(p).map(|v| match v.number {
+                Some(n) => FieldValue::Num(n),
+                None => FieldValue::Text(v.text.clone()),
+            }),
+            None => None,
         })
+    }
+}
+
+/// What a field name in a selection or rule refers to, given every name the project knows.
+#[derive(Debug, PartialEq)]
+pub enum FieldCheck {
+    Known,
+    /// No built-in field, metric or parameter has it; the nearest known name, if close.
+    Unknown {
+        nearest: Option<String>,
+    },
+    Ambiguous(AmbiguousName),
+}
+
+/// Check a field name against the built-in fields, the metrics (seen or configured) and the
+/// parameters, resolved as at evaluation (`resolve_name`).
+pub fn check_field(field: &str, metrics: &[&str], params: &[&str]) -> FieldCheck {
+    if BUILTIN_FIELDS.iter().any(|b| b.eq_ignore_ascii_case(field)) {
+        return FieldCheck::Known;
+    }
+    match resolve_name(field, &[metrics, params]) {
+        Ok(Some(_)) => FieldCheck::Known,
+        Err(a) => FieldCheck::Ambiguous(a),
+        Ok(None) => {
+            let known = BUILTIN_FIELDS.iter().chain(metrics).chain(params).copied();
+            FieldCheck::Unknown {
+                nearest: nearest(field, known).map(String::from),
+            }
+        }
     }
 }
 
@@ -111,19 +141,27 @@ pub fn parse_selection(
     config_metrics: &[String],
 ) -> Result<Expr, String> {
     let expr = nerokid::expr::parse(src).map_err(|e| format!("selection {src:?}: {e}"))?;
-    let mut known: Vec<&str> = BUILTIN_FIELDS.to_vec();
-    known.extend(exps.sheet.params.iter().map(String::as_str));
-    known.extend(metric_names.iter().map(String::as_str));
-    known.extend(config_metrics.iter().map(String::as_str));
+    let params: Vec<&str> = exps.sheet.params.iter().map(String::as_str).collect();
+    let metrics: Vec<&str> = metric_names
+        .iter()
+        .chain(config_metrics)
+        .map(String::as_str)
+        .collect();
     for c in expr.comparisons() {
-        if !known.iter().any(|k| k.eq_ignore_ascii_case(&c.field)) {
-            let hint = nearest(&c.field, known.iter().copied())
-                .map(|n| format!("; did you mean {n}?"))
-                .unwrap_or_default();
-            return Err(format!(
-                "selection {src:?}: column {}: no experiment, parameter or metric knows the field {:?}{hint}",
-                c.column, c.field
-            ));
+        match check_field(&c.field, &metrics, &params) {
+            FieldCheck::Known => {}
+            FieldCheck::Unknown { nearest } => {
+                let hint = nearest
+                    .map(|n| format!("; did you mean {n}?"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "selection {src:?}: column {}: no experiment, parameter or metric knows the field {:?}{hint}",
+                    c.column, c.field
+                ));
+            }
+            FieldCheck::Ambiguous(a) => {
+                return Err(format!("selection {src:?}: column {}: {a}", c.column));
+            }
         }
     }
     for id in expr.ids() {
@@ -145,6 +183,27 @@ pub fn parse_selection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: with metrics `Loss` (PyTorch's training lines) and `loss` (its test lines),
+    /// `LOSS>1` silently picked one of them.
+    #[test]
+    fn an_ambiguous_field_is_an_error_naming_both() {
+        let metrics = ["Loss", "loss", "acc"];
+        let params = ["lr"];
+        assert_eq!(check_field("Loss", &metrics, &params), FieldCheck::Known);
+        assert_eq!(check_field("ACC", &metrics, &params), FieldCheck::Known);
+        assert_eq!(check_field("RUNTIME", &metrics, &params), FieldCheck::Known);
+        let FieldCheck::Ambiguous(a) = check_field("LOSS", &metrics, &params) else {
+            panic!("LOSS is ambiguous")
+        };
+        assert_eq!(a.matches, ["Loss", "loss"]);
+        assert_eq!(
+            check_field("los", &metrics, &params),
+            FieldCheck::Unknown {
+                nearest: Some("Loss".into())
+            }
+        );
+    }
 
     #[test]
     fn nearest_suggests_typos_only() {

@@ -3,7 +3,12 @@
 //! `Display` prints an expression that parses back to the same tree.
 //!
 //! Grammar, loosest first: `a,b` (union) · `a||b` · `a&&b` · `!a` · `(a)`, `field OP value`,
-//! `lo-hi` (id range), a bare number or word (an id, a state name, or `all`).
+//! `lo-hi` (id range, either end may be negative: `-5--3`), a bare number or word (an id, a state
+//! name, or `all`). A rule ([`parse_rule`]) is made of comparisons only.
+//!
+//! Durations have one grammar, here, for rules and for `neronet.yaml` alike ([`parse_duration`]).
+//! Field names resolve one way everywhere ([`resolve_name`]): the exact spelling first, else the
+//! one name equal but for case; two such names are an error, never a silent pick.
 
 use std::fmt;
 
@@ -113,12 +118,26 @@ impl Unit {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Value {
+    /// A number; `nan`, `inf` and `-inf` included (`loss==nan` catches a diverged run).
     Num(f64),
-    /// A number with a unit; compares as seconds.
+    /// A number with a unit; compares as seconds. `1h30m` is kept as `90m`.
     Duration(f64, Unit),
     Text(String),
+}
+
+/// Trees compare equal when they print the same: `nan` equals `nan` here.
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        let same = |a: &f64, b: &f64| a == b || (a.is_nan() && b.is_nan());
+        match (self, other) {
+            (Value::Num(a), Value::Num(b)) => same(a, b),
+            (Value::Duration(a, u), Value::Duration(b, v)) => same(a, b) && u == v,
+            (Value::Text(a), Value::Text(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Value {
@@ -153,8 +172,66 @@ pub trait Fields {
     fn id(&self) -> &str;
     /// The current state name, if the experiment has one.
     fn state(&self) -> Option<&str>;
-    /// Any other field (`runtime`, `cluster`, a parameter, a metric); `None` when this row lacks it.
-    fn field(&self, name: &str) -> Option<FieldValue>;
+    /// Any other field (`runtime`, `cluster`, a parameter, a metric); `Ok(None)` when this row
+    /// lacks it. Implementations find names with [`resolve_name`].
+    fn field(&self, name: &str) -> Result<Option<FieldValue>, AmbiguousName>;
+}
+
+/// A field name that matches several names, none exactly, only ignoring case (`LOSS` where a
+/// job printed both `Loss:` and `Average loss:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmbiguousName {
+    pub field: String,
+    pub matches: Vec<String>,
+}
+
+impl fmt::Display for AmbiguousName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.matches.iter().map(|m| format!("{m:?}")).collect();
+        write!(
+            f,
+            "field {:?} is ambiguous: it matches {} (names differing only in case); write one exactly",
+            self.field,
+            names.join(" and ")
+        )
+    }
+}
+
+impl std::error::Error for AmbiguousName {}
+
+/// Which name `name` means among groups of names tried in order (metrics before parameters):
+/// an exact spelling wins, in the earlier group first; else the one name equal to it ignoring
+/// case, in the earlier group first. Two such names in one group are ambiguous. Returns the
+/// group's index and the name.
+pub fn resolve_name<'a>(
+    name: &str,
+    groups: &[&[&'a str]],
+) -> Result<Option<(usize, &'a str)>, AmbiguousName> {
+    for (g, names) in groups.iter().enumerate() {
+        if let Some(n) = names.iter().find(|n| **n == name) {
+            return Ok(Some((g, n)));
+        }
+    }
+    for (g, names) in groups.iter().enumerate() {
+        let mut found: Vec<&'a str> = names
+            .iter()
+            .copied()
+            .filter(|n| n.eq_ignore_ascii_case(name))
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        match found.len() {
+            0 => continue,
+            1 => return Ok(Some((g, found[0]))),
+            _ => {
+                return Err(AmbiguousName {
+                    field: name.to_string(),
+                    matches: found.into_iter().map(String::from).collect(),
+                })
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,49 +351,10 @@ fn lex(src: &str) -> Result<Vec<Lexed>, ParseError> {
                 }
             }
             Tok::Str(s)
-        } else if c.is_ascii_digit()
-            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
-        {
-            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
-                i += 1;
-            }
-            // Exponent: 1e-3, 2E5.
-            if i < chars.len()
-                && (chars[i] == 'e' || chars[i] == 'E')
-                && (chars.get(i + 1).is_some_and(char::is_ascii_digit)
-                    || (matches!(chars.get(i + 1), Some('+') | Some('-'))
-                        && chars.get(i + 2).is_some_and(char::is_ascii_digit)))
-            {
-                i += 2;
-                while i < chars.len() && chars[i].is_ascii_digit() {
-                    i += 1;
-                }
-            }
-            let text: String = chars[start..i].iter().collect();
-            let n: f64 = text
-                .parse()
-                .map_err(|_| err(start, format!("bad number '{text}'")))?;
-            let mut unit = None;
-            if let Some(u) = chars.get(i).copied().and_then(Unit::from_char) {
-                if !chars.get(i + 1).copied().is_some_and(is_word_char) {
-                    unit = Some(u);
-                    i += 1;
-                }
-            }
-            if chars
-                .get(i)
-                .copied()
-                .is_some_and(|c| c.is_alphabetic() || c == '_')
-            {
-                return Err(err(
-                    i,
-                    format!(
-                        "unexpected '{}' after number (units: s, m, h, d, w)",
-                        chars[i]
-                    ),
-                ));
-            }
-            Tok::Num(n, unit, text)
+        } else if starts_number(&chars, i) {
+            let (q, end) = scan_quantity(&chars, i)?;
+            i = end;
+            Tok::Num(q.value, q.unit, q.text)
         } else if is_word_start(c) {
             while i < chars.len() && is_word_char(chars[i]) {
                 i += 1;
@@ -333,12 +371,135 @@ fn lex(src: &str) -> Result<Vec<Lexed>, ParseError> {
     Ok(out)
 }
 
+fn starts_number(chars: &[char], i: usize) -> bool {
+    chars.get(i).is_some_and(char::is_ascii_digit)
+        || (chars.get(i) == Some(&'.') && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+}
+
+/// A number, a number with a unit (`90s`, `1.5h`, `2e3s`), or a duration of several parts in
+/// falling units (`1h30m`, `1d12h`), kept in its smallest unit (`90m`).
+struct Quantity {
+    value: f64,
+    unit: Option<Unit>,
+    /// The number as written (for ids); only meaningful without a unit.
+    text: String,
+}
+
+/// The one grammar of numbers and durations, for rules and for `neronet.yaml` alike. `start`
+/// is at a digit (or `.` and a digit); returns the quantity and where it ends.
+fn scan_quantity(chars: &[char], start: usize) -> Result<(Quantity, usize), ParseError> {
+    let err = |i: usize, m: String| ParseError {
+        column: i + 1,
+        message: m,
+    };
+    let number = |mut i: usize| -> Result<(f64, String, usize), ParseError> {
+        let from = i;
+        while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+            i += 1;
+        }
+        // Exponent: 1e-3, 2E5.
+        if i < chars.len()
+            && (chars[i] == 'e' || chars[i] == 'E')
+            && (chars.get(i + 1).is_some_and(char::is_ascii_digit)
+                || (matches!(chars.get(i + 1), Some('+') | Some('-'))
+                    && chars.get(i + 2).is_some_and(char::is_ascii_digit)))
+        {
+            i += 2;
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+            }
+        }
+        let text: String = chars[from..i].iter().collect();
+        match text.parse::<f64>() {
+            Ok(n) if n.is_finite() => Ok((n, text, i)),
+            Ok(_) => Err(err(from, format!("number '{text}' is too large"))),
+            Err(_) => Err(err(from, format!("bad number '{text}'"))),
+        }
+    };
+    // A unit letter counts when no word goes on after it (`3ms` is not 3 minutes), or when the
+    // next part of a duration follows (`1h30m`).
+    let unit_at = |i: usize| -> Option<Unit> {
+        let u = chars.get(i).copied().and_then(Unit::from_char)?;
+        let next = chars.get(i + 1).copied();
+        (next.is_none_or(|c| !is_word_char(c)) || starts_number(chars, i + 1)).then_some(u)
+    };
+    let (mut value, text, mut i) = number(start)?;
+    let mut unit = unit_at(i);
+    if unit.is_some() {
+        i += 1;
+    }
+    while let Some(prev) = unit {
+        if !starts_number(chars, i) {
+            break;
+        }
+        let (n, part, end) = number(i)?;
+        let Some(next) = unit_at(end) else {
+            return Err(err(
+                end,
+                format!("'{part}' needs a unit: in a duration of several parts each has one (like 1h30m)"),
+            ));
+        };
+        if next.seconds() >= prev.seconds() {
+            return Err(err(
+                end,
+                format!(
+                    "'{}' after '{}': the parts of a duration go from the largest unit to the smallest (like 1h30m)",
+                    next.suffix(),
+                    prev.suffix()
+                ),
+            ));
+        }
+        value = value * (prev.seconds() / next.seconds()) + n;
+        unit = Some(next);
+        i = end + 1;
+    }
+    if chars
+        .get(i)
+        .copied()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+    {
+        return Err(err(
+            i,
+            format!(
+                "unexpected '{}' after number (units: s, m, h, d, w)",
+                chars[i]
+            ),
+        ));
+    }
+    if !(value * unit.map_or(1.0, Unit::seconds)).is_finite() {
+        let written: String = chars[start..i].iter().collect();
+        return Err(err(start, format!("duration '{written}' is too large")));
+    }
+    Ok((Quantity { value, unit, text }, i))
+}
+
+/// A duration in seconds, as `neronet.yaml` writes them (`grace: 10s`, `digest: 1h30m`) and
+/// with exactly the forms a rule accepts after `runtime>`: a number (seconds) with an optional
+/// unit `s` `m` `h` `d` `w`, decimals and exponents allowed (`1.5h`, `2e3s`), parts in falling
+/// units (`1h30m`). No sign, no spaces inside, nothing infinite. The error says why.
+pub fn parse_duration(text: &str) -> Result<f64, String> {
+    const FORMS: &str =
+        "a number of seconds or a number with a unit s, m, h, d, w, like 90s, 30m, 1.5h, 1h30m";
+    let chars: Vec<char> = text.trim().chars().collect();
+    if !starts_number(&chars, 0) {
+        return Err(format!("not a duration ({FORMS})"));
+    }
+    let (q, end) = scan_quantity(&chars, 0).map_err(|e| format!("{} ({FORMS})", e.message))?;
+    if end != chars.len() {
+        let rest: String = chars[end..].iter().collect();
+        return Err(format!("unexpected '{rest}' after the duration ({FORMS})"));
+    }
+    Ok(q.value * q.unit.map_or(1.0, Unit::seconds))
+}
+
 struct Parser {
     toks: Vec<Lexed>,
     pos: usize,
     end_column: usize,
     /// Nesting of `(` and `!`: bounded so hostile input cannot overflow the stack.
     depth: usize,
+    /// Parsing a rule: ids, ranges, states and `all` are refused (they are not conditions).
+    rule: bool,
 }
 
 /// Deeper nesting than this is refused (no real selection or rule comes close).
@@ -430,43 +591,20 @@ impl Parser {
                 self.pos += 1;
                 Ok(inner)
             }
-            Some(Tok::Num(n, unit, text)) => {
-                if unit.is_some() || n.fract() != 0.0 || text.contains(['.', 'e', 'E']) {
-                    self.pos -= 1;
-                    return self.fail(format!(
-                        "'{text}' is not an id (ids are whole numbers or words)"
-                    ));
-                }
-                if self.peek() == Some(&Tok::Minus) {
-                    self.pos += 1;
-                    let hi_col = self.column();
-                    match self.next() {
-                        Some(Tok::Num(hi, None, hi_text)) if !hi_text.contains(['.', 'e', 'E']) => {
-                            let (lo, hi) = (n as i64, hi as i64);
-                            if hi < lo {
-                                return Err(ParseError {
-                                    column: hi_col,
-                                    message: format!("range {lo}-{hi} is empty (end before start)"),
-                                });
-                            }
-                            Ok(Expr::IdRange(lo, hi))
-                        }
-                        _ => Err(ParseError {
-                            column: hi_col,
-                            message: "expected the end of an id range (e.g. 124-186)".into(),
-                        }),
-                    }
-                } else if matches!(self.peek(), Some(Tok::Op(_))) {
-                    self.fail("a comparison needs a field name on the left")
-                } else {
-                    Ok(Expr::Id(text))
-                }
+            // A negative id: `-3`, or the start of a range `-5--3`.
+            Some(Tok::Minus) if matches!(self.peek(), Some(Tok::Num(..))) => {
+                let Some(Tok::Num(n, unit, text)) = self.next() else {
+                    unreachable!("peeked a number")
+                };
+                self.id_or_range(-n, unit, format!("-{text}"), column)
             }
+            Some(Tok::Num(n, unit, text)) => self.id_or_range(n, unit, text, column),
             // A word or a quoted name before an operator is a field (`"learning rate"<0.1`).
             Some(Tok::Word(w) | Tok::Str(w)) if matches!(self.peek(), Some(Tok::Op(_))) => {
                 self.comparison(w, column)
             }
             Some(Tok::Word(w)) => {
+                self.not_in_rule(&w, column)?;
                 let lower = w.to_ascii_lowercase();
                 if lower == "all" {
                     Ok(Expr::All)
@@ -476,7 +614,10 @@ impl Parser {
                     Ok(Expr::Id(w))
                 }
             }
-            Some(Tok::Str(s)) => Ok(Expr::Id(s)),
+            Some(Tok::Str(s)) => {
+                self.not_in_rule(&literal(&Value::Text(s.clone())), column)?;
+                Ok(Expr::Id(s))
+            }
             None => Err(ParseError {
                 column,
                 message: "expected an id, a state, `all` or `field OP value`, found the end".into(),
@@ -485,6 +626,66 @@ impl Parser {
                 column,
                 message: "expected an id, a state, `all`, `field OP value` or '('".into(),
             }),
+        }
+    }
+
+    /// A rule must be a condition: an id, a range, a state or `all` in it could never stop a
+    /// run (or would stop every one), so it is an error at its column.
+    fn not_in_rule(&self, written: &str, column: usize) -> Result<(), ParseError> {
+        if !self.rule {
+            return Ok(());
+        }
+        Err(ParseError {
+            column,
+            message: format!(
+                "'{written}' is not a condition: a rule needs a comparison (field OP value), like loss>5"
+            ),
+        })
+    }
+
+    /// After an id that is a number (`n`, written `text`): the id, or a range `n-hi`.
+    fn id_or_range(
+        &mut self,
+        n: f64,
+        unit: Option<Unit>,
+        text: String,
+        column: usize,
+    ) -> Result<Expr, ParseError> {
+        if unit.is_some() || n.fract() != 0.0 || text.contains(['.', 'e', 'E']) {
+            return Err(ParseError {
+                column,
+                message: format!("'{text}' is not an id (ids are whole numbers or words)"),
+            });
+        }
+        if self.peek() == Some(&Tok::Minus) {
+            self.pos += 1;
+            let hi_col = self.column();
+            let negative = self.peek() == Some(&Tok::Minus);
+            if negative {
+                self.pos += 1;
+            }
+            match self.next() {
+                Some(Tok::Num(hi, None, hi_text)) if !hi_text.contains(['.', 'e', 'E']) => {
+                    let (lo, hi) = (n as i64, if negative { -hi } else { hi } as i64);
+                    self.not_in_rule(&format!("{lo}-{hi}"), column)?;
+                    if hi < lo {
+                        return Err(ParseError {
+                            column: hi_col,
+                            message: format!("range {lo}-{hi} is empty (end before start)"),
+                        });
+                    }
+                    Ok(Expr::IdRange(lo, hi))
+                }
+                _ => Err(ParseError {
+                    column: hi_col,
+                    message: "expected the end of an id range (e.g. 124-186, -5--3)".into(),
+                }),
+            }
+        } else if matches!(self.peek(), Some(Tok::Op(_))) {
+            self.fail("a comparison needs a field name on the left")
+        } else {
+            self.not_in_rule(&text, column)?;
+            Ok(Expr::Id(text))
         }
     }
 
@@ -533,6 +734,11 @@ impl Parser {
                     None => Value::Num(n),
                 })
             }
+            // `nan` and `inf` are numbers (`loss==nan`); quoted, they are text.
+            Some(Tok::Word(w)) if non_finite(&w).is_some() => {
+                let n = non_finite(&w).unwrap_or(f64::NAN);
+                Ok(Value::Num(if negative { -n } else { n }))
+            }
             Some(Tok::Word(w)) if !negative => Ok(Value::Text(w)),
             Some(Tok::Str(s)) if !negative => Ok(Value::Text(s)),
             _ => {
@@ -543,8 +749,27 @@ impl Parser {
     }
 }
 
+/// The value of a bare `nan`, `inf` or `infinity` (any case).
+fn non_finite(word: &str) -> Option<f64> {
+    match word.to_ascii_lowercase().as_str() {
+        "nan" => Some(f64::NAN),
+        "inf" | "infinity" => Some(f64::INFINITY),
+        _ => None,
+    }
+}
+
 /// Parse an expression; the error names the 1-based column of the offending character.
 pub fn parse(src: &str) -> Result<Expr, ParseError> {
+    parse_as(src, false)
+}
+
+/// Parse an auto-termination rule: an expression of comparisons only. An id (`16` typed into
+/// `abort_when`), a range, a state name or `all` is an error naming its column.
+pub fn parse_rule(src: &str) -> Result<Expr, ParseError> {
+    parse_as(src, true)
+}
+
+fn parse_as(src: &str, rule: bool) -> Result<Expr, ParseError> {
     let toks = lex(src)?;
     if toks.is_empty() {
         return Err(ParseError {
@@ -557,6 +782,7 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
         pos: 0,
         end_column: src.chars().count() + 1,
         depth: 0,
+        rule,
     };
     let e = p.union()?;
     if p.pos < p.toks.len() {
@@ -570,6 +796,8 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
 
 fn literal(v: &Value) -> String {
     match v {
+        Value::Num(n) if n.is_nan() => "nan".into(),
+        Value::Num(n) if n.is_infinite() => (if *n > 0.0 { "inf" } else { "-inf" }).into(),
         Value::Num(n) => format_number(*n),
         Value::Duration(n, u) => format!("{}{}", format_number(*n), u.suffix()),
         Value::Text(t) => {
@@ -634,7 +862,8 @@ impl fmt::Display for Expr {
             }
             Expr::IdRange(lo, hi) => write!(f, "{lo}-{hi}"),
             Expr::Id(id) => {
-                let plain = id.chars().all(|c| c.is_ascii_digit()) && !id.is_empty()
+                let digits = id.strip_prefix('-').unwrap_or(id);
+                let plain = digits.chars().all(|c| c.is_ascii_digit()) && !digits.is_empty()
                     || (id.chars().next().is_some_and(is_word_start)
                         && id.chars().all(is_word_char)
                         && !STATE_NAMES.contains(&id.to_ascii_lowercase().as_str())
@@ -661,21 +890,51 @@ impl Expr {
         }
     }
 
-    /// Does this row match?
+    /// Does this row match? A comparison on an ambiguous field name never makes it match
+    /// (see [`Expr::evaluate`]).
     pub fn matches(&self, row: &dyn Fields) -> bool {
+        self.evaluate(row, &mut |_| {}) == Some(true)
+    }
+
+    /// Three-valued: `None` (unknown) where a comparison names an ambiguous field, so that
+    /// neither it nor its negation can match; `a||b` is still true when `b` is, `a&&b` still
+    /// false when `b` is. `ambiguous` hears every such field met.
+    pub fn evaluate(
+        &self,
+        row: &dyn Fields,
+        ambiguous: &mut dyn FnMut(AmbiguousName),
+    ) -> Option<bool> {
+        let mut all = |v: &[Expr], stop: bool| {
+            // Every child is evaluated, so every ambiguous name is heard.
+            let results: Vec<Option<bool>> = v.iter().map(|e| e.evaluate(row, ambiguous)).collect();
+            if results.contains(&Some(stop)) {
+                Some(stop)
+            } else if results.contains(&None) {
+                None
+            } else {
+                Some(!stop)
+            }
+        };
         match self {
-            Expr::Union(v) | Expr::Or(v) => v.iter().any(|e| e.matches(row)),
-            Expr::And(v) => v.iter().all(|e| e.matches(row)),
-            Expr::Not(e) => !e.matches(row),
-            Expr::All => true,
-            Expr::State(s) => row.state().is_some_and(|st| st.eq_ignore_ascii_case(s)),
-            Expr::IdRange(lo, hi) => row
-                .id()
-                .trim()
-                .parse::<i64>()
-                .is_ok_and(|n| *lo <= n && n <= *hi),
-            Expr::Id(id) => id_equal(id, row.id()),
-            Expr::Cmp(c) => c.matches(row),
+            Expr::Union(v) | Expr::Or(v) => all(v, true),
+            Expr::And(v) => all(v, false),
+            Expr::Not(e) => e.evaluate(row, ambiguous).map(|b| !b),
+            Expr::All => Some(true),
+            Expr::State(s) => Some(row.state().is_some_and(|st| st.eq_ignore_ascii_case(s))),
+            Expr::IdRange(lo, hi) => Some(
+                row.id()
+                    .trim()
+                    .parse::<i64>()
+                    .is_ok_and(|n| *lo <= n && n <= *hi),
+            ),
+            Expr::Id(id) => Some(id_equal(id, row.id())),
+            Expr::Cmp(c) => match c.evaluate(row) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    ambiguous(e);
+                    None
+                }
+            },
         }
     }
 
@@ -720,47 +979,70 @@ fn id_equal(a: &str, b: &str) -> bool {
 }
 
 impl Comparison {
-    pub fn matches(&self, row: &dyn Fields) -> bool {
+    /// Does this row's field compare true? `Ok(false)` when the row lacks the field; an error
+    /// when the name matches several of the row's fields only ignoring case.
+    pub fn evaluate(&self, row: &dyn Fields) -> Result<bool, AmbiguousName> {
         let name = self.field.as_str();
         let got = match name.to_ascii_lowercase().as_str() {
             "id" => Some(FieldValue::Text(row.id().to_string())),
             "status" | "state" => row.state().map(|s| FieldValue::Text(s.to_string())),
-            _ => row.field(name),
+            _ => row.field(name)?,
         };
-        let Some(got) = got else { return false };
+        let Some(got) = got else { return Ok(false) };
         if self.op == CmpOp::Match {
             let text = match &got {
                 FieldValue::Num(n) => format_number(*n),
                 FieldValue::Text(t) => t.clone(),
             };
-            return self.regex.as_ref().is_some_and(|r| r.0.is_match(&text));
+            return Ok(self.regex.as_ref().is_some_and(|r| r.0.is_match(&text)));
         }
-        let ord = match (&got, &self.value) {
+        let numbers = match (&got, &self.value) {
             (FieldValue::Num(g), v) => match v.as_number() {
-                Some(w) => g.partial_cmp(&w),
-                None => return self.op == CmpOp::Ne,
+                Some(w) => (*g, w),
+                None => return Ok(self.op == CmpOp::Ne),
             },
             (FieldValue::Text(g), Value::Text(w)) => {
                 match (g.trim().parse::<f64>(), w.parse::<f64>()) {
-                    (Ok(a), Ok(b)) => a.partial_cmp(&b),
-                    _ => Some(g.as_str().cmp(w.as_str())),
+                    (Ok(a), Ok(b)) => (a, b),
+                    _ => return Ok(self.op.holds(g.as_str().cmp(w.as_str()))),
                 }
             }
             (FieldValue::Text(g), v) => match g.trim().parse::<f64>() {
-                Ok(a) => a.partial_cmp(&v.as_number().unwrap_or(f64::NAN)),
-                Err(_) => return self.op == CmpOp::Ne,
+                Ok(a) => (a, v.as_number().unwrap_or(f64::NAN)),
+                Err(_) => return Ok(self.op == CmpOp::Ne),
             },
         };
-        let Some(ord) = ord else { return false };
+        Ok(compare_numbers(numbers.0, self.op, numbers.1))
+    }
+}
+
+/// IEEE order, except that NaN equals NaN: `loss==nan` is true for a diverged loss and
+/// `loss!=nan` is its negation; `<`, `<=`, `>`, `>=` with a NaN on either side are false.
+/// Infinities are numbers: `loss>5` holds for `inf`.
+fn compare_numbers(g: f64, op: CmpOp, w: f64) -> bool {
+    if g.is_nan() || w.is_nan() {
+        let same = g.is_nan() && w.is_nan();
+        return match op {
+            CmpOp::Eq => same,
+            CmpOp::Ne => !same,
+            _ => false,
+        };
+    }
+    g.partial_cmp(&w).is_some_and(|ord| op.holds(ord))
+}
+
+impl CmpOp {
+    fn holds(self, ord: std::cmp::Ordering) -> bool {
         use std::cmp::Ordering::*;
-        match self.op {
+        match self {
             CmpOp::Lt => ord == Less,
             CmpOp::Le => ord != Greater,
             CmpOp::Gt => ord == Greater,
             CmpOp::Ge => ord != Less,
             CmpOp::Eq => ord == Equal,
             CmpOp::Ne => ord != Equal,
-            CmpOp::Match => unreachable!("handled above"),
+            // `=~` is decided on text before any ordering.
+            CmpOp::Match => false,
         }
     }
 }
@@ -782,8 +1064,9 @@ mod tests {
         fn state(&self) -> Option<&str> {
             self.state
         }
-        fn field(&self, name: &str) -> Option<FieldValue> {
-            self.fields.get(name).cloned()
+        fn field(&self, name: &str) -> Result<Option<FieldValue>, AmbiguousName> {
+            let names: Vec<&str> = self.fields.keys().copied().collect();
+            Ok(resolve_name(name, &[&names])?.map(|(_, n)| self.fields[n].clone()))
         }
     }
     fn row(id: &'static str, state: &'static str, f: &[(&'static str, f64)]) -> Row {
@@ -913,5 +1196,209 @@ mod tests {
         assert!(parse("optimizer!=\"sgd\"").unwrap().matches(&r));
         assert!(parse("a-1").unwrap().matches(&r));
         assert!(!parse("running").unwrap().matches(&r));
+    }
+
+    fn nums(f: &[(&'static str, f64)]) -> Row {
+        row("1", "running", f)
+    }
+
+    /// Regression: a diverged run printed `Loss: nan`; every comparison with NaN was false, so
+    /// `Loss>5 || Loss==nan` never fired.
+    #[test]
+    fn nan_is_caught_by_eq_nan() {
+        let r = nums(&[("Loss", f64::NAN)]);
+        let m = |src: &str| parse(src).unwrap().matches(&r);
+        assert!(m("Loss>5 || Loss==nan"));
+        assert!(m("Loss==NaN") && m("Loss=='nan'"));
+        assert!(!m("Loss!=nan"));
+        // Orders with NaN are false, `!=` a number is true (IEEE).
+        assert!(!m("Loss>5") && !m("Loss<5") && !m("Loss<=5") && !m("Loss>=5"));
+        assert!(m("Loss!=5") && !m("Loss==5"));
+        let finite = nums(&[("Loss", 0.5)]);
+        assert!(!parse("Loss==nan").unwrap().matches(&finite));
+        assert!(parse("Loss!=nan").unwrap().matches(&finite));
+    }
+
+    /// Infinity is a number: above every bound, and equal to `inf`.
+    #[test]
+    fn infinity_compares_as_a_number() {
+        let r = nums(&[("loss", f64::INFINITY), ("grad", f64::NEG_INFINITY)]);
+        let m = |src: &str| parse(src).unwrap().matches(&r);
+        assert!(m("loss>5") && m("loss==inf") && m("loss==Infinity") && m("loss>=inf"));
+        assert!(!m("loss<5") && !m("loss==nan"));
+        assert!(m("grad==-inf") && m("grad<-1e300") && !m("grad==inf"));
+    }
+
+    #[test]
+    fn nan_and_inf_print_and_parse_back() {
+        for (src, printed) in [
+            ("loss == NaN", "loss==nan"),
+            ("loss==INF", "loss==inf"),
+            ("loss==-inf", "loss==-inf"),
+            ("loss=='nan'", "loss==\"nan\""),
+        ] {
+            let e = parse(src).unwrap();
+            assert_eq!(e.to_string(), printed);
+            assert_eq!(parse(printed).unwrap(), e);
+        }
+    }
+
+    /// Regression: `Loss` and `loss` both existed and `LOSS>1` silently meant one of them.
+    #[test]
+    fn names_resolve_exactly_first_and_never_pick_between_cases() {
+        let both = nums(&[("Loss", 2.3), ("loss", 0.05)]);
+        assert!(parse("Loss>1").unwrap().matches(&both));
+        assert!(!parse("loss>1").unwrap().matches(&both));
+        let e = parse("LOSS>1").unwrap();
+        let mut heard = Vec::new();
+        assert_eq!(e.evaluate(&both, &mut |a| heard.push(a)), None);
+        assert_eq!(heard.len(), 1);
+        assert_eq!(heard[0].matches, ["Loss", "loss"]);
+        let text = heard[0].to_string();
+        assert!(
+            text.contains("\"LOSS\"") && text.contains("\"Loss\" and \"loss\""),
+            "{text}"
+        );
+        // Unknown is neither true nor false: its negation does not match either...
+        assert!(!parse("!(LOSS>1)").unwrap().matches(&both));
+        // ...but it cannot hide a branch that decides alone.
+        assert!(parse("LOSS>1 || Loss>2").unwrap().matches(&both));
+        assert!(!parse("LOSS>1 && Loss>2").unwrap().matches(&both));
+        assert_eq!(
+            parse("LOSS>1 && Loss>9")
+                .unwrap()
+                .evaluate(&both, &mut |_| {}),
+            Some(false)
+        );
+        // One name in another case is no ambiguity.
+        assert!(parse("LOSS>2").unwrap().matches(&nums(&[("loss", 2.21)])));
+    }
+
+    #[test]
+    fn resolve_name_order() {
+        let (metrics, params) = (["LR", "Loss", "loss"], ["lr", "width"]);
+        let r = |n: &str| resolve_name(n, &[&metrics, &params]);
+        assert_eq!(
+            r("lr"),
+            Ok(Some((1, "lr"))),
+            "an exact parameter beats a metric in another case"
+        );
+        assert_eq!(r("LR"), Ok(Some((0, "LR"))));
+        assert_eq!(r("Lr"), Ok(Some((0, "LR"))), "else the metric wins");
+        assert_eq!(r("WIDTH"), Ok(Some((1, "width"))));
+        assert_eq!(r("depth"), Ok(None));
+        assert_eq!(r("LOSS").unwrap_err().matches, ["Loss", "loss"]);
+    }
+
+    /// Regression: `abort_when: 16` (an id typed into the rule cell) was accepted and never
+    /// fired; `all` or a state would fire at once or never.
+    #[test]
+    fn a_rule_must_be_a_condition() {
+        for (src, column) in [
+            ("16", 1),
+            ("all", 1),
+            ("running", 1),
+            ("3-5", 1),
+            ("-3", 1),
+            ("loss>1 || 16", 11),
+            ("loss>1, crashed", 9),
+            ("!(baseline)", 3),
+            ("'odd id'", 1),
+        ] {
+            let e = parse_rule(src).expect_err(src);
+            assert_eq!(e.column, column, "{src}: {e}");
+            assert!(
+                e.message
+                    .contains("is not a condition: a rule needs a comparison"),
+                "{src}: {e}"
+            );
+            assert!(parse(src).is_ok(), "{src} is a fine selection");
+        }
+        for src in [
+            "loss>1",
+            "epoch>=3 && (loss>3 || loss==nan)",
+            "!(acc<0.5), runtime>2h",
+            "id==16",
+            "status==running",
+        ] {
+            assert_eq!(parse_rule(src).unwrap(), parse(src).unwrap(), "{src}");
+        }
+    }
+
+    /// Regression: a negative id could only be selected as `id==-3`.
+    #[test]
+    fn negative_ids_and_ranges() {
+        let rows = vec![
+            row("-7", "finished", &[]),
+            row("-3", "finished", &[]),
+            row("0", "finished", &[]),
+            row("3", "finished", &[]),
+        ];
+        assert_eq!(sel("-3", &rows), ["-3"]);
+        assert_eq!(sel("-3,3", &rows), ["-3", "3"]);
+        assert_eq!(sel("-7--3", &rows), ["-7", "-3"]);
+        assert_eq!(sel("-3-3", &rows), ["-3", "0", "3"]);
+        assert_eq!(sel("!-3&&!0", &rows), ["-7", "3"]);
+        for (src, printed) in [
+            ("-3", "-3"),
+            ("-7--3", "-7--3"),
+            ("-3-0", "-3-0"),
+            ("- 3", "-3"),
+        ] {
+            let e = parse(src).unwrap();
+            assert_eq!(e.to_string(), printed, "{src}");
+            assert_eq!(parse(printed).unwrap(), e);
+        }
+        assert!(parse("-3--7").unwrap_err().message.contains("empty"));
+        assert!(parse("-3.5").is_err());
+        assert!(parse("-3-").is_err());
+        assert!(parse("--3").is_err());
+    }
+
+    /// Regression: `runtime>1h30m` was an error in rules while neronet.yaml had its own
+    /// duration parser (no weeks there): one grammar now, [`parse_duration`].
+    #[test]
+    fn durations_have_one_grammar() {
+        let rule_seconds = |d: &str| -> Option<f64> {
+            match parse(&format!("runtime<{d}")).ok()? {
+                Expr::Cmp(Comparison {
+                    value: v @ (Value::Num(_) | Value::Duration(..)),
+                    ..
+                }) => v.as_number(),
+                _ => None,
+            }
+        };
+        for (d, secs) in [
+            ("90", 90.0),
+            ("90s", 90.0),
+            ("1.5m", 90.0),
+            (".5h", 1800.0),
+            ("2d", 172800.0),
+            ("1w", 604800.0),
+            ("1h30m", 5400.0),
+            ("1d2h3m4s", 93784.0),
+            ("2e3s", 2000.0),
+            ("0", 0.0),
+            ("5.", 5.0),
+        ] {
+            assert_eq!(parse_duration(d), Ok(secs), "{d}");
+            assert_eq!(rule_seconds(d), Some(secs), "{d}");
+            assert_eq!(parse_duration(&format!(" {d} ")), Ok(secs), "{d}");
+        }
+        for d in [
+            "", "s", "10 s", "1h30", "30m1h", "1h1h", "3ms", "1.2.3", "+2s", "1e400", "1e308d",
+            "1H", "10x", "1h 30m",
+        ] {
+            let e = parse_duration(d).expect_err(d);
+            assert!(e.contains("like 90s"), "{d}: {e}");
+            assert_eq!(rule_seconds(d), None, "{d}");
+        }
+        assert_eq!(parse("runtime>1h30m").unwrap().to_string(), "runtime>90m");
+        // A rule's value may be negative (`x>-2s`, the sign is the value's); a time in
+        // neronet.yaml may not.
+        // `nan` and `inf` are numbers in a rule (`loss==nan`), never a time.
+        for d in ["-2s", "inf", "nan"] {
+            assert!(parse_duration(d).is_err(), "{d}");
+        }
     }
 }

@@ -154,6 +154,13 @@ pub enum KidEvent {
         t: f64,
         rule: String,
     },
+    /// The rule cannot be evaluated as written (a field name matching two metrics that differ
+    /// only in case); written once per problem, the job goes on. Readers older than this event
+    /// skip the line (mum logs "unreadable kid event").
+    RuleProblem {
+        t: f64,
+        message: String,
+    },
     /// The last event of a run.
     Exited {
         t: f64,
@@ -169,6 +176,7 @@ impl KidEvent {
             | KidEvent::Metrics { t, .. }
             | KidEvent::Resources { t, .. }
             | KidEvent::RuleFired { t, .. }
+            | KidEvent::RuleProblem { t, .. }
             | KidEvent::Exited { t, .. } => *t,
         }
     }
@@ -336,6 +344,10 @@ mod tests {
                 t: 4.0,
                 rule: "loss>1".into(),
             },
+            KidEvent::RuleProblem {
+                t: 4.5,
+                message: "field \"LOSS\" is ambiguous".into(),
+            },
             KidEvent::Exited {
                 t: 5.0,
                 outcome: Outcome::Aborted {
@@ -369,6 +381,7 @@ mod tests {
                 r#"{"event":"metrics","t":2.0,"step":3.0,"values":[["loss",0.25]]}"#,
                 r#"{"event":"resources","t":3.0,"cpu_percent":99.5,"rss_bytes":1024,"processes":2}"#,
                 r#"{"event":"rule_fired","t":4.0,"rule":"loss>1"}"#,
+                r#"{"event":"rule_problem","t":4.5,"message":"field \"LOSS\" is ambiguous"}"#,
                 r#"{"event":"exited","t":5.0,"outcome":{"how":"aborted","by":{"by":"rule","detail":"loss>1"},"signal":15,"code":null}}"#,
                 r#"{"event":"exited","t":6.0,"outcome":{"how":"exit","code":0}}"#,
                 r#"{"event":"metrics","t":7.0,"step":null,"values":[["loss","nan"],["grad","inf"],["acc",0.5]]}"#,

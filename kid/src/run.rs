@@ -3,7 +3,7 @@
 //! every finding to `events.jsonl` (written before anyone is told). Stop = SIGTERM to the group,
 //! a grace period, then SIGKILL.
 
-use crate::expr::{self, FieldValue, Fields};
+use crate::expr::{self, AmbiguousName, FieldValue, Fields};
 use crate::metrics::{self, Extractor, Found, LineSplitter};
 use crate::probe;
 use crate::report::*;
@@ -253,6 +253,9 @@ pub fn read_events(dir: &Path) -> io::Result<Vec<KidEvent>> {
     Ok(out)
 }
 
+/// What a rule sees: `runtime`, the last value of each metric, the row's parameters. Names
+/// resolve as in selections (`expr::resolve_name`): exact spelling first, then ignoring case;
+/// a metric wins over a parameter of the same name.
 struct RuleFields<'a> {
     spec: &'a KidSpec,
     last: &'a HashMap<String, f64>,
@@ -266,20 +269,28 @@ impl Fields for RuleFields<'_> {
     fn state(&self) -> Option<&str> {
         Some("running")
     }
-    fn field(&self, name: &str) -> Option<FieldValue> {
-        if name == "runtime" {
-            return Some(FieldValue::Num(self.runtime));
+    fn field(&self, name: &str) -> Result<Option<FieldValue>, AmbiguousName> {
+        if name.eq_ignore_ascii_case("runtime") {
+            return Ok(Some(FieldValue::Num(self.runtime)));
         }
+        let param = |v: &String| match v.trim().parse::<f64>() {
+            Ok(n) => FieldValue::Num(n),
+            Err(_) => FieldValue::Text(v.clone()),
+        };
+        // The exact spelling first, without listing every name (this runs every round).
         if let Some(v) = self.last.get(name) {
-            return Some(FieldValue::Num(*v));
+            return Ok(Some(FieldValue::Num(*v)));
         }
-        self.spec
-            .params
-            .get(name)
-            .map(|v| match v.trim().parse::<f64>() {
-                Ok(n) => FieldValue::Num(n),
-                Err(_) => FieldValue::Text(v.clone()),
-            })
+        if let Some(v) = self.spec.params.get(name) {
+            return Ok(Some(param(v)));
+        }
+        let metrics: Vec<&str> = self.last.keys().map(String::as_str).collect();
+        let params: Vec<&str> = self.spec.params.keys().map(String::as_str).collect();
+        Ok(match expr::resolve_name(name, &[&metrics, &params])? {
+            Some((0, m)) => Some(FieldValue::Num(self.last[m])),
+            Some((_, p)) => Some(param(&self.spec.params[p])),
+            None => None,
+        })
     }
 }
 
@@ -433,9 +444,9 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         .map(str::trim)
         .filter(|r| !r.is_empty())
     {
-        Some(r) => {
-            Some(expr::parse(r).map_err(|e| KidError::Spec(format!("abort_when {r:?}: {e}")))?)
-        }
+        Some(r) => Some(
+            expr::parse_rule(r).map_err(|e| KidError::Spec(format!("abort_when {r:?}: {e}")))?,
+        ),
         None => None,
     };
     let extractor = Arc::new(
@@ -533,6 +544,8 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         .collect();
 
     let mut last: HashMap<String, f64> = HashMap::new();
+    // Rule fields found ambiguous so far: each is reported once.
+    let mut ambiguous_reported: Vec<String> = Vec::new();
     let mut abort: Option<(AbortCause, Instant)> = None;
     let mut killed = false;
     let mut open_streams = 2;
@@ -622,7 +635,18 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
                     last: &last,
                     runtime: started.elapsed().as_secs_f64(),
                 };
-                if rule.matches(&fields) {
+                let verdict = rule.evaluate(&fields, &mut |a| {
+                    if !ambiguous_reported.contains(&a.field) {
+                        let message = format!(
+                            "abort_when {:?}: {a}; the rule cannot fire on that comparison",
+                            rule.to_string()
+                        );
+                        eprintln!("nerokid: {message}");
+                        pending.push(KidEvent::RuleProblem { t: now(), message });
+                        ambiguous_reported.push(a.field);
+                    }
+                });
+                if verdict == Some(true) {
                     let text = rule.to_string();
                     pending.push(KidEvent::RuleFired {
                         t: now(),

@@ -49,6 +49,7 @@ enum Cmd {
     /// Start the selected experiments (e.g. `all`, `3-7,12`, `lr<0.1`).
     Start {
         /// Which experiments (see docs/SELECTIONS.md).
+        #[arg(allow_hyphen_values = true)]
         selection: String,
         /// Wait for the runs to end (exit 3 if one did not finish).
         #[arg(long)]
@@ -57,6 +58,7 @@ enum Cmd {
     /// Start a new run of the selected experiments (e.g. `crashed,144-149`).
     Restart {
         /// Which experiments (see docs/SELECTIONS.md).
+        #[arg(allow_hyphen_values = true)]
         selection: String,
         /// Wait for the runs to end (exit 3 if one did not finish).
         #[arg(long)]
@@ -66,6 +68,7 @@ enum Cmd {
     #[command(alias = "stop")]
     Abort {
         /// Which experiments (see docs/SELECTIONS.md).
+        #[arg(allow_hyphen_values = true)]
         selection: String,
         /// Wait until the runs have ended.
         #[arg(long)]
@@ -74,6 +77,7 @@ enum Cmd {
     /// Show experiments, states, parameters and last metrics.
     Status {
         /// Only these experiments (see docs/SELECTIONS.md).
+        #[arg(allow_hyphen_values = true)]
         selection: Option<String>,
         /// One JSON object per experiment instead of a table.
         #[arg(long)]
