@@ -24,8 +24,9 @@ fn big_selections_print_a_summary_not_a_line_per_row() {
     let again = p.ok(&["start", "1-35"]);
     // (and the agent's news: two runs started meanwhile)
     assert!(again.lines().count() <= 12, "{again}");
+    // (`1-30` or `3-30`, as the first two may have started meanwhile)
     assert!(
-        again.contains("3-30: not started: already queued"),
+        again.contains("-30: not started: already queued"),
         "{again}"
     );
     assert!(again.contains("submitted 5 runs: 31-35"), "{again}");
