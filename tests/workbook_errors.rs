@@ -271,3 +271,27 @@ fn ods_formula_errors_make_the_row_invalid() {
     assert_eq!(st[0]["state"], "invalid");
     assert_eq!(st[1]["state"], "finished");
 }
+
+/// Regression: a user default `clusters.local.warden: slurm` could not be overridden: the
+/// project's `warden: local` read as "not written", the cluster stayed a SLURM one and every
+/// row was refused as remote.
+#[test]
+fn a_project_warden_local_overrides_the_users_slurm() {
+    let p = Project::new(
+        "warden-override",
+        "command: echo ran\nclusters:\n  local:\n    warden: local\n",
+    );
+    p.workbook(&["id", "status"], &[vec![V::N(1.0), V::E]]);
+    p.user_config("clusters:\n  local:\n    warden: slurm\n");
+    p.ok(&["start", "1", "--wait"]);
+    assert_eq!(p.ok(&["logs", "1"]), "ran\n");
+    // Without the project's word the user's SLURM warden stands: the row is refused.
+    p.write("neronet.yaml", "command: echo ran\n");
+    let st = p.status();
+    assert!(
+        st[0]["problems"][0]
+            .as_str()
+            .is_some_and(|m| m.contains("cluster \"local\" is remote")),
+        "{st:?}"
+    );
+}
