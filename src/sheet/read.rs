@@ -210,7 +210,6 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
             path: path.to_path_buf(),
         })?;
     let (range, uncached) = read_cells(&mut book, &sheet).map_err(open_err)?;
-    let mut uncached = Some(uncached);
     let empty = || SheetError::Empty {
         path: path.to_path_buf(),
         sheet: sheet.clone(),
@@ -274,19 +273,26 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
         .map(|(h, _)| h.clone())
         .collect();
 
-    // Why a cell that reads as empty is not: loaded the first time a used cell is empty.
-    let mut hidden: Option<HiddenValues> = None;
+    // Why a cell that reads as empty is not. Merged ranges cost another pass over the sheet:
+    // read the first time a used cell is empty.
+    let mut merges: Option<Vec<Dimensions>> = None;
     let mut explain = |row: u32, col: u32| {
-        hidden
-            .get_or_insert_with(|| HiddenValues::load(&mut book, &sheet, uncached.take().flatten()))
-            .explain(&range, row, col)
+        if let Some(f) = uncached.get(&(row, col)) {
+            return Some(format!(
+                "formula `={f}` has no computed value (the file was written by a program that does not calculate formulas, such as openpyxl or pandas): open and save it in LibreOffice or Excel, or type the value"
+            ));
+        }
+        let merges = merges.get_or_insert_with(|| merged_ranges(&mut book, &sheet));
+        merged_cell(merges, &range, row, col)
     };
     let mut out = Vec::new();
     for (offset, cells) in rows.enumerate() {
         let row0 = r0 + 1 + offset as u32;
         let used = |i: usize| roles.get(i).is_some_and(|r| *r != Role::Ignored);
+        // A row of formulas without values is not blank; one only covered by merged ranges
+        // above it (a command merged down over rows still to come) is.
         if cells.iter().all(|c| display(c).trim().is_empty())
-            && !(0..cells.len()).any(|i| used(i) && explain(row0, c0 + i as u32).is_some())
+            && !(0..cells.len()).any(|i| used(i) && uncached.contains_key(&(row0, c0 + i as u32)))
         {
             continue;
         }
@@ -603,26 +609,19 @@ fn iso_duration_secs(iso: &str) -> Option<f64> {
     Some(sign * secs).filter(|s| s.is_finite())
 }
 
-/// What the cell grid does not show: formulas and merged ranges, for telling the user why a cell
-/// that looks filled in her spreadsheet program reads as empty.
-struct HiddenValues {
-    /// (row, col) → formula text of the cells that have a formula and no value.
-    formulas: HashMap<(u32, u32), String>,
-    merges: Vec<Dimensions>,
-}
-
 /// (row, col) → formula of each cell that has a formula and no value.
 type Uncached = HashMap<(u32, u32), String>;
 
-/// The sheet's cells; for an xlsx also its formulas without a computed value, found in the same
-/// pass over the sheet (a second pass would cost most of a read).
+/// The sheet's cells, and the formulas without a computed value found in the same pass over
+/// the sheet (a second pass would cost most of a read). Only an xlsx can hold those: .ods, .xls
+/// and .xlsb writers store the result (an empty one is a formula that computed "").
 fn read_cells<RS: std::io::Read + std::io::Seek>(
     book: &mut calamine::Sheets<RS>,
     sheet: &str,
-) -> Result<(Range<Data>, Option<Uncached>), String> {
+) -> Result<(Range<Data>, Uncached), String> {
     let calamine::Sheets::Xlsx(x) = book else {
         let range = book.worksheet_range(sheet).map_err(|e| e.to_string())?;
-        return Ok((range, None));
+        return Ok((range, HashMap::new()));
     };
     let mut reader = x.worksheet_cells_reader(sheet).map_err(|e| e.to_string())?;
     let mut cells = Vec::new();
@@ -660,53 +659,47 @@ fn read_cells<RS: std::io::Read + std::io::Seek>(
             cells.push(calamine::Cell::new(c.pos, Data::from(c.value)));
         }
     }
-    Ok((Range::from_sparse(cells), Some(uncached)))
+    Ok((Range::from_sparse(cells), uncached))
 }
 
-impl HiddenValues {
-    fn load<RS: std::io::Read + std::io::Seek>(
-        book: &mut calamine::Sheets<RS>,
-        sheet: &str,
-        uncached: Option<Uncached>,
-    ) -> HiddenValues {
-        // Unreadable extras only cost the explanation, never the workbook.
-        // Only an xlsx can hold a formula without its value: .ods, .xls and .xlsb writers
-        // store the result (an empty one is a formula that computed "").
-        let formulas = uncached.unwrap_or_default();
-        let merges = match book {
-            calamine::Sheets::Xlsx(x) => x.merge_cells_by_sheet_name(sheet).ok(),
-            calamine::Sheets::Xls(x) => x.merge_cells_by_sheet_name(sheet).ok(),
-            // calamine reads no merged ranges from .ods and .xlsb.
-            _ => None,
-        };
-        HiddenValues {
-            formulas,
-            merges: merges.unwrap_or_default(),
-        }
-    }
+/// The sheet's merged ranges; none where calamine reads none (.ods, .xlsb) or cannot read
+/// them (that costs only the explanation, never the workbook).
+fn merged_ranges<RS: std::io::Read + std::io::Seek>(
+    book: &mut calamine::Sheets<RS>,
+    sheet: &str,
+) -> Vec<Dimensions> {
+    let merges = match book {
+        calamine::Sheets::Xlsx(x) => x
+            .merge_cells_by_sheet_name(sheet)
+            .map_err(|e| e.to_string()),
+        calamine::Sheets::Xls(x) => x
+            .merge_cells_by_sheet_name(sheet)
+            .map_err(|e| e.to_string()),
+        _ => Ok(Vec::new()),
+    };
+    merges.unwrap_or_else(|e| {
+        tracing::debug!("cannot read the merged cells of sheet {sheet:?}: {e}");
+        Vec::new()
+    })
+}
 
-    /// Why the empty cell at the 0-based absolute (row, col) is not simply empty, if it is not.
-    fn explain(&self, range: &Range<Data>, row: u32, col: u32) -> Option<String> {
-        if let Some(f) = self.formulas.get(&(row, col)) {
-            return Some(format!(
-                "formula `={f}` has no computed value (the file was written by a program that does not calculate formulas, such as openpyxl or pandas): open and save it in LibreOffice or Excel, or type the value"
-            ));
-        }
-        let m = self.merges.iter().find(|m| {
-            (m.start.0..=m.end.0).contains(&row)
-                && (m.start.1..=m.end.1).contains(&col)
-                && (row, col) != m.start
-        })?;
-        let top_left = range.get_value(m.start)?;
-        if display(top_left).trim().is_empty() {
-            return None;
-        }
-        let first = cell_ref(m.start.0, m.start.1);
-        Some(format!(
-            "part of the merged range {first}:{}, whose value is in {first} only: unmerge the cells and fill the value into each row",
-            cell_ref(m.end.0, m.end.1)
-        ))
+/// Why the empty cell at the 0-based absolute (row, col) is empty, when it is covered by a
+/// merged range whose top-left cell holds the value the user sees there.
+fn merged_cell(merges: &[Dimensions], range: &Range<Data>, row: u32, col: u32) -> Option<String> {
+    let m = merges.iter().find(|m| {
+        (m.start.0..=m.end.0).contains(&row)
+            && (m.start.1..=m.end.1).contains(&col)
+            && (row, col) != m.start
+    })?;
+    let top_left = range.get_value(m.start)?;
+    if display(top_left).trim().is_empty() {
+        return None;
     }
+    let first = cell_ref(m.start.0, m.start.1);
+    Some(format!(
+        "part of the merged range {first}:{}, whose value is in {first} only: unmerge the cells and fill the value into each row",
+        cell_ref(m.end.0, m.end.1)
+    ))
 }
 
 #[cfg(test)]
