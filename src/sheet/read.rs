@@ -282,7 +282,7 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
                 "formula `={f}` has no computed value (the file was written by a program that does not calculate formulas, such as openpyxl or pandas): open and save it in LibreOffice or Excel, or type the value"
             ));
         }
-        let merges = merges.get_or_insert_with(|| merged_ranges(&mut book, &sheet));
+        let merges = merges.get_or_insert_with(|| merged_ranges(&mut book, &sheet, path));
         merged_cell(merges, &range, row, col)
     };
     let mut out = Vec::new();
@@ -667,8 +667,10 @@ fn read_cells<RS: std::io::Read + std::io::Seek>(
 fn merged_ranges<RS: std::io::Read + std::io::Seek>(
     book: &mut calamine::Sheets<RS>,
     sheet: &str,
+    path: &Path,
 ) -> Vec<Dimensions> {
     let merges = match book {
+        calamine::Sheets::Xlsx(_) if !xlsx_mentions_merges(path) => Ok(Vec::new()),
         calamine::Sheets::Xlsx(x) => x
             .merge_cells_by_sheet_name(sheet)
             .map_err(|e| e.to_string()),
@@ -681,6 +683,32 @@ fn merged_ranges<RS: std::io::Read + std::io::Seek>(
         tracing::debug!("cannot read the merged cells of sheet {sheet:?}: {e}");
         Vec::new()
     })
+}
+
+/// Whether any worksheet of the xlsx may have merged ranges: a byte search of the unpacked
+/// sheets, a fraction of what calamine's parse of the whole sheet for its `<mergeCells>` costs
+/// (most workbooks have none). When unsure, yes.
+fn xlsx_mentions_merges(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(Ok(mut zip)) = std::fs::File::open(path).map(zip::ZipArchive::new) else {
+        return true;
+    };
+    let mut bytes = Vec::new();
+    for i in 0..zip.len() {
+        let Ok(mut entry) = zip.by_index(i) else {
+            return true;
+        };
+        if !entry.name().is_ok_and(|n| n.starts_with("xl/worksheets/")) {
+            continue;
+        }
+        bytes.clear();
+        if entry.read_to_end(&mut bytes).is_err()
+            || memchr::memmem::find(&bytes, b"mergeCell").is_some()
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// Why the empty cell at the 0-based absolute (row, col) is empty, when it is covered by a
