@@ -39,8 +39,10 @@ pub struct ClusterConfig {
     /// Host alias from ~/.ssh/config or user@host; none for `local`.
     #[serde(default)]
     pub ssh: Option<String>,
+    /// `None` when not written, so that a project's `warden: local` overrides a user's
+    /// `warden: slurm` (see [`ClusterConfig::warden`]).
     #[serde(default)]
-    pub warden: Warden,
+    pub warden: Option<Warden>,
     #[serde(default)]
     pub workdir: Option<String>,
     #[serde(default)]
@@ -305,7 +307,12 @@ impl Config {
 impl ClusterConfig {
     /// Whether this version can run jobs there (only the `local` warden exists yet).
     pub fn is_supported(&self) -> bool {
-        self.warden == Warden::Local && self.ssh.is_none()
+        self.warden() == Warden::Local && self.ssh.is_none()
+    }
+
+    /// The warden in effect: as written, else `local`.
+    pub fn warden(&self) -> Warden {
+        self.warden.unwrap_or_default()
     }
 
     /// The project's settings for a cluster over the user's: key by key, the project's wins
@@ -317,11 +324,7 @@ impl ClusterConfig {
         sge.extend(p.sge);
         ClusterConfig {
             ssh: p.ssh.or(self.ssh),
-            warden: if p.warden != Warden::Local {
-                p.warden
-            } else {
-                self.warden
-            },
+            warden: p.warden.or(self.warden),
             workdir: p.workdir.or(self.workdir),
             max_parallel: p.max_parallel.or(self.max_parallel),
             poll_interval: p.poll_interval.or(self.poll_interval),
@@ -488,6 +491,39 @@ mod tests {
             "the user's grace survives"
         );
         assert_eq!(merged.clusters["other"].max_parallel, Some(1));
+    }
+
+    /// Regression: `warden: local` in a project could not override a user default of
+    /// `warden: slurm`: an unwritten warden and `warden: local` were the same value, so the
+    /// overlay kept the user's. The cluster stayed a SLURM one and its rows were refused.
+    #[test]
+    fn a_project_warden_local_overrides_a_user_default() {
+        let user = Config::parse(
+            "clusters:\n  local:\n    warden: slurm\n  gpu:\n    ssh: gpu-box\n    warden: slurm\n    max_parallel: 4\n",
+            Path::new("user.yaml"),
+        )
+        .unwrap();
+        let project = Config::parse(
+            "clusters:\n  local:\n    warden: local\n  gpu:\n    warden: local\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let merged = user.clone().overlay(project);
+        assert_eq!(merged.clusters["local"].warden(), Warden::Local);
+        assert!(merged.clusters["local"].is_supported());
+        let gpu = &merged.clusters["gpu"];
+        assert_eq!(gpu.warden(), Warden::Local, "plain processes on gpu-box");
+        assert_eq!(gpu.ssh.as_deref(), Some("gpu-box"));
+        assert_eq!(gpu.max_parallel, Some(4));
+        // A project that says nothing keeps the user's warden; one never written is local.
+        let silent = Config::parse(
+            "clusters:\n  local:\n    max_parallel: 2\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let merged = user.overlay(silent);
+        assert_eq!(merged.clusters["local"].warden(), Warden::Slurm);
+        assert_eq!(ClusterConfig::default().warden(), Warden::Local);
     }
 
     #[test]

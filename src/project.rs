@@ -35,6 +35,12 @@ pub enum CoreError {
     Results(#[from] crate::sheet::results::ResultsError),
     #[error("{dir} is not a Neronet project (no {what}); run `neroman init` there first")]
     NotAProject { dir: PathBuf, what: String },
+    #[error("{dir}: cannot make the project's id")]
+    ProjectId {
+        dir: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
 }
 
 pub struct Project {
@@ -145,7 +151,10 @@ impl Project {
             });
         }
         let store = Store::open(&dir.join(STATE_DIR).join("state.db"))?;
-        let (id, copied_from) = project_id(&dir);
+        let (id, copied_from) = project_id(&dir).map_err(|err| CoreError::ProjectId {
+            dir: dir.clone(),
+            err,
+        })?;
         let mut project = Project {
             dir,
             config,
@@ -713,7 +722,7 @@ impl Project {
 /// it); a copied one (the original still there with the same id) gets a new one — returned with
 /// the original's directory — so two copies sharing an agent workdir never take each other's
 /// runs.
-fn project_id(dir: &Path) -> (String, Option<PathBuf>) {
+fn project_id(dir: &Path) -> std::io::Result<(String, Option<PathBuf>)> {
     let path = dir.join(STATE_DIR).join("project-id");
     // Commands started at once in a fresh copy must agree on its new id: one at a time here.
     let _ = std::fs::create_dir_all(dir.join(STATE_DIR));
@@ -739,7 +748,7 @@ fn project_id(dir: &Path) -> (String, Option<PathBuf>) {
     };
     if !id.is_empty() {
         match made_for {
-            Some(d) if d == here => return (id, None),
+            Some(d) if d == here => return Ok((id, None)),
             Some(d) => {
                 let original = Path::new(&d).join(STATE_DIR).join("project-id");
                 let copied = std::fs::read_to_string(original)
@@ -747,23 +756,23 @@ fn project_id(dir: &Path) -> (String, Option<PathBuf>) {
                 if !copied {
                     // Moved: keep the id, remember the new place.
                     remember(&id);
-                    return (id, None);
+                    return Ok((id, None));
                 }
                 tracing::info!("{here} is a copy of {d}: it gets a project id of its own");
-                let fresh = crate::util::random_hex(16);
+                let fresh = crate::util::random_hex(16)?;
                 remember(&fresh);
-                return (fresh, Some(PathBuf::from(d)));
+                return Ok((fresh, Some(PathBuf::from(d))));
             }
             None => {
                 // Written by an earlier version: remember where it belongs from now on.
                 remember(&id);
-                return (id, None);
+                return Ok((id, None));
             }
         }
     }
-    let id = crate::util::random_hex(16);
+    let id = crate::util::random_hex(16)?;
     remember(&id);
-    (id, None)
+    Ok((id, None))
 }
 
 /// An experiment made from a run no single workbook row owns: its id, cluster and the

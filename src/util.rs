@@ -3,25 +3,29 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Write a whole file so any reader sees either the old or the new content: temp file in the same
-/// directory, fsync, rename over the target.
+/// Write a whole file so any reader sees either the old or the new content, and a crash leaves
+/// one of them: a temp file of its own in the same directory (a fresh random name per call, so
+/// threads and processes writing the same file never share one), fsync, rename over the target,
+/// fsync the directory so the rename itself survives a power cut. Every file neronet writes
+/// whole goes through here.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    // A new file's usual mode (0666 less the umask), not the temp file's private 0600.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    // On failure the temp file is dropped, which removes it.
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Columns of the terminal on standard output, if it is one.
@@ -37,13 +41,13 @@ pub fn terminal_width() -> Option<usize> {
     (rc == 0 && size.ws_col > 0).then_some(size.ws_col as usize)
 }
 
-/// `bytes` random bytes from the kernel, in hex (ids and epochs; not for secrets).
-pub fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes from the kernel (the getrandom system call, which needs no file
+/// descriptor), in hex: ids and epochs, not secrets. A failure is an error, never zeros: two
+/// agents or projects with the same "random" id would take each other's runs.
+pub fn random_hex(bytes: usize) -> io::Result<String> {
     let mut buf = vec![0u8; bytes];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut buf);
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::fill(&mut buf).map_err(|e| io::Error::other(format!("no random bytes: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// An error with its chain of causes, `outer: inner: root`, for messages that cross the wire.
@@ -93,5 +97,115 @@ pub fn failpoint(step: &str) {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Regression: the temp name was unique per process only. Two threads writing one file
+    /// shared a temp file: one's rename failed ("No such file") or moved the other's
+    /// half-written bytes into place.
+    #[test]
+    fn threads_writing_one_file_each_write_it_whole() {
+        let dir = std::env::temp_dir().join(format!("neronet-atomic-{}", random_hex(8).unwrap()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = Arc::new(dir.join("results.xlsx"));
+        let writers: Vec<_> = (0..8u8)
+            .map(|t| {
+                let path = Arc::clone(&path);
+                std::thread::spawn(move || {
+                    let content = vec![b'a' + t; 4096 * (t as usize + 1)];
+                    for _ in 0..100 {
+                        write_atomic(&path, &content).expect("write_atomic");
+                    }
+                })
+            })
+            .collect();
+        let reader = {
+            let path = Arc::clone(&path);
+            std::thread::spawn(move || {
+                for _ in 0..500 {
+                    if let Ok(bytes) = std::fs::read(&*path) {
+                        let first = bytes[0];
+                        assert!(
+                            bytes.iter().all(|b| *b == first)
+                                && bytes.len() == 4096 * (first - b'a' + 1) as usize,
+                            "a reader saw a torn file of {} bytes",
+                            bytes.len()
+                        );
+                    }
+                }
+            })
+        };
+        for w in writers {
+            w.join().unwrap();
+        }
+        reader.join().unwrap();
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "temp files left behind: {left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The file keeps the permissions a new file gets (not the temp file's private 0600), so a
+    /// results.xlsx stays readable by whoever could read it before.
+    #[test]
+    fn written_files_get_the_usual_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("neronet-perm-{}", random_hex(8).unwrap()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let atomic = dir.join("atomic");
+        write_atomic(&atomic, b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&atomic), mode(&plain));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Regression: when /dev/urandom could not be opened (here: no file descriptor left), the
+    /// "random" bytes were zeros, and every agent journal got the epoch 0000000000000000.
+    /// Runs itself again as a child process whose descriptors are used up.
+    #[test]
+    fn random_bytes_need_no_file_descriptor() {
+        const CHILD: &str = "NERONET_TEST_RANDOM_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            // SAFETY: plain libc calls on values we own.
+            unsafe {
+                let limit = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: 64,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+            let mut held = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                held.push(f);
+            }
+            let got = random_hex(8);
+            println!("random: {got:?}");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "util::tests::random_bytes_need_no_file_descriptor",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("random: "))
+            .unwrap_or_else(|| panic!("child printed no result: {stdout}"));
+        assert!(
+            line.split(|c: char| !c.is_ascii_hexdigit())
+                .any(|w| w.len() == 16 && w != "0000000000000000"),
+            "{line}"
+        );
     }
 }

@@ -281,3 +281,70 @@ fn ods_formula_errors_make_the_row_invalid() {
     );
     assert_eq!(st[1]["state"], "finished");
 }
+
+/// Regression: a user default `clusters.local.warden: slurm` could not be overridden: the
+/// project's `warden: local` read as "not written", the cluster stayed a SLURM one and every
+/// row was refused as remote.
+#[test]
+fn a_project_warden_local_overrides_the_users_slurm() {
+    let p = Project::new(
+        "warden-override",
+        "command: echo ran\nclusters:\n  local:\n    warden: local\n",
+    );
+    p.workbook(&["id", "status"], &[vec![V::N(1.0), V::E]]);
+    p.user_config("clusters:\n  local:\n    warden: slurm\n");
+    p.ok(&["start", "1", "--wait"]);
+    assert_eq!(p.ok(&["logs", "1"]), "ran\n");
+    // Without the project's word the user's SLURM warden stands: the row is refused.
+    p.write("neronet.yaml", "command: echo ran\n");
+    let st = p.status();
+    assert!(
+        st[0]["problems"][0]
+            .as_str()
+            .is_some_and(|m| m.contains("cluster \"local\" is remote")),
+        "{st:?}"
+    );
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/workbooks")
+        .join(name)
+}
+
+/// Regression: a formula openpyxl wrote without its value, and a covered cell of a merged
+/// range, were reported as an empty cell; the CLI now says what they are and how to fix them.
+#[test]
+fn formulas_without_values_and_merged_cells_are_named_in_the_cli() {
+    let p = Project::new("formulas", "workbook: book.xlsx\n");
+    std::fs::copy(fixture("openpyxl-formulas.xlsx"), p.path("book.xlsx")).unwrap();
+    let out = p.neroman(&["start", "all", "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("experiments!E3: formula `=E2*2` has no computed value")
+            && err.contains("open and save it in LibreOffice or Excel"),
+        "{err}"
+    );
+    assert_eq!(p.ok(&["logs", "1"]), "0.1 16\n");
+    std::fs::copy(fixture("merged.xlsx"), p.path("book.xlsx")).unwrap();
+    let out = p.neroman(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("experiments!D3: part of the merged range D2:D4, whose value is in D2 only"),
+        "{err}"
+    );
+}
+
+/// Regression: in a 1904-date-system workbook (Mac Excel) dates came out four years early, and
+/// a duration cell reached the command as a date in 1899. `{time_limit}` is `36:00:00` as the
+/// cell shows it, and compares as seconds in selections.
+#[test]
+fn dates_and_durations_reach_the_command_as_the_sheet_shows_them() {
+    let p = Project::new("dates", "workbook: book.xlsx\n");
+    std::fs::copy(fixture("dates-1904.xlsx"), p.path("book.xlsx")).unwrap();
+    p.ok(&["start", "time_limit>1d&&time_limit<2d", "--wait"]);
+    assert_eq!(
+        p.ok(&["logs", "1"]),
+        "2026-03-14 2026-03-14 14:30:00 36:00:00 1:30:05 2026-03-15 09:15:00\n"
+    );
+}

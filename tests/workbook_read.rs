@@ -79,3 +79,129 @@ fn numbers_text_dates_and_reserved_columns() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/workbooks")
+        .join(name)
+}
+
+fn problems(row: &neronet::sheet::read::SheetRow) -> Vec<String> {
+    row.invalid.iter().map(|p| p.to_string()).collect()
+}
+
+/// Regression: openpyxl (and pandas, which writes through it) saves a formula with no computed
+/// value; the cell read as empty and the row was reported "missing id" or "cell is empty",
+/// which sent the user looking for a value she could see in her spreadsheet program.
+#[test]
+fn formulas_without_a_computed_value_say_so() {
+    let sheet = read_experiments(&fixture("openpyxl-formulas.xlsx")).unwrap();
+    assert_eq!(sheet.rows.len(), 4);
+    assert!(
+        sheet.rows[0].invalid.is_empty(),
+        "{:?}",
+        sheet.rows[0].invalid
+    );
+    let hint = "has no computed value (the file was written by a program that does not calculate formulas, such as openpyxl or pandas): open and save it in LibreOffice or Excel, or type the value";
+    assert_eq!(
+        problems(&sheet.rows[1]),
+        [format!("experiments!E3: formula `=E2*2` {hint}")]
+    );
+    assert!(!sheet.rows[1].params.contains_key("width"));
+    assert_eq!(
+        problems(&sheet.rows[2]),
+        [format!("experiments!A4: formula `=A3+1` {hint}")]
+    );
+    // A formula in an ignored column (`notes`) does not matter.
+    assert!(
+        sheet.rows[3].invalid.is_empty(),
+        "{:?}",
+        sheet.rows[3].invalid
+    );
+}
+
+/// Regression: in a merged range only the top-left cell holds the value; the other rows read as
+/// empty and were reported as "cell is empty" although the user sees the value on them.
+#[test]
+fn merged_cells_name_their_range() {
+    let sheet = read_experiments(&fixture("merged.xlsx")).unwrap();
+    assert_eq!(sheet.rows.len(), 5);
+    assert!(
+        sheet.rows[0].invalid.is_empty(),
+        "{:?}",
+        sheet.rows[0].invalid
+    );
+    assert_eq!(sheet.rows[0].params["lr"].text, "0.1");
+    for (row, cell) in [(1, "D3"), (2, "D4")] {
+        assert_eq!(
+            problems(&sheet.rows[row]),
+            [format!("experiments!{cell}: part of the merged range D2:D4, whose value is in D2 only: unmerge the cells and fill the value into each row")]
+        );
+    }
+    // Merged `notes` cells are ignored like any notes.
+    assert!(sheet.rows[3].invalid.is_empty() && sheet.rows[4].invalid.is_empty());
+}
+
+/// Regressions: a workbook in the 1904 date system (Mac Excel) had every date 4 years and a day
+/// early; a duration cell (`[h]:mm:ss`, 36:00:00) became the date `1899-12-31 12:00:00`; a time
+/// a hair before midnight was written `24:00:00` of the same day; a time of day became a date
+/// in 1899.
+#[test]
+fn dates_durations_and_times_in_both_date_systems() {
+    for book in ["dates-1900.xlsx", "dates-1904.xlsx"] {
+        let sheet = read_experiments(&fixture(book)).unwrap();
+        let r = &sheet.rows[0];
+        assert!(r.invalid.is_empty(), "{book}: {:?}", r.invalid);
+        let text = |k: &str| r.params[k].text.as_str();
+        assert_eq!(text("since"), "2026-03-14", "{book}");
+        assert_eq!(r.params["since"].number, None, "{book}");
+        assert_eq!(text("at"), "2026-03-14 14:30:00", "{book}");
+        assert_eq!(
+            text("late"),
+            "2026-03-15",
+            "{book}: rounds to the next midnight"
+        );
+        assert_eq!(text("clock"), "09:15:00", "{book}: a time of day");
+        // Durations are written as the cell shows them, and compare as seconds.
+        assert_eq!(text("time_limit"), "36:00:00", "{book}");
+        assert_eq!(r.params["time_limit"].number, Some(129_600.0), "{book}");
+        assert_eq!(text("short"), "1:30:05", "{book}");
+        assert_eq!(r.params["short"].number, Some(5405.0), "{book}");
+    }
+}
+
+/// The same workbook saved by LibreOffice as .ods, where dates and durations are ISO 8601 texts:
+/// they read as in the .xlsx. (An .ods cannot tell a time of day from a duration: `clock` is
+/// the duration 9:15:00 there.)
+#[test]
+fn ods_dates_and_durations_read_like_xlsx() {
+    let sheet = read_experiments(&fixture("dates-1904.ods")).unwrap();
+    let r = &sheet.rows[0];
+    assert!(r.invalid.is_empty(), "{:?}", r.invalid);
+    let text = |k: &str| r.params[k].text.as_str();
+    assert_eq!(text("since"), "2026-03-14");
+    assert_eq!(text("at"), "2026-03-14 14:30:00");
+    assert_eq!(text("time_limit"), "36:00:00");
+    assert_eq!(r.params["time_limit"].number, Some(129_600.0));
+    assert_eq!(text("short"), "1:30:05");
+    assert_eq!(text("clock"), "9:15:00");
+    // LibreOffice stores this one to the hundredth of a second.
+    assert_eq!(text("late"), "2026-03-14 23:59:59.990");
+}
+
+/// A formula whose computed value is the empty string (`=IF(...,"",...)`, as LibreOffice saves
+/// it) is an empty cell, not a formula without a value; a formula with a value reads as its
+/// value. The openpyxl workbook, once opened and saved by LibreOffice, reads without a problem.
+#[test]
+fn formulas_with_a_computed_value_read_as_their_value() {
+    let sheet = read_experiments(&fixture("libreoffice-formulas.xlsx")).unwrap();
+    let r = &sheet.rows[0];
+    assert!(r.invalid.is_empty(), "{:?}", r.invalid);
+    assert_eq!(r.params["lr"].text, "0.2");
+    assert!(!r.params.contains_key("tag"));
+
+    let sheet = read_experiments(&fixture("openpyxl-formulas-resaved.xlsx")).unwrap();
+    assert!(sheet.rows.iter().all(|r| r.invalid.is_empty()));
+    assert_eq!(sheet.rows[1].params["width"].text, "32");
+    assert_eq!(sheet.rows[2].id, "3");
+}

@@ -4,8 +4,8 @@
 //! one row marks that row invalid and names its cell, and the other rows proceed.
 
 use crate::state::StateName;
-use calamine::{Data, Reader};
-use std::collections::BTreeMap;
+use calamine::{Data, Dimensions, Range, Reader};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// The sheet used when present; otherwise the first sheet.
@@ -209,9 +209,7 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
         .ok_or_else(|| SheetError::NoSheet {
             path: path.to_path_buf(),
         })?;
-    let range = book
-        .worksheet_range(&sheet)
-        .map_err(|e| open_err(e.to_string()))?;
+    let (range, uncached) = read_cells(&mut book, &sheet).map_err(open_err)?;
     let empty = || SheetError::Empty {
         path: path.to_path_buf(),
         sheet: sheet.clone(),
@@ -275,10 +273,27 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
         .map(|(h, _)| h.clone())
         .collect();
 
+    // Why a cell that reads as empty is not. Merged ranges cost another pass over the sheet:
+    // read the first time a used cell is empty.
+    let mut merges: Option<Vec<Dimensions>> = None;
+    let mut explain = |row: u32, col: u32| {
+        if let Some(f) = uncached.get(&(row, col)) {
+            return Some(format!(
+                "formula `={f}` has no computed value (the file was written by a program that does not calculate formulas, such as openpyxl or pandas): open and save it in LibreOffice or Excel, or type the value"
+            ));
+        }
+        let merges = merges.get_or_insert_with(|| merged_ranges(&mut book, &sheet, path));
+        merged_cell(merges, &range, row, col)
+    };
     let mut out = Vec::new();
     for (offset, cells) in rows.enumerate() {
         let row0 = r0 + 1 + offset as u32;
-        if cells.iter().all(|c| display(c).trim().is_empty()) {
+        let used = |i: usize| roles.get(i).is_some_and(|r| *r != Role::Ignored);
+        // A row of formulas without values is not blank; one only covered by merged ranges
+        // above it (a command merged down over rows still to come) is.
+        if cells.iter().all(|c| display(c).trim().is_empty())
+            && !(0..cells.len()).any(|i| used(i) && uncached.contains_key(&(row0, c0 + i as u32)))
+        {
             continue;
         }
         let mut row = SheetRow {
@@ -318,6 +333,20 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
             }
             let text = display(cell);
             let trimmed = text.trim();
+            if trimmed.is_empty() && *role != Role::Ignored {
+                if let Some(why) = explain(row0, c0 + i as u32) {
+                    match role {
+                        Role::Id => row.id_cell = at.clone(),
+                        Role::Status => row.status_cell = at.clone(),
+                        Role::Command => row.command_cell = at.clone(),
+                        Role::Cluster => row.cluster_cell = at.clone(),
+                        Role::AbortWhen => row.abort_when_cell = at.clone(),
+                        _ => {}
+                    }
+                    problems.push((at, why));
+                    continue;
+                }
+            }
             let opt = || (!trimmed.is_empty()).then(|| trimmed.to_string());
             match role {
                 Role::Id => {
@@ -354,7 +383,11 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
                         let number = match cell {
                             Data::Int(n) => Some(*n as f64),
                             Data::Float(f) => Some(*f),
-                            Data::Bool(_) => None,
+                            Data::Bool(_) | Data::DateTimeIso(_) => None,
+                            // A duration compares as seconds (`time_limit>1d`); a date does not.
+                            Data::DateTime(dt) if dt.is_duration() => Some(dt.as_f64() * 86400.0),
+                            Data::DateTime(_) => None,
+                            Data::DurationIso(iso) => iso_duration_secs(iso),
                             _ => trimmed.parse::<f64>().ok().filter(|f| f.is_finite()),
                         };
                         row.params.insert(
@@ -474,7 +507,9 @@ fn id_of(cell: &Data) -> Result<String, String> {
     }
 }
 
-/// A cell as text: whole floats without `.0`, dates as ISO 8601.
+/// A cell as text: whole floats without `.0`, dates as ISO 8601 (`2026-03-14`,
+/// `2026-03-14 14:30:00`), a time of day as `09:15:00`, a duration as the spreadsheet shows it
+/// with `[h]:mm:ss` (`36:00:00`).
 pub fn display(cell: &Data) -> String {
     match cell {
         Data::Empty => String::new(),
@@ -482,42 +517,217 @@ pub fn display(cell: &Data) -> String {
         Data::Int(n) => n.to_string(),
         Data::Float(f) => nerokid::expr::format_number(*f),
         Data::Bool(b) => b.to_string(),
-        Data::DateTime(dt) => excel_serial_to_iso(dt.as_f64()),
-        Data::DateTimeIso(s) | Data::DurationIso(s) => s.clone(),
+        Data::DateTime(dt) => date_time_text(dt),
+        Data::DateTimeIso(s) => iso_date_time_text(s),
+        Data::DurationIso(s) => iso_duration_secs(s).map_or_else(|| s.clone(), duration_text),
         Data::Error(e) => format!("#{e:?}"),
     }
 }
 
-/// Excel's day count (1900 system) → `YYYY-MM-DD` or `YYYY-MM-DD HH:MM:SS`.
-pub fn excel_serial_to_iso(serial: f64) -> String {
-    let days = serial.floor() as i64;
-    let secs = ((serial - serial.floor()) * 86400.0).round() as i64;
-    // Day 0 = 1899-12-30 (this absorbs Excel's fictional 1900-02-29).
-    let (y, m, d) = civil_from_days(days - 25569);
-    if secs == 0 {
-        format!("{y:04}-{m:02}-{d:02}")
+/// An xlsx date, time or duration, through calamine's conversion: it knows the workbook's date
+/// system (1900, or Mac Excel's 1904) and carries a time that rounds to midnight into the next
+/// day.
+fn date_time_text(dt: &calamine::ExcelDateTime) -> String {
+    if dt.is_duration() {
+        return duration_text(dt.as_f64() * 86400.0);
+    }
+    let (y, mo, d, h, mi, s, ms) = dt.to_ymd_hms_milli();
+    let time = if ms == 0 {
+        format!("{h:02}:{mi:02}:{s:02}")
     } else {
-        format!(
-            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-            secs / 3600,
-            (secs % 3600) / 60,
-            secs % 60
-        )
+        format!("{h:02}:{mi:02}:{s:02}.{ms:03}")
+    };
+    // A serial below one day is a time with no date (typed `9:15`): its "date" is the epoch.
+    if (0.0..1.0).contains(&dt.as_f64()) {
+        return time;
+    }
+    if (h, mi, s, ms) == (0, 0, 0, 0) {
+        format!("{y:04}-{mo:02}-{d:02}")
+    } else {
+        format!("{y:04}-{mo:02}-{d:02} {time}")
     }
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = if z >= 0 { z } else { z - 146096 } / 146097;
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// An .ods date as LibreOffice writes it (`2026-03-14`, `2026-03-14T14:30:00`,
+/// `2026-03-14T23:59:59.99`) in the form xlsx dates take: a space before the time, fractions of
+/// a second to the millisecond.
+fn iso_date_time_text(iso: &str) -> String {
+    let Some((date, time)) = iso.trim().split_once('T') else {
+        return iso.trim().to_string();
+    };
+    match time.split_once('.') {
+        _ if time == "00:00:00" => date.to_string(),
+        Some((hms, frac)) if frac.bytes().all(|b| b.is_ascii_digit()) => {
+            let ms: String = frac.chars().chain("000".chars()).take(3).collect();
+            format!("{date} {hms}.{ms}")
+        }
+        _ => format!("{date} {time}"),
+    }
+}
+
+/// Seconds as `[h]:mm:ss`: `36:00:00`, `1:30:05`, `-0:05:00`, `0:00:01.500`.
+fn duration_text(secs: f64) -> String {
+    let ms = (secs * 1000.0).round() as i64;
+    let sign = if ms < 0 { "-" } else { "" };
+    let ms = ms.unsigned_abs();
+    let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    if frac == 0 {
+        format!("{sign}{h}:{m:02}:{s:02}")
+    } else {
+        format!("{sign}{h}:{m:02}:{s:02}.{frac:03}")
+    }
+}
+
+/// An ISO 8601 duration as LibreOffice writes one into an .ods (`PT36H00M00S`,
+/// `-PT00H05M00S`, `P1DT2H`, `PT1.5S`) → seconds.
+fn iso_duration_secs(iso: &str) -> Option<f64> {
+    let (sign, rest) = match iso.trim().strip_prefix('-') {
+        Some(r) => (-1.0, r),
+        None => (1.0, iso.trim()),
+    };
+    let rest = rest.strip_prefix('P')?;
+    let (days, time) = match rest.split_once('T') {
+        Some((d, t)) => (d, t),
+        None => (rest, ""),
+    };
+    let mut secs = 0.0;
+    for (part, units) in [
+        (days, &[('D', 86400.0)][..]),
+        (time, &[('H', 3600.0), ('M', 60.0), ('S', 1.0)][..]),
+    ] {
+        let mut rest = part;
+        for (unit, mult) in units {
+            if let Some((n, after)) = rest.split_once(*unit) {
+                secs += n.parse::<f64>().ok()? * mult;
+                rest = after;
+            }
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+    }
+    Some(sign * secs).filter(|s| s.is_finite())
+}
+
+/// (row, col) → formula of each cell that has a formula and no value.
+type Uncached = HashMap<(u32, u32), String>;
+
+/// The sheet's cells, and the formulas without a computed value found in the same pass over
+/// the sheet (a second pass would cost most of a read). Only an xlsx can hold those: .ods, .xls
+/// and .xlsb writers store the result (an empty one is a formula that computed "").
+fn read_cells<RS: std::io::Read + std::io::Seek>(
+    book: &mut calamine::Sheets<RS>,
+    sheet: &str,
+) -> Result<(Range<Data>, Uncached), String> {
+    let calamine::Sheets::Xlsx(x) = book else {
+        let range = book.worksheet_range(sheet).map_err(|e| e.to_string())?;
+        return Ok((range, HashMap::new()));
+    };
+    let mut reader = x.worksheet_cells_reader(sheet).map_err(|e| e.to_string())?;
+    let mut cells = Vec::new();
+    let mut uncached = HashMap::new();
+    // Shared formulas (Excel writes one for a filled-down column): index → (anchor, text).
+    let mut shared: HashMap<usize, ((u32, u32), String)> = HashMap::new();
+    while let Some(c) = reader
+        .next_cell_with_formula_metadata()
+        .map_err(|e| e.to_string())?
+    {
+        use calamine::{DataRef, XlsxFormulaMetadata as F};
+        // `<v/>` or no `<v>` at all; a formula that computed "" has `t="str"` and an empty
+        // string, a value like any other.
+        let empty = matches!(c.value, DataRef::Empty);
+        let formula = match c.formula {
+            Some(F::Normal { formula }) => Some(formula),
+            Some(F::Shared {
+                shared_index,
+                formula,
+                ..
+            }) => {
+                shared.insert(shared_index, (c.pos, formula.clone()));
+                Some(formula)
+            }
+            Some(F::SharedDerived { shared_index }) if empty => shared
+                .get(&shared_index)
+                .and_then(|(anchor, f)| calamine::expand_shared_formula(f, *anchor, c.pos).ok()),
+            _ => None,
+        };
+        if empty {
+            if let Some(f) = formula.filter(|f| !f.trim().is_empty()) {
+                uncached.insert(c.pos, f);
+            }
+        } else {
+            cells.push(calamine::Cell::new(c.pos, Data::from(c.value)));
+        }
+    }
+    Ok((Range::from_sparse(cells), uncached))
+}
+
+/// The sheet's merged ranges; none where calamine reads none (.ods, .xlsb) or cannot read
+/// them (that costs only the explanation, never the workbook).
+fn merged_ranges<RS: std::io::Read + std::io::Seek>(
+    book: &mut calamine::Sheets<RS>,
+    sheet: &str,
+    path: &Path,
+) -> Vec<Dimensions> {
+    let merges = match book {
+        calamine::Sheets::Xlsx(_) if !xlsx_mentions_merges(path) => Ok(Vec::new()),
+        calamine::Sheets::Xlsx(x) => x
+            .merge_cells_by_sheet_name(sheet)
+            .map_err(|e| e.to_string()),
+        calamine::Sheets::Xls(x) => x
+            .merge_cells_by_sheet_name(sheet)
+            .map_err(|e| e.to_string()),
+        _ => Ok(Vec::new()),
+    };
+    merges.unwrap_or_else(|e| {
+        tracing::debug!("cannot read the merged cells of sheet {sheet:?}: {e}");
+        Vec::new()
+    })
+}
+
+/// Whether any worksheet of the xlsx may have merged ranges: a byte search of the unpacked
+/// sheets, a fraction of what calamine's parse of the whole sheet for its `<mergeCells>` costs
+/// (most workbooks have none). When unsure, yes.
+fn xlsx_mentions_merges(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(Ok(mut zip)) = std::fs::File::open(path).map(zip::ZipArchive::new) else {
+        return true;
+    };
+    let mut bytes = Vec::new();
+    for i in 0..zip.len() {
+        let Ok(mut entry) = zip.by_index(i) else {
+            return true;
+        };
+        if !entry.name().is_ok_and(|n| n.starts_with("xl/worksheets/")) {
+            continue;
+        }
+        bytes.clear();
+        if entry.read_to_end(&mut bytes).is_err()
+            || memchr::memmem::find(&bytes, b"mergeCell").is_some()
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Why the empty cell at the 0-based absolute (row, col) is empty, when it is covered by a
+/// merged range whose top-left cell holds the value the user sees there.
+fn merged_cell(merges: &[Dimensions], range: &Range<Data>, row: u32, col: u32) -> Option<String> {
+    let m = merges.iter().find(|m| {
+        (m.start.0..=m.end.0).contains(&row)
+            && (m.start.1..=m.end.1).contains(&col)
+            && (row, col) != m.start
+    })?;
+    let top_left = range.get_value(m.start)?;
+    if display(top_left).trim().is_empty() {
+        return None;
+    }
+    let first = cell_ref(m.start.0, m.start.1);
+    Some(format!(
+        "part of the merged range {first}:{}, whose value is in {first} only: unmerge the cells and fill the value into each row",
+        cell_ref(m.end.0, m.end.1)
+    ))
 }
 
 #[cfg(test)]
@@ -568,8 +778,25 @@ mod tests {
     }
 
     #[test]
-    fn dates() {
-        assert_eq!(excel_serial_to_iso(45292.0), "2024-01-01");
-        assert_eq!(excel_serial_to_iso(45292.5), "2024-01-01 12:00:00");
+    fn durations() {
+        assert_eq!(duration_text(129_600.0), "36:00:00");
+        assert_eq!(duration_text(-300.0), "-0:05:00");
+        assert_eq!(duration_text(1.5), "0:00:01.500");
+        assert_eq!(iso_duration_secs("PT36H00M00S"), Some(129_600.0));
+        assert_eq!(iso_duration_secs("-PT00H05M00S"), Some(-300.0));
+        assert_eq!(iso_duration_secs("P1DT2H"), Some(93_600.0));
+        assert_eq!(iso_duration_secs("PT1.5S"), Some(1.5));
+        assert_eq!(iso_duration_secs("PT1X"), None);
+        assert_eq!(iso_duration_secs("36:00"), None);
+        assert_eq!(iso_date_time_text("2026-03-14"), "2026-03-14");
+        assert_eq!(iso_date_time_text("2026-03-14T00:00:00"), "2026-03-14");
+        assert_eq!(
+            iso_date_time_text("2026-03-14T14:30:00"),
+            "2026-03-14 14:30:00"
+        );
+        assert_eq!(
+            iso_date_time_text("2026-03-14T23:59:59.99"),
+            "2026-03-14 23:59:59.990"
+        );
     }
 }

@@ -115,7 +115,7 @@ impl Journal {
         let epoch = match std::fs::read_to_string(&epoch_path) {
             Ok(e) if !e.trim().is_empty() => e.trim().to_string(),
             _ => {
-                let e = crate::util::random_hex(8);
+                let e = crate::util::random_hex(8).map_err(|err| io("make an epoch for", err))?;
                 crate::util::write_atomic(&epoch_path, e.as_bytes())
                     .map_err(|err| io("write epoch", err))?;
                 // A new epoch with an old journal would confuse readers: start the journal afresh.
@@ -487,7 +487,7 @@ pub(crate) mod tests {
         let d = std::env::temp_dir().join(format!(
             "nero-journal-{}-{}",
             std::process::id(),
-            crate::util::random_hex(8)
+            crate::util::random_hex(8).unwrap()
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
