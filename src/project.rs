@@ -743,9 +743,10 @@ fn project_id(dir: &Path) -> std::io::Result<(String, Option<PathBuf>)> {
         Some((id, dir)) => (id.to_string(), Some(dir.to_string())),
         None => (text.trim().to_string(), None),
     };
-    let remember = |id: &str| {
-        let _ = crate::util::write_atomic(&path, format!("{id} {here}\n").as_bytes());
-    };
+    // A new id that cannot be written would be a different id for the next command, which
+    // then no longer knows the runs started under this one: that is an error. Re-noting where
+    // a kept id lives is not (it is noted again next time).
+    let remember = |id: &str| crate::util::write_atomic(&path, format!("{id} {here}\n").as_bytes());
     if !id.is_empty() {
         match made_for {
             Some(d) if d == here => return Ok((id, None)),
@@ -755,23 +756,23 @@ fn project_id(dir: &Path) -> std::io::Result<(String, Option<PathBuf>)> {
                     .is_ok_and(|t| t.split_whitespace().next() == Some(id.as_str()));
                 if !copied {
                     // Moved: keep the id, remember the new place.
-                    remember(&id);
+                    let _ = remember(&id);
                     return Ok((id, None));
                 }
                 tracing::info!("{here} is a copy of {d}: it gets a project id of its own");
                 let fresh = crate::util::random_hex(16)?;
-                remember(&fresh);
+                remember(&fresh)?;
                 return Ok((fresh, Some(PathBuf::from(d))));
             }
             None => {
                 // Written by an earlier version: remember where it belongs from now on.
-                remember(&id);
+                let _ = remember(&id);
                 return Ok((id, None));
             }
         }
     }
     let id = crate::util::random_hex(16)?;
-    remember(&id);
+    remember(&id)?;
     Ok((id, None))
 }
 
