@@ -4,7 +4,7 @@
 //! a grace period, then SIGKILL.
 
 use crate::expr::{self, FieldValue, Fields};
-use crate::metrics::{self, Extractor, Found, LineSplitter};
+use crate::metrics::{self, CsvMetrics, Extractor, Found, LineSplitter, StreamScanner};
 use crate::probe;
 use crate::report::*;
 use std::collections::HashMap;
@@ -305,17 +305,28 @@ fn grow_pipe(fd: &impl std::os::unix::io::AsRawFd) {
 /// reported even when no event is asked for): coalesces a busy job's output, yet a short job's
 /// end is seen at once.
 fn linger(pipe: &impl std::os::unix::io::AsRawFd, limit: Duration) {
+    poll_pipe(pipe, 0, limit);
+}
+
+/// Wait up to `limit` for something to read (or the writers gone); false when the time is up.
+fn readable(pipe: &impl std::os::unix::io::AsRawFd, limit: Duration) -> bool {
+    poll_pipe(pipe, libc::POLLIN, limit)
+}
+
+fn poll_pipe(
+    pipe: &impl std::os::unix::io::AsRawFd,
+    events: libc::c_short,
+    limit: Duration,
+) -> bool {
     let mut fd = libc::pollfd {
         fd: pipe.as_raw_fd(),
-        events: 0,
+        events,
         revents: 0,
     };
     let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: one valid pollfd for the duration of the call; an error or EINTR just ends the
     // wait early.
-    unsafe {
-        libc::poll(&mut fd, 1, ms);
-    }
+    unsafe { libc::poll(&mut fd, 1, ms) > 0 }
 }
 
 fn spawn_reader(
@@ -327,8 +338,24 @@ fn spawn_reader(
     grow_pipe(&from);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
-        let mut split = LineSplitter::new();
+        let mut scanner = StreamScanner::new();
+        let mut found = Vec::new();
+        let send = |found: &mut Vec<Found>| {
+            if !found.is_empty() {
+                let t = now();
+                let _ = tx.send(Msg::Found(found.drain(..).map(|f| (t, f)).collect()));
+            }
+        };
         loop {
+            // A progress bar's latest numbers wait for their period; write them then even if
+            // the job prints nothing more meanwhile.
+            if let Some(due) = scanner.due() {
+                if !readable(&from, due.saturating_duration_since(Instant::now())) {
+                    scanner.tick(&extractor, Instant::now(), &mut found);
+                    send(&mut found);
+                    continue;
+                }
+            }
             let n = match from.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -337,29 +364,14 @@ fn spawn_reader(
             };
             // The log file first: whatever the job printed is kept even if parsing is behind.
             let _ = to.write_all(&buf[..n]);
-            let t = now();
-            let mut found = Vec::new();
-            split.feed(&buf[..n], |line| {
-                if let Some(f) = extractor.line(line) {
-                    found.push((t, f));
-                }
-            });
-            if !found.is_empty() {
-                let _ = tx.send(Msg::Found(found));
-            }
+            scanner.feed(&extractor, &buf[..n], Instant::now(), &mut found);
+            send(&mut found);
             if n < buf.len() {
                 linger(&from, COALESCE);
             }
         }
-        let mut found = Vec::new();
-        split.finish(|line| {
-            if let Some(f) = extractor.line(line) {
-                found.push((now(), f));
-            }
-        });
-        if !found.is_empty() {
-            let _ = tx.send(Msg::Found(found));
-        }
+        scanner.finish(&extractor, &mut found);
+        send(&mut found);
         let _ = tx.send(Msg::Closed);
     })
 }
@@ -369,15 +381,54 @@ struct FileTail {
     path: PathBuf,
     format: MetricFileFormat,
     offset: u64,
-    header: Option<Vec<String>>,
+    /// The file's first line as last read (CSV): a different one means the file was rewritten.
+    first_line: Vec<u8>,
+    csv: CsvMetrics,
     split: LineSplitter,
 }
 
+/// The first line of a file, with its `\n`, if it is all written (at most `MAX_SEGMENT`).
+fn first_line(f: &mut File, len: usize) -> Option<Vec<u8>> {
+    let mut head = vec![0u8; len];
+    f.seek(SeekFrom::Start(0)).ok()?;
+    let n = f.read(&mut head).ok()?;
+    let end = memchr::memchr(b'\n', &head[..n])?;
+    head.truncate(end + 1);
+    Some(head)
+}
+
 impl FileTail {
+    fn new(path: PathBuf, format: MetricFileFormat) -> FileTail {
+        FileTail {
+            path,
+            format,
+            offset: 0,
+            first_line: Vec::new(),
+            csv: CsvMetrics::default(),
+            split: LineSplitter::new(),
+        }
+    }
+
     fn poll(&mut self, out: &mut Vec<(f64, Found)>) {
         let Ok(mut f) = File::open(&self.path) else {
             return;
         };
+        let len = f.metadata().map_or(0, |m| m.len());
+        if len < self.offset {
+            // A new file in its place: read it from the start.
+            *self = FileTail::new(std::mem::take(&mut self.path), self.format);
+        }
+        if self.format == MetricFileFormat::Csv {
+            if self.first_line.is_empty() {
+                self.first_line = first_line(&mut f, metrics::MAX_SEGMENT).unwrap_or_default();
+            } else if first_line(&mut f, self.first_line.len()).as_ref() != Some(&self.first_line) {
+                // Rewritten with another header (Lightning's CSVLogger, when a metric appears):
+                // the rows read before are in it again.
+                self.csv.rewritten();
+                self.offset = 0;
+                self.first_line = first_line(&mut f, metrics::MAX_SEGMENT).unwrap_or_default();
+            }
+        }
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }
@@ -387,28 +438,16 @@ impl FileTail {
         }
         self.offset += chunk.len() as u64;
         let t = now();
-        let (format, header) = (self.format, &mut self.header);
-        self.split.feed(&chunk, |line| {
-            let Ok(text) = std::str::from_utf8(line) else {
-                return;
-            };
-            if text.trim().is_empty() {
-                return;
-            }
-            let found = match format {
-                MetricFileFormat::Jsonl => metrics::jsonl_row(text),
-                MetricFileFormat::Csv => match header {
-                    None => {
-                        *header = Some(metrics::csv_header(text));
-                        None
-                    }
-                    Some(h) => metrics::csv_row(h, text),
-                },
-            };
-            if let Some(found) = found {
-                out.push((t, found));
-            }
-        });
+        let mut found = Vec::new();
+        match self.format {
+            MetricFileFormat::Csv => self.csv.feed(&chunk, &mut found),
+            MetricFileFormat::Jsonl => self.split.feed(&chunk, |line, _| {
+                if let Some(f) = std::str::from_utf8(line).ok().and_then(metrics::jsonl_row) {
+                    found.push(f);
+                }
+            }),
+        }
+        out.extend(found.into_iter().map(|f| (t, f)));
     }
 }
 
@@ -523,13 +562,7 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         .metrics
         .files
         .iter()
-        .map(|f| FileTail {
-            path: dir.join(&f.path),
-            format: f.format,
-            offset: 0,
-            header: None,
-            split: LineSplitter::new(),
-        })
+        .map(|f| FileTail::new(dir.join(&f.path), f.format))
         .collect();
 
     let mut last: HashMap<String, f64> = HashMap::new();
