@@ -286,8 +286,12 @@ impl Fields for RuleFields<'_> {
 enum Msg {
     /// The numbers found in one chunk of output, each with the time it was read.
     Found(Vec<(f64, Found)>),
-    Closed,
+    /// A stream ended; its last bytes (where a shell reports how the job ended).
+    Closed(Vec<u8>),
 }
+
+/// How much of the end of each stream the kid keeps to read the shell's report from.
+const STREAM_TAIL: usize = 4096;
 
 /// How long a reader lets output pile up after a short read. Bounds the kid's wake-ups (and so
 /// its CPU) for jobs that flush every line, at the cost of this much latency.
@@ -339,6 +343,7 @@ fn spawn_reader(
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
         let mut scanner = StreamScanner::new();
+        let mut tail: Vec<u8> = Vec::new();
         let mut found = Vec::new();
         let send = |found: &mut Vec<Found>| {
             if !found.is_empty() {
@@ -364,7 +369,13 @@ fn spawn_reader(
             };
             // The log file first: whatever the job printed is kept even if parsing is behind.
             let _ = to.write_all(&buf[..n]);
-            scanner.feed(&extractor, &buf[..n], Instant::now(), &mut found);
+            let chunk = &buf[..n];
+            let keep = chunk.len().min(STREAM_TAIL);
+            tail.extend_from_slice(&chunk[chunk.len() - keep..]);
+            if tail.len() > STREAM_TAIL {
+                tail.drain(..tail.len() - STREAM_TAIL);
+            }
+            scanner.feed(&extractor, chunk, Instant::now(), &mut found);
             send(&mut found);
             if n < buf.len() {
                 linger(&from, COALESCE);
@@ -372,7 +383,7 @@ fn spawn_reader(
         }
         scanner.finish(&extractor, &mut found);
         send(&mut found);
-        let _ = tx.send(Msg::Closed);
+        let _ = tx.send(Msg::Closed(tail));
     })
 }
 
@@ -449,6 +460,36 @@ impl FileTail {
         }
         out.extend(found.into_iter().map(|f| (t, f)));
     }
+}
+
+/// The job's exit status as the shell that ran it reports it. The kid starts the command as
+/// `bash command.sh`; bash forks each command of a script and, when the last one dies from
+/// signal N, exits with 128+N — the code a job's own `exit(128+N)` gives too. What tells them
+/// apart is bash's report of the death on stderr (`command.sh: line 3:  4242 Killed   python
+/// train.py`, or the name alone for SIGTERM and for signals the script traps), in the C
+/// locale's words for the signal.
+/// Returns the signal when the code is 128+N and such a report for N ends one of the streams.
+fn signal_behind_shell(code: i32, tails: &[Vec<u8>]) -> Option<i32> {
+    let signal = code.checked_sub(128).filter(|s| (1..=64).contains(s))?;
+    // SAFETY: strsignal returns a valid C string for any number (its buffer is only reused by
+    // another strsignal call, and the kid makes none elsewhere); it is copied at once.
+    let name = unsafe {
+        let p = libc::strsignal(signal);
+        if p.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    let name = regex::escape(&name);
+    let report = regex::bytes::Regex::new(&format!(
+        r"^(?:.*: +[0-9]+ {name}(?: \(core dumped\))?(?: .*)?|{name}(?: \(core dumped\))?)$"
+    ))
+    .ok()?;
+    tails
+        .iter()
+        .flat_map(|tail| tail.split(|b| *b == b'\n' || *b == b'\r'))
+        .any(|line| report.is_match(line.trim_ascii_end()))
+        .then_some(signal)
 }
 
 fn signal_group(pgid: i32, sig: i32) {
@@ -576,6 +617,7 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     let mut exit_status = None;
     let mut streams_done_at: Option<Instant> = None;
     let mut pending: Vec<KidEvent> = Vec::new();
+    let mut stream_tails: Vec<Vec<u8>> = Vec::new();
 
     let mut round_start = started;
     let mut ending_pause = Duration::from_millis(1);
@@ -591,7 +633,10 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
                 };
                 match rx.recv_timeout(left) {
                     Ok(Msg::Found(f)) => found.extend(f),
-                    Ok(Msg::Closed) => open_streams -= 1,
+                    Ok(Msg::Closed(tail)) => {
+                        stream_tails.push(tail);
+                        open_streams -= 1;
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
                     Err(mpsc::RecvTimeoutError::Disconnected) => open_streams = 0,
                 }
@@ -709,7 +754,10 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         }
     }
     let status = exit_status.expect("loop ends only after the job exited");
-    let (code, signal) = (status.code(), status.signal());
+    let (mut code, mut signal) = (status.code(), status.signal());
+    if let Some(sig) = code.and_then(|c| signal_behind_shell(c, &stream_tails)) {
+        (code, signal) = (None, Some(sig));
+    }
     let outcome = match abort {
         Some((by, _)) => Outcome::Aborted { by, signal, code },
         None => match (code, signal) {
@@ -734,6 +782,37 @@ mod tests {
             step: Some(f64::from(step)),
             values: vec![("loss".into(), 0.5)],
         }
+    }
+
+    /// bash's reports of a command's death by signal, as a script prints them on stderr.
+    #[test]
+    fn the_shell_report_of_a_signal_death() {
+        let tail = |s: &str| vec![s.as_bytes().to_vec()];
+        let report =
+            "loss=1\n/run/command.sh: line 4:  4242 Killed                  python3 train.py\n";
+        assert_eq!(signal_behind_shell(137, &tail(report)), Some(9));
+        assert_eq!(
+            signal_behind_shell(139, &tail(report)),
+            None,
+            "another signal"
+        );
+        let segv = "x.sh: line 2:   77 Segmentation fault      (core dumped) ./a.out\n";
+        assert_eq!(signal_behind_shell(139, &tail(segv)), Some(11));
+        assert_eq!(
+            signal_behind_shell(143, &tail("step 3\nTerminated\n")),
+            Some(15)
+        );
+        assert_eq!(
+            signal_behind_shell(134, &tail("Aborted (core dumped)\n")),
+            Some(6)
+        );
+        // The name alone is how bash reports SIGTERM, and any signal the script traps.
+        assert_eq!(signal_behind_shell(137, &tail("Killed\n")), Some(9));
+        for words in ["Killed by the user\n", "", "done\n"] {
+            assert_eq!(signal_behind_shell(137, &tail(words)), None, "{words:?}");
+        }
+        assert_eq!(signal_behind_shell(1, &tail(report)), None);
+        assert_eq!(signal_behind_shell(300, &tail(report)), None);
     }
 
     /// A log that cannot be written keeps a bounded backlog: the newest samples and every
