@@ -4,7 +4,7 @@
 //! a grace period, then SIGKILL.
 
 use crate::expr::{self, AmbiguousName, FieldValue, Fields};
-use crate::metrics::{self, Extractor, Found, LineSplitter};
+use crate::metrics::{self, CsvMetrics, Extractor, Found, LineSplitter, StreamScanner};
 use crate::probe;
 use crate::report::*;
 use std::collections::HashMap;
@@ -297,8 +297,12 @@ impl Fields for RuleFields<'_> {
 enum Msg {
     /// The numbers found in one chunk of output, each with the time it was read.
     Found(Vec<(f64, Found)>),
-    Closed,
+    /// A stream ended; its last bytes (where a shell reports how the job ended).
+    Closed(Vec<u8>),
 }
+
+/// How much of the end of each stream the kid keeps to read the shell's report from.
+const STREAM_TAIL: usize = 4096;
 
 /// How long a reader lets output pile up after a short read. Bounds the kid's wake-ups (and so
 /// its CPU) for jobs that flush every line, at the cost of this much latency.
@@ -316,17 +320,28 @@ fn grow_pipe(fd: &impl std::os::unix::io::AsRawFd) {
 /// reported even when no event is asked for): coalesces a busy job's output, yet a short job's
 /// end is seen at once.
 fn linger(pipe: &impl std::os::unix::io::AsRawFd, limit: Duration) {
+    poll_pipe(pipe, 0, limit);
+}
+
+/// Wait up to `limit` for something to read (or the writers gone); false when the time is up.
+fn readable(pipe: &impl std::os::unix::io::AsRawFd, limit: Duration) -> bool {
+    poll_pipe(pipe, libc::POLLIN, limit)
+}
+
+fn poll_pipe(
+    pipe: &impl std::os::unix::io::AsRawFd,
+    events: libc::c_short,
+    limit: Duration,
+) -> bool {
     let mut fd = libc::pollfd {
         fd: pipe.as_raw_fd(),
-        events: 0,
+        events,
         revents: 0,
     };
     let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: one valid pollfd for the duration of the call; an error or EINTR just ends the
     // wait early.
-    unsafe {
-        libc::poll(&mut fd, 1, ms);
-    }
+    unsafe { libc::poll(&mut fd, 1, ms) > 0 }
 }
 
 fn spawn_reader(
@@ -338,8 +353,25 @@ fn spawn_reader(
     grow_pipe(&from);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
-        let mut split = LineSplitter::new();
+        let mut scanner = StreamScanner::new();
+        let mut tail: Vec<u8> = Vec::new();
+        let mut found = Vec::new();
+        let send = |found: &mut Vec<Found>| {
+            if !found.is_empty() {
+                let t = now();
+                let _ = tx.send(Msg::Found(found.drain(..).map(|f| (t, f)).collect()));
+            }
+        };
         loop {
+            // A progress bar's latest numbers wait for their period; write them then even if
+            // the job prints nothing more meanwhile.
+            if let Some(due) = scanner.due() {
+                if !readable(&from, due.saturating_duration_since(Instant::now())) {
+                    scanner.tick(&extractor, Instant::now(), &mut found);
+                    send(&mut found);
+                    continue;
+                }
+            }
             let n = match from.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -348,30 +380,21 @@ fn spawn_reader(
             };
             // The log file first: whatever the job printed is kept even if parsing is behind.
             let _ = to.write_all(&buf[..n]);
-            let t = now();
-            let mut found = Vec::new();
-            split.feed(&buf[..n], |line| {
-                if let Some(f) = extractor.line(line) {
-                    found.push((t, f));
-                }
-            });
-            if !found.is_empty() {
-                let _ = tx.send(Msg::Found(found));
+            let chunk = &buf[..n];
+            let keep = chunk.len().min(STREAM_TAIL);
+            tail.extend_from_slice(&chunk[chunk.len() - keep..]);
+            if tail.len() > STREAM_TAIL {
+                tail.drain(..tail.len() - STREAM_TAIL);
             }
+            scanner.feed(&extractor, chunk, Instant::now(), &mut found);
+            send(&mut found);
             if n < buf.len() {
                 linger(&from, COALESCE);
             }
         }
-        let mut found = Vec::new();
-        split.finish(|line| {
-            if let Some(f) = extractor.line(line) {
-                found.push((now(), f));
-            }
-        });
-        if !found.is_empty() {
-            let _ = tx.send(Msg::Found(found));
-        }
-        let _ = tx.send(Msg::Closed);
+        scanner.finish(&extractor, &mut found);
+        send(&mut found);
+        let _ = tx.send(Msg::Closed(tail));
     })
 }
 
@@ -380,15 +403,54 @@ struct FileTail {
     path: PathBuf,
     format: MetricFileFormat,
     offset: u64,
-    header: Option<Vec<String>>,
+    /// The file's first line as last read (CSV): a different one means the file was rewritten.
+    first_line: Vec<u8>,
+    csv: CsvMetrics,
     split: LineSplitter,
 }
 
+/// The first line of a file, with its `\n`, if it is all written (at most `MAX_SEGMENT`).
+fn first_line(f: &mut File, len: usize) -> Option<Vec<u8>> {
+    let mut head = vec![0u8; len];
+    f.seek(SeekFrom::Start(0)).ok()?;
+    let n = f.read(&mut head).ok()?;
+    let end = memchr::memchr(b'\n', &head[..n])?;
+    head.truncate(end + 1);
+    Some(head)
+}
+
 impl FileTail {
+    fn new(path: PathBuf, format: MetricFileFormat) -> FileTail {
+        FileTail {
+            path,
+            format,
+            offset: 0,
+            first_line: Vec::new(),
+            csv: CsvMetrics::default(),
+            split: LineSplitter::new(),
+        }
+    }
+
     fn poll(&mut self, out: &mut Vec<(f64, Found)>) {
         let Ok(mut f) = File::open(&self.path) else {
             return;
         };
+        let len = f.metadata().map_or(0, |m| m.len());
+        if len < self.offset {
+            // A new file in its place: read it from the start.
+            *self = FileTail::new(std::mem::take(&mut self.path), self.format);
+        }
+        if self.format == MetricFileFormat::Csv {
+            if self.first_line.is_empty() {
+                self.first_line = first_line(&mut f, metrics::MAX_SEGMENT).unwrap_or_default();
+            } else if first_line(&mut f, self.first_line.len()).as_ref() != Some(&self.first_line) {
+                // Rewritten with another header (Lightning's CSVLogger, when a metric appears):
+                // the rows read before are in it again.
+                self.csv.rewritten();
+                self.offset = 0;
+                self.first_line = first_line(&mut f, metrics::MAX_SEGMENT).unwrap_or_default();
+            }
+        }
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }
@@ -398,29 +460,47 @@ impl FileTail {
         }
         self.offset += chunk.len() as u64;
         let t = now();
-        let (format, header) = (self.format, &mut self.header);
-        self.split.feed(&chunk, |line| {
-            let Ok(text) = std::str::from_utf8(line) else {
-                return;
-            };
-            if text.trim().is_empty() {
-                return;
-            }
-            let found = match format {
-                MetricFileFormat::Jsonl => metrics::jsonl_row(text),
-                MetricFileFormat::Csv => match header {
-                    None => {
-                        *header = Some(metrics::csv_header(text));
-                        None
-                    }
-                    Some(h) => metrics::csv_row(h, text),
-                },
-            };
-            if let Some(found) = found {
-                out.push((t, found));
-            }
-        });
+        let mut found = Vec::new();
+        match self.format {
+            MetricFileFormat::Csv => self.csv.feed(&chunk, &mut found),
+            MetricFileFormat::Jsonl => self.split.feed(&chunk, |line, _| {
+                if let Some(f) = std::str::from_utf8(line).ok().and_then(metrics::jsonl_row) {
+                    found.push(f);
+                }
+            }),
+        }
+        out.extend(found.into_iter().map(|f| (t, f)));
     }
+}
+
+/// The job's exit status as the shell that ran it reports it. The kid starts the command as
+/// `bash command.sh`; bash forks each command of a script and, when the last one dies from
+/// signal N, exits with 128+N — the code a job's own `exit(128+N)` gives too. What tells them
+/// apart is bash's report of the death on stderr (`command.sh: line 3:  4242 Killed   python
+/// train.py`, or the name alone for SIGTERM and for signals the script traps), in the C
+/// locale's words for the signal.
+/// Returns the signal when the code is 128+N and such a report for N ends one of the streams.
+fn signal_behind_shell(code: i32, tails: &[Vec<u8>]) -> Option<i32> {
+    let signal = code.checked_sub(128).filter(|s| (1..=64).contains(s))?;
+    // SAFETY: strsignal returns a valid C string for any number (its buffer is only reused by
+    // another strsignal call, and the kid makes none elsewhere); it is copied at once.
+    let name = unsafe {
+        let p = libc::strsignal(signal);
+        if p.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    let name = regex::escape(&name);
+    let report = regex::bytes::Regex::new(&format!(
+        r"^(?:.*: +[0-9]+ {name}(?: \(core dumped\))?(?: .*)?|{name}(?: \(core dumped\))?)$"
+    ))
+    .ok()?;
+    tails
+        .iter()
+        .flat_map(|tail| tail.split(|b| *b == b'\n' || *b == b'\r'))
+        .any(|line| report.is_match(line.trim_ascii_end()))
+        .then_some(signal)
 }
 
 fn signal_group(pgid: i32, sig: i32) {
@@ -534,13 +614,7 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         .metrics
         .files
         .iter()
-        .map(|f| FileTail {
-            path: dir.join(&f.path),
-            format: f.format,
-            offset: 0,
-            header: None,
-            split: LineSplitter::new(),
-        })
+        .map(|f| FileTail::new(dir.join(&f.path), f.format))
         .collect();
 
     let mut last: HashMap<String, f64> = HashMap::new();
@@ -556,6 +630,7 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     let mut exit_status = None;
     let mut streams_done_at: Option<Instant> = None;
     let mut pending: Vec<KidEvent> = Vec::new();
+    let mut stream_tails: Vec<Vec<u8>> = Vec::new();
 
     let mut round_start = started;
     let mut ending_pause = Duration::from_millis(1);
@@ -571,7 +646,10 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
                 };
                 match rx.recv_timeout(left) {
                     Ok(Msg::Found(f)) => found.extend(f),
-                    Ok(Msg::Closed) => open_streams -= 1,
+                    Ok(Msg::Closed(tail)) => {
+                        stream_tails.push(tail);
+                        open_streams -= 1;
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
                     Err(mpsc::RecvTimeoutError::Disconnected) => open_streams = 0,
                 }
@@ -700,7 +778,10 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         }
     }
     let status = exit_status.expect("loop ends only after the job exited");
-    let (code, signal) = (status.code(), status.signal());
+    let (mut code, mut signal) = (status.code(), status.signal());
+    if let Some(sig) = code.and_then(|c| signal_behind_shell(c, &stream_tails)) {
+        (code, signal) = (None, Some(sig));
+    }
     let outcome = match abort {
         Some((by, _)) => Outcome::Aborted { by, signal, code },
         None => match (code, signal) {
@@ -725,6 +806,37 @@ mod tests {
             step: Some(f64::from(step)),
             values: vec![("loss".into(), 0.5)],
         }
+    }
+
+    /// bash's reports of a command's death by signal, as a script prints them on stderr.
+    #[test]
+    fn the_shell_report_of_a_signal_death() {
+        let tail = |s: &str| vec![s.as_bytes().to_vec()];
+        let report =
+            "loss=1\n/run/command.sh: line 4:  4242 Killed                  python3 train.py\n";
+        assert_eq!(signal_behind_shell(137, &tail(report)), Some(9));
+        assert_eq!(
+            signal_behind_shell(139, &tail(report)),
+            None,
+            "another signal"
+        );
+        let segv = "x.sh: line 2:   77 Segmentation fault      (core dumped) ./a.out\n";
+        assert_eq!(signal_behind_shell(139, &tail(segv)), Some(11));
+        assert_eq!(
+            signal_behind_shell(143, &tail("step 3\nTerminated\n")),
+            Some(15)
+        );
+        assert_eq!(
+            signal_behind_shell(134, &tail("Aborted (core dumped)\n")),
+            Some(6)
+        );
+        // The name alone is how bash reports SIGTERM, and any signal the script traps.
+        assert_eq!(signal_behind_shell(137, &tail("Killed\n")), Some(9));
+        for words in ["Killed by the user\n", "", "done\n"] {
+            assert_eq!(signal_behind_shell(137, &tail(words)), None, "{words:?}");
+        }
+        assert_eq!(signal_behind_shell(1, &tail(report)), None);
+        assert_eq!(signal_behind_shell(300, &tail(report)), None);
     }
 
     /// A log that cannot be written keeps a bounded backlog: the newest samples and every
