@@ -640,3 +640,58 @@ fn a_run_whose_id_is_now_on_two_rows_is_listed_once_apart_from_them() {
         entries(&p, "12").iter().any(|e| e["state"] == "aborted")
     });
 }
+
+/// Regression: a job killed by a signal while the shell that runs its command (with setup
+/// lines, or `cd dir && python ...`) survived it was reported as "exit code 137/139", not as
+/// the signal. A job that really exits 137 stays an exit code.
+#[test]
+fn signal_deaths_behind_setup_lines_and_lists_are_reported_as_signals() {
+    let p = Project::new(
+        "signals",
+        "clusters:\n  local:\n    setup: ['export NERONET_SETUP=1', 'true']\n",
+    );
+    p.workbook(
+        &["id", "status", "command"],
+        &[
+            vec![
+                V::S("kill9"),
+                V::E,
+                V::S("cd . && python3 -c 'import os; os.kill(os.getpid(), 9)'"),
+            ],
+            vec![
+                V::S("segv"),
+                V::E,
+                V::S("test \"$NERONET_SETUP\" = 1 && python3 -c 'import ctypes; ctypes.string_at(0)'"),
+            ],
+            vec![V::S("exit137"), V::E, V::S("python3 -c 'raise SystemExit(137)'")],
+        ],
+    );
+    // Exit 3: the runs did not finish.
+    assert_eq!(
+        p.neroman(&["start", "all", "--wait"]).status.code(),
+        Some(3)
+    );
+    let reason = |id: &str| {
+        p.status()
+            .into_iter()
+            .find(|e| e["id"] == id)
+            .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+            .unwrap()
+    };
+    assert!(
+        reason("kill9").contains("killed by signal 9 (SIGKILL)"),
+        "{}",
+        reason("kill9")
+    );
+    assert!(
+        reason("segv").contains("killed by signal 11 (SIGSEGV)"),
+        "{}",
+        reason("segv")
+    );
+    assert!(reason("exit137").contains("137"), "{}", reason("exit137"));
+    assert!(
+        !reason("exit137").contains("signal"),
+        "{}",
+        reason("exit137")
+    );
+}

@@ -166,11 +166,15 @@ pub enum KidEvent {
         t: f64,
         outcome: Outcome,
     },
+    /// An event of a kind this version does not know (written by a newer kid): read, then
+    /// skipped, so that adding an event never again breaks an older reader.
+    #[serde(other)]
+    Unknown,
 }
 
 impl KidEvent {
-    pub fn time(&self) -> f64 {
-        match self {
+    pub fn time(&self) -> Option<f64> {
+        Some(match self {
             KidEvent::Started { t, .. }
             | KidEvent::Environment { t, .. }
             | KidEvent::Metrics { t, .. }
@@ -178,7 +182,8 @@ impl KidEvent {
             | KidEvent::RuleFired { t, .. }
             | KidEvent::RuleProblem { t, .. }
             | KidEvent::Exited { t, .. } => *t,
-        }
+            KidEvent::Unknown => return None,
+        })
     }
 }
 
@@ -289,6 +294,21 @@ pub fn now() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A kid event this version does not know (a newer kid's) is skipped, not an error that
+    /// stops a whole batch (protocol 2 readers failed on `rule_problem`).
+    #[test]
+    fn an_unknown_kid_event_is_read_as_unknown() {
+        let e: KidEvent =
+            serde_json::from_str(r#"{"event":"gpu_sample","t":1.5,"gpus":[{"util":90}]}"#).unwrap();
+        assert_eq!(e, KidEvent::Unknown);
+        assert_eq!(e.time(), None);
+        let known: KidEvent =
+            serde_json::from_str(r#"{"event":"rule_problem","t":2.0,"message":"m"}"#).unwrap();
+        assert_eq!(known.time(), Some(2.0));
+    }
+
     use super::*;
 
     #[test]

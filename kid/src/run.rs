@@ -473,8 +473,9 @@ impl FileTail {
     }
 }
 
-/// The job's exit status as the shell that ran it reports it. The kid starts the command as
-/// `bash command.sh`; bash forks each command of a script and, when the last one dies from
+/// The job's exit status as the shell that ran it reports it, where the shell outlived the
+/// command (neromum starts `bash -c <script>`, which execs the last command, so this is the
+/// uncommon case: see docs/ARCHITECTURE.md). bash forks such a command and, when it dies from
 /// signal N, exits with 128+N — the code a job's own `exit(128+N)` gives too. What tells them
 /// apart is bash's report of the death on stderr (`command.sh: line 3:  4242 Killed   python
 /// train.py`, or the name alone for SIGTERM and for signals the script traps), in the C

@@ -8,8 +8,10 @@ use std::io::{BufRead, Read, Write};
 
 /// Bump on any incompatible change to the messages below. Two messages are frozen across every
 /// version so that a newer neroman can always ask an older mum to hand over: `hello` (whose
-/// reply names the mum's version) and `shutdown`. Version 1 had no long-poll, acks or health.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// reply names the mum's version) and `shutdown`. Version 1 had no long-poll, acks or health;
+/// version 2 knew no `rule_problem` kid event (an older neroman could not decode a batch that
+/// holds one). From version 3 on an unknown kid event decodes as `KidEvent::Unknown`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest message either side accepts (one line of JSON); a bigger one ends the connection.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
