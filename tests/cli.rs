@@ -142,7 +142,11 @@ fn mum_refuses_another_protocol_version() {
     let mut reply = String::new();
     r.read_line(&mut reply).unwrap();
     assert!(
-        reply.contains("\"type\":\"hello\"") && reply.contains("\"version\":2"),
+        reply.contains("\"type\":\"hello\"")
+            && reply.contains(&format!(
+                "\"version\":{}",
+                neronet::cluster::protocol::PROTOCOL_VERSION
+            )),
         "{reply}"
     );
     reply.clear();

@@ -309,7 +309,6 @@ mod tests {
         assert_eq!(known.time(), Some(2.0));
     }
 
-
     #[test]
     fn spec_periods_are_checked() {
         let spec = |sample_secs, grace_secs| KidSpec {
