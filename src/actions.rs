@@ -166,7 +166,7 @@ pub fn act(
                     continue;
                 }
                 // The run's uid is decided when the store records it (below); mum gets it then.
-                let Some(spec) = project.run_spec(c.exp, "") else {
+                let Some(spec) = project.run_spec(c.exp, "", &exps.known_metrics) else {
                     report
                         .skipped
                         .push((id, "cannot build the run (no command or cluster)".into()));

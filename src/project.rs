@@ -105,6 +105,8 @@ pub struct Experiments {
     pub list: Vec<Experiment>,
     /// Things about the sheet as a whole worth a warning (nothing is refused for them).
     pub warnings: Vec<String>,
+    /// Every metric name the project's runs have printed (rules resolve against them).
+    pub known_metrics: Vec<String>,
 }
 
 impl Experiments {
@@ -200,13 +202,15 @@ impl Project {
             .collect();
         self.store.note_rows(&noted, now())?;
         let mut warnings = column_warnings(&sheet);
-        warnings.extend(self.rule_warnings(&list, &sheet.params)?);
+        let known_metrics = self.store.metric_names()?;
         let mut list = list;
+        warnings.extend(check_rule_fields(&mut list, &sheet.params, &known_metrics));
         self.detach_runs(&mut list, now())?;
         Ok(Experiments {
             sheet,
             list,
             warnings,
+            known_metrics,
         })
     }
 
@@ -244,58 +248,6 @@ impl Project {
         detached.sort_by(|a, b| id_order(&a.row.id, &b.row.id));
         list.extend(detached);
         Ok(())
-    }
-
-    /// A rule field nothing knows never matches, so the rule never fires: say so. Only once
-    /// some metric has been seen (before the first run, every metric is unknown).
-    fn rule_warnings(
-        &self,
-        list: &[Experiment],
-        params: &[String],
-    ) -> Result<Vec<String>, CoreError> {
-        let metrics = self.store.metric_names()?;
-        if metrics.is_empty() {
-            return Ok(Vec::new());
-        }
-        let params: Vec<&str> = params.iter().map(String::as_str).collect();
-        let metrics: Vec<&str> = metrics.iter().map(String::as_str).collect();
-        let mut out = Vec::new();
-        // Each distinct rule once (a sweep repeats one rule on thousands of rows).
-        let mut rules: BTreeMap<&str, &Experiment> = BTreeMap::new();
-        for e in list {
-            if let Some(rule) = &e.abort_when {
-                rules.entry(rule.as_str()).or_insert(e);
-            }
-        }
-        for (rule, e) in rules {
-            let Ok(expr) = nerokid::expr::parse(rule) else {
-                continue;
-            };
-            let place = if e.row.abort_when.is_some() {
-                e.row.abort_when_cell.clone()
-            } else {
-                "neronet.yaml abort_when".into()
-            };
-            for c in expr.comparisons() {
-                use crate::select::FieldCheck;
-                match crate::select::check_field(&c.field, &metrics, &params) {
-                    FieldCheck::Known => {}
-                    FieldCheck::Unknown { nearest } => {
-                        let hint = nearest
-                            .map(|n| format!("; did you mean {n}?"))
-                            .unwrap_or_default();
-                        out.push(format!(
-                            "{place}: the rule {rule:?} uses {:?}, which no parameter or metric seen so far has, so it cannot fire{hint}",
-                            c.field
-                        ));
-                    }
-                    FieldCheck::Ambiguous(a) => out.push(format!(
-                        "{place}: the rule {rule:?}: {a}; that comparison cannot fire"
-                    )),
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// `rules` caches parse results: a sweep repeats the same rule on thousands of rows.
@@ -682,7 +634,14 @@ impl Project {
     }
 
     /// Build the run spec mum needs for one experiment's next run.
-    pub fn run_spec(&self, exp: &Experiment, uid: &str) -> Option<RunSpec> {
+    /// What mum needs to start a run of `exp`; `known_metrics` are the metric names the
+    /// project's runs printed (the kid resolves the rule's names against them too).
+    pub fn run_spec(
+        &self,
+        exp: &Experiment,
+        uid: &str,
+        known_metrics: &[String],
+    ) -> Option<RunSpec> {
         let command = exp.command.clone()?;
         let cluster = self.config.clusters.get(&exp.cluster)?;
         let params: BTreeMap<String, String> = exp
@@ -709,12 +668,31 @@ impl Project {
                 id: exp.row.id.clone(),
                 params,
                 abort_when: exp.abort_when.clone(),
+                known_metrics: rule_metrics(exp.abort_when.as_deref(), known_metrics),
                 metrics: self.config.metrics_spec(),
                 grace_secs: cluster.grace_secs(),
                 sample_secs: 5.0,
             },
         })
     }
+}
+
+/// The known metric names that a field of `rule` matches ignoring case (few: kid.json stays
+/// small whatever the project printed).
+fn rule_metrics(rule: Option<&str>, known: &[String]) -> Vec<String> {
+    let Some(expr) = rule.and_then(|r| nerokid::expr::parse(r).ok()) else {
+        return Vec::new();
+    };
+    let fields: Vec<String> = expr
+        .comparisons()
+        .iter()
+        .map(|c| c.field.to_ascii_lowercase())
+        .collect();
+    known
+        .iter()
+        .filter(|k| fields.contains(&k.to_ascii_lowercase()))
+        .cloned()
+        .collect()
 }
 
 /// The project's stable id, created on first use: `.neronet/project-id` holds it with the
@@ -774,6 +752,89 @@ fn project_id(dir: &Path) -> std::io::Result<(String, Option<PathBuf>)> {
     let id = crate::util::random_hex(16)?;
     remember(&id)?;
     Ok((id, None))
+}
+
+/// Check the field names of each row's rule against the parameters and the metrics the
+/// project's runs printed. A name that matches several of them only ignoring case (`LOSS` with
+/// metrics `Loss` and `loss`) makes the row invalid: the rule would have to guess, so write one
+/// spelling exactly. A name nothing has shown yet is a warning (its comparison stays unknown,
+/// firing nothing, until the job prints it). Returns the warnings.
+fn check_rule_fields(
+    list: &mut [Experiment],
+    params: &[String],
+    metrics: &[String],
+) -> Vec<String> {
+    use crate::select::FieldCheck;
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+    let metric_names: Vec<&str> = metrics.iter().map(String::as_str).collect();
+    let mut warnings = Vec::new();
+    // Each distinct rule once (a sweep repeats one rule on thousands of rows).
+    let mut verdicts: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
+    for e in list.iter_mut() {
+        let Some(rule) = e.abort_when.clone() else {
+            continue;
+        };
+        let from_row = e.row.abort_when.is_some();
+        let (errors, unknown) = verdicts.entry(rule.clone()).or_insert_with(|| {
+            let (mut errors, mut unknown) = (Vec::new(), Vec::new());
+            if let Ok(expr) = nerokid::expr::parse(&rule) {
+                for c in expr.comparisons() {
+                    if crate::select::RULE_FIELDS
+                        .iter()
+                        .any(|b| b.eq_ignore_ascii_case(&c.field))
+                    {
+                        continue;
+                    }
+                    match crate::select::check_field(&c.field, &metric_names, &params) {
+                        FieldCheck::Known => {}
+                        FieldCheck::Ambiguous(a) => errors.push(format!(
+                            "the rule {rule:?}: {a}: write one of them exactly"
+                        )),
+                        FieldCheck::Unknown { .. } => {
+                            let known = metric_names.iter().chain(&params).copied();
+                            let hint = crate::select::nearest(&c.field, known)
+                                .map(|n| format!("; did you mean {n}?"))
+                                .unwrap_or_default();
+                            unknown.push(format!(
+                                "the rule {rule:?} uses {:?}, which no parameter has and no run has printed so far: that comparison fires nothing until the job prints it{hint}",
+                                c.field
+                            ));
+                        }
+                    }
+                }
+            }
+            (errors, unknown)
+        });
+        let place = if from_row {
+            e.row.abort_when_cell.clone()
+        } else {
+            "the default abort_when (neronet.yaml)".into()
+        };
+        for m in errors.iter() {
+            let cell = if from_row {
+                e.row.abort_when_cell.clone()
+            } else {
+                e.row.id_cell.clone()
+            };
+            let message = if from_row {
+                m.clone()
+            } else {
+                format!("{m} (in the default abort_when of neronet.yaml)")
+            };
+            e.problems.push(Problem {
+                cell,
+                id: (!e.row.id.is_empty()).then(|| e.row.id.clone()),
+                message,
+            });
+        }
+        for w in unknown.iter() {
+            let line = format!("{place}: {w}");
+            if !warnings.contains(&line) {
+                warnings.push(line);
+            }
+        }
+    }
+    warnings
 }
 
 /// An experiment made from a run no single workbook row owns: its id, cluster and the

@@ -21,6 +21,10 @@ pub const BUILTIN_FIELDS: &[&str] = &[
     "job_id",
 ];
 
+/// The built-in fields a rule can use while its run goes on (the kid knows only these, besides
+/// the row's parameters and the run's metrics).
+pub const RULE_FIELDS: &[&str] = &["id", "status", "state", "runtime"];
+
 /// One experiment as a selection sees it.
 pub struct Candidate<'a> {
     pub exp: &'a Experiment,
@@ -71,26 +75,25 @@ impl Fields for Candidate<'_> {
 }
 
 impl Candidate<'_> {
-    /// A metric or parameter as `resolve_name` finds it: the exact spelling first, then
-    /// ignoring case; a metric before a parameter.
+    /// A metric or parameter by the name the selection resolved for the whole project
+    /// (`parse_selection`): this run's metric of exactly that name, else the row's parameter
+    /// (headers are unique ignoring case). No fallback to another spelling row by row: a row
+    /// that has only `Loss` has no `loss` (it matched before, by whichever spelling it had).
     fn metric_or_param(&self, name: &str) -> Result<Option<FieldValue>, AmbiguousName> {
-        let metrics: Vec<&str> = self
-            .metrics
-            .map(|m| m.keys().map(String::as_str).collect())
-            .unwrap_or_default();
+        if let Some(v) = self.metrics.and_then(|m| m.get(name)) {
+            return Ok(Some(FieldValue::Num(*v)));
+        }
         let params = &self.exp.row.params;
-        let param_names: Vec<&str> = params.keys().map(String::as_str).collect();
-        Ok(match resolve_name(name, &[&metrics, &param_names])? {
-            Some((0, m)) => self
-                .metrics
-                .and_then(|all| all.get(m))
-                .map(|v| FieldValue::Num(*v)),
-            Some((_, p)) => params.get(p).map(|v| match v.number {
-                Some(n) => FieldValue::Num(n),
-                None => FieldValue::Text(v.text.clone()),
-            }),
-            None => None,
-        })
+        let found = params.get(name).or_else(|| {
+            params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        });
+        Ok(found.map(|v| match v.number {
+            Some(n) => FieldValue::Num(n),
+            None => FieldValue::Text(v.text.clone()),
+        }))
     }
 }
 
@@ -140,16 +143,28 @@ pub fn parse_selection(
     metric_names: &[String],
     config_metrics: &[String],
 ) -> Result<Expr, String> {
-    let expr = nerokid::expr::parse(src).map_err(|e| format!("selection {src:?}: {e}"))?;
+    let mut expr = nerokid::expr::parse(src).map_err(|e| format!("selection {src:?}: {e}"))?;
     let params: Vec<&str> = exps.sheet.params.iter().map(String::as_str).collect();
     let metrics: Vec<&str> = metric_names
         .iter()
         .chain(config_metrics)
         .map(String::as_str)
         .collect();
-    for c in expr.comparisons() {
+    for c in expr.comparisons_mut() {
         match check_field(&c.field, &metrics, &params) {
-            FieldCheck::Known => {}
+            FieldCheck::Known => {
+                // Resolved once for the whole project: `loss` stays `loss` where any run printed
+                // `loss`, and a row that has only `Loss` does not match it (row by row, each
+                // row fell back to whichever spelling it had).
+                if !BUILTIN_FIELDS
+                    .iter()
+                    .any(|b| b.eq_ignore_ascii_case(&c.field))
+                {
+                    if let Ok(Some((_, name))) = resolve_name(&c.field, &[&metrics, &params]) {
+                        c.field = name.to_string();
+                    }
+                }
+            }
             FieldCheck::Unknown { nearest } => {
                 let hint = nearest
                     .map(|n| format!("; did you mean {n}?"))

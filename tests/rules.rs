@@ -166,3 +166,59 @@ fn a_selection_finds_nan_losses() {
     assert_eq!(ids("Loss>0.3"), ["1"]);
     assert!(ids("Loss>5").is_empty());
 }
+
+/// Regressions from a user trial: a selection fell back row by row to whichever spelling a row
+/// had (`Loss!=nan` picked rows that print only `loss`); the kid took this run's `Loss` for a
+/// rule's `loss` before the run printed its own `loss`; and `!(acc>0.1)` fired at once, before
+/// the job printed any `acc`.
+#[test]
+fn names_resolve_once_for_the_project_and_unprinted_metrics_fire_nothing() {
+    let p = Project::new(
+        "names-project-wide",
+        "clusters:\n  local:\n    max_parallel: 4\n",
+    );
+    // Row 3 prints the training `Loss` first, its own `loss` only after a second.
+    let late = "python3 -c \"import time; print('Loss=5', flush=True); time.sleep(1.5); print('loss=0.5')\"";
+    p.workbook(
+        &["id", "status", "command", "abort_when"],
+        &[
+            vec![V::N(1.0), V::E, V::S("echo Loss=2"), V::E],
+            vec![V::N(2.0), V::E, V::S("echo loss=3"), V::E],
+            vec![V::N(3.0), V::E, V::S(late), V::S("loss>1")],
+            vec![V::N(4.0), V::E, V::S("echo hi"), V::S("LOSS>1")],
+            vec![
+                V::N(5.0),
+                V::E,
+                V::S("sleep 1; echo acc=0.5"),
+                V::S("!(acc>0.1)"),
+            ],
+        ],
+    );
+    p.ok(&["start", "1,2", "--wait"]);
+    let ids = |sel: &str| -> Vec<String> {
+        let text = p.ok(&["status", sel, "--json"]);
+        serde_json::from_str::<Vec<serde_json::Value>>(&text)
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids("Loss>1"), ["1"]);
+    assert_eq!(ids("loss>1"), ["2"]);
+    assert_eq!(ids("Loss!=nan"), ["1"]);
+    // Row 4's rule now names two metrics ignoring case: the row is invalid, not guessed at.
+    let out = p.neroman(&["start", "3-5", "--wait"]);
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        so.contains("4: not started: invalid row")
+            && so.contains("field \"LOSS\" is ambiguous: it matches \"Loss\" and \"loss\""),
+        "{so}"
+    );
+    let state = |id: &str| p.state_of(id);
+    assert_eq!(
+        state("3"),
+        "finished",
+        "row 3's rule waited for its own loss"
+    );
+    assert_eq!(state("5"), "finished", "!(acc>0.1) waited for acc");
+}

@@ -816,7 +816,10 @@ fn literal(v: &Value) -> String {
 
 /// Shortest text that parses back to the same f64.
 pub fn format_number(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 1e15 {
+    if n.is_nan() {
+        // As the tables and `status --json` show it (and `=~nan` matches it); Rust says "NaN".
+        "nan".into()
+    } else if n.fract() == 0.0 && n.abs() < 1e15 {
         format!("{}", n as i64)
     } else {
         format!("{n}")
@@ -904,9 +907,32 @@ impl Expr {
         row: &dyn Fields,
         ambiguous: &mut dyn FnMut(AmbiguousName),
     ) -> Option<bool> {
+        self.evaluate_with(row, false, ambiguous)
+    }
+
+    /// As a rule evaluates while the job runs: a comparison on a field the run has not reported
+    /// (yet) is unknown too, not false, so `!(acc>0.1)` does not fire before the job printed
+    /// any `acc` (it fired at once when a missing field made the comparison false).
+    pub fn evaluate_rule(
+        &self,
+        row: &dyn Fields,
+        ambiguous: &mut dyn FnMut(AmbiguousName),
+    ) -> Option<bool> {
+        self.evaluate_with(row, true, ambiguous)
+    }
+
+    fn evaluate_with(
+        &self,
+        row: &dyn Fields,
+        missing_unknown: bool,
+        ambiguous: &mut dyn FnMut(AmbiguousName),
+    ) -> Option<bool> {
         let mut all = |v: &[Expr], stop: bool| {
             // Every child is evaluated, so every ambiguous name is heard.
-            let results: Vec<Option<bool>> = v.iter().map(|e| e.evaluate(row, ambiguous)).collect();
+            let results: Vec<Option<bool>> = v
+                .iter()
+                .map(|e| e.evaluate_with(row, missing_unknown, ambiguous))
+                .collect();
             if results.contains(&Some(stop)) {
                 Some(stop)
             } else if results.contains(&None) {
@@ -918,7 +944,7 @@ impl Expr {
         match self {
             Expr::Union(v) | Expr::Or(v) => all(v, true),
             Expr::And(v) => all(v, false),
-            Expr::Not(e) => e.evaluate(row, ambiguous).map(|b| !b),
+            Expr::Not(e) => e.evaluate_with(row, missing_unknown, ambiguous).map(|b| !b),
             Expr::All => Some(true),
             Expr::State(s) => Some(row.state().is_some_and(|st| st.eq_ignore_ascii_case(s))),
             Expr::IdRange(lo, hi) => Some(
@@ -928,8 +954,9 @@ impl Expr {
                     .is_ok_and(|n| *lo <= n && n <= *hi),
             ),
             Expr::Id(id) => Some(id_equal(id, row.id())),
-            Expr::Cmp(c) => match c.evaluate(row) {
-                Ok(b) => Some(b),
+            Expr::Cmp(c) => match c.evaluate_field(row) {
+                Ok(Some(b)) => Some(b),
+                Ok(None) => (!missing_unknown).then_some(false),
                 Err(e) => {
                     ambiguous(e);
                     None
@@ -946,6 +973,24 @@ impl Expr {
                 out.push(c);
             }
         });
+        out
+    }
+
+    /// Every comparison in the tree, to change (a selection resolves its field names once
+    /// for the whole project).
+    pub fn comparisons_mut(&mut self) -> Vec<&mut Comparison> {
+        fn walk<'a>(e: &'a mut Expr, out: &mut Vec<&'a mut Comparison>) {
+            match e {
+                Expr::Union(v) | Expr::Or(v) | Expr::And(v) => {
+                    v.iter_mut().for_each(|e| walk(e, out))
+                }
+                Expr::Not(e) => walk(e, out),
+                Expr::Cmp(c) => out.push(c),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
         out
     }
 
@@ -982,37 +1027,44 @@ impl Comparison {
     /// Does this row's field compare true? `Ok(false)` when the row lacks the field; an error
     /// when the name matches several of the row's fields only ignoring case.
     pub fn evaluate(&self, row: &dyn Fields) -> Result<bool, AmbiguousName> {
+        Ok(self.evaluate_field(row)?.unwrap_or(false))
+    }
+
+    /// `Ok(None)` when the row lacks the field.
+    fn evaluate_field(&self, row: &dyn Fields) -> Result<Option<bool>, AmbiguousName> {
         let name = self.field.as_str();
         let got = match name.to_ascii_lowercase().as_str() {
             "id" => Some(FieldValue::Text(row.id().to_string())),
             "status" | "state" => row.state().map(|s| FieldValue::Text(s.to_string())),
             _ => row.field(name)?,
         };
-        let Some(got) = got else { return Ok(false) };
+        let Some(got) = got else { return Ok(None) };
         if self.op == CmpOp::Match {
             let text = match &got {
                 FieldValue::Num(n) => format_number(*n),
                 FieldValue::Text(t) => t.clone(),
             };
-            return Ok(self.regex.as_ref().is_some_and(|r| r.0.is_match(&text)));
+            return Ok(Some(
+                self.regex.as_ref().is_some_and(|r| r.0.is_match(&text)),
+            ));
         }
         let numbers = match (&got, &self.value) {
             (FieldValue::Num(g), v) => match v.as_number() {
                 Some(w) => (*g, w),
-                None => return Ok(self.op == CmpOp::Ne),
+                None => return Ok(Some(self.op == CmpOp::Ne)),
             },
             (FieldValue::Text(g), Value::Text(w)) => {
                 match (g.trim().parse::<f64>(), w.parse::<f64>()) {
                     (Ok(a), Ok(b)) => (a, b),
-                    _ => return Ok(self.op.holds(g.as_str().cmp(w.as_str()))),
+                    _ => return Ok(Some(self.op.holds(g.as_str().cmp(w.as_str())))),
                 }
             }
             (FieldValue::Text(g), v) => match g.trim().parse::<f64>() {
                 Ok(a) => (a, v.as_number().unwrap_or(f64::NAN)),
-                Err(_) => return Ok(self.op == CmpOp::Ne),
+                Err(_) => return Ok(Some(self.op == CmpOp::Ne)),
             },
         };
-        Ok(compare_numbers(numbers.0, self.op, numbers.1))
+        Ok(Some(compare_numbers(numbers.0, self.op, numbers.1)))
     }
 }
 

@@ -24,6 +24,12 @@ pub struct KidSpec {
     /// Auto-termination rule (SPEC §5 expression); empty = none.
     #[serde(default)]
     pub abort_when: Option<String>,
+    /// Metric names that other runs of the project printed and that match a field of the rule
+    /// ignoring case: the rule's names resolve against them too, so `loss` waits for this run's
+    /// own `loss` instead of taking its `Loss` meanwhile, and `LOSS` is ambiguous from the start
+    /// where the project knows `Loss` and `loss`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_metrics: Vec<String>,
     #[serde(default)]
     pub metrics: MetricsSpec,
     /// SIGTERM → SIGKILL grace, seconds.
@@ -41,6 +47,7 @@ impl Default for KidSpec {
             id: String::new(),
             params: BTreeMap::new(),
             abort_when: None,
+            known_metrics: Vec::new(),
             metrics: MetricsSpec::default(),
             grace_secs: default_grace(),
             sample_secs: default_sample(),

@@ -284,10 +284,16 @@ impl Fields for RuleFields<'_> {
         if let Some(v) = self.spec.params.get(name) {
             return Ok(Some(param(v)));
         }
-        let metrics: Vec<&str> = self.last.keys().map(String::as_str).collect();
+        // A name other runs printed exactly: this run has not printed it yet.
+        if self.spec.known_metrics.iter().any(|k| k == name) {
+            return Ok(None);
+        }
+        let mut metrics: Vec<&str> = self.last.keys().map(String::as_str).collect();
+        metrics.extend(self.spec.known_metrics.iter().map(String::as_str));
         let params: Vec<&str> = self.spec.params.keys().map(String::as_str).collect();
         Ok(match expr::resolve_name(name, &[&metrics, &params])? {
-            Some((0, m)) => Some(FieldValue::Num(self.last[m])),
+            // Known from other runs, not printed by this one yet: missing.
+            Some((0, m)) => self.last.get(m).map(|v| FieldValue::Num(*v)),
             Some((_, p)) => Some(param(&self.spec.params[p])),
             None => None,
         })
@@ -714,7 +720,7 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
                     last: &last,
                     runtime: started.elapsed().as_secs_f64(),
                 };
-                let verdict = rule.evaluate(&fields, &mut |a| {
+                let verdict = rule.evaluate_rule(&fields, &mut |a| {
                     if !ambiguous_reported.contains(&a.field) {
                         let message = format!(
                             "abort_when {:?}: {a}; the rule cannot fire on that comparison",
