@@ -188,6 +188,9 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
                 .iter()
                 .map(|p| {
                     c.exp.row.params.get(p).map(|v| match v.number {
+                        // A duration cell (`36:00:00`) is a number of seconds shown with colons
+                        // (no plain number has one): it stays a duration in results.xlsx.
+                        Some(n) if v.text.contains(':') => Value::Duration(n),
                         Some(n) => Value::Num(n),
                         None => Value::Text(v.text.clone()),
                     })

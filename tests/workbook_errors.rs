@@ -347,4 +347,7 @@ fn dates_and_durations_reach_the_command_as_the_sheet_shows_them() {
         p.ok(&["logs", "1"]),
         "2026-03-14 2026-03-14 14:30:00 36:00:00 1:30:05 2026-03-15 09:15:00\n"
     );
+    // results.xlsx keeps a duration a duration (it was the raw 129600 seconds).
+    let results = common::soffice_csv(&p.path("results.xlsx"), 0);
+    assert!(results.contains(",36:00:00,"), "{results}");
 }

@@ -205,3 +205,29 @@ fn formulas_with_a_computed_value_read_as_their_value() {
     assert_eq!(sheet.rows[1].params["width"].text, "32");
     assert_eq!(sheet.rows[2].id, "3");
 }
+
+/// Regression from a user trial: a duration a hair under a day (23:59:59.9999, as float
+/// arithmetic leaves one) was shown `24:00:00` but compared as 86399.9999 s, so `d>=1d` missed
+/// it. It is read to the millisecond it is shown with.
+#[test]
+fn a_duration_is_read_to_the_millisecond_it_is_shown_with() {
+    let dir = std::env::temp_dir().join(format!("neronet-duration-ms-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("d.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let ws = book.add_worksheet();
+    let fmt = rust_xlsxwriter::Format::new().set_num_format("[h]:mm:ss");
+    for (c, h) in ["id", "status", "command", "d"].iter().enumerate() {
+        ws.write_string(0, c as u16, *h).unwrap();
+    }
+    ws.write_number(1, 0, 1.0).unwrap();
+    ws.write_string(1, 2, "echo {d}").unwrap();
+    ws.write_number_with_format(1, 3, (86_400.0 - 0.0001) / 86_400.0, &fmt)
+        .unwrap();
+    book.save(&path).unwrap();
+    let sheet = read_experiments(&path).unwrap();
+    let d = &sheet.rows[0].params["d"];
+    assert_eq!(d.text, "24:00:00");
+    assert_eq!(d.number, Some(86_400.0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

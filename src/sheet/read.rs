@@ -385,9 +385,13 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
                             Data::Float(f) => Some(*f),
                             Data::Bool(_) | Data::DateTimeIso(_) => None,
                             // A duration compares as seconds (`time_limit>1d`); a date does not.
-                            Data::DateTime(dt) if dt.is_duration() => Some(dt.as_f64() * 86400.0),
+                            // To the millisecond, as it is shown: 23:59:59.9999 shows as
+                            // 24:00:00 and must compare as 1d.
+                            Data::DateTime(dt) if dt.is_duration() => {
+                                Some(to_ms(dt.as_f64() * 86400.0))
+                            }
                             Data::DateTime(_) => None,
-                            Data::DurationIso(iso) => iso_duration_secs(iso),
+                            Data::DurationIso(iso) => iso_duration_secs(iso).map(to_ms),
                             _ => trimmed.parse::<f64>().ok().filter(|f| f.is_finite()),
                         };
                         row.params.insert(
@@ -563,6 +567,11 @@ fn iso_date_time_text(iso: &str) -> String {
         }
         _ => format!("{date} {time}"),
     }
+}
+
+/// Seconds rounded to the millisecond, the precision a duration is shown with.
+fn to_ms(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
 }
 
 /// Seconds as `[h]:mm:ss`: `36:00:00`, `1:30:05`, `-0:05:00`, `0:00:01.500`.

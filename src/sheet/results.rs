@@ -76,6 +76,8 @@ impl Cuts {
 pub enum Value {
     Num(f64),
     Text(String),
+    /// Seconds, written as a spreadsheet duration (`[h]:mm:ss`), as the experiments sheet had it.
+    Duration(f64),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -140,6 +142,7 @@ pub enum ResultsError {
 struct Formats {
     header: Format,
     time: Format,
+    duration: Format,
 }
 
 fn write_header(
@@ -229,6 +232,7 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
             .set_background_color("DDEBF7")
             .set_border_bottom(FormatBorder::Thin),
         time: Format::new().set_num_format("yyyy-mm-dd hh:mm:ss"),
+        duration: Format::new().set_num_format("[h]:mm:ss"),
     };
 
     let mut cuts = Cuts::default();
@@ -287,6 +291,10 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
             match p {
                 Some(Value::Num(n)) => put_num(ws, r, c, Some(*n))?,
                 Some(Value::Text(t)) => put_text(ws, &mut cuts, &at(c), Some(t))?,
+                Some(Value::Duration(secs)) if secs.is_finite() => {
+                    ws.write_number_with_format(r, c, secs / 86400.0, &f.duration)?;
+                }
+                Some(Value::Duration(secs)) => put_num(ws, r, c, Some(*secs))?,
                 None => {}
             }
             c += 1;
