@@ -25,6 +25,12 @@ pub enum StoreError {
     },
     #[error("state store query")]
     Sql(#[from] rusqlite::Error),
+    #[error("cannot create {dir}, where the project keeps its state (is the project directory writable?)")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
 }
 
 /// Each entry upgrades the schema by one version.
@@ -187,7 +193,10 @@ impl Store {
     /// and the schema version is re-read inside the write transaction that migrates.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            std::fs::create_dir_all(dir).map_err(|err| StoreError::Dir {
+                dir: dir.to_path_buf(),
+                err,
+            })?;
         }
         let open_err = |err| StoreError::Open {
             path: path.to_path_buf(),

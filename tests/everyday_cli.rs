@@ -125,3 +125,23 @@ fn shell_completions_load_in_bash() {
         );
     }
 }
+
+/// Regression from a user trial: where the project's state directory cannot be made (a
+/// read-only project directory), the error was sqlite's "unable to open database file".
+#[test]
+fn a_state_directory_that_cannot_be_made_is_named() {
+    let p = Project::new("nostate", "command: echo hi\n");
+    p.workbook(&["id", "status"], &rows(1));
+    // Root ignores permissions: a file where the directory should be fails for anyone.
+    p.write(".neronet", "not a directory");
+    let out = p.neroman(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot create {}, where the project keeps its state",
+            p.path(".neronet").display()
+        )),
+        "{err}"
+    );
+}
