@@ -436,6 +436,19 @@ fn status_metric_columns_prefer_rules_and_selection_and_can_be_chosen() {
     );
     let table = p.ok(&["status"]);
     assert_eq!(metric_columns(&table), ["ag", "loss"], "{table}");
+    // A configured name no run reported keeps its column, but a likely typo is said, as
+    // `--metrics` says it (it was silent).
+    p.write(
+        "neronet.yaml",
+        &format!("{NINE_METRICS}status_metrics: [los, loss]\n"),
+    );
+    let out = p.neroman(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("status_metrics in neronet.yaml: no run has reported a metric \"los\" yet; did you mean loss?"),
+        "{err}"
+    );
 }
 
 /// Regression: an unwritable results.xlsx made `start` exit 1 after it had submitted the runs

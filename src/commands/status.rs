@@ -30,8 +30,20 @@ pub fn run(
                 let columns = metric_columns(list, &project.store.metric_names()?)?;
                 crate::view::status_table_with(&project, &exps, sel.as_ref(), &columns)?
             }
-            // The config's `status_metrics`, else chosen.
+            // The config's `status_metrics`, else chosen. A configured name no run has reported
+            // keeps its (empty) column — its metric may come later — but a likely typo is said.
             None => {
+                let known = project.store.metric_names()?;
+                for n in project.config.status_metrics.iter().flatten() {
+                    if !known.is_empty() && !known.iter().any(|k| k.eq_ignore_ascii_case(n)) {
+                        let hint = crate::select::nearest(n, known.iter().map(String::as_str))
+                            .map(|k| format!("; did you mean {k}?"))
+                            .unwrap_or_default();
+                        tracing::warn!(
+                            "status_metrics in neronet.yaml: no run has reported a metric {n:?} yet{hint}"
+                        );
+                    }
+                }
                 crate::view::status_table(&project, &exps, sel.as_ref(), DEFAULT_METRIC_COLUMNS)?
             }
         };
