@@ -4,6 +4,16 @@
 mod common;
 use common::{Project, V};
 
+/// The ids `status SEL` selects.
+fn selected(p: &Project, sel: &str) -> Vec<String> {
+    let text = p.ok(&["status", sel, "--json"]);
+    serde_json::from_str::<Vec<serde_json::Value>>(&text)
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 const YAML: &str = "command: python3 -c 'print(1)' {x}\nclusters:\n  local:\n    max_parallel: 4\n";
 
 /// Regression: `16` (an id) typed into an `abort_when` cell was accepted and never fired; `all`
@@ -76,14 +86,7 @@ fn a_negative_id_selects_its_row() {
             vec![V::N(3.0), V::E, V::N(4.0)],
         ],
     );
-    let ids = |sel: &str| -> Vec<String> {
-        let text = p.ok(&["status", sel, "--json"]);
-        serde_json::from_str::<Vec<serde_json::Value>>(&text)
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let ids = |sel: &str| selected(&p, sel);
     assert_eq!(ids("-3"), ["-3"]);
     assert_eq!(ids("-7--3"), ["-7", "-3"]);
     assert_eq!(ids("-3-0,3"), ["-3", "0", "3"]);
@@ -153,14 +156,7 @@ fn a_selection_finds_nan_losses() {
         ],
     );
     p.ok(&["start", "all", "--wait"]);
-    let ids = |sel: &str| -> Vec<String> {
-        let text = p.ok(&["status", sel, "--json"]);
-        serde_json::from_str::<Vec<serde_json::Value>>(&text)
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let ids = |sel: &str| selected(&p, sel);
     assert_eq!(ids("Loss==nan"), ["2"]);
     assert_eq!(ids("Loss!=nan"), ["1"]);
     assert_eq!(ids("Loss>0.3"), ["1"]);
@@ -195,14 +191,7 @@ fn names_resolve_once_for_the_project_and_unprinted_metrics_fire_nothing() {
         ],
     );
     p.ok(&["start", "1,2", "--wait"]);
-    let ids = |sel: &str| -> Vec<String> {
-        let text = p.ok(&["status", sel, "--json"]);
-        serde_json::from_str::<Vec<serde_json::Value>>(&text)
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let ids = |sel: &str| selected(&p, sel);
     assert_eq!(ids("Loss>1"), ["1"]);
     assert_eq!(ids("loss>1"), ["2"]);
     assert_eq!(ids("Loss!=nan"), ["1"]);
