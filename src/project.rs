@@ -788,7 +788,7 @@ fn check_rule_fields(
                     match crate::select::check_field(&c.field, &metric_names, &params) {
                         FieldCheck::Known => {}
                         FieldCheck::Ambiguous(a) => errors.push(format!(
-                            "the rule {rule:?}: {a}: write one of them exactly"
+                            "the rule {rule:?}: {a}"
                         )),
                         FieldCheck::Unknown { .. } => {
                             let known = metric_names.iter().chain(&params).copied();

@@ -365,7 +365,8 @@ fn parse_number(bytes: &[u8]) -> Option<f64> {
     if !text.bytes().any(|b| b.is_ascii_digit())
         && !matches!(
             text.to_ascii_lowercase().as_str(),
-            "nan" | "inf" | "-inf" | "+inf"
+            // glibc's printf writes `-nan` for a NaN with its sign bit set (C and C++ code).
+            "nan" | "-nan" | "+nan" | "inf" | "-inf" | "+inf"
         )
     {
         return None;
@@ -859,6 +860,13 @@ mod tests {
         let nan = tokens("loss=nan");
         assert_eq!(nan.len(), 1);
         assert!(nan[0].1.is_nan());
+        // Regression (user trial): C's printf prints `-nan`; it was not read, so no NaN rule
+        // could fire on it.
+        for text in ["Loss: -nan", "loss=-NaN", "loss=+nan"] {
+            let got = tokens(text);
+            assert_eq!(got.len(), 1, "{text}");
+            assert!(got[0].1.is_nan(), "{text}");
+        }
     }
 
     #[test]
