@@ -9,3 +9,4 @@ cargo bench -p nerokid --bench kid
 cargo bench -p neronet --bench workbooks
 cargo bench -p neronet --bench latency
 cargo bench -p neronet --bench agent
+cargo bench -p neronet --bench writeback
