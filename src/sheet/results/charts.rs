@@ -567,7 +567,8 @@ mod tests {
             h("3", 1, 30.0, None, "bad", f64::NAN),
         ];
         let (plans, _) = plan(&history, &[]);
-        let got: Vec<(&str, XAxis, Vec<(&str, Vec<(f64, f64)>, f64)>)> = plans
+        type Drawn<'a> = Vec<(&'a str, Vec<(f64, f64)>, f64)>;
+        let got: Vec<(&str, XAxis, Drawn<'_>)> = plans
             .iter()
             .map(|p| {
                 (
