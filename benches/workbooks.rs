@@ -1,9 +1,10 @@
 //! Workbook benchmarks (`cargo bench --bench workbooks`, or scripts/bench.sh). Prints figures:
 //! read + validate a 10,000-row experiments workbook (goal ≤ 300 ms) — the sheet read alone and
 //! the whole project read (config checks, command rendering, state-store row tracking) side by
-//! side — and writing results.xlsx for 10,000 rows × 30 columns (goal ≤ 1 s).
+//! side — writing results.xlsx for 10,000 rows × 30 columns (goal ≤ 1 s), and its charts
+//! sheet for 5 and for 500 experiments × 3 metrics × 200 points.
 
-use neronet::sheet::results::{ResultRow, Results, Value};
+use neronet::sheet::results::{HistoryRow, ResultRow, Results, Value};
 use rust_xlsxwriter::Workbook;
 use std::time::Instant;
 
@@ -150,5 +151,45 @@ fn main() {
         best * 1e3,
         median * 1e3
     );
+
+    // The charts sheet: N experiments × 3 metrics × 200 points each, on history and charted.
+    for n in [5, 500] {
+        let results = Results {
+            metrics: vec!["acc".into(), "loss".into(), "val_loss".into()],
+            history: (0..n)
+                .flat_map(|e| {
+                    (0..200).flat_map(move |s| {
+                        let x = f64::from(s);
+                        let k = 1.0 + f64::from(e) / 100.0;
+                        [
+                            ("acc", 1.0 - k / (x + 2.0)),
+                            ("loss", k / (x + 1.0)),
+                            ("val_loss", k / (x + 1.0) + 0.1),
+                        ]
+                        .map(|(m, v)| HistoryRow {
+                            id: (e + 1).to_string(),
+                            run: 1,
+                            t: 1.79e9 + x * 3.0,
+                            step: Some(x * 10.0),
+                            metric: m.into(),
+                            value: v,
+                        })
+                    })
+                })
+                .collect(),
+            ..Results::default()
+        };
+        let out = dir.join(format!("charts-{n}.xlsx"));
+        let (best, median) = best_of(3, || {
+            neronet::sheet::results::write(&out, &results).unwrap()
+        });
+        println!(
+            "write results.xlsx with charts, {n} experiments x 3 metrics x 200 points ({} history rows, {:.2} MB): best {:.0} ms, median {:.0} ms",
+            results.history.len(),
+            std::fs::metadata(&out).unwrap().len() as f64 / 1e6,
+            best * 1e3,
+            median * 1e3
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,6 @@
 //! The results workbook (SPEC §3), written whole by rust_xlsxwriter and put in place atomically:
-//! `results` (one row per experiment), `history` (metric series, long form) and `problems`.
+//! `results` (one row per experiment), `history` (metric series, long form), `problems`, and
+//! `charts` (one chart per metric, see [`charts`]) with its hidden `chart data`.
 //! Times are written as real date cells in UTC. A text longer than a cell holds is cut with a
 //! mark and named on `problems`: one long value never costs the whole workbook.
 
@@ -7,6 +8,8 @@ use crate::sheet::read::cell_ref;
 use rust_xlsxwriter::{ExcelDateTime, Format, FormatBorder, Workbook, Worksheet, XlsxError};
 use std::borrow::Cow;
 use std::path::Path;
+
+mod charts;
 
 /// Excel's row limit, less the header.
 const MAX_HISTORY_ROWS: usize = 1_048_575;
@@ -337,6 +340,10 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
         put_num(ws, r, 5, Some(h.value))?;
     }
 
+    // The charts draw what the history sheet shows.
+    let shown = &results.history[..results.history.len().min(MAX_HISTORY_ROWS)];
+    let (plans, not_charted) = charts::plan(shown, &results.rows);
+
     let ws = book.add_worksheet();
     ws.set_name("problems")?;
     let names: Vec<String> = ["where", "id", "problem"]
@@ -355,6 +362,7 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
             ),
         });
     }
+    problems.extend(charts::problems(&plans, not_charted));
     problems.extend(cuts.0);
     // A problem's own text (a message quoting a huge cell) is cut with a mark only.
     let fit = |s: &str| {
@@ -369,6 +377,8 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
         }
         ws.write_string(r, 2, fit(&p.message))?;
     }
+
+    charts::write(&mut book, &plans, &f.header)?;
     book.save_to_buffer()
 }
 
