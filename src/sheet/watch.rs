@@ -92,7 +92,10 @@ pub enum WatchError {
 pub enum WatchMode {
     Inotify,
     /// Polling every `interval`; `why` says what chose it.
-    Poll { interval: Duration, why: String },
+    Poll {
+        interval: Duration,
+        why: String,
+    },
 }
 
 enum AnyDebouncer {
@@ -386,9 +389,7 @@ fn is_relevant_kind(kind: &EventKind) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) | EventKind::Other => false,
-        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => {
-            true
-        }
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
     }
 }
 
@@ -411,36 +412,13 @@ fn opens_as_workbook(bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Whether an event about file `name` is ignored when watching `workbook` (both bare file names).
-/// Only the workbook's own name counts; the others are the lock and temp files that spreadsheet
-/// programs create beside it (see [`side_file_kind`]) and unrelated files.
+/// Only the workbook's own name counts. That drops, beside unrelated files, everything spreadsheet
+/// programs make next to a workbook: the lock files (LibreOffice `.~lock.<name>#`, Excel
+/// `~$<name>`; [`writeback::lock_holder`](super::writeback::lock_holder) reads them) and a save's
+/// temp files (LibreOffice `lu*.tmp`, Excel `~WRL*.tmp` and 8-hex-digit names). A rename of a temp
+/// file onto the workbook still counts: one of its paths is the workbook.
 pub fn is_ignored_name(name: &str, workbook: &str) -> bool {
     name != workbook
-}
-
-/// What a file beside the workbook is, when it is one of the files spreadsheet programs make
-/// while a workbook is open or being saved. The write-back needs the lock files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SideFile {
-    /// LibreOffice's `.~lock.<name>#`: the workbook is open in LibreOffice.
-    LibreOfficeLock,
-    /// Excel's owner file `~$<name>`: the workbook is open in Excel.
-    ExcelOwner,
-    /// A save's temp file: LibreOffice `lu*.tmp`, Excel `~WRL*.tmp` or any `*.tmp`, Excel's
-    /// 8-hex-digit names.
-    SaveTemp,
-}
-
-pub fn side_file_kind(name: &str) -> Option<SideFile> {
-    let hex8 = name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit());
-    if name.starts_with(".~lock.") && name.ends_with('#') {
-        Some(SideFile::LibreOfficeLock)
-    } else if name.starts_with("~$") {
-        Some(SideFile::ExcelOwner)
-    } else if name.to_ascii_lowercase().ends_with(".tmp") || hex8 {
-        Some(SideFile::SaveTemp)
-    } else {
-        None
-    }
 }
 
 /// The `statfs` type of the file system holding `dir`.
@@ -457,7 +435,10 @@ fn fs_type(dir: &Path) -> Option<u32> {
     // SAFETY: statfs returned 0, so it filled `st`.
     let st = unsafe { st.assume_init() };
     // The magic numbers are 32-bit; f_type's width and sign differ between libcs.
-    #[expect(clippy::unnecessary_cast, reason = "f_type is i64 on glibc, not on all libcs")]
+    #[expect(
+        clippy::unnecessary_cast,
+        reason = "f_type is i64 on glibc, not on all libcs"
+    )]
     Some(st.f_type as u32)
 }
 
@@ -500,26 +481,6 @@ mod tests {
             "Experiments.xlsx",
         ] {
             assert!(is_ignored_name(other, WB), "{other}");
-        }
-    }
-
-    #[test]
-    fn side_files_of_spreadsheet_programs() {
-        use SideFile::*;
-        let cases = [
-            (".~lock.experiments.xlsx#", Some(LibreOfficeLock)),
-            ("~$experiments.xlsx", Some(ExcelOwner)),
-            ("~WRL1234.tmp", Some(SaveTemp)),
-            ("lu12345abc.tmp", Some(SaveTemp)),
-            ("A1B2C3D4", Some(SaveTemp)),
-            ("a1b2c3d4", Some(SaveTemp)),
-            ("A1B2C3D", None),
-            ("A1B2C3DG", None),
-            ("other.xlsx", None),
-            (WB, None),
-        ];
-        for (name, want) in cases {
-            assert_eq!(side_file_kind(name), want, "{name}");
         }
     }
 
