@@ -144,7 +144,11 @@ fn saving_identical_content_gives_nothing() {
 #[test]
 fn in_place_writes_in_chunks_give_one_change_with_the_final_content() {
     use std::io::Write;
-    let s = setup();
+    // A debounce shorter than the pauses, so the watcher reads the file between chunks.
+    let s = setup_with(WatchOptions {
+        debounce: Duration::from_millis(100),
+        ..opts()
+    });
     let new = book("chunked, a longer text so the chunks differ from the template");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -172,6 +176,8 @@ fn excel_save_pattern_gives_one_change() {
     std::fs::write(&owner, b"owner").unwrap();
     std::fs::write(&temp, &new).unwrap();
     std::fs::rename(&s.book, &old).unwrap();
+    // Longer than the debounce: the watcher finds no workbook, and must wait for it to come back.
+    std::thread::sleep(DEBOUNCE * 2);
     std::fs::rename(&temp, &s.book).unwrap();
     std::fs::remove_file(&old).unwrap();
     std::fs::remove_file(&owner).unwrap();
@@ -187,6 +193,19 @@ fn a_broken_workbook_is_reported_once_and_never_as_a_change() {
         WatchEvent::Broken { why, .. } => assert!(why.contains("workbook"), "{why}"),
         other => panic!("expected Broken, got {other:?}"),
     }
+    // Saved again with the same garbage: still the same broken content, not reported again.
+    let reads = s.watcher.reads();
+    std::fs::write(&s.book, b"garbage, not a zip at all").unwrap();
+    common::wait_until("the watcher to read it again", EVENT_TIMEOUT, || {
+        s.watcher.reads() > reads
+    });
+    // An absence: wait out the retries (1 s) and the debounce; a second Broken would come in it.
+    let quiet = s.rx.recv_timeout(Duration::from_secs(1) + DEBOUNCE * 3);
+    assert_eq!(
+        quiet,
+        Err(RecvTimeoutError::Timeout),
+        "the same garbage reported twice"
+    );
     let good = book("fixed");
     atomic_write(&s.book, &good);
     // A second Broken for the same garbage would arrive before this.

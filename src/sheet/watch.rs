@@ -435,10 +435,6 @@ fn fs_type(dir: &Path) -> Option<u32> {
     // SAFETY: statfs returned 0, so it filled `st`.
     let st = unsafe { st.assume_init() };
     // The magic numbers are 32-bit; f_type's width and sign differ between libcs.
-    #[expect(
-        clippy::unnecessary_cast,
-        reason = "f_type is i64 on glibc, not on all libcs"
-    )]
     Some(st.f_type as u32)
 }
 
