@@ -316,7 +316,7 @@ impl Worker {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| !is_ignored_name(n, &self.name))
         });
-        about_workbook && is_relevant_kind(&event.kind) || event.need_rescan()
+        (about_workbook && is_relevant_kind(&event.kind)) || event.need_rescan()
     }
 
     fn read(&self) -> std::io::Result<Vec<u8>> {
