@@ -3,8 +3,8 @@
 # Sourced by scripts/test.sh. Each `need_*` installs what is missing and fails loudly: a test
 # that needs a service must fail when it is missing, never skip.
 #
-# Today's tests need: LibreOffice (headless, to open the workbooks we write and to make .ods),
-# python3, and tmpfs mounts (root) for the full-disk tests.
+# Today's tests need: LibreOffice (headless, to open the workbooks we write and to make .ods)
+# with its Python bridge (python3-uno, for LibreOffice editing a workbook), python3, and tmpfs mounts (root) for the full-disk tests.
 # Later ones add single-node SLURM, sshd on localhost and an SMTP sink here.
 
 APT_UPDATED=${APT_UPDATED:-0}
@@ -24,6 +24,17 @@ need_libreoffice() {
             || { tail -20 /tmp/neronet-apt-libreoffice.log; return 1; }
     fi
     soffice --version | head -1
+}
+
+need_uno() {
+    # LibreOffice's Python bridge, for the tests where a real LibreOffice edits and saves a
+    # workbook (scripts/lo-edit.py); it must be the system python3 that imports it.
+    if ! /usr/bin/python3 -c 'import uno' >/dev/null 2>&1; then
+        echo "== installing python3-uno"
+        apt_install python3-uno >/tmp/neronet-apt-uno.log 2>&1 \
+            || { tail -20 /tmp/neronet-apt-uno.log; return 1; }
+    fi
+    /usr/bin/python3 -c 'import uno' && echo "python3-uno: ok"
 }
 
 need_tmpfs() {

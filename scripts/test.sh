@@ -8,6 +8,7 @@ trap stop_services EXIT
 
 need_python3
 need_libreoffice
+need_uno
 need_tmpfs
 
 echo "== build (dev profile)"
