@@ -6,7 +6,10 @@
 mod common;
 
 use calamine::{Data, Reader};
-use neronet::sheet::writeback::{lock_holder, patch_cells, CellRef, CellValue, WritebackError};
+use neronet::sheet::writeback::{
+    lock_holder, patch_cells, patch_cells_with_revision, read_revision, CellRef, CellValue,
+    WritebackError,
+};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -318,4 +321,55 @@ fn a_linked_workbook_stays_linked() {
         .file_type()
         .is_symlink());
     assert_eq!(sheet_values(&real, "experiments")[&at("B2")], "running");
+}
+
+/// The revision stamp (custom document property NeronetRevision) survives a real LibreOffice
+/// loading the stamped workbook, editing a cell and saving it as .xlsx (scripts/lo-edit.py,
+/// python3-uno); calamine reads the stamped workbook as before.
+#[test]
+fn the_revision_stamp_survives_a_libreoffice_edit_and_save() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lo-edit.py");
+    common::soffice();
+    let dir = tempfile::tempdir().unwrap();
+    let book = copy_fixture(dir.path());
+    assert_eq!(read_revision(&book).unwrap(), None);
+    let values_before = sheet_values(&book, "experiments");
+    patch_cells_with_revision(&book, "experiments", &[], 7).unwrap();
+    assert_eq!(read_revision(&book).unwrap(), Some(7));
+    assert_eq!(sheet_values(&book, "experiments"), values_before);
+    let stamped = entries(&book);
+    let custom = part(&stamped, "docProps/custom.xml");
+    assert!(
+        custom.contains("name=\"NeronetRevision\"><vt:lpwstr>7</vt:lpwstr>"),
+        "{custom}"
+    );
+
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&book)
+        .arg("B2=start")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lo-edit.py failed (needs python3-uno): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // LibreOffice wrote the package anew (its own serialisation of the relationships) ...
+    let saved = entries(&book);
+    assert_ne!(part(&saved, "_rels/.rels"), part(&stamped, "_rels/.rels"));
+    eprintln!(
+        "after LibreOffice's save:\n{}\n{}",
+        part(&saved, "_rels/.rels"),
+        part(&saved, "docProps/custom.xml")
+    );
+    // ... and kept the property, as a string.
+    assert_eq!(read_revision(&book).unwrap(), Some(7));
+    let mut values = values_before.clone();
+    values.insert(at("B2"), "start".to_owned());
+    assert_eq!(sheet_values(&book, "experiments"), values);
+    // The next stamp updates LibreOffice's part in place.
+    patch_cells_with_revision(&book, "experiments", &[], 8).unwrap();
+    assert_eq!(read_revision(&book).unwrap(), Some(8));
+    assert_eq!(sheet_values(&book, "experiments"), values);
 }

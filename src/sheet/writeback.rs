@@ -190,6 +190,28 @@ pub fn patch_cells(
     sheet: &str,
     cells: &[(CellRef, CellValue)],
 ) -> Result<PatchReport, WritebackError> {
+    patch(path, sheet, cells, None)
+}
+
+/// [`patch_cells`], and in the same atomic write set the workbook's revision stamp, the custom
+/// document property [`REVISION_PROPERTY`] (`docProps/custom.xml`), to `revision`: the property
+/// is updated in place (other properties kept) or the part is created, with its content type
+/// and package relationship. Read it back with [`read_revision`].
+pub fn patch_cells_with_revision(
+    path: &Path,
+    sheet: &str,
+    cells: &[(CellRef, CellValue)],
+    revision: u64,
+) -> Result<PatchReport, WritebackError> {
+    patch(path, sheet, cells, Some(revision))
+}
+
+fn patch(
+    path: &Path,
+    sheet: &str,
+    cells: &[(CellRef, CellValue)],
+    revision: Option<u64>,
+) -> Result<PatchReport, WritebackError> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -218,7 +240,7 @@ pub fn patch_cells(
     }
     let before = std::fs::metadata(&real).map_err(io("cannot open the workbook"))?;
     let bytes = std::fs::read(&real).map_err(io("cannot read the workbook"))?;
-    let (patched, report) = patch_xlsx_bytes(path, &bytes, sheet, cells)?;
+    let (patched, report) = patch_xlsx_bytes(path, &bytes, sheet, cells, revision)?;
 
     let dir = real.parent().unwrap_or(Path::new("."));
     let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("book");
@@ -273,6 +295,7 @@ fn patch_xlsx_bytes(
     bytes: &[u8],
     sheet: &str,
     cells: &[(CellRef, CellValue)],
+    revision: Option<u64>,
 ) -> Result<(Vec<u8>, PatchReport), WritebackError> {
     let not_zip = |err| WritebackError::NotZip {
         path: path.to_owned(),
@@ -295,6 +318,21 @@ fn patch_xlsx_bytes(
         },
     })?;
     report.part = part.clone();
+    // Parts rewritten (name → new bytes), and parts added at the end.
+    let mut rewritten: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    rewritten.insert(part.clone(), new_xml);
+    let mut added: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(revision) = revision {
+        for (name, bytes, exists) in revision_parts(path, &mut zip, revision)? {
+            match exists {
+                true => rewritten.insert(name, bytes),
+                false => {
+                    added.push((name, bytes));
+                    None
+                }
+            };
+        }
+    }
 
     let zip_err = |err| WritebackError::Zip {
         path: path.to_owned(),
@@ -303,30 +341,432 @@ fn patch_xlsx_bytes(
     let mut out = zip::ZipWriter::new(Cursor::new(Vec::with_capacity(bytes.len() + 4096)));
     for i in 0..zip.len() {
         let entry = zip.by_index_raw(i).map_err(not_zip)?;
-        if entry.name().is_ok_and(|n| n == part) {
+        let new = entry
+            .name()
+            .ok()
+            .and_then(|n| rewritten.get_key_value(n.as_ref()));
+        if let Some((name, new_bytes)) = new {
             let method = match entry.compression() {
                 zip::CompressionMethod::Stored => zip::CompressionMethod::Stored,
                 _ => zip::CompressionMethod::Deflated,
             };
             let mut options = zip::write::SimpleFileOptions::default()
                 .compression_method(method)
-                .large_file(new_xml.len() as u64 >= u32::MAX as u64);
+                .large_file(new_bytes.len() as u64 >= u32::MAX as u64);
             if let Some(t) = entry.last_modified() {
                 options = options.last_modified_time(t);
             }
             drop(entry);
-            out.start_file(part.as_str(), options).map_err(zip_err)?;
-            out.write_all(&new_xml)
+            out.start_file(name.as_str(), options).map_err(zip_err)?;
+            out.write_all(new_bytes)
                 .map_err(|e| zip_err(zip::result::ZipError::Io(e)))?;
         } else {
             out.raw_copy_file(entry).map_err(zip_err)?;
         }
+    }
+    for (name, bytes) in &added {
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        out.start_file(name.as_str(), options).map_err(zip_err)?;
+        out.write_all(bytes)
+            .map_err(|e| zip_err(zip::result::ZipError::Io(e)))?;
     }
     if !zip.comment().is_empty() {
         out.set_raw_comment(zip.comment().into()).map_err(zip_err)?;
     }
     let out = out.finish().map_err(zip_err)?.into_inner();
     Ok((out, report))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The revision stamp: a custom document property (docProps/custom.xml).
+
+/// The custom document property that holds the workbook's revision stamp.
+pub const REVISION_PROPERTY: &str = "NeronetRevision";
+
+const CUSTOM_PART: &str = "docProps/custom.xml";
+const CUSTOM_REL_TYPE: &str =
+    "http://schemas.openxmlformats.org/officeDocument/2006/relationships/custom-properties";
+const CUSTOM_CONTENT_TYPE: &str =
+    "application/vnd.openxmlformats-officedocument.custom-properties+xml";
+const CUSTOM_NS: &str = "http://schemas.openxmlformats.org/officeDocument/2006/custom-properties";
+const VT_NS: &str = "http://schemas.openxmlformats.org/officeDocument/2006/docPropsVTypes";
+/// The format id every user-defined custom property carries.
+const CUSTOM_FMTID: &str = "{D5CDD505-2E9C-101B-9397-08002B2CF9AE}";
+
+/// The workbook's revision stamp (the custom document property [`REVISION_PROPERTY`]); None when
+/// the workbook has none. The value may be typed `vt:lpwstr` (as written), `vt:i4`, `vt:i8`,
+/// `vt:r8` (or another integer type): a spreadsheet program may retype it on save. A value that
+/// is not a whole number ≥ 0 is an error.
+pub fn read_revision(path: &Path) -> Result<Option<u64>, WritebackError> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if ext != "xlsx" && ext != "xlsm" {
+        return Err(WritebackError::Unsupported {
+            path: path.to_owned(),
+            ext,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|err| WritebackError::Io {
+        about: "cannot read the workbook",
+        path: path.to_owned(),
+        err,
+    })?;
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes.as_slice())).map_err(|err| {
+        WritebackError::NotZip {
+            path: path.to_owned(),
+            err,
+        }
+    })?;
+    let (part, _) = custom_part(path, &mut zip)?;
+    if zip.index_for_name(&part).is_none() {
+        return Ok(None);
+    }
+    let xml = read_part(path, &mut zip, &part)?;
+    revision_in(&xml).map_err(|message| WritebackError::Xml {
+        path: path.to_owned(),
+        part,
+        message,
+    })
+}
+
+/// The custom properties part (from the package relationships, else `docProps/custom.xml`), and
+/// whether a relationship names it.
+fn custom_part(
+    path: &Path,
+    zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
+) -> Result<(String, bool), WritebackError> {
+    if zip.index_for_name("_rels/.rels").is_none() {
+        return Ok((CUSTOM_PART.to_owned(), false));
+    }
+    let rels = read_part(path, zip, "_rels/.rels")?;
+    let rel = relationships(&rels)
+        .map_err(|message| WritebackError::Xml {
+            path: path.to_owned(),
+            part: "_rels/.rels".to_owned(),
+            message,
+        })?
+        .into_iter()
+        .find(|r| r.kind == CUSTOM_REL_TYPE);
+    Ok(match rel {
+        Some(r) => (resolve_target("", &r.target), true),
+        None => (CUSTOM_PART.to_owned(), false),
+    })
+}
+
+/// One `<property>` child of the root: its span, pid, name and value (type, raw text).
+struct PropertySpan {
+    start: usize,
+    end: usize,
+    pid: Option<u32>,
+    name: String,
+    value: Option<(String, String)>,
+}
+
+/// The custom properties part mapped: the root's element prefix (`op:` or ``), the prefix bound
+/// to the docPropsVTypes namespace on the root, and the properties.
+struct CustomMap {
+    prefix: String,
+    vt_prefix: Option<String>,
+    properties: Vec<PropertySpan>,
+}
+
+fn map_custom(xml: &[u8]) -> Result<CustomMap, String> {
+    let mut reader = Reader::from_reader(xml);
+    let mut map = CustomMap {
+        prefix: String::new(),
+        vt_prefix: None,
+        properties: Vec::new(),
+    };
+    let mut depth = 0usize;
+    let mut property: Option<PropertySpan> = None;
+    // The value element's type and where its content starts.
+    let mut value: Option<(String, usize)> = None;
+    loop {
+        let start = reader.buffer_position() as usize;
+        let event = reader
+            .read_event()
+            .map_err(|e| format!("at byte {}: {e}", reader.error_position()))?;
+        let end = reader.buffer_position() as usize;
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let empty = matches!(event, Event::Empty(_));
+                match depth {
+                    0 => {
+                        if e.local_name().as_ref() != "Properties" {
+                            return Err("the root is not <Properties>".to_owned());
+                        }
+                        map.prefix = prefix_of(e);
+                        for a in e.attributes().with_checks(false) {
+                            let a = a.map_err(|e| e.to_string())?;
+                            if a.key.prefix().is_some_and(|p| p.as_ref() == "xmlns")
+                                && a.value.as_ref() == VT_NS
+                            {
+                                let p = a.key.local_name().as_ref().to_owned();
+                                map.vt_prefix = Some(format!("{p}:"));
+                            }
+                        }
+                    }
+                    1 if e.local_name().as_ref() == "property" => {
+                        let p = PropertySpan {
+                            start,
+                            end,
+                            pid: attr_value(e, "pid", false)?.and_then(|v| v.trim().parse().ok()),
+                            name: attr_value(e, "name", false)?.unwrap_or_default(),
+                            value: None,
+                        };
+                        match empty {
+                            true => map.properties.push(p),
+                            false => property = Some(p),
+                        }
+                    }
+                    2 if property.is_some() && value.is_none() => {
+                        let kind = e.local_name().as_ref().to_owned();
+                        match empty {
+                            true => {
+                                if let Some(p) = property.as_mut() {
+                                    p.value = Some((kind, String::new()));
+                                }
+                            }
+                            false => value = Some((kind, end)),
+                        }
+                    }
+                    _ => {}
+                }
+                if !empty {
+                    depth += 1;
+                }
+            }
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                match depth {
+                    1 => {
+                        if let Some(mut p) = property.take() {
+                            p.end = end;
+                            map.properties.push(p);
+                        }
+                    }
+                    2 => {
+                        if let (Some((kind, from)), Some(p)) = (value.take(), property.as_mut()) {
+                            let text = String::from_utf8_lossy(&xml[from..start]).into_owned();
+                            p.value = Some((kind, text));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("the XML ends early".to_owned());
+    }
+    Ok(map)
+}
+
+fn is_revision(p: &PropertySpan) -> bool {
+    p.name.eq_ignore_ascii_case(REVISION_PROPERTY)
+}
+
+/// The revision in a custom properties part.
+fn revision_in(xml: &[u8]) -> Result<Option<u64>, String> {
+    let map = map_custom(xml)?;
+    let Some(p) = map.properties.iter().find(|p| is_revision(p)) else {
+        return Ok(None);
+    };
+    let bad = |what: &str| format!("property {REVISION_PROPERTY} is not a revision number: {what}");
+    let Some((kind, text)) = &p.value else {
+        return Err(bad("it has no value"));
+    };
+    let text = text.trim();
+    let n = match kind.as_str() {
+        "lpwstr" | "lpstr" | "bstr" | "i1" | "i2" | "i4" | "i8" | "int" | "ui1" | "ui2" | "ui4"
+        | "ui8" | "uint" | "decimal" => text.parse::<u64>().ok().or_else(|| {
+            // "7.0" from a program that wrote the number as text.
+            text.parse::<f64>()
+                .ok()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 2f64.powi(53))
+                .map(|f| f as u64)
+        }),
+        "r4" | "r8" => text
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 2f64.powi(53))
+            .map(|f| f as u64),
+        _ => return Err(bad(&format!("a vt:{kind}"))),
+    };
+    n.map(Some)
+        .ok_or_else(|| bad(&format!("vt:{kind} {text:?}")))
+}
+
+/// The `<property>` element of the stamp.
+fn revision_property(prefix: &str, vt_prefix: Option<&str>, pid: u32, revision: u64) -> String {
+    let value = match vt_prefix {
+        Some(vt) => format!("<{vt}lpwstr>{revision}</{vt}lpwstr>"),
+        None => format!("<vt:lpwstr xmlns:vt=\"{VT_NS}\">{revision}</vt:lpwstr>"),
+    };
+    format!(
+        "<{prefix}property fmtid=\"{CUSTOM_FMTID}\" pid=\"{pid}\" name=\"{REVISION_PROPERTY}\">{value}</{prefix}property>"
+    )
+}
+
+/// The custom properties part with the stamp set to `revision`: the stamp's element replaced
+/// (its pid kept), else one added with the next free pid (≥ 2); every other byte kept.
+fn set_revision_xml(xml: &[u8], revision: u64) -> Result<Vec<u8>, String> {
+    let map = map_custom(xml)?;
+    let vt = map.vt_prefix.as_deref();
+    if let Some(p) = map.properties.iter().find(|p| is_revision(p)) {
+        let pid = p.pid.unwrap_or(2);
+        let mut out = xml[..p.start].to_vec();
+        out.extend_from_slice(revision_property(&map.prefix, vt, pid, revision).as_bytes());
+        out.extend_from_slice(&xml[p.end..]);
+        return Ok(out);
+    }
+    let pid = map
+        .properties
+        .iter()
+        .filter_map(|p| p.pid)
+        .max()
+        .map_or(2, |m| (m + 1).max(2));
+    append_to_root(xml, &revision_property(&map.prefix, vt, pid, revision))
+}
+
+/// A new custom properties part holding only the stamp.
+fn new_custom_xml(revision: u64) -> Vec<u8> {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n<Properties xmlns=\"{CUSTOM_NS}\" xmlns:vt=\"{VT_NS}\">{}</Properties>",
+        revision_property("", Some("vt:"), 2, revision)
+    )
+    .into_bytes()
+}
+
+/// `xml` with `fragment` added as the root's last child (an empty root element is opened).
+fn append_to_root(xml: &[u8], fragment: &str) -> Result<Vec<u8>, String> {
+    let mut reader = Reader::from_reader(xml);
+    let mut depth = 0usize;
+    loop {
+        let start = reader.buffer_position() as usize;
+        let event = reader
+            .read_event()
+            .map_err(|e| format!("at byte {}: {e}", reader.error_position()))?;
+        let end = reader.buffer_position() as usize;
+        match event {
+            Event::Start(_) => depth += 1,
+            Event::End(_) => {
+                depth -= 1;
+                if depth == 0 {
+                    let mut out = xml[..start].to_vec();
+                    out.extend_from_slice(fragment.as_bytes());
+                    out.extend_from_slice(&xml[start..]);
+                    return Ok(out);
+                }
+            }
+            Event::Empty(e) if depth == 0 => {
+                let name = e.name().as_ref().to_owned();
+                let tag = &xml[start..end];
+                let slash = tag.iter().rposition(|&b| b == b'/').unwrap_or(tag.len());
+                let mut out = xml[..start].to_vec();
+                out.extend_from_slice(&tag[..slash]);
+                out.extend_from_slice(format!(">{fragment}</{name}>").as_bytes());
+                out.extend_from_slice(&xml[end..]);
+                return Ok(out);
+            }
+            Event::Eof => return Err("no root element".to_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// `[Content_Types].xml` with an override for `part` (None when it has one already).
+fn add_content_type(xml: &[u8], part: &str) -> Result<Option<Vec<u8>>, String> {
+    let part_name = format!("/{part}");
+    let mut reader = Reader::from_reader(xml);
+    let mut prefix = None;
+    loop {
+        match reader.read_event().map_err(|e| e.to_string())? {
+            Event::Start(e) | Event::Empty(e) => {
+                if prefix.is_none() {
+                    prefix = Some(prefix_of(&e));
+                }
+                if e.local_name().as_ref() == "Override"
+                    && attr_value(&e, "PartName", false)?
+                        .is_some_and(|n| n.eq_ignore_ascii_case(&part_name))
+                {
+                    return Ok(None);
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    let prefix = prefix.unwrap_or_default();
+    let fragment = format!(
+        "<{prefix}Override PartName=\"{part_name}\" ContentType=\"{CUSTOM_CONTENT_TYPE}\"/>"
+    );
+    append_to_root(xml, &fragment).map(Some)
+}
+
+/// `_rels/.rels` with a custom-properties relationship to `part` (the next free `rIdN`).
+fn add_relationship(xml: &[u8], part: &str) -> Result<Vec<u8>, String> {
+    let ids: Vec<String> = relationships(xml)?.into_iter().map(|r| r.id).collect();
+    let mut n = ids
+        .iter()
+        .filter_map(|id| id.strip_prefix("rId")?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    while ids.contains(&format!("rId{n}")) {
+        n += 1;
+    }
+    let mut reader = Reader::from_reader(xml);
+    let prefix = loop {
+        match reader.read_event().map_err(|e| e.to_string())? {
+            Event::Start(e) | Event::Empty(e) => break prefix_of(&e),
+            Event::Eof => break String::new(),
+            _ => {}
+        }
+    };
+    let fragment = format!(
+        "<{prefix}Relationship Id=\"rId{n}\" Type=\"{CUSTOM_REL_TYPE}\" Target=\"{part}\"/>"
+    );
+    append_to_root(xml, &fragment)
+}
+
+/// The parts a stamp of `revision` writes: (name, bytes, whether the archive has it already).
+fn revision_parts(
+    path: &Path,
+    zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
+    revision: u64,
+) -> Result<Vec<(String, Vec<u8>, bool)>, WritebackError> {
+    let xml_err = |part: &str, message: String| WritebackError::Xml {
+        path: path.to_owned(),
+        part: part.to_owned(),
+        message,
+    };
+    let (part, has_rel) = custom_part(path, zip)?;
+    let mut parts = Vec::new();
+    if zip.index_for_name(&part).is_some() {
+        let xml = read_part(path, zip, &part)?;
+        let new = set_revision_xml(&xml, revision).map_err(|m| xml_err(&part, m))?;
+        parts.push((part.clone(), new, true));
+    } else {
+        parts.push((part.clone(), new_custom_xml(revision), false));
+    }
+    let types = "[Content_Types].xml";
+    let xml = read_part(path, zip, types)?;
+    if let Some(new) = add_content_type(&xml, &part).map_err(|m| xml_err(types, m))? {
+        parts.push((types.to_owned(), new, true));
+    }
+    if !has_rel {
+        let rels = "_rels/.rels";
+        let xml = read_part(path, zip, rels)?;
+        let new = add_relationship(&xml, &part).map_err(|m| xml_err(rels, m))?;
+        parts.push((rels.to_owned(), new, true));
+    }
+    Ok(parts)
 }
 
 fn read_part(
@@ -1338,5 +1778,194 @@ mod tests {
             Some("Björn"),
             "the ANSI name alone"
         );
+    }
+
+    /// A minimal .xlsx in memory: one sheet "Runs", plus `extra` parts (and their content-type
+    /// overrides and package relationships when `custom` says so).
+    fn book(custom: Option<&str>) -> Vec<u8> {
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default();
+        let custom_override = match custom {
+            Some(_) => format!(
+                "<Override PartName=\"/{CUSTOM_PART}\" ContentType=\"{CUSTOM_CONTENT_TYPE}\"/>"
+            ),
+            None => String::new(),
+        };
+        let custom_rel = match custom {
+            Some(_) => format!("<Relationship Id=\"rId5\" Type=\"{CUSTOM_REL_TYPE}\" Target=\"docProps/custom.xml\"/>"),
+            None => String::new(),
+        };
+        let mut parts = vec![
+            ("[Content_Types].xml".to_owned(), format!(r#"<?xml version="1.0" encoding="UTF-8"?>
+<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="xml" ContentType="application/xml"/><Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>{custom_override}</Types>"#)),
+            ("_rels/.rels".to_owned(), format!(r#"<?xml version="1.0" encoding="UTF-8"?>
+<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/><Relationship Id="rId3" Type="x" Target="docProps/app.xml"/>{custom_rel}</Relationships>"#)),
+            ("xl/workbook.xml".to_owned(), r#"<workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><sheets><sheet name="Runs" sheetId="1" r:id="rId1"/></sheets></workbook>"#.to_owned()),
+            ("xl/_rels/workbook.xml.rels".to_owned(), r#"<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/></Relationships>"#.to_owned()),
+            ("xl/worksheets/sheet1.xml".to_owned(), sheet(ROWS)),
+        ];
+        if let Some(c) = custom {
+            parts.push((CUSTOM_PART.to_owned(), c.to_owned()));
+        }
+        for (name, text) in parts {
+            zip.start_file(name, opts).unwrap();
+            zip.write_all(text.as_bytes()).unwrap();
+        }
+        zip.finish().unwrap().into_inner()
+    }
+
+    fn unpack(bytes: &[u8]) -> BTreeMap<String, String> {
+        let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
+        (0..zip.len())
+            .map(|i| {
+                let mut e = zip.by_index(i).unwrap();
+                let mut text = String::new();
+                e.read_to_string(&mut text).unwrap();
+                (e.name().unwrap().into_owned(), text)
+            })
+            .collect()
+    }
+
+    fn stamp(bytes: &[u8], revision: u64) -> Vec<u8> {
+        let cell = [(CellRef::parse("B2").unwrap(), text("running"))];
+        patch_xlsx_bytes(Path::new("t.xlsx"), bytes, "Runs", &cell, Some(revision))
+            .unwrap()
+            .0
+    }
+
+    fn revision_of(bytes: &[u8]) -> Option<u64> {
+        let parts = unpack(bytes);
+        parts
+            .get(CUSTOM_PART)
+            .and_then(|xml| revision_in(xml.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn a_stamp_creates_the_custom_part_its_content_type_and_relationship() {
+        let before = book(None);
+        let after = stamp(&before, 17);
+        let (old, new) = (unpack(&before), unpack(&after));
+        assert_eq!(
+            new[CUSTOM_PART],
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n<Properties xmlns=\"{CUSTOM_NS}\" xmlns:vt=\"{VT_NS}\"><property fmtid=\"{{D5CDD505-2E9C-101B-9397-08002B2CF9AE}}\" pid=\"2\" name=\"NeronetRevision\"><vt:lpwstr>17</vt:lpwstr></property></Properties>")
+        );
+        assert_eq!(revision_of(&after), Some(17));
+        assert_eq!(
+            new["[Content_Types].xml"],
+            old["[Content_Types].xml"].replace(
+                "</Types>",
+                "<Override PartName=\"/docProps/custom.xml\" ContentType=\"application/vnd.openxmlformats-officedocument.custom-properties+xml\"/></Types>"
+            )
+        );
+        assert_eq!(
+            new["_rels/.rels"],
+            old["_rels/.rels"].replace(
+                "</Relationships>",
+                "<Relationship Id=\"rId4\" Type=\"http://schemas.openxmlformats.org/officeDocument/2006/relationships/custom-properties\" Target=\"docProps/custom.xml\"/></Relationships>"
+            )
+        );
+        assert!(new["xl/worksheets/sheet1.xml"].contains("running"));
+        assert_eq!(new["xl/workbook.xml"], old["xl/workbook.xml"]);
+        assert_eq!(new.len(), old.len() + 1);
+        // A second stamp updates the part and adds nothing more.
+        let again = unpack(&stamp(&after, 18));
+        assert_eq!(again[CUSTOM_PART], new[CUSTOM_PART].replace(">17<", ">18<"));
+        assert_eq!(again["[Content_Types].xml"], new["[Content_Types].xml"]);
+        assert_eq!(again["_rels/.rels"], new["_rels/.rels"]);
+        // Without a revision nothing but the sheet changes.
+        let cell = [(CellRef::parse("B2").unwrap(), text("running"))];
+        let plain = patch_xlsx_bytes(Path::new("t.xlsx"), &before, "Runs", &cell, None)
+            .unwrap()
+            .0;
+        assert_eq!(revision_of(&plain), None);
+        assert_eq!(unpack(&plain)["_rels/.rels"], old["_rels/.rels"]);
+    }
+
+    #[test]
+    fn a_stamp_updates_an_existing_custom_part_and_keeps_the_other_properties() {
+        let other = r#"<property fmtid="{D5CDD505-2E9C-101B-9397-08002B2CF9AE}" pid="2" name="Owner"><vt:lpwstr>Ada &amp; co</vt:lpwstr></property><property fmtid="{D5CDD505-2E9C-101B-9397-08002B2CF9AE}" pid="4" name="Checked"><vt:bool>true</vt:bool></property>"#;
+        let head = format!(
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<Properties xmlns="{CUSTOM_NS}" xmlns:vt="{VT_NS}">"#
+        );
+        // No stamp yet: one is added with the next free pid.
+        let custom = format!("{head}{other}</Properties>");
+        let new = unpack(&stamp(&book(Some(&custom)), 7));
+        assert_eq!(
+            new[CUSTOM_PART],
+            format!("{head}{other}<property fmtid=\"{CUSTOM_FMTID}\" pid=\"5\" name=\"NeronetRevision\"><vt:lpwstr>7</vt:lpwstr></property></Properties>")
+        );
+        // The content type and relationship were there: untouched.
+        let old = unpack(&book(Some(&custom)));
+        assert_eq!(new["[Content_Types].xml"], old["[Content_Types].xml"]);
+        assert_eq!(new["_rels/.rels"], old["_rels/.rels"]);
+        // A stamp retyped by a spreadsheet program is replaced in place, its pid kept.
+        let custom = format!("{head}<property fmtid=\"{CUSTOM_FMTID}\" pid=\"3\" name=\"NeronetRevision\"><vt:r8>6</vt:r8></property>{other}</Properties>");
+        let new = unpack(&stamp(&book(Some(&custom)), 8));
+        assert_eq!(
+            new[CUSTOM_PART],
+            format!("{head}<property fmtid=\"{CUSTOM_FMTID}\" pid=\"3\" name=\"NeronetRevision\"><vt:lpwstr>8</vt:lpwstr></property>{other}</Properties>")
+        );
+        // A part with another vt prefix, or none, and an empty root.
+        let custom = format!("<Properties xmlns=\"{CUSTOM_NS}\"/>");
+        let new = unpack(&stamp(&book(Some(&custom)), 9));
+        assert_eq!(
+            new[CUSTOM_PART],
+            format!("<Properties xmlns=\"{CUSTOM_NS}\"><property fmtid=\"{CUSTOM_FMTID}\" pid=\"2\" name=\"NeronetRevision\"><vt:lpwstr xmlns:vt=\"{VT_NS}\">9</vt:lpwstr></property></Properties>")
+        );
+        assert_eq!(revision_in(new[CUSTOM_PART].as_bytes()).unwrap(), Some(9));
+        let custom =
+            format!("<op:Properties xmlns:op=\"{CUSTOM_NS}\" xmlns:t=\"{VT_NS}\"></op:Properties>");
+        let new = unpack(&stamp(&book(Some(&custom)), 10));
+        assert_eq!(
+            new[CUSTOM_PART],
+            format!("<op:Properties xmlns:op=\"{CUSTOM_NS}\" xmlns:t=\"{VT_NS}\"><op:property fmtid=\"{CUSTOM_FMTID}\" pid=\"2\" name=\"NeronetRevision\"><t:lpwstr>10</t:lpwstr></op:property></op:Properties>")
+        );
+        assert_eq!(revision_in(new[CUSTOM_PART].as_bytes()).unwrap(), Some(10));
+    }
+
+    #[test]
+    fn a_stamp_is_read_in_the_forms_a_spreadsheet_program_may_retype_it_to() {
+        let part = |value: &str| {
+            format!("<Properties xmlns=\"{CUSTOM_NS}\" xmlns:vt=\"{VT_NS}\"><property fmtid=\"{CUSTOM_FMTID}\" pid=\"2\" name=\"Other\"><vt:i4>3</vt:i4></property><property fmtid=\"{CUSTOM_FMTID}\" pid=\"3\" name=\"NeronetRevision\">{value}</property></Properties>")
+        };
+        let read = |value: &str| revision_in(part(value).as_bytes());
+        assert_eq!(read("<vt:lpwstr>17</vt:lpwstr>").unwrap(), Some(17));
+        assert_eq!(read("<vt:lpwstr> 17 </vt:lpwstr>").unwrap(), Some(17));
+        assert_eq!(read("<vt:i4>17</vt:i4>").unwrap(), Some(17));
+        assert_eq!(
+            read("<vt:i8>9000000000</vt:i8>").unwrap(),
+            Some(9_000_000_000)
+        );
+        assert_eq!(read("<vt:r8>17</vt:r8>").unwrap(), Some(17));
+        assert_eq!(read("<vt:r8>17.0</vt:r8>").unwrap(), Some(17));
+        assert_eq!(read("<vt:r8>1.7E1</vt:r8>").unwrap(), Some(17));
+        assert!(read("<vt:r8>17.5</vt:r8>").is_err());
+        assert!(read("<vt:i4>-1</vt:i4>").is_err());
+        assert!(read("<vt:lpwstr>seventeen</vt:lpwstr>").is_err());
+        assert!(read("<vt:bool>true</vt:bool>").is_err());
+        assert!(read("").is_err());
+        // The name is compared as Office does, ignoring case; other properties are no stamp.
+        let lower = part("<vt:i4>5</vt:i4>").replace("NeronetRevision", "neronetrevision");
+        assert_eq!(revision_in(lower.as_bytes()).unwrap(), Some(5));
+        let none = format!("<Properties xmlns=\"{CUSTOM_NS}\" xmlns:vt=\"{VT_NS}\"><property fmtid=\"{CUSTOM_FMTID}\" pid=\"2\" name=\"Other\"><vt:i4>3</vt:i4></property></Properties>");
+        assert_eq!(revision_in(none.as_bytes()).unwrap(), None);
+    }
+
+    #[test]
+    fn read_revision_reads_a_stamped_workbook_and_none_without_a_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.xlsx");
+        std::fs::write(&path, book(None)).unwrap();
+        assert_eq!(read_revision(&path).unwrap(), None);
+        let cell = [(CellRef::parse("B2").unwrap(), text("running"))];
+        patch_cells_with_revision(&path, "Runs", &cell, 42).unwrap();
+        assert_eq!(read_revision(&path).unwrap(), Some(42));
+        patch_cells(&path, "Runs", &cell).unwrap();
+        assert_eq!(read_revision(&path).unwrap(), Some(42));
+        assert!(matches!(
+            read_revision(&dir.path().join("b.ods")),
+            Err(WritebackError::Unsupported { .. })
+        ));
     }
 }
