@@ -358,11 +358,6 @@ fn the_revision_stamp_survives_a_libreoffice_edit_and_save() {
     // LibreOffice wrote the package anew (its own serialisation of the relationships) ...
     let saved = entries(&book);
     assert_ne!(part(&saved, "_rels/.rels"), part(&stamped, "_rels/.rels"));
-    eprintln!(
-        "after LibreOffice's save:\n{}\n{}",
-        part(&saved, "_rels/.rels"),
-        part(&saved, "docProps/custom.xml")
-    );
     // ... and kept the property, as a string.
     assert_eq!(read_revision(&book).unwrap(), Some(7));
     let mut values = values_before.clone();

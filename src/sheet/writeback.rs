@@ -6,7 +6,9 @@
 //! offsets); the new sheet XML is the old one with just those byte ranges spliced, so every
 //! untouched byte stays as it was. Every other zip entry is copied raw (no recompression). The
 //! result is written to a temp file beside the workbook, given the original's mode, fsynced and
-//! renamed over it. `.ods` write-back is not supported (an error says so).
+//! renamed over it. `.ods` write-back is not supported (an error says so). With a revision stamp
+//! ([`patch_cells_with_revision`]) `docProps/custom.xml`, and when they lack it
+//! `[Content_Types].xml` and `_rels/.rels`, are spliced the same way in the same write.
 
 use std::collections::BTreeMap;
 use std::fmt;
