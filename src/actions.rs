@@ -34,6 +34,9 @@ pub struct ActionReport {
     pub aborted: Vec<(String, String)>,
     /// (experiment id, why nothing was done)
     pub skipped: Vec<(String, String)>,
+    /// `abort`: selected experiments with nothing in flight (experiment id, its state). Kept
+    /// apart from `skipped`: `abort all` is not about every finished row.
+    pub idle: Vec<(String, &'static str)>,
 }
 
 impl ActionReport {
@@ -115,9 +118,7 @@ pub fn act(
                     .entry(r.cluster.clone())
                     .or_default()
                     .push((id, r.uid.clone())),
-                None => report
-                    .skipped
-                    .push((id, format!("not running (state {})", c.state_name()))),
+                None => report.idle.push((id, c.state_name())),
             },
             Verb::Start | Verb::Restart => {
                 if let Some(r) = active {

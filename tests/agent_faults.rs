@@ -561,12 +561,7 @@ fn a_copied_project_gets_its_own_id_and_a_moved_one_keeps_it() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = std::process::Command::new(common::neroman_bin())
-        .arg("--dir")
-        .arg(&copy)
-        .arg("agents")
-        .output()
-        .unwrap();
+    let out = neroman_in(&copy, &["agents"]);
     assert!(
         out.status.success(),
         "{}",
@@ -576,14 +571,7 @@ fn a_copied_project_gets_its_own_id_and_a_moved_one_keeps_it() {
     assert_eq!(read_id(&p.dir), original, "the original keeps its id");
     // The run in flight was copied as a record only: it goes on for the original; the copy
     // says so and can restart it (regression: it stayed `queued` for good and refused restart).
-    let in_copy = |args: &[&str]| {
-        std::process::Command::new(common::neroman_bin())
-            .arg("--dir")
-            .arg(&copy)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let in_copy = |args: &[&str]| neroman_in(&copy, args);
     let st = String::from_utf8_lossy(&in_copy(&["status", "--json"]).stdout).into_owned();
     assert!(
         st.contains("\"lost\"") && st.contains("copied from"),
@@ -600,16 +588,21 @@ fn a_copied_project_gets_its_own_id_and_a_moved_one_keeps_it() {
     let moved = p.path("../moved");
     std::fs::rename(&copy, &moved).unwrap();
     let before = read_id(&moved);
-    let out = std::process::Command::new(common::neroman_bin())
-        .arg("--dir")
-        .arg(&moved)
-        .arg("agents")
-        .output()
-        .unwrap();
+    let out = neroman_in(&moved, &["agents"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(read_id(&moved), before, "a moved project keeps its id");
+}
+
+/// neroman run in another directory than a test project's own (a copy, a moved project).
+fn neroman_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::neroman_bin())
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
 }

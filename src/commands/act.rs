@@ -83,11 +83,13 @@ pub fn print_report(verb: Verb, r: &ActionReport, expr: &Expr) -> Result<(), Out
         .iter()
         .map(|i| crate::sheet::read::canonical_id(i))
         .collect();
-    let idle = |why: &str| verb == Verb::Abort && why.starts_with(NOT_IN_FLIGHT);
-    let (quiet, skipped): (Vec<_>, Vec<_>) = r
-        .skipped
+    let is_named = |id: &String| named.contains(&crate::sheet::read::canonical_id(id));
+    let (named_idle, quiet): (Vec<_>, Vec<_>) = r.idle.iter().partition(|(id, _)| is_named(id));
+    let idle_reasons: Vec<(String, String)> = named_idle
         .iter()
-        .partition(|(id, why)| idle(why) && !named.contains(&crate::sheet::read::canonical_id(id)));
+        .map(|(id, state)| (id.clone(), format!("not running (state {state})")))
+        .collect();
+    let skipped: Vec<&(String, String)> = r.skipped.iter().chain(&idle_reasons).collect();
     if r.started.is_empty() && r.aborted.is_empty() && skipped.is_empty() {
         if quiet.is_empty() {
             outln!("nothing to {}: no experiment matches {expr}", verb.as_str())?;
@@ -177,9 +179,6 @@ fn print_news(sync: &crate::project::SyncReport) -> Result<(), OutputError> {
         parts.join(", ")
     )
 }
-
-/// The reason `actions::act` gives for an abort of an experiment with nothing in flight.
-const NOT_IN_FLIGHT: &str = "not running";
 
 /// One line on stderr, redrawn in place: `412/1000 ended (400 finished, 12 other), 4 running, 584 waiting, 73s`.
 fn draw_progress(states: &[crate::store::RunRow], secs: f64, done: bool) {

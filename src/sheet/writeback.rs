@@ -208,12 +208,8 @@ pub fn patch_cells_with_revision(
     patch(path, sheet, cells, Some(revision))
 }
 
-fn patch(
-    path: &Path,
-    sheet: &str,
-    cells: &[(CellRef, CellValue)],
-    revision: Option<u64>,
-) -> Result<PatchReport, WritebackError> {
+/// Write-back and the stamp work on .xlsx / .xlsm only (an .ods is another format).
+fn xlsx_only(path: &Path) -> Result<(), WritebackError> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -224,6 +220,16 @@ fn patch(
             ext,
         });
     }
+    Ok(())
+}
+
+fn patch(
+    path: &Path,
+    sheet: &str,
+    cells: &[(CellRef, CellValue)],
+    revision: Option<u64>,
+) -> Result<PatchReport, WritebackError> {
+    xlsx_only(path)?;
     // Write beside the real file, so a symbolic link stays a link to the patched workbook.
     let real = std::fs::canonicalize(path).map_err(|err| WritebackError::Io {
         about: "cannot open the workbook",
@@ -401,16 +407,7 @@ const CUSTOM_FMTID: &str = "{D5CDD505-2E9C-101B-9397-08002B2CF9AE}";
 /// `vt:r8` (or another integer type): a spreadsheet program may retype it on save. A value that
 /// is not a whole number ≥ 0 is an error.
 pub fn read_revision(path: &Path) -> Result<Option<u64>, WritebackError> {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if ext != "xlsx" && ext != "xlsm" {
-        return Err(WritebackError::Unsupported {
-            path: path.to_owned(),
-            ext,
-        });
-    }
+    xlsx_only(path)?;
     let bytes = std::fs::read(path).map_err(|err| WritebackError::Io {
         about: "cannot read the workbook",
         path: path.to_owned(),
