@@ -2,6 +2,7 @@
 //! cell by cell, the real binaries, LibreOffice for reading files back, and polling helpers.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod lo;
 use rust_xlsxwriter::Workbook;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
