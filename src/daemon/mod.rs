@@ -598,9 +598,8 @@ impl Daemon {
         for c in gone {
             self.news.remove(&c);
         }
-        if let Ok(mark) = self.project.store.news_mark() {
-            self.news_mark = mark;
-        }
+        // The store's news mark is left for the tick: what another neroman stored meanwhile
+        // (its own sync, not ours) must still be written back.
     }
 
     /// A news thread for every cluster with runs in flight; none for the others.
