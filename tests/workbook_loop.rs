@@ -290,7 +290,7 @@ fn fifty_starts_in_one_save_run_each_once() {
 
 #[test]
 fn saving_twice_while_open_fires_once_and_the_write_back_waits_for_close() {
-    let rows = [Row("1", 0.0, 0.0)];
+    let rows = [Row("1", 0.0, 0.0), Row("2", 0.0, 0.0)];
     let p = project("loop-open", &rows);
     let _w = Watch::start(&p);
     lo_edit(&p, &[("B2", "start")]);
@@ -308,60 +308,93 @@ fn saving_twice_while_open_fires_once_and_the_write_back_waits_for_close() {
     let table = p.ok(&["status"]);
     assert!(table.contains("write-back waits"), "{table}");
 
+    // She goes on working and saves again, `restart` still in the cell. (A save with nothing
+    // typed since writes the same bytes, which the daemon rightly never reads as news.)
+    s.set("F3", "a note typed while open");
     s.save();
-    runs_stay(&p, &[("1", 2)]);
+    runs_stay(&p, &[("1", 2), ("2", 0)]);
     assert_eq!(cell(&book(&p), "B2"), "restart", "written while open");
+    assert_eq!(cell(&book(&p), "F3"), "a note typed while open");
     assert_eq!(s.read("B2"), "restart");
 
     s.close();
     drop(lo_lock);
     wait_cell(&p, "B2", "finished");
-    runs_stay(&p, &[("1", 2)]);
+    runs_stay(&p, &[("1", 2), ("2", 0)]);
     let table = p.ok(&["status"]);
     assert!(!table.contains("write-back waits"), "{table}");
+    assert_user_values_intact(&p, &rows, &[("2", "a note typed while open")]);
+}
+
+/// Run 1 finished, then `restart` typed and saved while LibreOffice holds the file: run 2. That
+/// save, copied aside before the daemon's write-back (which waits for LibreOffice to close the
+/// file), is returned: the path of the copy. The status cell reads `finished` again at the end.
+fn restart_saved_and_copied_aside(p: &Project) -> std::path::PathBuf {
+    lo_edit(p, &[("B2", "start")]);
+    wait_runs(p, "1", 1, "finished");
+    wait_cell(p, "B2", "finished");
+    let old_copy = p.dir.parent().unwrap().join("old-copy.xlsx");
+    {
+        let _lo = libreoffice();
+        let mut s = LoSession::open(&book(p));
+        s.set("B2", "restart");
+        s.save();
+        std::fs::copy(book(p), &old_copy).unwrap();
+        wait_runs(p, "1", 2, "finished");
+        s.close();
+    }
+    wait_cell(p, "B2", "finished");
+    old_copy
+}
+
+/// Put a copy over the workbook as a file manager or a sync tool does: written beside, renamed
+/// over.
+fn put_back(p: &Project, copy: &Path) {
+    put_back_bytes(p, &std::fs::read(copy).unwrap());
+}
+
+fn put_back_bytes(p: &Project, bytes: &[u8]) {
+    let beside = p.path(".put-back.partial");
+    std::fs::write(&beside, bytes).unwrap();
+    std::fs::rename(&beside, book(p)).unwrap();
+}
+
+// DAEMON BUG (reported from i7/loop-tests, not fixed here): the old copy comes back within the
+// watcher's 300 ms debounce after the daemon's write-back, so the watcher's last content is
+// the old copy's own bytes (it never read the write-back) and it reports no change: the daemon
+// never reads the old copy, and its stale `restart` stays in the status cell although run 2
+// finished and nothing holds the file. Nothing fires twice; the wait for the state fails.
+#[test]
+fn an_old_copy_put_back_after_the_write_back_fires_nothing_and_shows_the_state() {
+    let rows = [Row("1", 0.0, 0.0)];
+    let p = project("loop-old-copy", &rows);
+    let _w = Watch::start(&p);
+    let old_copy = restart_saved_and_copied_aside(&p);
+
+    put_back(&p, &old_copy);
+    // The old copy's `restart` was consumed: the daemon writes the state over it, as over any
+    // consumed command, and starts nothing.
+    wait_cell(&p, "B2", "finished");
+    runs_stay(&p, &[("1", 2)]);
     assert_user_values_intact(&p, &rows, &[]);
 }
 
 #[test]
-fn an_old_copy_saved_after_the_write_back_fires_nothing() {
+fn an_old_copy_saved_by_libreoffice_fires_nothing() {
     let rows = [Row("1", 0.0, 0.0)];
-    let p = project("loop-old-copy", &rows);
+    let p = project("loop-old-copy-lo", &rows);
     let _w = Watch::start(&p);
-    lo_edit(&p, &[("B2", "start")]);
-    wait_runs(&p, "1", 1, "finished");
-    wait_cell(&p, "B2", "finished");
-
-    // The user's save with `restart`, copied aside before the daemon's write-back (which waits
-    // for LibreOffice to close the file).
-    let old_copy = p.dir.parent().unwrap().join("old-copy.xlsx");
-    {
-        let _lo = libreoffice();
-        let mut s = LoSession::open(&book(&p));
-        s.set("B2", "restart");
-        s.save();
-        std::fs::copy(book(&p), &old_copy).unwrap();
-        wait_runs(&p, "1", 2, "finished");
-        s.close();
-    }
-    wait_cell(&p, "B2", "finished");
-
-    // The old copy back, as a file manager or a sync tool puts it: written beside, renamed over.
-    let put_back = |copy: &Path| {
-        let beside = p.path(".old-copy.partial");
-        std::fs::copy(copy, &beside).unwrap();
-        std::fs::rename(&beside, book(&p)).unwrap();
-    };
-    put_back(&old_copy);
-    runs_stay(&p, &[("1", 2)]);
+    let old_copy = restart_saved_and_copied_aside(&p);
 
     // The old copy opened in LibreOffice where it lies, a note typed, saved, and put back: its
-    // `restart` is still the old one. (Edited outside the project so that no write-back of the
-    // daemon can land in between and make it current.)
+    // `restart` is still the old one. (Edited outside the project so that no write-back can
+    // land in between and make it current.)
     {
         let _lo = libreoffice();
         lo::edit(&old_copy, &[("F2", "saved from an old copy")]);
     }
-    put_back(&old_copy);
+    put_back(&p, &old_copy);
+    wait_cell(&p, "B2", "finished");
     runs_stay(&p, &[("1", 2)]);
     assert_eq!(
         runs(&p, "1"),
@@ -460,19 +493,16 @@ fn a_renamed_column_stops_its_rows_until_it_is_named_back() {
     assert_user_values_intact(&p, &rows, &[]);
 }
 
-#[test]
-fn a_text_file_over_the_workbook_is_reported_and_acts_on_nothing() {
-    let rows = [Row("1", 0.0, 0.0)];
-    let p = project("loop-text", &rows);
-    let mut w = Watch::start(&p);
-    let good = std::fs::read(book(&p)).unwrap();
+/// Replace the workbook with a text file; the daemon must log it, and start and write nothing.
+/// Returns the workbook's bytes from before.
+fn text_over_the_workbook(p: &Project, w: &mut Watch) -> Vec<u8> {
+    let good = std::fs::read(book(p)).unwrap();
     let logged = w.log().len();
-
     // As a program that saved the sheet as text under the workbook's name would leave it.
     let text = "id,status,command\n1,start,echo hi\n";
     let beside = p.path(".experiments.partial");
     std::fs::write(&beside, text).unwrap();
-    std::fs::rename(&beside, book(&p)).unwrap();
+    std::fs::rename(&beside, book(p)).unwrap();
     wait_until("the daemon to log the broken workbook", WAIT, || {
         w.log()[logged..].lines().any(|l| {
             (l.contains("WARN") || l.contains("ERROR"))
@@ -481,13 +511,42 @@ fn a_text_file_over_the_workbook_is_reported_and_acts_on_nothing() {
     });
     quiet("the daemon acted on a text file", || {
         w.assert_alive();
-        runs(&p, "1").is_empty() && std::fs::read_to_string(book(&p)).is_ok_and(|t| t == text)
+        runs(p, "1").is_empty() && std::fs::read_to_string(book(p)).is_ok_and(|t| t == text)
     });
+    good
+}
 
-    // A good workbook again, then LibreOffice types a command into it.
-    std::fs::write(&beside, &good).unwrap();
-    std::fs::rename(&beside, book(&p)).unwrap();
+#[test]
+fn a_text_file_over_the_workbook_is_reported_and_acts_on_nothing() {
+    let rows = [Row("1", 0.0, 0.0)];
+    let p = project("loop-text", &rows);
+    let mut w = Watch::start(&p);
+    let good = text_over_the_workbook(&p, &mut w);
+
+    // The workbook back from a backup, then LibreOffice types a command into it.
+    put_back_bytes(&p, &good);
     lo_edit(&p, &[("B2", "start")]);
+    wait_runs(&p, "1", 1, "finished");
+    wait_cell(&p, "B2", "finished");
+    runs_stay(&p, &[("1", 1)]);
+    w.assert_alive();
+    assert_user_values_intact(&p, &rows, &[]);
+}
+
+// DAEMON BUG (reported from i7/loop-tests, not fixed here): the workbook put back is
+// byte-identical to the last one the watcher reported, so the watcher sends no change and the
+// daemon keeps its "not a workbook" problem: `neroman status` goes on saying "workbook not
+// acted on" and every write-back is skipped until she saves something different. The state of
+// a run started meanwhile never reaches the status cell.
+#[test]
+fn the_workbook_put_back_over_a_text_file_gets_states_again() {
+    let rows = [Row("1", 0.0, 0.0)];
+    let p = project("loop-text-back", &rows);
+    let mut w = Watch::start(&p);
+    let good = text_over_the_workbook(&p, &mut w);
+
+    put_back_bytes(&p, &good);
+    p.ok(&["start", "1"]);
     wait_runs(&p, "1", 1, "finished");
     wait_cell(&p, "B2", "finished");
     runs_stay(&p, &[("1", 1)]);

@@ -324,7 +324,9 @@ impl Watch {
 impl Drop for Watch {
     fn drop(&mut self) {
         stop(&mut self.child, Duration::from_secs(15), false);
-        if std::thread::panicking() {
+        // NERONET_SHOW_WATCH_LOG=1 shows it for passing tests too: to see that a scenario
+        // reached the daemon at all (an absence passes just as well when nothing arrived).
+        if std::thread::panicking() || std::env::var_os("NERONET_SHOW_WATCH_LOG").is_some() {
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
             let from = lines.len().saturating_sub(200);
