@@ -207,6 +207,15 @@ fn start_typed_in_libreoffice_runs_once_and_the_state_comes_back() {
     assert_eq!(status[0]["run"], 1);
     assert_eq!(status[1]["state"], "defined");
 
+    // `start` again on the row that ran: no second run, and the reason says what to type.
+    lo_edit(&p, &[("B2", "start")]);
+    wait_until("the reason in neronet.why", WAIT, || {
+        column_of(&p, "neronet.why").is_some_and(|c| {
+            try_cell(&book(&p), &format!("{c}2")).is_some_and(|r| r.contains("restart"))
+        })
+    });
+    runs_stay(&p, &[("1", 1), ("2", 0)]);
+
     w.stop();
     let table = p.ok(&["status"]);
     assert!(table.contains("watcher: not running"), "{table}");
@@ -489,6 +498,28 @@ fn a_renamed_column_stops_its_rows_until_it_is_named_back() {
     wait_cell(&p, &format!("{why}2"), "");
     runs_stay(&p, &[("1", 1), ("2", 0)]);
     assert_eq!(runs(&p, "2"), []);
+    w.assert_alive();
+    assert_user_values_intact(&p, &rows, &[]);
+}
+
+#[test]
+fn a_renamed_status_column_fires_nothing_until_it_is_named_back() {
+    let rows = [Row("1", 0.0, 0.0)];
+    let p = project("loop-status-header", &rows);
+    let mut w = Watch::start(&p);
+
+    // No `status` column: `start` typed under the renamed header is no command.
+    lo_edit(&p, &[("B1", "state"), ("B2", "start")]);
+    quiet("a command fired without a status column", || {
+        w.assert_alive();
+        runs(&p, "1").is_empty()
+    });
+    assert_eq!(cell(&book(&p), "B2"), "start");
+
+    lo_edit(&p, &[("B1", "status")]);
+    wait_runs(&p, "1", 1, "finished");
+    wait_cell(&p, "B2", "finished");
+    runs_stay(&p, &[("1", 1)]);
     w.assert_alive();
     assert_user_values_intact(&p, &rows, &[]);
 }
