@@ -210,6 +210,7 @@ fn serve(
         values_last: Instant::now(),
         retry_at: None,
         lock_said: None,
+        ods_said: false,
         notes: HashMap::new(),
     };
     tracing::info!("watching {} ({mode})", d.path.display());
@@ -288,6 +289,8 @@ struct Daemon {
     retry_at: Option<Instant>,
     /// What was last said about a lock holder (said again only when it changes).
     lock_said: Option<String>,
+    /// Whether the log said that an .ods is not written into.
+    ods_said: bool,
     /// id → what changed in its row under the run in flight (shown until that run ends).
     notes: HashMap<String, (String, String)>,
 }
@@ -808,6 +811,13 @@ impl Daemon {
             return;
         }
         if !crate::sheet::writeback::supports(&self.path) {
+            if !self.ods_said {
+                tracing::info!(
+                    "{}: states are not written into an .ods (only .xlsx); they show in results.xlsx and `neroman status`",
+                    self.path.display()
+                );
+                self.ods_said = true;
+            }
             return;
         }
         // Intent first: the revision and what its cells hold are stored before the file is
@@ -826,7 +836,15 @@ impl Daemon {
         match crate::sheet::writeback::patch_cells_over(&self.path, &sheet, &plan.cells, rev, hash)
         {
             Ok(_) => {
-                tracing::debug!("wrote {} cells back (revision {rev})", plan.cells.len());
+                tracing::debug!(
+                    "wrote {} cells back (revision {rev}): {}",
+                    plan.cells.len(),
+                    plan.cells
+                        .iter()
+                        .map(|(c, v)| format!("{c}={v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
                 self.writeback_last = Some(Instant::now());
                 self.values_last = Instant::now();
             }
