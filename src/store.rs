@@ -623,13 +623,14 @@ impl Store {
         Ok(())
     }
 
-    /// The newest state change's sequence number and the newest metric time: when either moves,
-    /// something (this process or another neroman) stored news.
-    pub fn news_mark(&self) -> Result<(i64, f64, i64), StoreError> {
+    /// The newest state change, metric value and run: when one moves, something (this
+    /// process or another neroman) stored news.
+    pub fn news_mark(&self) -> Result<(i64, i64, i64), StoreError> {
         Ok(self.conn.query_row(
+            // Each a lookup at the end of a b-tree, not a scan: the idle daemon asks every second.
             "SELECT (SELECT IFNULL(MAX(seq), 0) FROM state_changes),
-                    (SELECT IFNULL(MAX(t), 0) FROM last_metrics),
-                    (SELECT COUNT(*) FROM runs)",
+                    (SELECT IFNULL(MAX(rowid), 0) FROM metrics),
+                    (SELECT IFNULL(MAX(rowid), 0) FROM runs)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?)

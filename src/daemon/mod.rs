@@ -201,7 +201,8 @@ fn serve(
         revision,
         clients: BTreeMap::new(),
         news: BTreeMap::new(),
-        news_mark: (0, 0.0, 0),
+        news_mark: (0, 0, 0),
+        news_checked: Instant::now(),
         results_due: None,
         results_cost: Duration::ZERO,
         results_last: None,
@@ -210,6 +211,7 @@ fn serve(
         values_last: Instant::now(),
         retry_at: None,
         lock_said: None,
+        ods_said: false,
         notes: HashMap::new(),
     };
     tracing::info!("watching {} ({mode})", d.path.display());
@@ -230,7 +232,9 @@ fn serve(
         match rx.recv_timeout(timeout) {
             Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(Event::Workbook(WatchEvent::Changed { bytes, hash, at })) => {
-                if d.file_hash != Some(hash) {
+                // The same content again is nothing new, unless a broken file came in between
+                // (the good workbook put back as it was).
+                if d.file_hash != Some(hash) || d.status.workbook_problem.is_some() {
                     d.on_save(bytes, hash, at);
                 }
             }
@@ -278,7 +282,9 @@ struct Daemon {
     revision: u64,
     clients: BTreeMap<String, MumClient>,
     news: BTreeMap<String, news::NewsThread>,
-    news_mark: (i64, f64, i64),
+    news_mark: (i64, i64, i64),
+    /// When clusters without a news thread were last looked for.
+    news_checked: Instant,
     results_due: Option<Instant>,
     results_cost: Duration,
     results_last: Option<Instant>,
@@ -288,6 +294,8 @@ struct Daemon {
     retry_at: Option<Instant>,
     /// What was last said about a lock holder (said again only when it changes).
     lock_said: Option<String>,
+    /// Whether the log said that an .ods is not written into.
+    ods_said: bool,
     /// id → what changed in its row under the run in flight (shown until that run ends).
     notes: HashMap<String, (String, String)>,
 }
@@ -650,8 +658,9 @@ impl Daemon {
             Ok(_) => {}
             Err(e) => tracing::error!("state store: {}", crate::util::error_chain(&e)),
         }
-        if self.news.is_empty() && self.retry_at.is_none() {
-            // A cluster whose news thread could not connect: try on every tick.
+        if now.duration_since(self.news_checked) >= Duration::from_secs(10) {
+            // A cluster whose news thread could not connect, or lost it: try again.
+            self.news_checked = now;
             self.ensure_news();
         }
         if self.retry_at.is_some_and(|t| t <= now) {
@@ -808,6 +817,13 @@ impl Daemon {
             return;
         }
         if !crate::sheet::writeback::supports(&self.path) {
+            if !self.ods_said {
+                tracing::info!(
+                    "{}: states are not written into an .ods (only .xlsx); they show in results.xlsx and `neroman status`",
+                    self.path.display()
+                );
+                self.ods_said = true;
+            }
             return;
         }
         // Intent first: the revision and what its cells hold are stored before the file is
@@ -825,8 +841,22 @@ impl Daemon {
         let sheet = exps.sheet.sheet.clone();
         match crate::sheet::writeback::patch_cells_over(&self.path, &sheet, &plan.cells, rev, hash)
         {
-            Ok(_) => {
-                tracing::debug!("wrote {} cells back (revision {rev})", plan.cells.len());
+            Ok(report) => {
+                // Our own write: known, so the watcher's report of it is not read again.
+                self.file_hash = Some(report.written_hash);
+                self.file_rev = rev;
+                if let Some(exps) = &mut self.exps {
+                    apply_plan(exps, &plan);
+                }
+                tracing::debug!(
+                    "wrote {} cells back (revision {rev}): {}",
+                    plan.cells.len(),
+                    plan.cells
+                        .iter()
+                        .map(|(c, v)| format!("{c}={v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
                 self.writeback_last = Some(Instant::now());
                 self.values_last = Instant::now();
             }
@@ -842,6 +872,57 @@ impl Daemon {
             Err(e) => {
                 tracing::warn!("write-back: {}", crate::util::error_chain(&e));
                 self.writeback_last = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// What the workbook holds after a write-back, in the last read of it: the status cells and
+/// the tool's columns as written (the rest did not change).
+fn apply_plan(exps: &mut Experiments, plan: &writeback::Plan) {
+    let sheet = &mut exps.sheet;
+    for (cell, value) in &plan.cells {
+        if cell.row == 0 {
+            if let crate::sheet::writeback::CellValue::Text(name) = value {
+                sheet
+                    .tool_columns
+                    .insert(name.to_ascii_lowercase(), cell.col);
+                sheet.next_col = sheet.next_col.max(cell.col + 1);
+            }
+        }
+    }
+    let tool_name = |col: u32| {
+        sheet
+            .tool_columns
+            .iter()
+            .find(|(_, c)| **c == col)
+            .map(|(n, _)| n.clone())
+    };
+    let text = |v: &crate::sheet::writeback::CellValue| match v {
+        crate::sheet::writeback::CellValue::Text(t) => t.clone(),
+        crate::sheet::writeback::CellValue::Number(n) => nerokid::expr::format_number(*n),
+        _ => String::new(),
+    };
+    let by_row: HashMap<u32, usize> = exps
+        .list
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.row.row > 0)
+        .map(|(i, e)| (e.row.row - 1, i))
+        .collect();
+    for (cell, value) in plan.cells.iter().filter(|(c, _)| c.row > 0) {
+        let Some(&i) = by_row.get(&cell.row) else {
+            continue;
+        };
+        let row = &mut exps.list[i].row;
+        let t = text(value);
+        if cell.col == sheet.status_col {
+            row.status = crate::sheet::read::StatusCell::parse(&t);
+        } else if let Some(name) = tool_name(cell.col) {
+            if t.is_empty() {
+                row.tool_values.remove(&name);
+            } else {
+                row.tool_values.insert(name, t);
             }
         }
     }

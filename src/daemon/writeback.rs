@@ -55,6 +55,12 @@ pub fn plan(
         .iter()
         .map(|f| format!("{TOOL_COLUMN_PREFIX}{}", f.trim().to_ascii_lowercase()))
         .collect();
+    // The configured columns are made together, in the config's order, once there are rows.
+    if !exps.list.is_empty() {
+        for header in &wanted {
+            create(header, &mut plan, &mut col_of);
+        }
+    }
     for c in cands {
         let e = c.exp;
         if e.row.row == 0 || !matches!(e.origin, Origin::Row | Origin::SharedId) {

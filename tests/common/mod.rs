@@ -102,6 +102,18 @@ impl Project {
         self.neroman_env(args, &[])
     }
 
+    /// neroman in this project, to be spawned (a daemon) or run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(neroman_bin());
+        c.arg("--dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("XDG_CONFIG_HOME", &self.xdg)
+            .env("NERONET_MUM_IDLE_SECS", "60")
+            .env_remove("RUST_LOG");
+        c
+    }
+
     /// Run neroman with extra environment variables (a mum it starts inherits them).
     pub fn neroman_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(neroman_bin())
