@@ -369,10 +369,12 @@ fn put_back_bytes(p: &Project, bytes: &[u8]) {
 }
 
 // DAEMON BUG (reported from i7/loop-tests, not fixed here): the old copy comes back within the
-// watcher's 300 ms debounce after the daemon's write-back, so the watcher's last content is
-// the old copy's own bytes (it never read the write-back) and it reports no change: the daemon
-// never reads the old copy, and its stale `restart` stays in the status cell although run 2
-// finished and nothing holds the file. Nothing fires twice; the wait for the state fails.
+// watcher's 300 ms debounce after the daemon's write-back, so the watcher (src/sheet/watch.rs,
+// `baseline`: the hash of the last content *it* read) never read the write-back, finds the old
+// copy's own bytes again and sends no change. The daemon knows the hash it wrote (4834e2e) but
+// the watcher's baseline does not: the old copy is never read, and its stale `restart` stays
+// in the status cell although run 2 finished and nothing holds the file. Nothing fires twice;
+// the wait for the state fails.
 #[test]
 fn an_old_copy_put_back_after_the_write_back_fires_nothing_and_shows_the_state() {
     let rows = [Row("1", 0.0, 0.0)];
@@ -565,10 +567,12 @@ fn a_text_file_over_the_workbook_is_reported_and_acts_on_nothing() {
 }
 
 // DAEMON BUG (reported from i7/loop-tests, not fixed here): the workbook put back is
-// byte-identical to the last one the watcher reported, so the watcher sends no change and the
+// byte-identical to the last one the watcher accepted, and the watcher (src/sheet/watch.rs)
+// keeps that `baseline` across the broken file, so it sends no change at all; the daemon's
+// "same content, but a broken file came in between" check (4834e2e) never gets to run. The
 // daemon keeps its "not a workbook" problem: `neroman status` goes on saying "workbook not
-// acted on" and every write-back is skipped until she saves something different. The state of
-// a run started meanwhile never reaches the status cell.
+// acted on" and every write-back is skipped until she saves something different, so the state
+// of a run started meanwhile never reaches the status cell.
 #[test]
 fn the_workbook_put_back_over_a_text_file_gets_states_again() {
     let rows = [Row("1", 0.0, 0.0)];
