@@ -119,6 +119,22 @@ fn wait_cell(p: &Project, a1: &str, want: &str) {
     }
 }
 
+/// Poll `neroman status` (the table) until `cond` holds for its output.
+fn wait_status(p: &Project, what: &str, cond: impl Fn(&str) -> bool) {
+    let start = Instant::now();
+    loop {
+        let table = p.ok(&["status"]);
+        if cond(&table) {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for `neroman status` to show {what}:\n{table}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `cond` holds on every check for [`QUIET`]: an absence of something that would show by then.
 fn quiet(what: &str, mut cond: impl FnMut() -> bool) {
     let until = Instant::now() + QUIET;
@@ -314,8 +330,10 @@ fn saving_twice_while_open_fires_once_and_the_write_back_waits_for_close() {
     wait_runs(&p, "1", 2, "finished");
     // Open in LibreOffice: the state is known but not written into the file.
     assert_eq!(cell(&book(&p), "B2"), "restart");
-    let table = p.ok(&["status"]);
-    assert!(table.contains("write-back waits"), "{table}");
+    wait_status(&p, "write-back waits naming LibreOffice", |t| {
+        t.lines()
+            .any(|l| l.starts_with("write-back waits") && l.contains("LibreOffice"))
+    });
 
     // She goes on working and saves again, `restart` still in the cell. (A save with nothing
     // typed since writes the same bytes, which the daemon rightly never reads as news.)
@@ -330,8 +348,9 @@ fn saving_twice_while_open_fires_once_and_the_write_back_waits_for_close() {
     drop(lo_lock);
     wait_cell(&p, "B2", "finished");
     runs_stay(&p, &[("1", 2), ("2", 0)]);
-    let table = p.ok(&["status"]);
-    assert!(!table.contains("write-back waits"), "{table}");
+    wait_status(&p, "no write-back waiting", |t| {
+        !t.contains("write-back waits")
+    });
     assert_user_values_intact(&p, &rows, &[("2", "a note typed while open")]);
 }
 
@@ -617,8 +636,10 @@ fn excel_save_pattern_fires_once_and_the_write_back_waits_for_its_owner_file() {
     std::fs::remove_file(&away).unwrap();
 
     wait_runs(&p, "1", 1, "finished");
-    let table = p.ok(&["status"]);
-    assert!(table.contains("write-back waits"), "{table}");
+    wait_status(&p, "write-back waits naming Excel", |t| {
+        t.lines()
+            .any(|l| l.starts_with("write-back waits") && l.contains("Excel"))
+    });
     runs_stay(&p, &[("1", 1)]);
     assert_eq!(
         cell(&book(&p), "B2"),
