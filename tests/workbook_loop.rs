@@ -410,22 +410,27 @@ fn an_old_copy_put_back_after_the_write_back_fires_nothing_and_shows_the_state()
 }
 
 #[test]
-fn an_old_copy_saved_by_libreoffice_fires_nothing() {
-    let rows = [Row("1", 0.0, 0.0)];
+fn an_old_copy_saved_by_libreoffice_fires_only_what_was_typed_into_it() {
+    let rows = [Row("1", 0.0, 0.0), Row("2", 0.0, 0.0)];
     let p = project("loop-old-copy-lo", &rows);
     let _w = Watch::start(&p);
     let old_copy = restart_saved_and_copied_aside(&p);
 
-    // The old copy opened in LibreOffice where it lies, a note typed, saved, and put back: its
-    // `restart` is still the old one. (Edited outside the project so that no write-back can
-    // land in between and make it current.)
+    // The old copy opened in LibreOffice where it lies, a note and a new command typed, saved,
+    // and put back: its `restart` is still the old one, the `start` of 2 is a new edit. (Edited
+    // outside the project so that no write-back can land in between and make it current.)
     {
         let _lo = libreoffice();
-        lo::edit(&old_copy, &[("F2", "saved from an old copy")]);
+        lo::edit(
+            &old_copy,
+            &[("F2", "saved from an old copy"), ("B3", "start")],
+        );
     }
     put_back(&p, &old_copy);
+    wait_runs(&p, "2", 1, "finished");
+    wait_cell(&p, "B3", "finished");
     wait_cell(&p, "B2", "finished");
-    runs_stay(&p, &[("1", 2)]);
+    runs_stay(&p, &[("1", 2), ("2", 1)]);
     assert_eq!(
         runs(&p, "1"),
         [(1, "finished".to_owned()), (2, "finished".to_owned())]
