@@ -7,8 +7,11 @@
 //! Waits poll (the store, the workbook's cells); an absence ("nothing fired twice") is checked
 //! over a quiet window of [`QUIET`], longer than the daemon's debounce plus its one-second
 //! write-back coalescing, so a wrongly fired command would show in it. LibreOffice runs one at a
-//! time across the tests (the [`LO`] lock): two soffice starts at once on two cores take longer
-//! than the daemon's timings allow for.
+//! time across the tests (the [`LO`] lock): two soffice starting at once on two cores slow each
+//! other down past the tests' waits.
+//!
+//! A test that fails because of a daemon bug says so in a comment above it (never `#[ignore]`).
+//! NERONET_SHOW_WATCH_LOG=1 prints the daemon's log for passing tests as well.
 
 mod common;
 
