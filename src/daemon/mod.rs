@@ -165,6 +165,7 @@ fn serve(
             )
         }
     };
+    let watcher = std::sync::Arc::new(watcher);
     let forward = tx.clone();
     std::thread::Builder::new()
         .name("workbook".into())
@@ -193,6 +194,7 @@ fn serve(
         path,
         held,
         status,
+        watcher: watcher.clone(),
         events: tx,
         exps: None,
         bytes: None,
@@ -261,6 +263,7 @@ fn serve(
     if d.results_due.is_some() {
         d.write_results();
     }
+    drop(d);
     drop(watcher);
     tracing::info!("stopped");
     Ok(())
@@ -271,6 +274,7 @@ struct Daemon {
     path: PathBuf,
     held: pidfile::Held,
     status: WatchStatus,
+    watcher: std::sync::Arc<WorkbookWatcher>,
     events: Sender<Event>,
     /// The last good read of the workbook, and the content it was read from.
     exps: Option<Experiments>,
@@ -842,7 +846,9 @@ impl Daemon {
         match crate::sheet::writeback::patch_cells_over(&self.path, &sheet, &plan.cells, rev, hash)
         {
             Ok(report) => {
-                // Our own write: known, so the watcher's report of it is not read again.
+                // Our own write: known, so it is not read again, and a save that puts back
+                // what was there before is a change.
+                self.watcher.wrote(report.written_hash);
                 self.file_hash = Some(report.written_hash);
                 self.file_rev = rev;
                 if let Some(exps) = &mut self.exps {
