@@ -10,7 +10,8 @@
 //! time across the tests (the [`LO`] lock): two soffice starting at once on two cores slow each
 //! other down past the tests' waits.
 //!
-//! A test that fails because of a daemon bug says so in a comment above it (never `#[ignore]`).
+//! A test that fails because of a daemon bug says so in a comment above it (never `#[ignore]`);
+//! a regression test says what broke.
 //! NERONET_SHOW_WATCH_LOG=1 prints the daemon's log for passing tests as well.
 
 mod common;
@@ -390,13 +391,10 @@ fn put_back_bytes(p: &Project, bytes: &[u8]) {
     std::fs::rename(&beside, book(p)).unwrap();
 }
 
-// DAEMON BUG (reported from i7/loop-tests, not fixed here): the old copy comes back within the
-// watcher's 300 ms debounce after the daemon's write-back, so the watcher (src/sheet/watch.rs,
-// `baseline`: the hash of the last content *it* read) never read the write-back, finds the old
-// copy's own bytes again and sends no change. The daemon knows the hash it wrote (4834e2e) but
-// the watcher's baseline does not: the old copy is never read, and its stale `restart` stays
-// in the status cell although run 2 finished and nothing holds the file. Nothing fires twice;
-// the wait for the state fails.
+/// Regression (fixed in c8b381c): the old copy came back within the watcher's 300 ms debounce
+/// after the daemon's write-back, the watcher had never read that write-back and took the old
+/// copy's bytes for its last content, so the old copy was never read and its stale `restart`
+/// stayed in the status cell although run 2 had finished and nothing held the file.
 #[test]
 fn an_old_copy_put_back_after_the_write_back_fires_nothing_and_shows_the_state() {
     let rows = [Row("1", 0.0, 0.0)];
@@ -593,13 +591,10 @@ fn a_text_file_over_the_workbook_is_reported_and_acts_on_nothing() {
     assert_user_values_intact(&p, &rows, &[]);
 }
 
-// DAEMON BUG (reported from i7/loop-tests, not fixed here): the workbook put back is
-// byte-identical to the last one the watcher accepted, and the watcher (src/sheet/watch.rs)
-// keeps that `baseline` across the broken file, so it sends no change at all; the daemon's
-// "same content, but a broken file came in between" check (4834e2e) never gets to run. The
-// daemon keeps its "not a workbook" problem: `neroman status` goes on saying "workbook not
-// acted on" and every write-back is skipped until she saves something different, so the state
-// of a run started meanwhile never reaches the status cell.
+/// Regression (fixed in c8b381c): the workbook put back byte-identical to the last one the
+/// watcher had accepted was no change to it, so the daemon kept its "not a workbook" problem
+/// (`neroman status`: "workbook not acted on") and skipped every write-back until a different
+/// save: the state of a run started meanwhile never reached the status cell.
 #[test]
 fn the_workbook_put_back_over_a_text_file_gets_states_again() {
     let rows = [Row("1", 0.0, 0.0)];
