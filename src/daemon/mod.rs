@@ -223,7 +223,7 @@ fn serve(
             let hash = crate::store::fnv(&bytes);
             d.on_save(bytes, hash, SystemTime::now());
         }
-        Err(e) => d.workbook_problem(format!("cannot read it: {e}")),
+        Err(e) => d.workbook_problem(format!("{}: cannot read it: {e}", d.path.display())),
     }
     d.sync();
     d.tick();
@@ -240,7 +240,9 @@ fn serve(
                     d.on_save(bytes, hash, at);
                 }
             }
-            Ok(Event::Workbook(WatchEvent::Broken { why, .. })) => d.workbook_problem(why),
+            Ok(Event::Workbook(WatchEvent::Broken { why, .. })) => {
+                d.workbook_problem(format!("{}: {why}", d.path.display()))
+            }
             Ok(Event::News(cluster)) => {
                 tracing::debug!("news from cluster {cluster}");
                 d.sync();
@@ -328,10 +330,7 @@ impl Daemon {
     }
 
     fn workbook_problem(&mut self, why: String) {
-        tracing::warn!(
-            "{}: {why}; nothing in it is acted on until it is saved as a workbook again",
-            self.path.display()
-        );
+        tracing::warn!("{why}; nothing in it is acted on until a save fixes it");
         self.status.workbook_problem = Some(why);
         self.held.publish(&self.status);
     }
