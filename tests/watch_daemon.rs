@@ -315,3 +315,55 @@ fn a_row_changed_under_its_run_is_reported_and_used_by_the_next_run() {
     wait_cell(&p, "1", "finished", &w);
     assert_eq!(p.ok(&["logs", "1"]), "2\n");
 }
+
+/// Regression (new-user trial): `hold` typed over a row whose run waited for a slot let it
+/// start anyway.
+#[test]
+fn hold_typed_over_a_queued_run_keeps_it_from_starting() {
+    let p = Project::new("watch-hold", "clusters:\n  local:\n    max_parallel: 1\n");
+    p.workbook(
+        &["id", "status", "command"],
+        &[
+            vec![V::N(1.0), V::E, V::S("sleep 3")],
+            vec![V::N(2.0), V::E, V::S("echo ran")],
+        ],
+    );
+    let w = Watcher::start(&p);
+    p.ok(&["start", "1,2"]);
+    wait_cell(&p, "2", "queued", &w);
+    type_and_save(&p, &[("B3", "hold")]);
+    wait_until("run 1 to end", Duration::from_secs(30), || {
+        p.state_of("1") == "finished"
+    });
+    wait_until(
+        "row 2's queued run cancelled",
+        Duration::from_secs(30),
+        || p.state_of("2") == "aborted",
+    );
+    assert_eq!(status_cell(&p, "2"), "hold", "hold stays in the cell");
+    assert!(p.ok(&["logs", "2"]).is_empty(), "the job never ran");
+}
+
+/// Regression (new-user trial): a refusal's reason stayed beside the row after its run moved
+/// on (`abort: nothing in flight (finished)` through a whole new run).
+#[test]
+fn a_refusal_reason_goes_once_the_row_moves_on() {
+    let p = Project::new("watch-stale-why", YAML);
+    p.workbook(
+        &["id", "status", "command"],
+        &[vec![V::N(1.0), V::E, V::S("true")]],
+    );
+    let w = Watcher::start(&p);
+    p.ok(&["start", "1", "--wait"]);
+    wait_cell(&p, "1", "finished", &w);
+    type_and_save(&p, &[("B2", "abort")]);
+    wait_until("the refusal's reason", Duration::from_secs(30), || {
+        tool_value(&p, "1", "neronet.why").is_some_and(|t| t.contains("abort: nothing in flight"))
+    });
+    p.ok(&["restart", "1", "--wait"]);
+    wait_until(
+        "the reason gone with the new run",
+        Duration::from_secs(30),
+        || tool_value(&p, "1", "neronet.why").is_none(),
+    );
+}

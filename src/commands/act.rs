@@ -292,10 +292,14 @@ pub fn wait_for(
     let mut states_read = Instant::now();
     let mut results_warned = false;
     // The last state said for each run: news another neroman stored (a watcher running beside
-    // this command syncs too) is found in the store and said as well, once.
+    // this command syncs too) is found in the store and said as well, once. What the store
+    // holds now was said already (the command's own report and news).
     let mut said: std::collections::HashMap<String, crate::state::StateName> = runs
         .iter()
-        .map(|u| (u.clone(), crate::state::StateName::Submitted))
+        .map(|u| {
+            let now = project.store.run(u).ok().flatten().map(|r| r.state.name());
+            (u.clone(), now.unwrap_or(crate::state::StateName::Submitted))
+        })
         .collect();
     loop {
         let sync = project.sync_held(

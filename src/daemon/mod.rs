@@ -182,6 +182,9 @@ fn serve(
         .map_err(|e| Box::new(CoreError::from(e)))?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let dir_of_project = project.dir.clone();
+    // State changes from before this daemon are history, not news for its log.
+    let project_seq = project.store.news_mark().map_or(0, |m| m.0);
     let status = WatchStatus {
         pid: std::process::id(),
         workbook: path.display().to_string(),
@@ -204,7 +207,9 @@ fn serve(
         clients: BTreeMap::new(),
         news: BTreeMap::new(),
         news_mark: (0, 0, 0),
+        log_seq: project_seq,
         news_checked: Instant::now(),
+        config_mtime: config_mtime(&dir_of_project),
         results_due: None,
         results_cost: Duration::ZERO,
         results_last: None,
@@ -215,6 +220,7 @@ fn serve(
         lock_said: None,
         ods_said: false,
         notes: HashMap::new(),
+        started_as: HashMap::new(),
     };
     tracing::info!("watching {} ({mode})", d.path.display());
     // The workbook as it is now: the watcher only reports changes from here on.
@@ -224,6 +230,29 @@ fn serve(
             d.on_save(bytes, hash, SystemTime::now());
         }
         Err(e) => d.workbook_problem(format!("{}: cannot read it: {e}", d.path.display())),
+    }
+    if let Some(exps) = &d.exps {
+        for f in d.project.config.workbook_columns.iter().flatten() {
+            let f = f.trim();
+            let known = crate::select::BUILTIN_FIELDS
+                .iter()
+                .any(|b| b.eq_ignore_ascii_case(f))
+                || exps.sheet.params.iter().any(|p| p.eq_ignore_ascii_case(f))
+                || exps.known_metrics.iter().any(|m| m.eq_ignore_ascii_case(f));
+            if !known {
+                let names = crate::select::BUILTIN_FIELDS
+                    .iter()
+                    .copied()
+                    .chain(exps.sheet.params.iter().map(String::as_str))
+                    .chain(exps.known_metrics.iter().map(String::as_str));
+                let hint = crate::select::nearest(f, names)
+                    .map(|n| format!("; did you mean {n}?"))
+                    .unwrap_or_default();
+                tracing::warn!(
+                    "workbook_columns in neronet.yaml: {f:?} is no field, parameter or metric a run has printed so far{hint} (its column stays empty until one does)"
+                );
+            }
+        }
     }
     d.sync();
     d.tick();
@@ -289,8 +318,11 @@ struct Daemon {
     clients: BTreeMap<String, MumClient>,
     news: BTreeMap<String, news::NewsThread>,
     news_mark: (i64, i64, i64),
-    /// When clusters without a news thread were last looked for.
+    /// The last state change logged.
+    log_seq: i64,
+    /// When clusters without a news thread were last looked for (and neronet.yaml's time).
     news_checked: Instant,
+    config_mtime: Option<SystemTime>,
     results_due: Option<Instant>,
     results_cost: Duration,
     results_last: Option<Instant>,
@@ -304,6 +336,8 @@ struct Daemon {
     ods_said: bool,
     /// id → what changed in its row under the run in flight (shown until that run ends).
     notes: HashMap<String, (String, String)>,
+    /// id → (run uid, the row's snapshot when that run started), once the row changed under it.
+    started_as: HashMap<String, (String, String)>,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -404,16 +438,34 @@ impl Daemon {
                 continue;
             }
             if let Some(run) = latest.get(&e.row.id).filter(|r| !r.state.is_terminal()) {
-                let was: BTreeMap<String, String> =
-                    serde_json::from_str(before).unwrap_or_default();
-                let what = describe_change(&was, &snap);
-                let note = format!(
-                    "changed while run {} is {}: {what}; the run keeps what it started with, the next run uses the new values",
-                    run.run_no,
-                    run.state.name().as_str()
-                );
-                tracing::warn!("row {} (id {}): {note}", e.row.row, e.row.id);
-                self.notes.insert(e.row.id.clone(), (run.uid.clone(), note));
+                // Compared with the row as the run started (the first snapshot that differed).
+                let original = match self.started_as.get(&e.row.id) {
+                    Some((uid, orig)) if *uid == run.uid => orig.clone(),
+                    _ => before.clone(),
+                };
+                if original == text {
+                    if self.notes.remove(&e.row.id).is_some() {
+                        tracing::info!(
+                            "row {} (id {}): back to what run {} started with",
+                            e.row.row,
+                            e.row.id,
+                            run.run_no
+                        );
+                    }
+                } else {
+                    let was: BTreeMap<String, String> =
+                        serde_json::from_str(&original).unwrap_or_default();
+                    let what = describe_change(&was, &snap);
+                    let note = format!(
+                        "changed while run {} is {}: {what}; the run keeps what it started with, the next run uses the new values",
+                        run.run_no,
+                        run.state.name().as_str()
+                    );
+                    tracing::warn!("row {} (id {}): {note}", e.row.row, e.row.id);
+                    self.notes.insert(e.row.id.clone(), (run.uid.clone(), note));
+                }
+                self.started_as
+                    .insert(e.row.id.clone(), (run.uid.clone(), original));
             }
             changed.push((&e.row.id, text));
         }
@@ -436,8 +488,11 @@ impl Daemon {
                 return;
             }
         };
+        let latest = self.project.store.latest_runs().unwrap_or_default();
         let mut records: Vec<(String, StatusSeen)> = Vec::new();
         let mut fire: BTreeMap<u8, (Verb, Vec<String>)> = BTreeMap::new();
+        // Rows whose queued run is cancelled because `hold` was typed (not a command to record).
+        let mut held: Vec<String> = Vec::new();
         for e in &exps.list {
             let id = &e.row.id;
             if id.is_empty() || e.origin != Origin::Row {
@@ -450,6 +505,7 @@ impl Daemon {
                 consumed,
                 why: None,
                 rev,
+                at,
             };
             match decide(&e.row.status, b, e.is_valid()) {
                 Decision::Fire(c) => {
@@ -487,7 +543,27 @@ impl Daemon {
                     if !kept {
                         let mut new = seen(false);
                         // A reason stays with the cell the tool wrote after the command.
-                        new.why = b.filter(|b| b.value == value).and_then(|b| b.why.clone());
+                        if let Some(b) = b.filter(|b| b.value == value && b.why.is_some()) {
+                            new.why = b.why.clone();
+                            new.at = b.at;
+                        }
+                        // `hold` typed over a row whose run waits for a slot: it never starts.
+                        if e.row.status.is(StatusCommand::Hold)
+                            && b.is_none_or(|b| b.value != value)
+                            && latest.get(id).is_some_and(|r| {
+                                matches!(
+                                    r.state.name(),
+                                    crate::state::StateName::Submitted
+                                        | crate::state::StateName::Queued
+                                )
+                            })
+                        {
+                            fire.entry(0)
+                                .or_insert((Verb::Abort, Vec::new()))
+                                .1
+                                .push(id.clone());
+                            held.push(id.clone());
+                        }
                         if needs_record(b, &new) {
                             records.push((id.clone(), new));
                         }
@@ -523,7 +599,7 @@ impl Daemon {
                         why.insert(id.as_str(), format!("abort: nothing in flight ({state})"));
                     }
                     self.note_sync(&sync);
-                    for id in &ids {
+                    for id in ids.iter().filter(|i| !held.contains(i)) {
                         let e = exps.get(id);
                         let value = e.map(|e| cell_value(&e.row.status)).unwrap_or_default();
                         records.push((
@@ -533,6 +609,7 @@ impl Daemon {
                                 consumed: true,
                                 why: why.get(id.as_str()).cloned(),
                                 rev,
+                                at,
                             },
                         ));
                     }
@@ -550,21 +627,30 @@ impl Daemon {
                 }
             }
         }
-        if let Err(e) = self.project.store.note_status(rev, &records, at) {
+        if let Err(e) = self.project.store.note_status(rev, &records) {
             tracing::error!("state store: {}", crate::util::error_chain(&e));
         }
         self.exps = Some(exps);
         self.ensure_news();
     }
 
-    fn note_sync(&mut self, sync: &SyncReport) {
-        for (_, id, state) in &sync.changes {
-            let reason = state
-                .reason()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default();
-            tracing::info!("{id}: {}{reason}", state.name().as_str());
+    /// Log every state change stored since the last look, whoever stored it (this daemon's
+    /// sync, or a CLI command beside it).
+    fn log_changes(&mut self) {
+        match self.project.store.state_changes_after(self.log_seq) {
+            Ok(changes) => {
+                for (seq, id, state, detail) in changes {
+                    let reason = detail.map(|r| format!(" ({r})")).unwrap_or_default();
+                    tracing::info!("{id}: {state}{reason}");
+                    self.log_seq = seq;
+                }
+            }
+            Err(e) => tracing::error!("state store: {}", crate::util::error_chain(&e)),
         }
+    }
+
+    fn note_sync(&mut self, sync: &SyncReport) {
+        self.log_changes();
         let unreachable: Vec<String> = sync.unreachable.iter().map(|(c, _)| c.clone()).collect();
         for (c, why) in &sync.unreachable {
             if !self.status.unreachable.contains(c) {
@@ -586,7 +672,25 @@ impl Daemon {
     /// Bring the store up to date from the clusters with runs in flight (held connections).
     fn sync(&mut self) {
         let mut clients = std::mem::take(&mut self.clients);
-        let r = self.project.sync_held(&mut clients, Duration::ZERO);
+        let held_before: Vec<String> = clients.keys().cloned().collect();
+        let mut r = self.project.sync_held(&mut clients, Duration::ZERO);
+        // A held connection the agent closed meanwhile (it ends idle ones) is no news: the
+        // clusters it failed for are tried once more on a new connection before any warning.
+        if let Ok(first) = &r {
+            if first
+                .unreachable
+                .iter()
+                .any(|(c, _)| held_before.contains(c))
+            {
+                if let Ok(mut again) = self.project.sync_held(&mut clients, Duration::ZERO) {
+                    let mut changes = first.changes.clone();
+                    changes.append(&mut again.changes);
+                    again.changes = changes;
+                    again.metric_values += first.metric_values;
+                    r = Ok(again);
+                }
+            }
+        }
         self.clients = clients;
         match r {
             Ok(sync) => self.note_sync(&sync),
@@ -653,6 +757,7 @@ impl Daemon {
         match self.project.store.news_mark() {
             Ok(mark) if mark != self.news_mark => {
                 self.news_mark = mark;
+                self.log_changes();
                 // Someone (the CLI) stored news or started runs: show it, and follow them.
                 self.want_writeback();
                 self.want_results();
@@ -665,6 +770,13 @@ impl Daemon {
             // A cluster whose news thread could not connect, or lost it: try again.
             self.news_checked = now;
             self.ensure_news();
+            let mtime = config_mtime(&self.project.dir);
+            if mtime != self.config_mtime {
+                self.config_mtime = mtime;
+                tracing::warn!(
+                    "neronet.yaml changed: this watcher keeps the configuration it started with; restart it (`neroman watch --stop`, then `neroman watch --detach`) to use the new one"
+                );
+            }
         }
         if self.retry_at.is_some_and(|t| t <= now) {
             self.retry_at = None;
@@ -835,7 +947,7 @@ impl Daemon {
             .project
             .store
             .set_daemon_value(REVISION_KEY, &rev.to_string())
-            .and_then(|_| self.project.store.note_status(rev, &plan.records, now()));
+            .and_then(|_| self.project.store.note_status(rev, &plan.records));
         if let Err(e) = stored {
             tracing::error!("state store: {}", crate::util::error_chain(&e));
             return;
@@ -931,6 +1043,12 @@ fn apply_plan(exps: &mut Experiments, plan: &writeback::Plan) {
             }
         }
     }
+}
+
+fn config_mtime(dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(dir.join(crate::config::CONFIG_FILE))
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 fn now_f() -> f64 {
