@@ -146,7 +146,9 @@ impl Project {
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         let config = Config::load(&dir)?;
         let workbook = config.workbook_path(&dir);
-        if !workbook.exists() {
+        // A project that has run things keeps its state even while its workbook is away
+        // (moved, being replaced): reading it is what fails then, with a message that says so.
+        if !workbook.exists() && !dir.join(STATE_DIR).join("state.db").exists() {
             return Err(CoreError::NotAProject {
                 dir: dir.clone(),
                 what: workbook.display().to_string(),
@@ -184,6 +186,37 @@ impl Project {
     pub fn results_path(&self) -> PathBuf {
         let wb = self.workbook_path();
         wb.parent().unwrap_or(&self.dir).join("results.xlsx")
+    }
+
+    /// What the state store alone knows, for when the workbook cannot be read (`why`): the
+    /// latest run of every experiment that is in flight or ended within
+    /// [`DETACHED_LISTED_FOR`], each listed apart (detached), so it can be seen, followed and
+    /// aborted — never started.
+    pub fn experiments_from_store(&self, why: &str) -> Result<Experiments, CoreError> {
+        let t = now();
+        let mut list: Vec<Experiment> = self
+            .store
+            .latest_runs()?
+            .into_values()
+            .filter(|r| !r.state.is_terminal() || r.state.at() >= t - DETACHED_LISTED_FOR)
+            .map(|r| detached_experiment(r, format!("the workbook cannot be read: {why}")))
+            .collect();
+        list.sort_by(|a, b| id_order(&a.row.id, &b.row.id));
+        Ok(Experiments {
+            sheet: ExperimentSheet {
+                path: self.workbook_path(),
+                sheet: String::new(),
+                params: Vec::new(),
+                has_command_column: false,
+                rows: Vec::new(),
+                status_col: 0,
+                tool_columns: BTreeMap::new(),
+                next_col: 0,
+            },
+            list,
+            warnings: Vec::new(),
+            known_metrics: self.store.metric_names()?,
+        })
     }
 
     /// Read the workbook, check every row, and note row changes in the store (for `tmod`).

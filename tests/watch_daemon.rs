@@ -367,3 +367,51 @@ fn a_refusal_reason_goes_once_the_row_moves_on() {
         || tool_value(&p, "1", "neronet.why").is_none(),
     );
 }
+
+/// Regression (new-user trial): while the workbook could not be read (two columns with one
+/// header, or the file moved away) the CLI could neither show nor stop a running job.
+#[test]
+fn runs_can_be_seen_and_aborted_while_the_workbook_cannot_be_read() {
+    let p = Project::new("unreadable-workbook", YAML);
+    p.workbook(
+        &["id", "status", "command"],
+        &[
+            vec![V::N(1.0), V::E, V::S("sleep 600")],
+            vec![V::N(2.0), V::E, V::S("true")],
+        ],
+    );
+    p.ok(&["start", "1"]);
+    p.wait_for_state("1", "running");
+    // Two columns headed "command": the whole file is unusable.
+    p.workbook(
+        &["id", "status", "command", "command"],
+        &[vec![V::N(1.0), V::E, V::S("sleep 600"), V::S("x")]],
+    );
+    // Shown, and still an error (exit 1): the workbook is.
+    let out = p.neroman(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("1 ") && l.contains("running")),
+        "{stdout}"
+    );
+    assert!(stderr.contains("both headed"), "{stderr}");
+    assert!(stderr.contains("the workbook cannot be read"), "{stderr}");
+    // Nothing is started from it.
+    let start = p.neroman(&["start", "2"]);
+    assert_eq!(start.status.code(), Some(1), "{start:?}");
+    // The workbook moved away: the same.
+    std::fs::remove_file(p.path("experiments.xlsx")).unwrap();
+    let out = p.neroman(&["abort", "1", "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    let state: String = p
+        .store()
+        .query_row("SELECT state FROM runs WHERE exp_id = '1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(state, "aborted");
+}

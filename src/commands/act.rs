@@ -32,7 +32,14 @@ pub fn parse(project: &Project, exps: &Experiments, src: &str) -> anyhow::Result
 }
 
 pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Result<i32> {
-    let (mut project, exps, sync) = open_synced(dir)?;
+    // An abort must work while the workbook cannot be read (a run must be stoppable whatever
+    // the file looks like); nothing is started from a workbook that cannot be read.
+    let (mut project, exps, sync) = if verb == Verb::Abort {
+        let (p, e, s, _) = super::open_synced_or_store(dir)?;
+        (p, e, s)
+    } else {
+        open_synced(dir)?
+    };
     print_news(&sync)?;
     let expr = parse(&project, &exps, selection)?;
     let (report, sync) = act(&mut project, &exps, verb, &expr)?;

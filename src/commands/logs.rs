@@ -1,7 +1,7 @@
 //! `neroman logs ID [--run N] [-f] [--stderr]`: the output of the latest run (or run N), read through mum (the same path
 //! for a local or a remote cluster).
 
-use super::{exit, open_synced};
+use super::{exit, open_synced_or_store};
 use crate::cluster::protocol::LogStream;
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +13,7 @@ pub fn run(
     follow: bool,
     stderr: bool,
 ) -> anyhow::Result<i32> {
-    let (project, exps, sync) = open_synced(dir)?;
+    let (project, exps, sync, _) = open_synced_or_store(dir)?;
     super::refresh_results(&project, &exps, &sync);
     let latest = project.store.latest_runs()?;
     // A row deleted from the workbook still has its runs in the store.

@@ -25,10 +25,33 @@ pub mod exit {
     pub const RUNS_FAILED: i32 = 3;
 }
 
-/// Open the project, sync every cluster with runs in flight, read and check the workbook.
-pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), CoreError> {
+/// [`open_synced`] for commands that can work from the state store alone (`status`, `abort`,
+/// `logs`): when the workbook cannot be read, say why and go on with the runs the store knows
+/// (the last value is then `true`: `status` still exits 1, the workbook being an error).
+pub fn open_synced_or_store(
+    dir: &Path,
+) -> Result<(Project, Experiments, SyncReport, bool), CoreError> {
     let mut project = Project::open(dir)?;
     let sync = project.sync()?;
+    report_sync(&sync);
+    let mut unreadable = false;
+    let exps = match project.read_experiments() {
+        Ok(exps) => exps,
+        Err(CoreError::Sheet(e)) => {
+            unreadable = true;
+            let why = crate::util::error_chain(&e);
+            eprintln!(
+                "neroman: warning: {why}\nneroman: the workbook cannot be read: showing the runs the state store knows (they can be aborted; nothing is started until the workbook is fixed)"
+            );
+            project.experiments_from_store(&why)?
+        }
+        Err(e) => return Err(e),
+    };
+    warn_new_problems(&project, &exps);
+    Ok((project, exps, sync, unreadable))
+}
+
+fn report_sync(sync: &SyncReport) {
     for (c, why) in &sync.unreachable {
         eprintln!(
             "neroman: warning: cluster {c} not reached, showing what was known before: {why}"
@@ -42,6 +65,13 @@ pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), Cor
             "cluster {c}: neromum was not running; started it again (runs in flight are picked up)"
         );
     }
+}
+
+/// Open the project, sync every cluster with runs in flight, read and check the workbook.
+pub fn open_synced(dir: &Path) -> Result<(Project, Experiments, SyncReport), CoreError> {
+    let mut project = Project::open(dir)?;
+    let sync = project.sync()?;
+    report_sync(&sync);
     let exps = project.read_experiments()?;
     warn_new_problems(&project, &exps);
     Ok((project, exps, sync))

@@ -2,7 +2,7 @@
 //! parameters and last metrics.
 
 use super::output::{out, outln};
-use super::{exit, open_synced};
+use super::{exit, open_synced_or_store};
 use crate::view::MetricColumns;
 use std::path::Path;
 
@@ -15,7 +15,7 @@ pub fn run(
     json: bool,
     metrics: Option<&str>,
 ) -> anyhow::Result<i32> {
-    let (project, exps, sync) = open_synced(dir)?;
+    let (project, exps, sync, unreadable) = open_synced_or_store(dir)?;
     super::refresh_results(&project, &exps, &sync);
     let sel = match selection {
         Some(s) => Some(super::act::parse(&project, &exps, s)?),
@@ -50,7 +50,7 @@ pub fn run(
         out!("{table}")?;
         outln!("{}", super::watch::status_line(&project.dir))?;
     }
-    Ok(exit::OK)
+    Ok(if unreadable { exit::ERROR } else { exit::OK })
 }
 
 /// `--metrics loss,acc` (or `all`): every name must be a metric some run reported, so a typo
