@@ -200,7 +200,7 @@ fn serve(
         watcher: watcher.clone(),
         events: tx,
         exps: None,
-        bytes: None,
+        readable: false,
         file_hash: None,
         file_rev: 0,
         revision,
@@ -307,9 +307,10 @@ struct Daemon {
     status: WatchStatus,
     watcher: std::sync::Arc<WorkbookWatcher>,
     events: Sender<Event>,
-    /// The last good read of the workbook, and the content it was read from.
+    /// The last good read of the workbook, and whether the file now is that workbook (false
+    /// while it cannot be read: nothing is written into it then).
     exps: Option<Experiments>,
-    bytes: Option<Vec<u8>>,
+    readable: bool,
     /// The hash of the content last handled (good or not), and its revision stamp.
     file_hash: Option<u64>,
     file_rev: u64,
@@ -377,7 +378,7 @@ impl Daemon {
             Ok(e) => e,
             Err(e) => {
                 // Never acted on, and never written into: the last good read stays for results.
-                self.bytes = None;
+                self.readable = false;
                 self.workbook_problem(crate::util::error_chain(&e));
                 return;
             }
@@ -403,7 +404,9 @@ impl Daemon {
         self.diff_rows(&exps);
         self.file_rev = rev;
         self.exps = Some(exps);
-        self.bytes = Some(bytes);
+        self.readable = true;
+        drop(bytes);
+        release_freed_memory();
         self.apply_commands(at);
         self.want_writeback();
         self.want_results();
@@ -864,6 +867,7 @@ impl Daemon {
             ),
         }
         self.results_cost = started.elapsed();
+        release_freed_memory();
         self.results_last = Some(Instant::now());
     }
 
@@ -875,7 +879,7 @@ impl Daemon {
         let (Some(exps), Some(hash)) = (&self.exps, self.file_hash) else {
             return;
         };
-        if self.bytes.is_none() || self.status.workbook_problem.is_some() {
+        if !self.readable || self.status.workbook_problem.is_some() {
             // The file on disk is not the workbook last read well: never write into it.
             return;
         }
@@ -1042,6 +1046,16 @@ fn apply_plan(exps: &mut Experiments, plan: &writeback::Plan) {
                 row.tool_values.insert(name, t);
             }
         }
+    }
+}
+
+/// Give the memory a big read or write freed back to the system: glibc keeps freed heap for
+/// reuse, so a daemon idle after reading 10,000 rows would keep that peak resident.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
