@@ -332,7 +332,7 @@ impl Daemon {
         let _ = self.child.wait();
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        eprintln!("{why}; the end of its log:");
+        eprintln!("{why}; the end of its log ({}):", self.log.display());
         for l in tail.iter().rev() {
             eprintln!("  | {l}");
         }
