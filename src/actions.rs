@@ -100,10 +100,36 @@ pub fn act(
     verb: Verb,
     expr: &Expr,
 ) -> Result<(ActionReport, SyncReport), CoreError> {
+    act_where(project, exps, verb, |c| expr.matches(c))
+}
+
+/// Apply a verb to the experiments with these ids (the watcher's commands typed into status
+/// cells): the same path as [`act`].
+pub fn act_on_ids(
+    project: &mut Project,
+    exps: &Experiments,
+    verb: Verb,
+    ids: &[String],
+) -> Result<(ActionReport, SyncReport), CoreError> {
+    let ids: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    act_where(project, exps, verb, |c| {
+        c.exp.detached().is_none() && ids.contains(c.exp.row.id.as_str())
+    })
+}
+
+fn act_where(
+    project: &mut Project,
+    exps: &Experiments,
+    verb: Verb,
+    pick: impl Fn(&Candidate<'_>) -> bool,
+) -> Result<(ActionReport, SyncReport), CoreError> {
     let latest = project.store.latest_runs()?;
     let metrics = project.store.last_metrics()?;
     let seen = project.store.experiments()?;
-    let chosen = select(exps, &latest, &metrics, &seen, Some(expr));
+    let chosen: Vec<Candidate<'_>> = select(exps, &latest, &metrics, &seen, None)
+        .into_iter()
+        .filter(|c| !c.exp.row.id.is_empty() && pick(c))
+        .collect();
     let mut report = ActionReport::default();
     // cluster → (experiment id, its run spec, uid still to be decided)
     let mut to_start: BTreeMap<String, Vec<(String, crate::cluster::protocol::RunSpec)>> =

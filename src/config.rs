@@ -31,6 +31,40 @@ pub struct Config {
     /// `view::MetricColumns::Auto`).
     #[serde(default)]
     pub status_metrics: Option<Vec<String>>,
+    /// Fields (`runtime`, a metric, `node`, ...) the watcher keeps in tool-owned columns
+    /// `neronet.<field>` of the experiments sheet (docs/WORKBOOK.md).
+    #[serde(default)]
+    pub workbook_columns: Option<Vec<String>>,
+    /// How `neroman watch` watches the workbook.
+    #[serde(default)]
+    pub watch: Option<WatchConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Poll the workbook's directory this often instead of inotify (for NFS, SMB or sync
+    /// folders the watcher does not recognise itself), e.g. `2s`.
+    #[serde(default)]
+    pub poll: Option<String>,
+    /// How long a burst of file events is let settle before the workbook is read (`300ms`).
+    #[serde(default)]
+    pub debounce: Option<String>,
+}
+
+impl WatchConfig {
+    pub fn poll(&self) -> Option<std::time::Duration> {
+        self.poll
+            .as_deref()
+            .and_then(|v| parse_duration(v).ok())
+            .map(std::time::Duration::from_secs_f64)
+    }
+    pub fn debounce(&self) -> Option<std::time::Duration> {
+        self.debounce
+            .as_deref()
+            .and_then(|v| parse_duration(v).ok())
+            .map(std::time::Duration::from_secs_f64)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -237,6 +271,8 @@ impl Config {
             abort_when: other.abort_when.or(self.abort_when),
             email: other.email.or(self.email),
             status_metrics: other.status_metrics.or(self.status_metrics),
+            workbook_columns: other.workbook_columns.or(self.workbook_columns),
+            watch: other.watch.or(self.watch),
         }
     }
 
@@ -269,6 +305,18 @@ impl Config {
                     parse_duration(v)
                         .map_err(|e| bad(format!("clusters.{name}.{key}: {v:?}: {e}")))?;
                 }
+            }
+        }
+        if let Some(w) = &self.watch {
+            for (key, value) in [("poll", &w.poll), ("debounce", &w.debounce)] {
+                if let Some(v) = value {
+                    parse_duration(v).map_err(|e| bad(format!("watch.{key}: {v:?}: {e}")))?;
+                }
+            }
+        }
+        for f in self.workbook_columns.iter().flatten() {
+            if f.trim().is_empty() || f.contains(['\n', '\r']) {
+                return Err(bad(format!("workbook_columns: {f:?} is not a field name")));
             }
         }
         if let Some(e) = &self.email {

@@ -17,6 +17,7 @@ pub mod actions;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod project;
 pub mod select;
 pub mod sheet;

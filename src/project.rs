@@ -188,7 +188,26 @@ impl Project {
 
     /// Read the workbook, check every row, and note row changes in the store (for `tmod`).
     pub fn read_experiments(&mut self) -> Result<Experiments, CoreError> {
-        let mut sheet = read_experiments(&self.workbook_path())?;
+        let sheet = read_experiments(&self.workbook_path())?;
+        self.check_experiments(sheet, now())
+    }
+
+    /// [`Project::read_experiments`] of workbook content the watcher read at `at` (unix
+    /// seconds): rows that changed get `at` as their change time (`tmod`).
+    pub fn read_experiments_bytes(
+        &mut self,
+        bytes: &[u8],
+        at: f64,
+    ) -> Result<Experiments, CoreError> {
+        let sheet = crate::sheet::read::read_experiments_bytes(&self.workbook_path(), bytes)?;
+        self.check_experiments(sheet, at)
+    }
+
+    fn check_experiments(
+        &mut self,
+        mut sheet: ExperimentSheet,
+        at: f64,
+    ) -> Result<Experiments, CoreError> {
         let rows = std::mem::take(&mut sheet.rows);
         let mut rules = HashMap::new();
         let list: Vec<Experiment> = rows
@@ -200,7 +219,7 @@ impl Project {
             .filter(|e| !e.row.id.is_empty())
             .map(|e| (e.row.id.clone(), e.row.row, row_fingerprint(&e.row)))
             .collect();
-        self.store.note_rows(&noted, now())?;
+        self.store.note_rows(&noted, at)?;
         let mut warnings = column_warnings(&sheet);
         let known_metrics = self.store.metric_names()?;
         let mut list = list;
@@ -477,7 +496,7 @@ impl Project {
     }
 
     /// The clusters with runs in flight, each once.
-    fn active_clusters(&self) -> Result<Vec<String>, CoreError> {
+    pub fn active_clusters(&self) -> Result<Vec<String>, CoreError> {
         let mut clusters: Vec<String> = self
             .store
             .active_runs()?
@@ -869,6 +888,7 @@ fn detached_experiment(run: crate::store::RunRow, why: String) -> Experiment {
             warden_options: BTreeMap::new(),
             params,
             invalid: Vec::new(),
+            tool_values: BTreeMap::new(),
         },
         cluster: run.cluster,
         command: None,

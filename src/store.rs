@@ -98,6 +98,26 @@ const MIGRATIONS: &[&str] = &[
         last_seq INTEGER NOT NULL
     );
     "#,
+    // 2: the watcher daemon. What each status cell held, per workbook revision, so a command
+    // fires once per edit (docs/WORKBOOK.md, "Commands in the status column"); a few values of
+    // its own (the workbook revision it last wrote); each row's content as last seen (to say
+    // what changed under a run in flight).
+    r#"
+    CREATE TABLE status_seen (
+        id TEXT NOT NULL,
+        rev INTEGER NOT NULL,
+        value TEXT NOT NULL,
+        consumed INTEGER NOT NULL,
+        why TEXT,
+        at REAL NOT NULL,
+        PRIMARY KEY (id, rev)
+    );
+    CREATE TABLE daemon_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ALTER TABLE experiments ADD COLUMN snapshot TEXT;
+    "#,
 ];
 
 /// The schema version this neroman writes (`PRAGMA user_version` after migrating).
@@ -178,6 +198,18 @@ pub struct MetricPoint {
     pub step: Option<f64>,
     pub name: String,
     pub value: f64,
+}
+
+/// What a status cell held as of some workbook revision: `value` is the cell's text as
+/// compared (a command or state word lowercased, other text trimmed); `consumed` whether a
+/// command in it was acted on (a command on an invalid row waits, not consumed); `why` the
+/// reason the tool shows beside it, if any; `rev` the revision the record was made for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusSeen {
+    pub value: String,
+    pub consumed: bool,
+    pub why: Option<String>,
+    pub rev: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -495,6 +527,112 @@ impl Store {
         )?;
         let rows = stmt.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// For each experiment id, what its status cell held as of workbook revision `rev`: the
+    /// record of the greatest revision not after `rev` (see [`StatusSeen`]).
+    pub fn status_baselines(&self, rev: u64) -> Result<HashMap<String, StatusSeen>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.id, s.value, s.consumed, s.why, s.rev FROM status_seen s
+             WHERE s.rev = (SELECT MAX(rev) FROM status_seen t WHERE t.id = s.id AND t.rev <= ?1)",
+        )?;
+        let rows = stmt.query_map([rev as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                StatusSeen {
+                    value: r.get(1)?,
+                    consumed: r.get::<_, i64>(2)? != 0,
+                    why: r.get(3)?,
+                    rev: r.get::<_, i64>(4)? as u64,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Record what status cells hold as of revision `rev` (replacing a record of the same
+    /// revision), all in one transaction.
+    pub fn note_status(
+        &mut self,
+        rev: u64,
+        seen: &[(String, StatusSeen)],
+        at: f64,
+    ) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO status_seen (id, rev, value, consumed, why, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (id, s) in seen {
+                put.execute(params![
+                    id,
+                    rev as i64,
+                    s.value,
+                    s.consumed as i64,
+                    s.why,
+                    at
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn daemon_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM daemon_meta WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_daemon_value(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO daemon_meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Each experiment's row content as the daemon last saw it (id → snapshot text).
+    pub fn row_snapshots(&self) -> Result<HashMap<String, String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, snapshot FROM experiments WHERE snapshot IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_row_snapshots(&mut self, snaps: &[(&str, String)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut put =
+                tx.prepare_cached("UPDATE experiments SET snapshot = ?2 WHERE id = ?1")?;
+            for (id, text) in snaps {
+                put.execute(params![id, text])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest state change's sequence number and the newest metric time: when either moves,
+    /// something (this process or another neroman) stored news.
+    pub fn news_mark(&self) -> Result<(i64, f64, i64), StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT (SELECT IFNULL(MAX(seq), 0) FROM state_changes),
+                    (SELECT IFNULL(MAX(t), 0) FROM last_metrics),
+                    (SELECT COUNT(*) FROM runs)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
     }
 
     /// Specs of runs mum has not confirmed yet (to resubmit).

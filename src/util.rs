@@ -100,6 +100,14 @@ pub fn failpoint(step: &str) {
     }
 }
 
+/// `text` cut to at most `max` characters (a cell holds at most 32,767), marked with `…`.
+pub fn cut_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((at, _)) => format!("{}…", &text[..at]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

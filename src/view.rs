@@ -248,7 +248,17 @@ pub fn write_results(
     project: &Project,
     exps: &Experiments,
 ) -> Result<std::path::PathBuf, CoreError> {
-    let r = results(project, exps)?;
+    write_results_noting(project, exps, Vec::new())
+}
+
+/// [`write_results`] with more lines for its `problems` sheet (the watcher's notes).
+pub fn write_results_noting(
+    project: &Project,
+    exps: &Experiments,
+    notes: Vec<ProblemRow>,
+) -> Result<std::path::PathBuf, CoreError> {
+    let mut r = results(project, exps)?;
+    r.problems.extend(notes);
     let path = project.results_path();
     crate::sheet::results::write(&path, &r)?;
     Ok(path)

@@ -112,6 +112,16 @@ enum Cmd {
     /// Run the whole loop on this machine with the embedded sample project (in --dir, or a new
     /// temporary directory).
     Demo,
+    /// Watch the workbook and act on it: commands typed into status cells, states written back,
+    /// results.xlsx kept current (the daemon; see docs/WORKBOOK.md).
+    Watch {
+        /// Run in the background (log in .neronet/watch.log).
+        #[arg(long, conflicts_with = "stop")]
+        detach: bool,
+        /// Stop the watcher running for this project.
+        #[arg(long)]
+        stop: bool,
+    },
     /// Print a shell completion script (e.g. `neroman completions bash > ~/.local/share/bash-completion/completions/neroman`).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -129,12 +139,20 @@ fn main() {
     // where it is written to, never the death of neroman. A closed stdout (`neroman status |
     // head`) ends a command quietly: the commands write through `commands::output`.
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "warn",
-        1 => "info",
+    // The daemon says what it does (info); other commands only what went wrong (warn).
+    let daemon = matches!(
+        cli.command,
+        Some(Cmd::Watch {
+            detach: false,
+            stop: false
+        })
+    );
+    let level = match (cli.verbose, daemon) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         // A log that cannot be written (a full disk under mum.log, a closed stderr) must not
         // turn into a panic: tracing's fallback report would print to that same stderr.
         .log_internal_errors(false)
@@ -143,9 +161,13 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if daemon {
+        // A daemon's log needs its times.
+        builder.init();
+    } else {
+        builder.without_time().init();
+    }
     let dir = cli.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let flag_action = [
         (Verb::Start, &cli.start),
@@ -171,6 +193,7 @@ fn main() {
                 | Cmd::Results
                 | Cmd::Agents { .. }
                 | Cmd::Demo
+                | Cmd::Watch { .. }
                 | Cmd::Completions { .. },
             ),
             _,
@@ -216,6 +239,9 @@ fn main() {
                     .map_err(anyhow::Error::from)
             }
             Cmd::Results => commands::results::run(&dir),
+            Cmd::Watch { detach: true, .. } => commands::watch::detach(&dir, cli.verbose),
+            Cmd::Watch { stop: true, .. } => commands::watch::stop(&dir),
+            Cmd::Watch { .. } => commands::watch::run(&dir),
             Cmd::Agents { stop } => commands::agents::run(&dir, stop),
             // The demo makes a fresh project: in --dir when given, else in a new temporary directory.
             Cmd::Demo => commands::demo::run(cli.dir.as_deref()),

@@ -204,7 +204,7 @@ fn clear_progress() {
     let _ = err.flush();
 }
 
-fn run_no(uid: &str) -> &str {
+pub fn run_no(uid: &str) -> &str {
     uid.rsplit('.').next().unwrap_or(uid)
 }
 

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod output;
 pub mod results;
 pub mod status;
+pub mod watch;
 
 use crate::project::{CoreError, Experiments, Project, SyncReport};
 use std::path::Path;

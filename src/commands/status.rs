@@ -48,6 +48,7 @@ pub fn run(
             }
         };
         out!("{table}")?;
+        outln!("{}", super::watch::status_line(&project.dir))?;
     }
     Ok(exit::OK)
 }

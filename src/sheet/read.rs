@@ -125,6 +125,8 @@ pub struct SheetRow {
     pub params: BTreeMap<String, Param>,
     /// Why this row must not be acted on.
     pub invalid: Vec<Problem>,
+    /// What the tool-owned columns (`neronet.why`, ...) hold in this row, by lowercase header.
+    pub tool_values: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +153,12 @@ pub struct ExperimentSheet {
     pub has_command_column: bool,
     /// The data rows (the core moves them out when it checks them).
     pub rows: Vec<SheetRow>,
+    /// 0-based sheet column of the `status` column.
+    pub status_col: u32,
+    /// Tool-owned columns (`neronet.why` → 0-based sheet column), by lowercase header.
+    pub tool_columns: BTreeMap<String, u32>,
+    /// 0-based sheet column just right of the last header cell (where a new column goes).
+    pub next_col: u32,
 }
 
 /// `A1`-style address of a 0-based (row, col).
@@ -166,6 +174,9 @@ pub fn cell_ref(row: u32, col: u32) -> String {
     format!("{}{}", String::from_utf8(letters).expect("ascii"), row + 1)
 }
 
+/// Headers that start with this belong to the tool: `neronet.why`, `neronet.runtime`, ...
+pub const TOOL_COLUMN_PREFIX: &str = "neronet.";
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
     Id,
@@ -175,7 +186,17 @@ enum Role {
     AbortWhen,
     Warden,
     Ignored,
+    /// `neronet.<field>`: a column the tool writes (docs/WORKBOOK.md); never a parameter.
+    ToolOwned,
     Param,
+}
+
+impl Role {
+    /// Whether the column's cells are read and checked (the tool's own columns are not: they
+    /// only say what the tool wrote).
+    fn is_read(self) -> bool {
+        !matches!(self, Role::Ignored | Role::ToolOwned)
+    }
 }
 
 fn role(header: &str) -> Role {
@@ -189,17 +210,58 @@ fn role(header: &str) -> Role {
         "notes" => Role::Ignored,
         _ if h.starts_with('#') || h.is_empty() => Role::Ignored,
         _ if h.starts_with("slurm.") || h.starts_with("sge.") => Role::Warden,
+        _ if h.starts_with(TOOL_COLUMN_PREFIX) => Role::ToolOwned,
         _ => Role::Param,
     }
 }
 
 /// Read and check the experiments workbook.
 pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
+    let book = calamine::open_workbook_auto(path).map_err(|e| SheetError::Open {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    read_book(path, book, || xlsx_mentions_merges(path))
+}
+
+/// [`read_experiments`] of the content `bytes` that `path` held (the watcher's read: the very
+/// content it hashed, not whatever the file holds by now). The format is chosen by `path`'s
+/// extension, as for a file.
+pub fn read_experiments_bytes(path: &Path, bytes: &[u8]) -> Result<ExperimentSheet, SheetError> {
+    use calamine::Reader as _;
     let open_err = |message: String| SheetError::Open {
         path: path.to_path_buf(),
         message,
     };
-    let mut book = calamine::open_workbook_auto(path).map_err(|e| open_err(e.to_string()))?;
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let cursor = || std::io::Cursor::new(bytes);
+    let book = match ext.as_str() {
+        "xlsx" | "xlsm" | "xlam" => calamine::Xlsx::new(cursor())
+            .map(calamine::Sheets::Xlsx)
+            .map_err(|e| open_err(e.to_string()))?,
+        "ods" => calamine::Ods::new(cursor())
+            .map(calamine::Sheets::Ods)
+            .map_err(|e| open_err(e.to_string()))?,
+        "xls" | "xla" => calamine::Xls::new(cursor())
+            .map(calamine::Sheets::Xls)
+            .map_err(|e| open_err(e.to_string()))?,
+        _ => calamine::open_workbook_auto_from_rs(cursor()).map_err(|e| open_err(e.to_string()))?,
+    };
+    read_book(path, book, || zip_mentions_merges(cursor()))
+}
+
+fn read_book<RS: std::io::Read + std::io::Seek>(
+    path: &Path,
+    mut book: calamine::Sheets<RS>,
+    mentions_merges: impl Fn() -> bool,
+) -> Result<ExperimentSheet, SheetError> {
+    let open_err = |message: String| SheetError::Open {
+        path: path.to_path_buf(),
+        message,
+    };
     let names = book.sheet_names();
     let sheet = names
         .iter()
@@ -233,7 +295,7 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
     for (i, cell) in header_cells.iter().enumerate() {
         let h = display(cell).trim().to_string();
         let r = role(&h);
-        if r != Role::Ignored {
+        if r.is_read() || r == Role::ToolOwned {
             if let Some(first) = seen.insert(h.to_ascii_lowercase(), i) {
                 return Err(SheetError::DuplicateColumn {
                     path: path.to_path_buf(),
@@ -282,16 +344,22 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
                 "formula `={f}` has no computed value (the file was written by a program that does not calculate formulas, such as openpyxl or pandas): open and save it in LibreOffice or Excel, or type the value"
             ));
         }
-        let merges = merges.get_or_insert_with(|| merged_ranges(&mut book, &sheet, path));
+        let merges =
+            merges.get_or_insert_with(|| merged_ranges(&mut book, &sheet, &mentions_merges));
         merged_cell(merges, &range, row, col)
     };
     let mut out = Vec::new();
     for (offset, cells) in rows.enumerate() {
         let row0 = r0 + 1 + offset as u32;
-        let used = |i: usize| roles.get(i).is_some_and(|r| *r != Role::Ignored);
+        let used = |i: usize| roles.get(i).is_some_and(|r| r.is_read());
         // A row of formulas without values is not blank; one only covered by merged ranges
         // above it (a command merged down over rows still to come) is.
-        if cells.iter().all(|c| display(c).trim().is_empty())
+        // What the tool wrote into its own columns does not make a row (a reason left beside
+        // a row the user deleted the contents of).
+        if cells
+            .iter()
+            .enumerate()
+            .all(|(i, c)| roles.get(i) == Some(&Role::ToolOwned) || display(c).trim().is_empty())
             && !(0..cells.len()).any(|i| used(i) && uncached.contains_key(&(row0, c0 + i as u32)))
         {
             continue;
@@ -311,6 +379,7 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
             warden_options: BTreeMap::new(),
             params: BTreeMap::new(),
             invalid: Vec::new(),
+            tool_values: BTreeMap::new(),
         };
         let mut problems = Vec::new();
         for (i, role) in roles.iter().enumerate() {
@@ -323,7 +392,7 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
                 _ => None,
             };
             if let Some(e) = error {
-                if *role != Role::Ignored {
+                if role.is_read() {
                     problems.push((
                         at.clone(),
                         format!("cell error {e} in column {:?}", headers[i]),
@@ -333,7 +402,7 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
             }
             let text = display(cell);
             let trimmed = text.trim();
-            if trimmed.is_empty() && *role != Role::Ignored {
+            if trimmed.is_empty() && role.is_read() {
                 if let Some(why) = explain(row0, c0 + i as u32) {
                     match role {
                         Role::Id => row.id_cell = at.clone(),
@@ -403,6 +472,12 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
                         );
                     }
                 }
+                Role::ToolOwned => {
+                    if !trimmed.is_empty() {
+                        row.tool_values
+                            .insert(headers[i].to_ascii_lowercase(), trimmed.to_string());
+                    }
+                }
                 Role::Ignored => {}
             }
         }
@@ -424,6 +499,19 @@ pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
         params,
         has_command_column: roles.contains(&Role::Command),
         rows: out,
+        status_col: c0 + roles.iter().position(|r| *r == Role::Status).unwrap_or(0) as u32,
+        tool_columns: headers
+            .iter()
+            .zip(&roles)
+            .enumerate()
+            .filter(|(_, (_, r))| **r == Role::ToolOwned)
+            .map(|(i, (h, _))| (h.to_ascii_lowercase(), c0 + i as u32))
+            .collect(),
+        next_col: c0
+            + headers
+                .iter()
+                .rposition(|h| !h.is_empty())
+                .map_or(0, |i| i + 1) as u32,
     })
 }
 
@@ -676,10 +764,10 @@ fn read_cells<RS: std::io::Read + std::io::Seek>(
 fn merged_ranges<RS: std::io::Read + std::io::Seek>(
     book: &mut calamine::Sheets<RS>,
     sheet: &str,
-    path: &Path,
+    mentions_merges: &dyn Fn() -> bool,
 ) -> Vec<Dimensions> {
     let merges = match book {
-        calamine::Sheets::Xlsx(_) if !xlsx_mentions_merges(path) => Ok(Vec::new()),
+        calamine::Sheets::Xlsx(_) if !mentions_merges() => Ok(Vec::new()),
         calamine::Sheets::Xlsx(x) => x
             .merge_cells_by_sheet_name(sheet)
             .map_err(|e| e.to_string()),
@@ -698,8 +786,15 @@ fn merged_ranges<RS: std::io::Read + std::io::Seek>(
 /// sheets, a fraction of what calamine's parse of the whole sheet for its `<mergeCells>` costs
 /// (most workbooks have none). When unsure, yes.
 fn xlsx_mentions_merges(path: &Path) -> bool {
+    match std::fs::File::open(path) {
+        Ok(f) => zip_mentions_merges(f),
+        Err(_) => true,
+    }
+}
+
+fn zip_mentions_merges(reader: impl std::io::Read + std::io::Seek) -> bool {
     use std::io::Read;
-    let Ok(Ok(mut zip)) = std::fs::File::open(path).map(zip::ZipArchive::new) else {
+    let Ok(mut zip) = zip::ZipArchive::new(reader) else {
         return true;
     };
     let mut bytes = Vec::new();

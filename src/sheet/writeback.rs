@@ -113,6 +113,19 @@ pub struct LockInfo {
     pub since: Option<SystemTime>,
 }
 
+impl LockInfo {
+    /// Who holds it, without the time: `open in LibreOffice by ada on lab1 (lock file ...)`.
+    pub fn who(&self) -> String {
+        let mut w = LockInfo {
+            since: None,
+            ..self.clone()
+        }
+        .to_string();
+        w.shrink_to_fit();
+        w
+    }
+}
+
 impl fmt::Display for LockInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let program = match self.program {
@@ -208,6 +221,24 @@ pub fn patch_cells_with_revision(
     patch(path, sheet, cells, Some(revision))
 }
 
+/// [`patch_cells_with_revision`], only if the workbook still holds the content whose
+/// [`crate::store::fnv`] hash is `content_hash` (what the caller read and decided on): else
+/// [`WritebackError::Changed`] and nothing is written.
+pub fn patch_cells_over(
+    path: &Path,
+    sheet: &str,
+    cells: &[(CellRef, CellValue)],
+    revision: u64,
+    content_hash: u64,
+) -> Result<PatchReport, WritebackError> {
+    patch_checked(path, sheet, cells, Some(revision), Some(content_hash))
+}
+
+/// Whether write-back can patch this workbook (an .xlsx; an .ods is read, never written).
+pub fn supports(path: &Path) -> bool {
+    xlsx_only(path).is_ok()
+}
+
 /// Write-back and the stamp work on .xlsx / .xlsm only (an .ods is another format).
 fn xlsx_only(path: &Path) -> Result<(), WritebackError> {
     let ext = path
@@ -229,6 +260,16 @@ fn patch(
     cells: &[(CellRef, CellValue)],
     revision: Option<u64>,
 ) -> Result<PatchReport, WritebackError> {
+    patch_checked(path, sheet, cells, revision, None)
+}
+
+fn patch_checked(
+    path: &Path,
+    sheet: &str,
+    cells: &[(CellRef, CellValue)],
+    revision: Option<u64>,
+    content_hash: Option<u64>,
+) -> Result<PatchReport, WritebackError> {
     xlsx_only(path)?;
     // Write beside the real file, so a symbolic link stays a link to the patched workbook.
     let real = std::fs::canonicalize(path).map_err(|err| WritebackError::Io {
@@ -248,6 +289,11 @@ fn patch(
     }
     let before = std::fs::metadata(&real).map_err(io("cannot open the workbook"))?;
     let bytes = std::fs::read(&real).map_err(io("cannot read the workbook"))?;
+    if content_hash.is_some_and(|h| h != crate::store::fnv(&bytes)) {
+        return Err(WritebackError::Changed {
+            path: path.to_owned(),
+        });
+    }
     let (patched, report) = patch_xlsx_bytes(path, &bytes, sheet, cells, revision)?;
 
     let dir = real.parent().unwrap_or(Path::new("."));
@@ -413,12 +459,17 @@ pub fn read_revision(path: &Path) -> Result<Option<u64>, WritebackError> {
         path: path.to_owned(),
         err,
     })?;
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes.as_slice())).map_err(|err| {
-        WritebackError::NotZip {
+    read_revision_bytes(path, &bytes)
+}
+
+/// [`read_revision`] of content `path` held (the watcher's read).
+pub fn read_revision_bytes(path: &Path, bytes: &[u8]) -> Result<Option<u64>, WritebackError> {
+    xlsx_only(path)?;
+    let mut zip =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|err| WritebackError::NotZip {
             path: path.to_owned(),
             err,
-        }
-    })?;
+        })?;
     let (part, _) = custom_part(path, &mut zip)?;
     if zip.index_for_name(&part).is_none() {
         return Ok(None);
