@@ -200,6 +200,9 @@ pub struct MetricPoint {
     pub value: f64,
 }
 
+/// A stored state change: (sequence number, experiment id, state, its reason).
+pub type StoredChange = (i64, String, String, Option<String>);
+
 /// What a status cell held as of some workbook revision: `value` is the cell's text as
 /// compared (a command or state word lowercased, other text trimmed); `consumed` whether a
 /// command in it was acted on (a command on an invalid row waits, not consumed); `why` the
@@ -210,6 +213,8 @@ pub struct StatusSeen {
     pub consumed: bool,
     pub why: Option<String>,
     pub rev: u64,
+    /// When what it says was seen (unix seconds): a reason is about the row as it was then.
+    pub at: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -533,7 +538,7 @@ impl Store {
     /// record of the greatest revision not after `rev` (see [`StatusSeen`]).
     pub fn status_baselines(&self, rev: u64) -> Result<HashMap<String, StatusSeen>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT s.id, s.value, s.consumed, s.why, s.rev FROM status_seen s
+            "SELECT s.id, s.value, s.consumed, s.why, s.rev, s.at FROM status_seen s
              WHERE s.rev = (SELECT MAX(rev) FROM status_seen t WHERE t.id = s.id AND t.rev <= ?1)",
         )?;
         let rows = stmt.query_map([rev as i64], |r| {
@@ -544,6 +549,7 @@ impl Store {
                     consumed: r.get::<_, i64>(2)? != 0,
                     why: r.get(3)?,
                     rev: r.get::<_, i64>(4)? as u64,
+                    at: r.get(5)?,
                 },
             ))
         })?;
@@ -556,7 +562,6 @@ impl Store {
         &mut self,
         rev: u64,
         seen: &[(String, StatusSeen)],
-        at: f64,
     ) -> Result<(), StoreError> {
         if seen.is_empty() {
             return Ok(());
@@ -576,7 +581,7 @@ impl Store {
                     s.value,
                     s.consumed as i64,
                     s.why,
-                    at
+                    s.at
                 ])?;
             }
         }
@@ -623,16 +628,28 @@ impl Store {
         Ok(())
     }
 
-    /// The newest state change's sequence number and the newest metric time: when either moves,
-    /// something (this process or another neroman) stored news.
-    pub fn news_mark(&self) -> Result<(i64, f64, i64), StoreError> {
+    /// The newest state change, metric value and run: when one moves, something (this
+    /// process or another neroman) stored news.
+    pub fn news_mark(&self) -> Result<(i64, i64, i64), StoreError> {
         Ok(self.conn.query_row(
+            // Each a lookup at the end of a b-tree, not a scan: the idle daemon asks every second.
             "SELECT (SELECT IFNULL(MAX(seq), 0) FROM state_changes),
-                    (SELECT IFNULL(MAX(t), 0) FROM last_metrics),
-                    (SELECT COUNT(*) FROM runs)",
+                    (SELECT IFNULL(MAX(rowid), 0) FROM metrics),
+                    (SELECT IFNULL(MAX(rowid), 0) FROM runs)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?)
+    }
+
+    /// State changes after sequence number `seq`, oldest first: (seq, experiment id, state,
+    /// its reason).
+    pub fn state_changes_after(&self, seq: i64) -> Result<Vec<StoredChange>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.seq, r.exp_id, c.state, c.detail FROM state_changes c
+             JOIN runs r ON r.uid = c.run_uid WHERE c.seq > ?1 ORDER BY c.seq LIMIT 10000",
+        )?;
+        let rows = stmt.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Specs of runs mum has not confirmed yet (to resubmit).

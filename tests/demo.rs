@@ -31,6 +31,32 @@ fn demo_runs_the_sample_and_writes_results() {
         1,
         "the abort and its rule, said once:\n{stdout}"
     );
+    // The workbook loop: `start` typed into the status cells, the states written back.
+    assert!(
+        stdout.contains("typing `start` into the status cells of rows 2-7"),
+        "{stdout}"
+    );
+    let column = stdout
+        .split("as the watcher wrote it back:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no status column printed:\n{stdout}"));
+    let states: Vec<&str> = column
+        .lines()
+        .take(6)
+        .map(|l| l.split_whitespace().nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        states,
+        ["finished", "finished", "finished", "finished", "finished", "aborted"],
+        "{stdout}"
+    );
+    let book = common::soffice_csv(&dir.join("experiments.xlsx"), 0);
+    assert!(
+        book.lines()
+            .nth(6)
+            .is_some_and(|l| l.starts_with("6,aborted,")),
+        "{book}"
+    );
     // The results workbook opens in LibreOffice: six experiments, their metric history.
     let results = common::soffice_csv(&dir.join("results.xlsx"), 0);
     let rows: Vec<&str> = results.lines().collect();

@@ -625,7 +625,10 @@ fn a_run_whose_id_is_now_on_two_rows_is_listed_once_apart_from_them() {
     );
     let table = p.ok(&["status"]);
     assert_eq!(
-        table.lines().filter(|l| l.contains("running")).count(),
+        table
+            .lines()
+            .filter(|l| l.starts_with("12 ") && l.contains("running"))
+            .count(),
         1,
         "{table}"
     );

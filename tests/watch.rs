@@ -300,3 +300,38 @@ fn a_libreoffice_save_gives_exactly_one_change() {
     expect_changed(&s.rx, &saved, "libreoffice's save");
     expect_nothing_before_marker(&s);
 }
+
+/// Regression (found by tests/workbook_loop.rs): the workbook put back byte for byte after a
+/// broken file was never reported, so the daemon kept saying the workbook was not acted on.
+#[test]
+fn the_same_workbook_put_back_after_a_broken_file_is_a_change() {
+    let s = setup();
+    let original = std::fs::read(&s.book).unwrap();
+    atomic_write(&s.book, b"just text now");
+    match next_event(&s.rx, "the text file") {
+        WatchEvent::Broken { .. } => {}
+        other => panic!("expected Broken, got {other:?}"),
+    }
+    atomic_write(&s.book, &original);
+    expect_changed(&s.rx, &original, "the workbook put back as it was");
+}
+
+/// Regression (found by tests/workbook_loop.rs): after the caller wrote the workbook itself, an
+/// old copy put back before the watcher looked matched the watcher's old baseline and was
+/// never reported.
+#[test]
+fn content_the_caller_wrote_is_not_reported_and_the_old_content_back_is() {
+    let s = setup();
+    let original = std::fs::read(&s.book).unwrap();
+    let ours = book("written back");
+    // The caller's write-back, and right after it (within the debounce) the old copy saved.
+    atomic_write(&s.book, &ours);
+    s.watcher.wrote(hash(&ours));
+    atomic_write(&s.book, &original);
+    expect_changed(&s.rx, &original, "the old copy over the write-back");
+    // Our own write alone gives nothing.
+    let ours2 = book("written back again");
+    atomic_write(&s.book, &ours2);
+    s.watcher.wrote(hash(&ours2));
+    expect_nothing_before_marker(&s);
+}

@@ -291,6 +291,16 @@ pub fn wait_for(
     let mut first = true;
     let mut states_read = Instant::now();
     let mut results_warned = false;
+    // The last state said for each run: news another neroman stored (a watcher running beside
+    // this command syncs too) is found in the store and said as well, once. What the store
+    // holds now was said already (the command's own report and news).
+    let mut said: std::collections::HashMap<String, crate::state::StateName> = runs
+        .iter()
+        .map(|u| {
+            let now = project.store.run(u).ok().flatten().map(|r| r.state.name());
+            (u.clone(), now.unwrap_or(crate::state::StateName::Submitted))
+        })
+        .collect();
     loop {
         let sync = project.sync_held(
             &mut clients,
@@ -336,15 +346,48 @@ pub fn wait_for(
         } else if !live {
             print_changes(&sync)?;
         }
+        for (uid, _, st) in &sync.changes {
+            if let Some(s) = said.get_mut(uid) {
+                *s = st.name();
+            }
+        }
         // The runs' states change with news (read them then: 1,000 runs are 1,000 reads), or
-        // when another neroman applied the news; so also every 2 s.
-        if first || !sync.changes.is_empty() || states_read.elapsed() > Duration::from_secs(2) {
+        // when another neroman applied the news; so also every second.
+        if first || !sync.changes.is_empty() || states_read.elapsed() > Duration::from_secs(1) {
             states_read = Instant::now();
             states = runs
                 .iter()
                 .filter_map(|u| project.store.run(u).ok().flatten())
                 .collect();
             first = false;
+            let missed: Vec<(String, String, crate::state::RunState)> = states
+                .iter()
+                .filter(|r| said.get(&r.uid).is_some_and(|s| *s != r.state.name()))
+                .map(|r| (r.uid.clone(), r.exp_id.clone(), r.state.clone()))
+                .collect();
+            for (uid, _, st) in &missed {
+                said.insert(uid.clone(), st.name());
+            }
+            if progress {
+                let notable: Vec<_> = missed
+                    .into_iter()
+                    .filter(|(_, _, st)| {
+                        st.is_terminal() && st.name() != crate::state::StateName::Finished
+                    })
+                    .collect();
+                if !notable.is_empty() {
+                    clear_progress();
+                    print_changes(&crate::project::SyncReport {
+                        changes: notable,
+                        ..Default::default()
+                    })?;
+                }
+            } else if !live && !missed.is_empty() {
+                print_changes(&crate::project::SyncReport {
+                    changes: missed,
+                    ..Default::default()
+                })?;
+            }
         }
         let done = states.iter().all(|r| r.state.is_terminal());
         if progress {

@@ -2,14 +2,13 @@
 //! project, six small MLP trainings two at a time, one stopped by the sample's abort rule, a live
 //! status table, results.xlsx, and where everything is.
 
-use super::act::{print_report, wait_for};
+use super::act::wait_for;
 use super::exit;
 use super::output::{out, outln};
-use crate::actions::{act, Verb};
 use crate::cluster::protocol::Request;
 use crate::project::Project;
+use crate::sheet::writeback::{CellRef, CellValue};
 use crate::state::StateName;
-use nerokid::expr::Expr;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,6 +20,29 @@ pub const SAMPLE_TRAIN: &str = include_str!("../../samples/quickstart/train.py")
 fn default_dir() -> PathBuf {
     let secs = nerokid::report::now() as u64;
     std::env::temp_dir().join(format!("neronet-demo-{secs}-{}", std::process::id()))
+}
+
+/// The runs the watcher started for `ids` (it acts on the save within a second or so).
+fn wait_for_runs(project: &Project, ids: &[String]) -> anyhow::Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let latest = project.store.latest_runs()?;
+        let runs: Vec<String> = ids
+            .iter()
+            .filter_map(|id| latest.get(id).map(|r| r.uid.clone()))
+            .collect();
+        if runs.len() == ids.len() {
+            return Ok(runs);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the watcher started {} of {} runs within 30 s",
+                runs.len(),
+                ids.len()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
@@ -52,10 +74,58 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
     outln!()?;
 
     let exps = project.read_experiments()?;
-    let (report, _) = act(&mut project, &exps, Verb::Start, &Expr::All)?;
-    print_report(Verb::Start, &report, &Expr::All)?;
-    outln!()?;
-    wait_for(&mut project, &exps, &report.touched_runs(), true)?;
+    // The workbook loop, as she would use it: a watcher runs (here inside the demo; yours is
+    // `neroman watch`), and `start` typed into the status cells and saved starts the rows.
+    let watcher = crate::daemon::InProcess::start(&dir)?;
+    let workbook = project.workbook_path();
+    let rows: Vec<&crate::project::Experiment> =
+        exps.list.iter().filter(|e| e.is_valid()).collect();
+    let status_cells: Vec<(CellRef, CellValue)> = rows
+        .iter()
+        .map(|e| {
+            (
+                CellRef::new(e.row.row - 1, exps.sheet.status_col),
+                CellValue::Text("start".into()),
+            )
+        })
+        .collect();
+    let first = rows.first().map_or(2, |e| e.row.row);
+    let last = rows.last().map_or(2, |e| e.row.row);
+    outln!(
+        "a watcher runs (`neroman watch`); typing `start` into the status cells of rows {first}-{last} of {} and saving, as you would in Excel or LibreOffice:",
+        workbook.display()
+    )?;
+    crate::sheet::writeback::patch_cells(&workbook, &exps.sheet.sheet, &status_cells)?;
+    let ids: Vec<String> = rows.iter().map(|e| e.row.id.clone()).collect();
+    let runs = wait_for_runs(&project, &ids)?;
+    outln!("the watcher started {} runs.\n", runs.len())?;
+    wait_for(&mut project, &exps, &runs, true)?;
+    // The states are written back into the workbook within a second or two.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let written = loop {
+        let sheet = crate::sheet::read::read_experiments(&workbook).ok();
+        let latest = project.store.latest_runs()?;
+        let done = sheet.as_ref().is_some_and(|s| {
+            s.rows.iter().filter(|r| ids.contains(&r.id)).all(|r| {
+                latest.get(&r.id).is_some_and(|run| {
+                    r.status == crate::sheet::read::StatusCell::State(run.state.name())
+                })
+            })
+        });
+        if done || std::time::Instant::now() > deadline {
+            break sheet;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    watcher.stop()?;
+    let report = crate::actions::ActionReport {
+        started: runs
+            .iter()
+            .filter_map(|u| project.store.run(u).ok().flatten())
+            .map(|r| (r.exp_id, r.uid))
+            .collect(),
+        ..Default::default()
+    };
     // Leave nothing running: the demo's agent is not needed any more. Before printing more, so
     // that a reader who went away (a closed stdout ends the command) leaves no agent behind.
     if let Ok(mut client) = project.connect("local") {
@@ -65,6 +135,17 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
         // On a terminal the live table already shows the final state.
         outln!("\nfinal state:")?;
         out!("{}", crate::view::status_table(&project, &exps, None, 4)?)?;
+    }
+    if let Some(sheet) = written {
+        outln!("\nthe status column of experiments.xlsx, as the watcher wrote it back:")?;
+        for r in sheet.rows.iter().filter(|r| ids.contains(&r.id)) {
+            let text = match &r.status {
+                crate::sheet::read::StatusCell::State(s) => s.as_str().to_string(),
+                crate::sheet::read::StatusCell::Command(_) => "start (not written back yet)".into(),
+                other => format!("{other:?}"),
+            };
+            outln!("  {:<4} {text}", r.id)?;
+        }
     }
     let results = crate::view::write_results(&project, &exps)?;
     let runs: Vec<_> = report

@@ -17,8 +17,13 @@ fn state_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 /// Foreground: until SIGINT/SIGTERM.
 pub fn run(dir: &Path) -> anyhow::Result<i32> {
     crate::daemon::run(dir, |s| {
+        let stop = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            " Ctrl-C stops."
+        } else {
+            ""
+        };
         eprintln!(
-            "neroman: watching {} ({}); pid {}. Type start, restart or abort into a status cell and save. Ctrl-C stops.",
+            "neroman: watching {} ({}); pid {}. Type start, restart or abort into a status cell and save.{stop}",
             s.workbook, s.mode, s.pid
         );
     })?;

@@ -97,6 +97,7 @@ mod tests {
                 consumed,
                 why: None,
                 rev,
+                at: 0.0,
             };
             if needs_record(self.baseline(rev), &rec) {
                 self.0.insert(rev, rec);
@@ -112,6 +113,7 @@ mod tests {
                     consumed: false,
                     why: None,
                     rev,
+                    at: 0.0,
                 },
             );
         }

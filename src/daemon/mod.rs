@@ -165,6 +165,7 @@ fn serve(
             )
         }
     };
+    let watcher = std::sync::Arc::new(watcher);
     let forward = tx.clone();
     std::thread::Builder::new()
         .name("workbook".into())
@@ -181,6 +182,9 @@ fn serve(
         .map_err(|e| Box::new(CoreError::from(e)))?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let dir_of_project = project.dir.clone();
+    // State changes from before this daemon are history, not news for its log.
+    let project_seq = project.store.news_mark().map_or(0, |m| m.0);
     let status = WatchStatus {
         pid: std::process::id(),
         workbook: path.display().to_string(),
@@ -193,6 +197,7 @@ fn serve(
         path,
         held,
         status,
+        watcher: watcher.clone(),
         events: tx,
         exps: None,
         bytes: None,
@@ -201,7 +206,10 @@ fn serve(
         revision,
         clients: BTreeMap::new(),
         news: BTreeMap::new(),
-        news_mark: (0, 0.0, 0),
+        news_mark: (0, 0, 0),
+        log_seq: project_seq,
+        news_checked: Instant::now(),
+        config_mtime: config_mtime(&dir_of_project),
         results_due: None,
         results_cost: Duration::ZERO,
         results_last: None,
@@ -210,7 +218,9 @@ fn serve(
         values_last: Instant::now(),
         retry_at: None,
         lock_said: None,
+        ods_said: false,
         notes: HashMap::new(),
+        started_as: HashMap::new(),
     };
     tracing::info!("watching {} ({mode})", d.path.display());
     // The workbook as it is now: the watcher only reports changes from here on.
@@ -219,7 +229,30 @@ fn serve(
             let hash = crate::store::fnv(&bytes);
             d.on_save(bytes, hash, SystemTime::now());
         }
-        Err(e) => d.workbook_problem(format!("cannot read it: {e}")),
+        Err(e) => d.workbook_problem(format!("{}: cannot read it: {e}", d.path.display())),
+    }
+    if let Some(exps) = &d.exps {
+        for f in d.project.config.workbook_columns.iter().flatten() {
+            let f = f.trim();
+            let known = crate::select::BUILTIN_FIELDS
+                .iter()
+                .any(|b| b.eq_ignore_ascii_case(f))
+                || exps.sheet.params.iter().any(|p| p.eq_ignore_ascii_case(f))
+                || exps.known_metrics.iter().any(|m| m.eq_ignore_ascii_case(f));
+            if !known {
+                let names = crate::select::BUILTIN_FIELDS
+                    .iter()
+                    .copied()
+                    .chain(exps.sheet.params.iter().map(String::as_str))
+                    .chain(exps.known_metrics.iter().map(String::as_str));
+                let hint = crate::select::nearest(f, names)
+                    .map(|n| format!("; did you mean {n}?"))
+                    .unwrap_or_default();
+                tracing::warn!(
+                    "workbook_columns in neronet.yaml: {f:?} is no field, parameter or metric a run has printed so far{hint} (its column stays empty until one does)"
+                );
+            }
+        }
     }
     d.sync();
     d.tick();
@@ -230,11 +263,15 @@ fn serve(
         match rx.recv_timeout(timeout) {
             Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(Event::Workbook(WatchEvent::Changed { bytes, hash, at })) => {
-                if d.file_hash != Some(hash) {
+                // The same content again is nothing new, unless a broken file came in between
+                // (the good workbook put back as it was).
+                if d.file_hash != Some(hash) || d.status.workbook_problem.is_some() {
                     d.on_save(bytes, hash, at);
                 }
             }
-            Ok(Event::Workbook(WatchEvent::Broken { why, .. })) => d.workbook_problem(why),
+            Ok(Event::Workbook(WatchEvent::Broken { why, .. })) => {
+                d.workbook_problem(format!("{}: {why}", d.path.display()))
+            }
             Ok(Event::News(cluster)) => {
                 tracing::debug!("news from cluster {cluster}");
                 d.sync();
@@ -257,6 +294,7 @@ fn serve(
     if d.results_due.is_some() {
         d.write_results();
     }
+    drop(d);
     drop(watcher);
     tracing::info!("stopped");
     Ok(())
@@ -267,6 +305,7 @@ struct Daemon {
     path: PathBuf,
     held: pidfile::Held,
     status: WatchStatus,
+    watcher: std::sync::Arc<WorkbookWatcher>,
     events: Sender<Event>,
     /// The last good read of the workbook, and the content it was read from.
     exps: Option<Experiments>,
@@ -278,7 +317,12 @@ struct Daemon {
     revision: u64,
     clients: BTreeMap<String, MumClient>,
     news: BTreeMap<String, news::NewsThread>,
-    news_mark: (i64, f64, i64),
+    news_mark: (i64, i64, i64),
+    /// The last state change logged.
+    log_seq: i64,
+    /// When clusters without a news thread were last looked for (and neronet.yaml's time).
+    news_checked: Instant,
+    config_mtime: Option<SystemTime>,
     results_due: Option<Instant>,
     results_cost: Duration,
     results_last: Option<Instant>,
@@ -288,8 +332,12 @@ struct Daemon {
     retry_at: Option<Instant>,
     /// What was last said about a lock holder (said again only when it changes).
     lock_said: Option<String>,
+    /// Whether the log said that an .ods is not written into.
+    ods_said: bool,
     /// id → what changed in its row under the run in flight (shown until that run ends).
     notes: HashMap<String, (String, String)>,
+    /// id → (run uid, the row's snapshot when that run started), once the row changed under it.
+    started_as: HashMap<String, (String, String)>,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -316,10 +364,7 @@ impl Daemon {
     }
 
     fn workbook_problem(&mut self, why: String) {
-        tracing::warn!(
-            "{}: {why}; nothing in it is acted on until it is saved as a workbook again",
-            self.path.display()
-        );
+        tracing::warn!("{why}; nothing in it is acted on until a save fixes it");
         self.status.workbook_problem = Some(why);
         self.held.publish(&self.status);
     }
@@ -393,16 +438,34 @@ impl Daemon {
                 continue;
             }
             if let Some(run) = latest.get(&e.row.id).filter(|r| !r.state.is_terminal()) {
-                let was: BTreeMap<String, String> =
-                    serde_json::from_str(before).unwrap_or_default();
-                let what = describe_change(&was, &snap);
-                let note = format!(
-                    "changed while run {} is {}: {what}; the run keeps what it started with, the next run uses the new values",
-                    run.run_no,
-                    run.state.name().as_str()
-                );
-                tracing::warn!("row {} (id {}): {note}", e.row.row, e.row.id);
-                self.notes.insert(e.row.id.clone(), (run.uid.clone(), note));
+                // Compared with the row as the run started (the first snapshot that differed).
+                let original = match self.started_as.get(&e.row.id) {
+                    Some((uid, orig)) if *uid == run.uid => orig.clone(),
+                    _ => before.clone(),
+                };
+                if original == text {
+                    if self.notes.remove(&e.row.id).is_some() {
+                        tracing::info!(
+                            "row {} (id {}): back to what run {} started with",
+                            e.row.row,
+                            e.row.id,
+                            run.run_no
+                        );
+                    }
+                } else {
+                    let was: BTreeMap<String, String> =
+                        serde_json::from_str(&original).unwrap_or_default();
+                    let what = describe_change(&was, &snap);
+                    let note = format!(
+                        "changed while run {} is {}: {what}; the run keeps what it started with, the next run uses the new values",
+                        run.run_no,
+                        run.state.name().as_str()
+                    );
+                    tracing::warn!("row {} (id {}): {note}", e.row.row, e.row.id);
+                    self.notes.insert(e.row.id.clone(), (run.uid.clone(), note));
+                }
+                self.started_as
+                    .insert(e.row.id.clone(), (run.uid.clone(), original));
             }
             changed.push((&e.row.id, text));
         }
@@ -425,8 +488,11 @@ impl Daemon {
                 return;
             }
         };
+        let latest = self.project.store.latest_runs().unwrap_or_default();
         let mut records: Vec<(String, StatusSeen)> = Vec::new();
         let mut fire: BTreeMap<u8, (Verb, Vec<String>)> = BTreeMap::new();
+        // Rows whose queued run is cancelled because `hold` was typed (not a command to record).
+        let mut held: Vec<String> = Vec::new();
         for e in &exps.list {
             let id = &e.row.id;
             if id.is_empty() || e.origin != Origin::Row {
@@ -439,6 +505,7 @@ impl Daemon {
                 consumed,
                 why: None,
                 rev,
+                at,
             };
             match decide(&e.row.status, b, e.is_valid()) {
                 Decision::Fire(c) => {
@@ -476,7 +543,27 @@ impl Daemon {
                     if !kept {
                         let mut new = seen(false);
                         // A reason stays with the cell the tool wrote after the command.
-                        new.why = b.filter(|b| b.value == value).and_then(|b| b.why.clone());
+                        if let Some(b) = b.filter(|b| b.value == value && b.why.is_some()) {
+                            new.why = b.why.clone();
+                            new.at = b.at;
+                        }
+                        // `hold` typed over a row whose run waits for a slot: it never starts.
+                        if e.row.status.is(StatusCommand::Hold)
+                            && b.is_none_or(|b| b.value != value)
+                            && latest.get(id).is_some_and(|r| {
+                                matches!(
+                                    r.state.name(),
+                                    crate::state::StateName::Submitted
+                                        | crate::state::StateName::Queued
+                                )
+                            })
+                        {
+                            fire.entry(0)
+                                .or_insert((Verb::Abort, Vec::new()))
+                                .1
+                                .push(id.clone());
+                            held.push(id.clone());
+                        }
                         if needs_record(b, &new) {
                             records.push((id.clone(), new));
                         }
@@ -512,7 +599,7 @@ impl Daemon {
                         why.insert(id.as_str(), format!("abort: nothing in flight ({state})"));
                     }
                     self.note_sync(&sync);
-                    for id in &ids {
+                    for id in ids.iter().filter(|i| !held.contains(i)) {
                         let e = exps.get(id);
                         let value = e.map(|e| cell_value(&e.row.status)).unwrap_or_default();
                         records.push((
@@ -522,6 +609,7 @@ impl Daemon {
                                 consumed: true,
                                 why: why.get(id.as_str()).cloned(),
                                 rev,
+                                at,
                             },
                         ));
                     }
@@ -539,21 +627,30 @@ impl Daemon {
                 }
             }
         }
-        if let Err(e) = self.project.store.note_status(rev, &records, at) {
+        if let Err(e) = self.project.store.note_status(rev, &records) {
             tracing::error!("state store: {}", crate::util::error_chain(&e));
         }
         self.exps = Some(exps);
         self.ensure_news();
     }
 
-    fn note_sync(&mut self, sync: &SyncReport) {
-        for (_, id, state) in &sync.changes {
-            let reason = state
-                .reason()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default();
-            tracing::info!("{id}: {}{reason}", state.name().as_str());
+    /// Log every state change stored since the last look, whoever stored it (this daemon's
+    /// sync, or a CLI command beside it).
+    fn log_changes(&mut self) {
+        match self.project.store.state_changes_after(self.log_seq) {
+            Ok(changes) => {
+                for (seq, id, state, detail) in changes {
+                    let reason = detail.map(|r| format!(" ({r})")).unwrap_or_default();
+                    tracing::info!("{id}: {state}{reason}");
+                    self.log_seq = seq;
+                }
+            }
+            Err(e) => tracing::error!("state store: {}", crate::util::error_chain(&e)),
         }
+    }
+
+    fn note_sync(&mut self, sync: &SyncReport) {
+        self.log_changes();
         let unreachable: Vec<String> = sync.unreachable.iter().map(|(c, _)| c.clone()).collect();
         for (c, why) in &sync.unreachable {
             if !self.status.unreachable.contains(c) {
@@ -575,7 +672,25 @@ impl Daemon {
     /// Bring the store up to date from the clusters with runs in flight (held connections).
     fn sync(&mut self) {
         let mut clients = std::mem::take(&mut self.clients);
-        let r = self.project.sync_held(&mut clients, Duration::ZERO);
+        let held_before: Vec<String> = clients.keys().cloned().collect();
+        let mut r = self.project.sync_held(&mut clients, Duration::ZERO);
+        // A held connection the agent closed meanwhile (it ends idle ones) is no news: the
+        // clusters it failed for are tried once more on a new connection before any warning.
+        if let Ok(first) = &r {
+            if first
+                .unreachable
+                .iter()
+                .any(|(c, _)| held_before.contains(c))
+            {
+                if let Ok(mut again) = self.project.sync_held(&mut clients, Duration::ZERO) {
+                    let mut changes = first.changes.clone();
+                    changes.append(&mut again.changes);
+                    again.changes = changes;
+                    again.metric_values += first.metric_values;
+                    r = Ok(again);
+                }
+            }
+        }
         self.clients = clients;
         match r {
             Ok(sync) => self.note_sync(&sync),
@@ -598,9 +713,8 @@ impl Daemon {
         for c in gone {
             self.news.remove(&c);
         }
-        if let Ok(mark) = self.project.store.news_mark() {
-            self.news_mark = mark;
-        }
+        // The store's news mark is left for the tick: what another neroman stored meanwhile
+        // (its own sync, not ours) must still be written back.
     }
 
     /// A news thread for every cluster with runs in flight; none for the others.
@@ -643,6 +757,7 @@ impl Daemon {
         match self.project.store.news_mark() {
             Ok(mark) if mark != self.news_mark => {
                 self.news_mark = mark;
+                self.log_changes();
                 // Someone (the CLI) stored news or started runs: show it, and follow them.
                 self.want_writeback();
                 self.want_results();
@@ -651,9 +766,17 @@ impl Daemon {
             Ok(_) => {}
             Err(e) => tracing::error!("state store: {}", crate::util::error_chain(&e)),
         }
-        if self.news.is_empty() && self.retry_at.is_none() {
-            // A cluster whose news thread could not connect: try on every tick.
+        if now.duration_since(self.news_checked) >= Duration::from_secs(10) {
+            // A cluster whose news thread could not connect, or lost it: try again.
+            self.news_checked = now;
             self.ensure_news();
+            let mtime = config_mtime(&self.project.dir);
+            if mtime != self.config_mtime {
+                self.config_mtime = mtime;
+                tracing::warn!(
+                    "neronet.yaml changed: this watcher keeps the configuration it started with; restart it (`neroman watch --stop`, then `neroman watch --detach`) to use the new one"
+                );
+            }
         }
         if self.retry_at.is_some_and(|t| t <= now) {
             self.retry_at = None;
@@ -809,6 +932,13 @@ impl Daemon {
             return;
         }
         if !crate::sheet::writeback::supports(&self.path) {
+            if !self.ods_said {
+                tracing::info!(
+                    "{}: states are not written into an .ods (only .xlsx); they show in results.xlsx and `neroman status`",
+                    self.path.display()
+                );
+                self.ods_said = true;
+            }
             return;
         }
         // Intent first: the revision and what its cells hold are stored before the file is
@@ -817,7 +947,7 @@ impl Daemon {
             .project
             .store
             .set_daemon_value(REVISION_KEY, &rev.to_string())
-            .and_then(|_| self.project.store.note_status(rev, &plan.records, now()));
+            .and_then(|_| self.project.store.note_status(rev, &plan.records));
         if let Err(e) = stored {
             tracing::error!("state store: {}", crate::util::error_chain(&e));
             return;
@@ -826,8 +956,24 @@ impl Daemon {
         let sheet = exps.sheet.sheet.clone();
         match crate::sheet::writeback::patch_cells_over(&self.path, &sheet, &plan.cells, rev, hash)
         {
-            Ok(_) => {
-                tracing::debug!("wrote {} cells back (revision {rev})", plan.cells.len());
+            Ok(report) => {
+                // Our own write: known, so it is not read again, and a save that puts back
+                // what was there before is a change.
+                self.watcher.wrote(report.written_hash);
+                self.file_hash = Some(report.written_hash);
+                self.file_rev = rev;
+                if let Some(exps) = &mut self.exps {
+                    apply_plan(exps, &plan);
+                }
+                tracing::debug!(
+                    "wrote {} cells back (revision {rev}): {}",
+                    plan.cells.len(),
+                    plan.cells
+                        .iter()
+                        .map(|(c, v)| format!("{c}={v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
                 self.writeback_last = Some(Instant::now());
                 self.values_last = Instant::now();
             }
@@ -846,6 +992,63 @@ impl Daemon {
             }
         }
     }
+}
+
+/// What the workbook holds after a write-back, in the last read of it: the status cells and
+/// the tool's columns as written (the rest did not change).
+fn apply_plan(exps: &mut Experiments, plan: &writeback::Plan) {
+    let sheet = &mut exps.sheet;
+    for (cell, value) in &plan.cells {
+        if cell.row == 0 {
+            if let crate::sheet::writeback::CellValue::Text(name) = value {
+                sheet
+                    .tool_columns
+                    .insert(name.to_ascii_lowercase(), cell.col);
+                sheet.next_col = sheet.next_col.max(cell.col + 1);
+            }
+        }
+    }
+    let tool_name = |col: u32| {
+        sheet
+            .tool_columns
+            .iter()
+            .find(|(_, c)| **c == col)
+            .map(|(n, _)| n.clone())
+    };
+    let text = |v: &crate::sheet::writeback::CellValue| match v {
+        crate::sheet::writeback::CellValue::Text(t) => t.clone(),
+        crate::sheet::writeback::CellValue::Number(n) => nerokid::expr::format_number(*n),
+        _ => String::new(),
+    };
+    let by_row: HashMap<u32, usize> = exps
+        .list
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.row.row > 0)
+        .map(|(i, e)| (e.row.row - 1, i))
+        .collect();
+    for (cell, value) in plan.cells.iter().filter(|(c, _)| c.row > 0) {
+        let Some(&i) = by_row.get(&cell.row) else {
+            continue;
+        };
+        let row = &mut exps.list[i].row;
+        let t = text(value);
+        if cell.col == sheet.status_col {
+            row.status = crate::sheet::read::StatusCell::parse(&t);
+        } else if let Some(name) = tool_name(cell.col) {
+            if t.is_empty() {
+                row.tool_values.remove(&name);
+            } else {
+                row.tool_values.insert(name, t);
+            }
+        }
+    }
+}
+
+fn config_mtime(dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(dir.join(crate::config::CONFIG_FILE))
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 fn now_f() -> f64 {

@@ -55,6 +55,12 @@ pub fn plan(
         .iter()
         .map(|f| format!("{TOOL_COLUMN_PREFIX}{}", f.trim().to_ascii_lowercase()))
         .collect();
+    // The configured columns are made together, in the config's order, once there are rows.
+    if !exps.list.is_empty() {
+        for header in &wanted {
+            create(header, &mut plan, &mut col_of);
+        }
+    }
     for c in cands {
         let e = c.exp;
         if e.row.row == 0 || !matches!(e.origin, Origin::Row | Origin::SharedId) {
@@ -93,6 +99,7 @@ pub fn plan(
                         consumed: false,
                         why: baseline.and_then(|b| b.why.clone()),
                         rev,
+                        at: baseline.map_or(0.0, |b| b.at),
                     },
                 ));
             }
@@ -109,11 +116,24 @@ pub fn plan(
             } else {
                 problems.join("; ")
             });
-        } else if let Some(w) = baseline.and_then(|b| b.why.clone()) {
-            why.push(w);
+        } else if let Some(b) = baseline.filter(|b| b.why.is_some()) {
+            // A reason is about the row as it was when the command was refused: once its run
+            // moved on (ended, or a new one started), it is stale.
+            if c.run.is_none_or(|r| r.state.at() <= b.at + 0.2) {
+                why.extend(b.why.clone());
+            }
         }
         if let Some(n) = notes.get(id) {
             why.push(n.clone());
+        }
+        if let StatusCell::Other(text) = &e.row.status {
+            // A typo of a command does nothing: say so where it was typed.
+            let words = StatusCommand::WORDS.iter().map(|(w, _)| *w);
+            if let Some(word) = crate::select::nearest(text, words) {
+                why.push(format!(
+                    "{text:?} is not a command; did you mean {word}? (start, restart, abort, stop, hold)"
+                ));
+            }
         }
         let why = why.join("; ");
         let have = e

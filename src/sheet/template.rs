@@ -58,7 +58,9 @@ pub fn template_spec() -> BookSpec {
                 Empty,
                 Num(0.1),
                 Num(16.0),
-                Text("start it: neroman start 1"),
+                Text(
+                    "type start into status and save (neroman watch running), or: neroman start 1",
+                ),
             ],
             vec![
                 Num(2.0),

@@ -119,9 +119,18 @@ pub struct WorkbookWatcher {
     worker: Option<JoinHandle<()>>,
     mode: WatchMode,
     reads: Arc<AtomicU64>,
+    baseline: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 impl WorkbookWatcher {
+    /// The caller wrote the workbook itself, content hash `hash` (a write-back): that content is
+    /// not reported, and what comes next is measured against it. So a save that puts back the
+    /// content from before the write-back (an old copy) is a change, even when it lands before
+    /// the watcher looked at the write-back.
+    pub fn wrote(&self, hash: u64) {
+        *self.baseline.lock().unwrap_or_else(|e| e.into_inner()) = Some(hash);
+    }
+
     /// Starts watching `path`. Its content now is the baseline: not sent, only changes from it
     /// are. Events arrive on the returned receiver; it disconnects when the watcher is dropped.
     pub fn start(
@@ -177,8 +186,9 @@ impl WorkbookWatcher {
         };
 
         let reads = Arc::new(AtomicU64::new(0));
-        let mut worker = Worker {
-            baseline: None,
+        let baseline = Arc::new(std::sync::Mutex::new(None));
+        let worker = Worker {
+            baseline: baseline.clone(),
             last_broken: None,
             path,
             name,
@@ -191,7 +201,7 @@ impl WorkbookWatcher {
         // measured against the content at start.
         if let Ok(bytes) = worker.read() {
             if opens_as_workbook(&bytes).is_ok() {
-                worker.baseline = Some(crate::store::fnv(&bytes));
+                worker.set_baseline(Some(crate::store::fnv(&bytes)));
             }
         }
         let handle = std::thread::Builder::new()
@@ -203,6 +213,7 @@ impl WorkbookWatcher {
                 worker: Some(handle),
                 mode,
                 reads,
+                baseline,
             },
             out_rx,
         ))
@@ -274,8 +285,9 @@ fn start_poll(
 }
 
 struct Worker {
-    /// Hash of the last content accepted (sent, or the baseline).
-    baseline: Option<u64>,
+    /// Hash of the last content accepted (sent, the baseline, or what the caller said it wrote
+    /// itself: [`WorkbookWatcher::wrote`]).
+    baseline: Arc<std::sync::Mutex<Option<u64>>>,
     /// Hash (or `None` for "missing") of the broken content last reported, so it is reported once.
     last_broken: Option<Option<u64>>,
     path: PathBuf,
@@ -293,6 +305,14 @@ enum Look {
 }
 
 impl Worker {
+    fn baseline(&self) -> Option<u64> {
+        *self.baseline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_baseline(&self, hash: Option<u64>) {
+        *self.baseline.lock().unwrap_or_else(|e| e.into_inner()) = hash;
+    }
+
     fn run(mut self) {
         while let Ok(batch) = self.raw_rx.recv() {
             match batch {
@@ -349,8 +369,8 @@ impl Worker {
             match self.look() {
                 Look::Good(bytes, hash) => {
                     self.last_broken = None;
-                    if self.baseline != Some(hash) {
-                        self.baseline = Some(hash);
+                    if self.baseline() != Some(hash) {
+                        self.set_baseline(Some(hash));
                         let at = SystemTime::now();
                         return self
                             .out_tx
@@ -363,6 +383,8 @@ impl Worker {
                     if started.elapsed() >= self.retry_for {
                         if self.last_broken != Some(hash) {
                             self.last_broken = Some(hash);
+                            // The good content put back as it was is news after this.
+                            self.set_baseline(None);
                             let at = SystemTime::now();
                             return self.out_tx.send(WatchEvent::Broken { why, at }).is_ok();
                         }

@@ -94,6 +94,9 @@ pub struct PatchReport {
     pub inserted_rows: usize,
     /// The used range before and after, when `<dimension>` grew.
     pub dimension: Option<(String, String)>,
+    /// [`crate::store::fnv`] of the workbook as written: the caller can tell its own write
+    /// from a save made after it.
+    pub written_hash: u64,
 }
 
 /// Which program holds a workbook open.
@@ -294,7 +297,8 @@ fn patch_checked(
             path: path.to_owned(),
         });
     }
-    let (patched, report) = patch_xlsx_bytes(path, &bytes, sheet, cells, revision)?;
+    let (patched, mut report) = patch_xlsx_bytes(path, &bytes, sheet, cells, revision)?;
+    report.written_hash = crate::store::fnv(&patched);
 
     let dir = real.parent().unwrap_or(Path::new("."));
     let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("book");

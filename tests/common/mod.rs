@@ -2,6 +2,7 @@
 //! cell by cell, the real binaries, LibreOffice for reading files back, and polling helpers.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod lo;
 use rust_xlsxwriter::Workbook;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -99,6 +100,18 @@ impl Project {
     /// Run neroman in this project; returns the output (not asserting success).
     pub fn neroman(&self, args: &[&str]) -> Output {
         self.neroman_env(args, &[])
+    }
+
+    /// neroman in this project, to be spawned (a daemon) or run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(neroman_bin());
+        c.arg("--dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("XDG_CONFIG_HOME", &self.xdg)
+            .env("NERONET_MUM_IDLE_SECS", "60")
+            .env_remove("RUST_LOG");
+        c
     }
 
     /// Run neroman with extra environment variables (a mum it starts inherits them).

@@ -1,0 +1,369 @@
+//! The watcher daemon (`neroman watch`) driven as a real process: detach/stop/status, the CLI
+//! beside it, configured columns, a kill -9 and a restart, a command on an invalid row, a row
+//! changed under its run. Saves are made the way a spreadsheet program makes them (a new file
+//! renamed over the workbook); tests/workbook_loop.rs has LibreOffice doing the editing.
+
+mod common;
+
+use common::{wait_until, Project, V};
+use neronet::sheet::read::{read_experiments, StatusCell};
+use neronet::sheet::writeback::{patch_cells, CellRef, CellValue};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+const YAML: &str = "clusters:\n  local:\n    max_parallel: 8\n";
+
+/// `neroman watch` in the foreground as a child; SIGTERM in Drop.
+struct Watcher {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Watcher {
+    fn start(p: &Project) -> Watcher {
+        let log = p.path("watch.stderr");
+        let child = p
+            .command(&["watch", "-vv"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let w = Watcher { child, log };
+        let json = p.path(".neronet/watch.json");
+        wait_until("the watcher to be ready", Duration::from_secs(30), || {
+            json.exists()
+        });
+        w
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        common::kill(self.child.id() as i32, libc::SIGTERM);
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- watcher log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Type values into cells and save, as a spreadsheet program does: the edited workbook is
+/// written to a temp file and renamed over the original (whatever lock file exists: the
+/// program holding it is the one saving).
+fn type_and_save(p: &Project, cells: &[(&str, &str)]) {
+    let cells: Vec<(CellRef, CellValue)> = cells
+        .iter()
+        .map(|(a1, v)| (CellRef::parse(a1).unwrap(), CellValue::Text(v.to_string())))
+        .collect();
+    let tmp_dir = p.path("editor");
+    std::fs::create_dir_all(&tmp_dir).unwrap();
+    let copy = tmp_dir.join("experiments.xlsx");
+    std::fs::copy(p.path("experiments.xlsx"), &copy).unwrap();
+    patch_cells(&copy, "experiments", &cells).unwrap();
+    let tmp = p.path(".~saving.tmp");
+    std::fs::copy(&copy, &tmp).unwrap();
+    std::fs::rename(&tmp, p.path("experiments.xlsx")).unwrap();
+}
+
+fn status_cell(p: &Project, id: &str) -> String {
+    read_experiments(&p.path("experiments.xlsx"))
+        .unwrap()
+        .rows
+        .into_iter()
+        .find(|r| r.id == id)
+        .map(|r| match r.status {
+            StatusCell::Empty => String::new(),
+            StatusCell::State(s) => s.as_str().to_string(),
+            StatusCell::Command(c) => format!("{c:?}").to_lowercase(),
+            StatusCell::Other(t) => t,
+        })
+        .unwrap_or_else(|| panic!("no row {id}"))
+}
+
+fn tool_value(p: &Project, id: &str, column: &str) -> Option<String> {
+    read_experiments(&p.path("experiments.xlsx"))
+        .unwrap()
+        .rows
+        .into_iter()
+        .find(|r| r.id == id)
+        .and_then(|r| r.tool_values.get(column).cloned())
+}
+
+fn runs_of(p: &Project, id: &str) -> i64 {
+    p.store()
+        .query_row("SELECT COUNT(*) FROM runs WHERE exp_id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
+fn wait_cell(p: &Project, id: &str, want: &str, w: &Watcher) {
+    wait_until(
+        &format!("row {id}'s status cell to say {want}"),
+        Duration::from_secs(30),
+        || status_cell(p, id) == want,
+    );
+    let _ = w;
+}
+
+#[test]
+fn detach_status_and_stop() {
+    let p = Project::new("watch-detach", YAML);
+    p.workbook(
+        &["id", "status", "command"],
+        &[vec![V::N(1.0), V::E, V::S("true")]],
+    );
+    let out = p.ok(&["status"]);
+    assert!(out.contains("watcher: not running"), "{out}");
+    let out = p.ok(&["watch", "--detach"]);
+    assert!(out.contains("in the background (pid"), "{out}");
+    let out = p.ok(&["status"]);
+    assert!(out.contains("watcher: running (pid"), "{out}");
+    // One per project.
+    let second = p.neroman(&["watch"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("a watcher already runs for this project"),
+        "{second:?}"
+    );
+    type_and_save(&p, &[("B2", "start")]);
+    wait_until(
+        "the detached watcher to finish row 1",
+        Duration::from_secs(30),
+        || status_cell(&p, "1") == "finished",
+    );
+    let log = std::fs::read_to_string(p.path(".neronet/watch.log")).unwrap();
+    assert!(log.contains("workbook: start 1"), "{log}");
+    let out = p.ok(&["watch", "--stop"]);
+    assert!(out.contains("stopped the watcher"), "{out}");
+    let out = p.ok(&["status"]);
+    assert!(out.contains("watcher: not running"), "{out}");
+    assert!(!p.path(".neronet/watch.json").exists());
+}
+
+#[test]
+fn cli_actions_beside_the_watcher_are_written_back_and_never_doubled() {
+    let p = Project::new("watch-cli", YAML);
+    p.workbook(
+        &["id", "status", "command"],
+        &[
+            vec![V::N(1.0), V::E, V::S("sleep 1")],
+            vec![V::N(2.0), V::E, V::S("sleep 1")],
+        ],
+    );
+    let w = Watcher::start(&p);
+    // The CLI starts row 1: the watcher writes its state back.
+    p.ok(&["start", "1"]);
+    wait_cell(&p, "1", "finished", &w);
+    // Row 2 typed and started from the CLI at once: one run.
+    type_and_save(&p, &[("B3", "start")]);
+    let _ = p.neroman(&["start", "2"]);
+    wait_cell(&p, "2", "finished", &w);
+    assert_eq!(runs_of(&p, "1"), 1);
+    assert_eq!(runs_of(&p, "2"), 1);
+}
+
+#[test]
+fn configured_columns_are_tool_owned_and_kept_current() {
+    let p = Project::new(
+        "watch-columns",
+        "workbook_columns: [runtime, loss]\nclusters:\n  local:\n    max_parallel: 4\n",
+    );
+    p.workbook(
+        &["id", "status", "command", "loss"],
+        &[vec![
+            V::N(1.0),
+            V::E,
+            V::S("echo loss=0.25"),
+            V::S("user's own"),
+        ]],
+    );
+    let w = Watcher::start(&p);
+    type_and_save(&p, &[("B2", "start")]);
+    wait_cell(&p, "1", "finished", &w);
+    wait_until(
+        "neronet.loss to be written",
+        Duration::from_secs(30),
+        || tool_value(&p, "1", "neronet.loss").as_deref() == Some("0.25"),
+    );
+    assert!(tool_value(&p, "1", "neronet.runtime").is_some());
+    // Created at the right end; the user's own `loss` column untouched.
+    let csv = common::soffice_csv(&p.path("experiments.xlsx"), 0);
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.starts_with("id,status,command,loss,neronet.runtime,neronet.loss"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().nth(1).unwrap().contains(",user's own,"),
+        "{csv}"
+    );
+}
+
+#[test]
+fn a_killed_watcher_fires_nothing_twice_and_acts_on_what_was_typed_while_it_was_down() {
+    let p = Project::new("watch-kill", YAML);
+    p.workbook(
+        &["id", "status", "command"],
+        &[
+            vec![V::N(1.0), V::E, V::S("true")],
+            vec![V::N(2.0), V::E, V::S("true")],
+        ],
+    );
+    let w = Watcher::start(&p);
+    // Open in LibreOffice: nothing can be written back, so the cell keeps saying restart.
+    let lock = p.path(".~lock.experiments.xlsx#");
+    std::fs::write(&lock, "Ada,ada,lab1,27.11.2026 10:00,file:///home/ada;").unwrap();
+    type_and_save(&p, &[("B2", "restart")]);
+    wait_until("run 1 of row 1", Duration::from_secs(30), || {
+        runs_of(&p, "1") == 1
+    });
+    wait_until(
+        "status to say the write-back waits",
+        Duration::from_secs(30),
+        || {
+            p.ok(&["status"]).contains(
+                "write-back waits: the workbook is open in LibreOffice by Ada (ada) on lab1",
+            )
+        },
+    );
+    w.kill9();
+    std::fs::remove_file(&lock).unwrap();
+    assert_eq!(status_cell(&p, "1"), "restart");
+    // Typed while no watcher runs.
+    type_and_save(&p, &[("B3", "start")]);
+    let w = Watcher::start(&p);
+    wait_cell(&p, "2", "finished", &w);
+    wait_cell(&p, "1", "finished", &w);
+    assert_eq!(runs_of(&p, "1"), 1, "the restart fired once:\n{}", w.log());
+    assert_eq!(runs_of(&p, "2"), 1);
+}
+
+#[test]
+fn a_command_on_an_invalid_row_waits_and_fires_once_the_row_is_fixed() {
+    let p = Project::new("watch-invalid", YAML);
+    p.workbook(
+        &["id", "status", "command", "n"],
+        &[vec![V::N(1.0), V::E, V::S("echo {n}"), V::E]],
+    );
+    let w = Watcher::start(&p);
+    type_and_save(&p, &[("B2", "start")]);
+    wait_until("the reason in neronet.why", Duration::from_secs(30), || {
+        tool_value(&p, "1", "neronet.why").is_some_and(|t| t.contains("waits for a valid row"))
+    });
+    assert_eq!(status_cell(&p, "1"), "start", "the command stays");
+    assert_eq!(runs_of(&p, "1"), 0);
+    // Fixed: it fires, and the reason goes.
+    let cells = [(CellRef::parse("D2").unwrap(), CellValue::Number(3.0))];
+    wait_until(
+        "a save the watcher does not race",
+        Duration::from_secs(30),
+        || patch_cells(&p.path("experiments.xlsx"), "experiments", &cells).is_ok(),
+    );
+    wait_cell(&p, "1", "finished", &w);
+    wait_until("neronet.why cleared", Duration::from_secs(30), || {
+        tool_value(&p, "1", "neronet.why").is_none()
+    });
+    assert_eq!(p.ok(&["logs", "1"]), "3\n");
+}
+
+#[test]
+fn a_row_changed_under_its_run_is_reported_and_used_by_the_next_run() {
+    let p = Project::new("watch-changed", YAML);
+    p.workbook(
+        &["id", "status", "command", "n"],
+        &[vec![V::N(1.0), V::E, V::S("sleep 4; echo {n}"), V::N(1.0)]],
+    );
+    let w = Watcher::start(&p);
+    type_and_save(&p, &[("B2", "start")]);
+    wait_cell(&p, "1", "running", &w);
+    let cells = [(CellRef::parse("D2").unwrap(), CellValue::Number(2.0))];
+    wait_until(
+        "a save the watcher does not race",
+        Duration::from_secs(30),
+        || patch_cells(&p.path("experiments.xlsx"), "experiments", &cells).is_ok(),
+    );
+    wait_until(
+        "the change noted beside the row",
+        Duration::from_secs(30),
+        || {
+            tool_value(&p, "1", "neronet.why")
+                .is_some_and(|t| t.contains("changed while run 1 is running: n 1 → 2"))
+        },
+    );
+    assert!(w.log().contains("n 1 → 2"), "{}", w.log());
+    wait_cell(&p, "1", "finished", &w);
+    assert_eq!(p.ok(&["logs", "1"]), "1\n", "the run kept its value");
+    wait_until(
+        "the note gone with its run",
+        Duration::from_secs(30),
+        || tool_value(&p, "1", "neronet.why").is_none(),
+    );
+    type_and_save(&p, &[("B2", "restart")]);
+    wait_until("run 2", Duration::from_secs(30), || runs_of(&p, "1") == 2);
+    wait_cell(&p, "1", "finished", &w);
+    assert_eq!(p.ok(&["logs", "1"]), "2\n");
+}
+
+/// Regression (new-user trial): `hold` typed over a row whose run waited for a slot let it
+/// start anyway.
+#[test]
+fn hold_typed_over_a_queued_run_keeps_it_from_starting() {
+    let p = Project::new("watch-hold", "clusters:\n  local:\n    max_parallel: 1\n");
+    p.workbook(
+        &["id", "status", "command"],
+        &[
+            vec![V::N(1.0), V::E, V::S("sleep 3")],
+            vec![V::N(2.0), V::E, V::S("echo ran")],
+        ],
+    );
+    let w = Watcher::start(&p);
+    p.ok(&["start", "1,2"]);
+    wait_cell(&p, "2", "queued", &w);
+    type_and_save(&p, &[("B3", "hold")]);
+    wait_until("run 1 to end", Duration::from_secs(30), || {
+        p.state_of("1") == "finished"
+    });
+    wait_until(
+        "row 2's queued run cancelled",
+        Duration::from_secs(30),
+        || p.state_of("2") == "aborted",
+    );
+    assert_eq!(status_cell(&p, "2"), "hold", "hold stays in the cell");
+    assert!(p.ok(&["logs", "2"]).is_empty(), "the job never ran");
+}
+
+/// Regression (new-user trial): a refusal's reason stayed beside the row after its run moved
+/// on (`abort: nothing in flight (finished)` through a whole new run).
+#[test]
+fn a_refusal_reason_goes_once_the_row_moves_on() {
+    let p = Project::new("watch-stale-why", YAML);
+    p.workbook(
+        &["id", "status", "command"],
+        &[vec![V::N(1.0), V::E, V::S("true")]],
+    );
+    let w = Watcher::start(&p);
+    p.ok(&["start", "1", "--wait"]);
+    wait_cell(&p, "1", "finished", &w);
+    type_and_save(&p, &[("B2", "abort")]);
+    wait_until("the refusal's reason", Duration::from_secs(30), || {
+        tool_value(&p, "1", "neronet.why").is_some_and(|t| t.contains("abort: nothing in flight"))
+    });
+    p.ok(&["restart", "1", "--wait"]);
+    wait_until(
+        "the reason gone with the new run",
+        Duration::from_secs(30),
+        || tool_value(&p, "1", "neronet.why").is_none(),
+    );
+}
