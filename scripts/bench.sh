@@ -10,3 +10,5 @@ cargo bench -p neronet --bench workbooks
 cargo bench -p neronet --bench latency
 cargo bench -p neronet --bench agent
 cargo bench -p neronet --bench writeback
+# Drives the real `neroman watch` (the release binary built above); about 4 minutes (NERONET_BENCH_WATCH_ALL=1: 8).
+cargo bench -p neronet --bench watch
