@@ -459,8 +459,13 @@ impl Project {
             let pid = c.hello.pid;
             let (q, r) = (c.hello.queued, c.hello.running);
             c.shutdown()?;
+            let going = if r == 1 {
+                "run in flight keeps"
+            } else {
+                "runs in flight keep"
+            };
             Ok(format!(
-                "stopped neromum pid {pid} ({r} runs in flight keep going, {q} queued)"
+                "stopped neromum pid {pid} ({r} {going} going, {q} queued)"
             ))
         })
     }

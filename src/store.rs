@@ -606,6 +606,21 @@ impl Store {
         Ok(())
     }
 
+    /// Ids no longer in the workbook, by the sheet row they were last seen on (1-based): a row
+    /// whose id was changed in place had its old id there.
+    pub fn ids_gone_from_rows(&self) -> Result<HashMap<u32, Vec<String>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT sheet_row, id FROM experiments WHERE in_workbook = 0")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out: HashMap<u32, Vec<String>> = HashMap::new();
+        for r in rows {
+            let (row, id) = r?;
+            out.entry(row).or_default().push(id);
+        }
+        Ok(out)
+    }
+
     /// Each experiment's row content as the daemon last saw it (id → snapshot text).
     pub fn row_snapshots(&self) -> Result<HashMap<String, String>, StoreError> {
         let mut stmt = self

@@ -415,3 +415,77 @@ fn runs_can_be_seen_and_aborted_while_the_workbook_cannot_be_read() {
         .unwrap();
     assert_eq!(state, "aborted");
 }
+
+/// Regression (new-user trial): a workbook reached through a symbolic link was saved where the
+/// link points, which the watcher did not watch; and LibreOffice's lock file beside the target
+/// did not stop the write-back.
+#[test]
+fn a_workbook_behind_a_symbolic_link_is_watched_where_it_lives() {
+    let p = Project::new("watch-symlink", YAML);
+    p.workbook(
+        &["id", "status", "command"],
+        &[vec![V::N(1.0), V::E, V::S("true")]],
+    );
+    let real_dir = p.path("real");
+    std::fs::create_dir_all(&real_dir).unwrap();
+    let real = real_dir.join("book.xlsx");
+    std::fs::rename(p.path("experiments.xlsx"), &real).unwrap();
+    std::os::unix::fs::symlink(&real, p.path("experiments.xlsx")).unwrap();
+    let w = Watcher::start(&p);
+    // LibreOffice opens the target: its lock and its save are there.
+    let lock = real_dir.join(".~lock.book.xlsx#");
+    std::fs::write(&lock, "Ada,ada,lab1,27.11.2026 10:00,file:///home/ada;").unwrap();
+    let copy = p.path("copy.xlsx");
+    std::fs::copy(&real, &copy).unwrap();
+    patch_cells(
+        &copy,
+        "experiments",
+        &[(
+            CellRef::parse("B2").unwrap(),
+            CellValue::Text("start".into()),
+        )],
+    )
+    .unwrap();
+    std::fs::rename(&copy, &real).unwrap();
+    wait_until(
+        "the save seen through the link",
+        Duration::from_secs(30),
+        || runs_of(&p, "1") == 1,
+    );
+    wait_until(
+        "the write-back to wait for the lock",
+        Duration::from_secs(30),
+        || p.ok(&["status"]).contains("write-back waits"),
+    );
+    assert_eq!(status_cell(&p, "1"), "start", "nothing written while open");
+    std::fs::remove_file(&lock).unwrap();
+    wait_cell(&p, "1", "finished", &w);
+    assert!(std::fs::symlink_metadata(p.path("experiments.xlsx"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// Regression (new-user trial): changing a row's id while its status cell still held a command
+/// already acted on (the file open, so nothing was written back) fired it again under the new id.
+#[test]
+fn an_id_changed_in_place_does_not_fire_its_cell_again() {
+    let p = Project::new("watch-renamed-id", YAML);
+    p.workbook(
+        &["id", "status", "command"],
+        &[vec![V::N(2.0), V::E, V::S("sleep 5")]],
+    );
+    let w = Watcher::start(&p);
+    let lock = p.path(".~lock.experiments.xlsx#");
+    std::fs::write(&lock, "Ada,ada,lab1,27.11.2026 10:00,file:///home/ada;").unwrap();
+    type_and_save(&p, &[("B2", "restart")]);
+    wait_until("run 1 of id 2", Duration::from_secs(30), || {
+        runs_of(&p, "2") == 1
+    });
+    type_and_save(&p, &[("A2", "22")]);
+    wait_until("the rename seen", Duration::from_secs(30), || {
+        w.log().contains("was acted on under id 2")
+    });
+    assert_eq!(runs_of(&p, "22"), 0, "{}", w.log());
+    std::fs::remove_file(&lock).unwrap();
+}

@@ -146,7 +146,10 @@ fn serve(
 ) -> Result<(), DaemonError> {
     let project = Project::open(dir).map_err(Box::new)?;
     let held = pidfile::acquire(&project.dir.join(crate::project::STATE_DIR))?;
+    // A workbook reached through a symbolic link is saved where the link points (spreadsheet
+    // programs replace the target, and put their lock file beside it): watch that file.
     let path = project.workbook_path();
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
     let watch_cfg = project.config.watch.clone().unwrap_or_default();
     let mut opts = WatchOptions {
         poll: watch_cfg.poll(),
@@ -492,6 +495,7 @@ impl Daemon {
             }
         };
         let latest = self.project.store.latest_runs().unwrap_or_default();
+        let gone = self.project.store.ids_gone_from_rows().unwrap_or_default();
         let mut records: Vec<(String, StatusSeen)> = Vec::new();
         let mut fire: BTreeMap<u8, (Verb, Vec<String>)> = BTreeMap::new();
         // Rows whose queued run is cancelled because `hold` was typed (not a command to record).
@@ -510,6 +514,34 @@ impl Daemon {
                 rev,
                 at,
             };
+            // A row whose id was changed in place (its old id is gone, last seen on this very
+            // row) keeps what its status cell's command did under the old id.
+            let renamed = b.is_none().then(|| {
+                gone.get(&e.row.row)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|old| baselines.get(old).map(|s| (old, s)))
+                    .find(|(_, s)| s.consumed && s.value == value)
+            });
+            if let Some(Some((old, s))) = renamed {
+                if matches!(e.row.status, crate::sheet::read::StatusCell::Command(_)) {
+                    tracing::info!(
+                        "row {} (id {id}, was {old}): `{value}` was acted on under id {old}; not again",
+                        e.row.row
+                    );
+                    records.push((
+                        id.clone(),
+                        StatusSeen {
+                            value: value.clone(),
+                            consumed: true,
+                            why: s.why.clone(),
+                            rev,
+                            at,
+                        },
+                    ));
+                    continue;
+                }
+            }
             match decide(&e.row.status, b, e.is_valid()) {
                 Decision::Fire(c) => {
                     if let Some(verb) = verb_of(c) {
@@ -575,11 +607,21 @@ impl Daemon {
             }
         }
         for (_, (verb, ids)) in fire {
-            tracing::info!(
-                "workbook: {} {}",
-                verb.as_str(),
-                crate::commands::act::id_list(ids.iter().map(String::as_str))
-            );
+            let (on_hold, typed): (Vec<&String>, Vec<&String>) =
+                ids.iter().partition(|i| held.contains(i));
+            if !typed.is_empty() {
+                tracing::info!(
+                    "workbook: {} {}",
+                    verb.as_str(),
+                    crate::commands::act::id_list(typed.iter().map(|s| s.as_str()))
+                );
+            }
+            if !on_hold.is_empty() {
+                tracing::info!(
+                    "workbook: hold over a run waiting for a slot: cancelling the queued runs of {}",
+                    crate::commands::act::id_list(on_hold.iter().map(|s| s.as_str()))
+                );
+            }
             match act_on_ids(&mut self.project, &exps, verb, &ids) {
                 Ok((report, sync)) => {
                     let mut why: HashMap<&str, String> = HashMap::new();

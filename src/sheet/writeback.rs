@@ -1427,6 +1427,18 @@ fn grown_range(old: &str, written: &[CellRef]) -> Option<String> {
 /// Excel's `~$<name>` beside it. None when neither exists. A stale lock (left by a crash) reads
 /// as held too: only the user can tell, and she sees who and since when.
 pub fn lock_holder(path: &Path) -> Option<LockInfo> {
+    // Through a symbolic link the program opens the file it points to and locks it there.
+    if let Ok(real) = std::fs::canonicalize(path) {
+        if real != path {
+            if let Some(held) = lock_beside(&real) {
+                return Some(held);
+            }
+        }
+    }
+    lock_beside(path)
+}
+
+fn lock_beside(path: &Path) -> Option<LockInfo> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
