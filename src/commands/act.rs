@@ -188,6 +188,36 @@ fn print_news(sync: &crate::project::SyncReport) -> Result<(), OutputError> {
 }
 
 /// One line on stderr, redrawn in place: `412/1000 ended (400 finished, 12 other), 4 running, 584 waiting, 73s`.
+/// Print state changes: every one into a file or a pipe; on a terminal with many runs (a
+/// progress line) only the runs that ended other than `finished`; none under the live table,
+/// which shows them.
+fn say_changes(
+    changes: Vec<(String, String, crate::state::RunState)>,
+    progress: bool,
+    live: bool,
+) -> Result<(), OutputError> {
+    let changes: Vec<_> = if progress {
+        changes
+            .into_iter()
+            .filter(|(_, _, st)| st.is_terminal() && st.name() != crate::state::StateName::Finished)
+            .collect()
+    } else if live {
+        return Ok(());
+    } else {
+        changes
+    };
+    if changes.is_empty() {
+        return Ok(());
+    }
+    if progress {
+        clear_progress();
+    }
+    print_changes(&crate::project::SyncReport {
+        changes,
+        ..Default::default()
+    })
+}
+
 fn draw_progress(states: &[crate::store::RunRow], secs: f64, done: bool) {
     use crate::state::StateName;
     let count = |f: &dyn Fn(&crate::store::RunRow) -> bool| states.iter().filter(|r| f(r)).count();
@@ -331,28 +361,17 @@ pub fn wait_for(
         if !sync.changes.is_empty() || sync.metric_values > 0 {
             dirty = true;
         }
-        if progress {
-            // Many runs on a terminal: the runs that need a look get a line, the rest a count.
-            let notable: Vec<_> = sync
-                .changes
+        // With many runs on a terminal, only this command's runs get a line (the rest a count).
+        let from_sync = if progress {
+            sync.changes
                 .iter()
-                .filter(|(uid, _, st)| {
-                    st.is_terminal()
-                        && st.name() != crate::state::StateName::Finished
-                        && runs.contains(uid)
-                })
+                .filter(|(uid, _, _)| runs.contains(uid))
                 .cloned()
-                .collect();
-            if !notable.is_empty() {
-                clear_progress();
-                print_changes(&crate::project::SyncReport {
-                    changes: notable,
-                    ..Default::default()
-                })?;
-            }
-        } else if !live {
-            print_changes(&sync)?;
-        }
+                .collect()
+        } else {
+            sync.changes.clone()
+        };
+        say_changes(from_sync, progress, live)?;
         for (uid, _, st) in &sync.changes {
             if let Some(s) = said.get_mut(uid) {
                 *s = st.name();
@@ -375,26 +394,7 @@ pub fn wait_for(
             for (uid, _, st) in &missed {
                 said.insert(uid.clone(), st.name());
             }
-            if progress {
-                let notable: Vec<_> = missed
-                    .into_iter()
-                    .filter(|(_, _, st)| {
-                        st.is_terminal() && st.name() != crate::state::StateName::Finished
-                    })
-                    .collect();
-                if !notable.is_empty() {
-                    clear_progress();
-                    print_changes(&crate::project::SyncReport {
-                        changes: notable,
-                        ..Default::default()
-                    })?;
-                }
-            } else if !live && !missed.is_empty() {
-                print_changes(&crate::project::SyncReport {
-                    changes: missed,
-                    ..Default::default()
-                })?;
-            }
+            say_changes(missed, progress, live)?;
         }
         let done = states.iter().all(|r| r.state.is_terminal());
         if progress {
