@@ -280,22 +280,8 @@ fn dropping_the_watcher_ends_it() {
 /// saves it: its lock file, temp file and reads must add up to exactly one change.
 #[test]
 fn a_libreoffice_save_gives_exactly_one_change() {
-    // The project's copy of the tested recipe (scripts/lo-edit.py); scripts/test.sh installs
-    // python3-uno for it.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lo-edit.py");
-    common::soffice();
     let s = setup();
-    let out = std::process::Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(&s.book)
-        .arg("B2=start")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lo-edit.py failed (needs python3-uno): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::lo::edit(&s.book, &[("B2", "start")]);
     let saved = std::fs::read(&s.book).unwrap();
     expect_changed(&s.rx, &saved, "libreoffice's save");
     expect_nothing_before_marker(&s);

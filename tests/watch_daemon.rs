@@ -5,58 +5,13 @@
 
 mod common;
 
+use common::lo::Watch;
 use common::{wait_until, Project, V};
 use neronet::sheet::read::{read_experiments, StatusCell};
 use neronet::sheet::writeback::{patch_cells, CellRef, CellValue};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 const YAML: &str = "clusters:\n  local:\n    max_parallel: 8\n";
-
-/// `neroman watch` in the foreground as a child; SIGTERM in Drop.
-struct Watcher {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Watcher {
-    fn start(p: &Project) -> Watcher {
-        let log = p.path("watch.stderr");
-        let child = p
-            .command(&["watch", "-vv"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let w = Watcher { child, log };
-        let json = p.path(".neronet/watch.json");
-        wait_until("the watcher to be ready", Duration::from_secs(30), || {
-            json.exists()
-        });
-        w
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        common::kill(self.child.id() as i32, libc::SIGTERM);
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- watcher log ---\n{}", self.log());
-        }
-    }
-}
 
 /// Type values into cells and save, as a spreadsheet program does: the edited workbook is
 /// written to a temp file and renamed over the original (whatever lock file exists: the
@@ -108,7 +63,7 @@ fn runs_of(p: &Project, id: &str) -> i64 {
         .unwrap()
 }
 
-fn wait_cell(p: &Project, id: &str, want: &str, w: &Watcher) {
+fn wait_cell(p: &Project, id: &str, want: &str, w: &Watch) {
     wait_until(
         &format!("row {id}'s status cell to say {want}"),
         Duration::from_secs(30),
@@ -162,7 +117,7 @@ fn cli_actions_beside_the_watcher_are_written_back_and_never_doubled() {
             vec![V::N(2.0), V::E, V::S("sleep 1")],
         ],
     );
-    let w = Watcher::start(&p);
+    let w = Watch::start(&p);
     // The CLI starts row 1: the watcher writes its state back.
     p.ok(&["start", "1"]);
     wait_cell(&p, "1", "finished", &w);
@@ -189,7 +144,7 @@ fn configured_columns_are_tool_owned_and_kept_current() {
             V::S("user's own"),
         ]],
     );
-    let w = Watcher::start(&p);
+    let w = Watch::start(&p);
     type_and_save(&p, &[("B2", "start")]);
     wait_cell(&p, "1", "finished", &w);
     wait_until(
@@ -221,7 +176,7 @@ fn a_killed_watcher_fires_nothing_twice_and_acts_on_what_was_typed_while_it_was_
             vec![V::N(2.0), V::E, V::S("true")],
         ],
     );
-    let w = Watcher::start(&p);
+    let w = Watch::start(&p);
     // Open in LibreOffice: nothing can be written back, so the cell keeps saying restart.
     let lock = p.path(".~lock.experiments.xlsx#");
     std::fs::write(&lock, "Ada,ada,lab1,27.11.2026 10:00,file:///home/ada;").unwrap();
@@ -243,7 +198,7 @@ fn a_killed_watcher_fires_nothing_twice_and_acts_on_what_was_typed_while_it_was_
     assert_eq!(status_cell(&p, "1"), "restart");
     // Typed while no watcher runs.
     type_and_save(&p, &[("B3", "start")]);
-    let w = Watcher::start(&p);
+    let w = Watch::start(&p);
     wait_cell(&p, "2", "finished", &w);
     wait_cell(&p, "1", "finished", &w);
     assert_eq!(runs_of(&p, "1"), 1, "the restart fired once:\n{}", w.log());
@@ -257,7 +212,7 @@ fn a_command_on_an_invalid_row_waits_and_fires_once_the_row_is_fixed() {
         &["id", "status", "command", "n"],
         &[vec![V::N(1.0), V::E, V::S("echo {n}"), V::E]],
     );
-    let w = Watcher::start(&p);
+    let w = Watch::start(&p);
     type_and_save(&p, &[("B2", "start")]);
     wait_until("the reason in neronet.why", Duration::from_secs(30), || {
         tool_value(&p, "1", "neronet.why").is_some_and(|t| t.contains("waits for a valid row"))
@@ -285,7 +240,7 @@ fn a_row_changed_under_its_run_is_reported_and_used_by_the_next_run() {
         &["id", "status", "command", "n"],
         &[vec![V::N(1.0), V::E, V::S("sleep 4; echo {n}"), V::N(1.0)]],
     );
-    let w = Watcher::start(&p);
+    let w = Watch::start(&p);
     type_and_save(&p, &[("B2", "start")]);
     wait_cell(&p, "1", "running", &w);
     let cells = [(CellRef::parse("D2").unwrap(), CellValue::Number(2.0))];
@@ -328,7 +283,7 @@ fn hold_typed_over_a_queued_run_keeps_it_from_starting() {
             vec![V::N(2.0), V::E, V::S("echo ran")],
         ],
     );
-    let w = Watcher::start(&p);
+    let w = Watch::start(&p);
     p.ok(&["start", "1,2"]);
     wait_cell(&p, "2", "queued", &w);
     type_and_save(&p, &[("B3", "hold")]);
@@ -353,7 +308,7 @@ fn a_refusal_reason_goes_once_the_row_moves_on() {
         &["id", "status", "command"],
         &[vec![V::N(1.0), V::E, V::S("true")]],
     );
-    let w = Watcher::start(&p);
+    let w = Watch::start(&p);
     p.ok(&["start", "1", "--wait"]);
     wait_cell(&p, "1", "finished", &w);
     type_and_save(&p, &[("B2", "abort")]);
@@ -431,7 +386,7 @@ fn a_workbook_behind_a_symbolic_link_is_watched_where_it_lives() {
     let real = real_dir.join("book.xlsx");
     std::fs::rename(p.path("experiments.xlsx"), &real).unwrap();
     std::os::unix::fs::symlink(&real, p.path("experiments.xlsx")).unwrap();
-    let w = Watcher::start(&p);
+    let w = Watch::start(&p);
     // LibreOffice opens the target: its lock and its save are there.
     let lock = real_dir.join(".~lock.book.xlsx#");
     std::fs::write(&lock, "Ada,ada,lab1,27.11.2026 10:00,file:///home/ada;").unwrap();
@@ -475,7 +430,7 @@ fn an_id_changed_in_place_does_not_fire_its_cell_again() {
         &["id", "status", "command"],
         &[vec![V::N(2.0), V::E, V::S("sleep 5")]],
     );
-    let w = Watcher::start(&p);
+    let w = Watch::start(&p);
     let lock = p.path(".~lock.experiments.xlsx#");
     std::fs::write(&lock, "Ada,ada,lab1,27.11.2026 10:00,file:///home/ada;").unwrap();
     type_and_save(&p, &[("B2", "restart")]);

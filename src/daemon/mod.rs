@@ -168,7 +168,6 @@ fn serve(
             )
         }
     };
-    let watcher = std::sync::Arc::new(watcher);
     let forward = tx.clone();
     std::thread::Builder::new()
         .name("workbook".into())
@@ -200,10 +199,9 @@ fn serve(
         path,
         held,
         status,
-        watcher: watcher.clone(),
+        watcher,
         events: tx,
         exps: None,
-        readable: false,
         file_hash: None,
         file_rev: 0,
         revision,
@@ -297,8 +295,8 @@ fn serve(
     if d.results_due.is_some() {
         d.write_results();
     }
+    // The watcher goes with the daemon's state (its threads joined), after the lock is released.
     drop(d);
-    drop(watcher);
     tracing::info!("stopped");
     Ok(())
 }
@@ -308,12 +306,11 @@ struct Daemon {
     path: PathBuf,
     held: pidfile::Held,
     status: WatchStatus,
-    watcher: std::sync::Arc<WorkbookWatcher>,
+    watcher: WorkbookWatcher,
     events: Sender<Event>,
-    /// The last good read of the workbook, and whether the file now is that workbook (false
-    /// while it cannot be read: nothing is written into it then).
+    /// The last good read of the workbook (kept for results while the file is broken:
+    /// `status.workbook_problem` says so, and nothing is written into it then).
     exps: Option<Experiments>,
-    readable: bool,
     /// The hash of the content last handled (good or not), and its revision stamp.
     file_hash: Option<u64>,
     file_rev: u64,
@@ -381,7 +378,6 @@ impl Daemon {
             Ok(e) => e,
             Err(e) => {
                 // Never acted on, and never written into: the last good read stays for results.
-                self.readable = false;
                 self.workbook_problem(crate::util::error_chain(&e));
                 return;
             }
@@ -407,7 +403,6 @@ impl Daemon {
         self.diff_rows(&exps);
         self.file_rev = rev;
         self.exps = Some(exps);
-        self.readable = true;
         drop(bytes);
         release_freed_memory();
         self.apply_commands(at);
@@ -826,7 +821,7 @@ impl Daemon {
         if self.retry_at.is_some_and(|t| t <= now) {
             self.retry_at = None;
             self.sync();
-            self.apply_commands(now_f());
+            self.apply_commands(nerokid::report::now());
             self.want_writeback();
         }
         if self.writeback_due.is_some_and(|t| t <= now) {
@@ -921,7 +916,7 @@ impl Daemon {
         let (Some(exps), Some(hash)) = (&self.exps, self.file_hash) else {
             return;
         };
-        if !self.readable || self.status.workbook_problem.is_some() {
+        if self.status.workbook_problem.is_some() {
             // The file on disk is not the workbook last read well: never write into it.
             return;
         }
@@ -1105,10 +1100,6 @@ fn config_mtime(dir: &Path) -> Option<SystemTime> {
     std::fs::metadata(dir.join(crate::config::CONFIG_FILE))
         .and_then(|m| m.modified())
         .ok()
-}
-
-fn now_f() -> f64 {
-    now()
 }
 
 /// What a row holds that its runs use (not the status cell, not the tool's columns).

@@ -3,7 +3,7 @@
 //! scripts/lo-edit.py, the watcher daemon as a child process, and cells read back with calamine.
 //! These helpers take no lock: a test file that runs several LibreOffices serializes them itself.
 
-use super::{neroman_bin, soffice, wait_until, Project};
+use super::{soffice, wait_until, Project};
 use calamine::{Data, Reader};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -198,13 +198,18 @@ impl Drop for LoSession {
     }
 }
 
-/// `<project base>/<what>.<n>.log`: beside the project directory, never in it.
+/// `<project base>/<what>.<pid>.<n>.log`: beside the project directory, never in it.
 fn log_path(book: &Path, what: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = book.parent().unwrap();
     let base = dir.parent().unwrap_or(dir);
-    base.join(format!("{what}.{}.log", N.fetch_add(1, Ordering::Relaxed)))
+    // The pid too: tests of several binaries may share a base directory (a temp dir's parent).
+    base.join(format!(
+        "{what}.{}.{}.log",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// One-shot edit with a real LibreOffice (scripts/lo-edit.py): open `book`, type each
@@ -256,15 +261,8 @@ impl Watch {
     pub fn start(p: &Project) -> Watch {
         let log = log_path(&p.path("experiments.xlsx"), "watch");
         let out = std::fs::File::create(&log).unwrap();
-        // The user config dir Project gives its neroman calls (`<base>/xdg`).
-        let xdg = p.dir.parent().unwrap().join("xdg");
-        let child = Command::new(neroman_bin())
-            .arg("--dir")
-            .arg(&p.dir)
-            .args(["watch", "-vv"])
-            .env("XDG_CONFIG_HOME", &xdg)
-            .env("NERONET_MUM_IDLE_SECS", "60")
-            .env_remove("RUST_LOG")
+        let child = p
+            .command(&["watch", "-vv"])
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -303,6 +301,12 @@ impl Watch {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("neroman watch exited ({status})");
         }
+    }
+
+    /// Kill it with SIGKILL (a crash at an arbitrary moment) and wait for it.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Stop it with SIGTERM: it must exit 0 and remove `.neronet/watch.json`.
@@ -382,26 +386,14 @@ pub fn a1_to_rc(a1: &str) -> (u32, u32) {
     (row - 1, col - 1)
 }
 
-/// A CSV text (as `soffice_csv` writes it) as rows of fields; quoted fields may hold commas
-/// and doubled quotes.
+/// A CSV text (as `soffice_csv` writes it) as rows of fields (the `csv` crate: quoted fields may
+/// hold commas, doubled quotes and line breaks; rows may differ in length).
 pub fn csv_rows(text: &str) -> Vec<Vec<String>> {
-    text.lines()
-        .map(|line| {
-            let mut fields = vec![String::new()];
-            let mut quoted = false;
-            let mut chars = line.chars().peekable();
-            while let Some(ch) = chars.next() {
-                match ch {
-                    '"' if quoted && chars.peek() == Some(&'"') => {
-                        chars.next();
-                        fields.last_mut().unwrap().push('"');
-                    }
-                    '"' => quoted = !quoted,
-                    ',' if !quoted => fields.push(String::new()),
-                    ch => fields.last_mut().unwrap().push(ch),
-                }
-            }
-            fields
-        })
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes())
+        .records()
+        .map(|r| r.expect("soffice's CSV").iter().map(String::from).collect())
         .collect()
 }
