@@ -1,0 +1,64 @@
+//! What the benches that drive the real binaries share: reading figures back out of
+//! results.xlsx and printing latencies. Included with `#[path = "common/mod.rs"] mod common;`.
+#![allow(dead_code)]
+
+use calamine::{Data, Reader};
+use std::path::Path;
+
+/// The `sent` values of experiment `id` in the `history` sheet of results.xlsx.
+pub fn sent_values(results: &Path, id: u32) -> Vec<f64> {
+    let Ok(mut wb) = calamine::open_workbook::<calamine::Xlsx<_>, _>(results) else {
+        return Vec::new();
+    };
+    let Ok(range) = wb.worksheet_range("history") else {
+        return Vec::new();
+    };
+    let mut rows = range.rows();
+    let Some(header) = rows.next() else {
+        return Vec::new();
+    };
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| matches!(h, Data::String(s) if s == name))
+    };
+    let (Some(c_id), Some(c_metric), Some(c_value)) = (col("id"), col("metric"), col("value"))
+    else {
+        return Vec::new();
+    };
+    rows.filter(|r| {
+        matches!(&r[c_metric], Data::String(s) if s == "sent")
+            && match &r[c_id] {
+                Data::Float(f) => *f == f64::from(id),
+                Data::Int(n) => *n == i64::from(id),
+                other => other.to_string() == id.to_string(),
+            }
+    })
+    .filter_map(|r| match r[c_value] {
+        Data::Float(f) => Some(f),
+        Data::Int(n) => Some(n as f64),
+        _ => None,
+    })
+    .collect()
+}
+
+/// Part 3 (with NERONET_BENCH_WATCH_ALL=1): one save types `start` into every row not yet
+/// run, the workbook not open anywhere; the time until every state is `finished` in the
+
+pub fn print_latency(what: &str, lat: &[f64], goal: &str) {
+    if lat.is_empty() {
+        println!("{what}: nothing measured");
+        return;
+    }
+    let mut lat = lat.to_vec();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize] * 1e3;
+    println!(
+        "{what}, {} values: p50 {:.0} ms, p95 {:.0} ms, min {:.0} ms, max {:.0} ms{goal}",
+        lat.len(),
+        pct(0.5),
+        pct(0.95),
+        lat[0] * 1e3,
+        lat[lat.len() - 1] * 1e3,
+    );
+}
