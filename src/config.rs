@@ -106,6 +106,16 @@ pub enum Warden {
     Sge,
 }
 
+impl Warden {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Warden::Local => "local",
+            Warden::Slurm => "slurm",
+            Warden::Sge => "sge",
+        }
+    }
+}
+
 /// A YAML scalar given as an option value (`time: 2:00:00`, `mem: 4G`, `cpus: 4`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]

@@ -45,6 +45,9 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     let (report, sync) = act(&mut project, &exps, verb, &expr)?;
     print_report(verb, &report, &expr)?;
     print_news(&sync)?;
+    if verb != Verb::Abort {
+        wait_accepted(&mut project, &report.started)?;
+    }
     for (c, why) in &sync.agent_problems {
         eprintln!("neroman: warning: cluster {c}: {why}");
     }
@@ -75,6 +78,158 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
         });
     }
     Ok(exit::OK)
+}
+
+/// How long `start` waits, with nothing new, for a scheduler to take the rest.
+const ACCEPT_STALL: Duration = Duration::from_secs(15);
+
+/// On a scheduler cluster (SLURM, Grid Engine) a run is in once the scheduler took it and gave
+/// it a job id. `start` waits for that — a progress line on a terminal — and says in one line
+/// how it went, so a refused submission (a wrong partition) shows at once. It stops waiting
+/// when nothing has moved for 15 s (runs held back by `max_parallel` wait in the agent).
+fn wait_accepted(project: &mut Project, started: &[(String, String)]) -> anyhow::Result<()> {
+    let mut by_cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, uid) in started {
+        if let Some(run) = project.store.run(uid)? {
+            let warden = project
+                .config
+                .clusters
+                .get(&run.cluster)
+                .map(|c| c.warden())
+                .unwrap_or_default();
+            if warden != crate::config::Warden::Local {
+                by_cluster.entry(run.cluster).or_default().push(run.uid);
+            }
+        }
+    }
+    if by_cluster.is_empty() {
+        return Ok(());
+    }
+    let total: usize = by_cluster.values().map(Vec::len).sum();
+    let progress = total > MAX_LINES && std::io::stderr().is_terminal();
+    let t0 = Instant::now();
+    let mut clients = BTreeMap::new();
+    let mut last_move = Instant::now();
+    let mut last_count = usize::MAX;
+    let mut changes = Vec::new();
+    let rows = loop {
+        let sync = project.sync_held(&mut clients, Duration::from_millis(300))?;
+        changes.extend(sync.changes);
+        let mut rows = Vec::new();
+        for uids in by_cluster.values() {
+            for uid in uids {
+                if let Some(r) = project.store.run(uid)? {
+                    rows.push(r);
+                }
+            }
+        }
+        let done = rows
+            .iter()
+            .filter(|r| r.job_id.is_some() || r.state.is_terminal())
+            .count();
+        if done != last_count {
+            last_count = done;
+            last_move = Instant::now();
+        }
+        if progress {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\r\x1b[Kaccepted by the scheduler: {done}/{total}, {:.1}s",
+                t0.elapsed().as_secs_f64()
+            );
+            let _ = err.flush();
+        }
+        if done == total || last_move.elapsed() > ACCEPT_STALL {
+            break rows;
+        }
+        if let Some((cluster, why)) = sync.unreachable.first() {
+            if last_move.elapsed() > ACCEPT_STALL / 3 {
+                if progress {
+                    clear_progress();
+                }
+                outln!("cluster {cluster} did not answer while the runs were handed over ({why}); they stay submitted and are sent again by the next command")?;
+                return Ok(());
+            }
+        }
+    };
+    if progress {
+        clear_progress();
+    }
+    // Runs the scheduler refused ended (lost, with sbatch's answer): say those one by one.
+    let refused: Vec<_> = changes
+        .into_iter()
+        .filter(|(_, _, st)| st.is_terminal())
+        .collect();
+    if !refused.is_empty() {
+        print_news(&crate::project::SyncReport {
+            changes: refused,
+            ..Default::default()
+        })?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    for (cluster, uids) in &by_cluster {
+        let mine: Vec<&crate::store::RunRow> =
+            rows.iter().filter(|r| uids.contains(&r.uid)).collect();
+        let warden = project.config.clusters[cluster].warden().as_str();
+        outln!("{}", accepted_line(cluster, warden, &mine, secs))?;
+    }
+    Ok(())
+}
+
+/// `hpc: 1000 runs accepted by slurm in 1.4 s, as job arrays 4101 (600 tasks), 4102 (400 tasks)`.
+fn accepted_line(cluster: &str, warden: &str, rows: &[&crate::store::RunRow], secs: f64) -> String {
+    let mut jobs: Vec<(String, usize)> = Vec::new();
+    for r in rows {
+        if let Some(job) = &r.job_id {
+            let base = job.split('_').next().unwrap_or(job).to_string();
+            match jobs.iter_mut().find(|(b, _)| *b == base) {
+                Some((_, n)) => *n += 1,
+                None => jobs.push((base, 1)),
+            }
+        }
+    }
+    let accepted: usize = jobs.iter().map(|(_, n)| n).sum();
+    let refused = rows
+        .iter()
+        .filter(|r| r.job_id.is_none() && r.state.is_terminal())
+        .count();
+    let waiting = rows.len() - accepted - refused;
+    let mut line = format!(
+        "{cluster}: {accepted} run{} accepted by {warden} in {secs:.1} s",
+        plural(accepted)
+    );
+    if !jobs.is_empty() {
+        const SHOWN: usize = 6;
+        let mut named: Vec<String> = jobs
+            .iter()
+            .take(SHOWN)
+            .map(|(b, n)| {
+                if *n == 1 {
+                    b.clone()
+                } else {
+                    format!("{b} ({n} tasks)")
+                }
+            })
+            .collect();
+        if jobs.len() > SHOWN {
+            named.push(format!("… {} more", jobs.len() - SHOWN));
+        }
+        line.push_str(&format!(
+            ", as job{} {}",
+            plural(jobs.len()),
+            named.join(", ")
+        ));
+    }
+    if refused > 0 {
+        line.push_str(&format!("; {refused} refused (above)"));
+    }
+    if waiting > 0 {
+        line.push_str(&format!(
+            "; {waiting} still wait in the agent (max_parallel, or the scheduler is slow: `neroman status` follows them)"
+        ));
+    }
+    line
 }
 
 /// Up to this many lines, every run gets its own line; beyond, a summary (a 1,000-row start
