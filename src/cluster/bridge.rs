@@ -32,10 +32,9 @@ pub const HOPPED_FROM: &str = "--hopped-from";
 pub enum BridgeError {
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("the agent for {workdir} runs on {host} ({holder}); this bridge on {here} reaches it with `ssh {host}`, which failed: {said} (login nodes must reach each other by the name `hostname` prints, with the user's ssh keys and no prompt)")]
+    #[error("the agent for {workdir} runs on {host} ({holder}); this bridge on {here} reaches it with `ssh {host}`, which failed: {said} (login nodes must reach each other by the name `hostname` prints, with the user's ssh keys and no prompt)", host = holder.host.as_deref().unwrap_or("?"))]
     Hop {
         workdir: PathBuf,
-        host: String,
         holder: Holder,
         here: String,
         said: String,
@@ -47,12 +46,11 @@ pub enum BridgeError {
         #[source]
         err: std::io::Error,
     },
-    #[error("the lock of {workdir} names the agent {holder}, but `ssh {from_host}` from {from} landed on {here}: login nodes must reach each other by the name `hostname` prints there")]
+    #[error("the lock of {workdir} names the agent {holder}, but `ssh {host}` from {from} landed on {here}: login nodes must reach each other by the name `hostname` prints there", host = holder.host.as_deref().unwrap_or("?"))]
     HopAgain {
         workdir: PathBuf,
         holder: Holder,
         from: String,
-        from_host: String,
         here: String,
     },
     #[error("cannot pass {0:?} on to another login node: not UTF-8 or contains NUL")]
@@ -121,7 +119,6 @@ fn hop_to(m: &LocalMum, hop: &Hop, holder: Holder) -> Result<(), BridgeError> {
             workdir: m.workdir.clone(),
             holder,
             from: from.clone(),
-            from_host: host,
             here,
         });
     }
@@ -171,7 +168,6 @@ fn hop_to(m: &LocalMum, hop: &Hop, holder: Holder) -> Result<(), BridgeError> {
         // ssh's own failure (cannot connect, authenticate, resolve the name).
         Some(255) | None => Err(BridgeError::Hop {
             workdir: m.workdir.clone(),
-            host,
             holder,
             here,
             said: if said.is_empty() {
