@@ -281,8 +281,10 @@ stop_slurm() {
 # and pidfile; /etc/ssh is not touched). Keys and configs live in $NERONET_LAB (0700):
 #   ssh -F /tmp/neronet-sshlab/ssh_config nerolab 'cmd'    (and nerolab2 after need_login2)
 
-NERONET_LAB=/tmp/neronet-sshlab
-NERONET_LAB_USER=nerolab
+# (Overridable, to try the functions beside a running lab: the tests use these defaults.)
+NERONET_LAB=${NERONET_LAB:-/tmp/neronet-sshlab}
+NERONET_LAB_USER=${NERONET_LAB_USER:-nerolab}
+NERONET_LAB_PORT=${NERONET_LAB_PORT:-2222}
 NERONET_LAB2_NS=neronet-lab2
 NERONET_LAB2_HOST=lab2
 
@@ -318,7 +320,7 @@ EOF
 lab_ssh_config() {
     local alias addr port
     for alias in nerolab nerolab2; do
-        if [ $alias = nerolab ]; then addr=127.0.0.1 port=2222; else addr=10.77.0.2 port=22; fi
+        if [ $alias = nerolab ]; then addr=127.0.0.1 port=$NERONET_LAB_PORT; else addr=10.77.0.2 port=22; fi
         cat <<EOF
 Host $alias
   HostName $addr
@@ -354,7 +356,7 @@ start_lab_sshd() { # CONFIG PIDFILE LOG CHANGED [PREFIX...]
 }
 
 need_sshd_lab() {
-    local t0 home changed=0 key
+    local t0 home changed=0 key state=running
     t0=$(date +%s%N)
     if ! [ -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null 2>&1; then
         echo "== installing OpenSSH"
@@ -374,16 +376,19 @@ need_sshd_lab() {
     chown "$NERONET_LAB_USER:" "$home/.ssh/authorized_keys"
     chmod 0600 "$home/.ssh/authorized_keys"
 
-    lab_sshd_config 2222 127.0.0.1 "$NERONET_LAB/sshd.pid" "$NERONET_LAB/host_ed25519" \
+    lab_sshd_config "$NERONET_LAB_PORT" 127.0.0.1 "$NERONET_LAB/sshd.pid" "$NERONET_LAB/host_ed25519" \
         | write_if_changed "$NERONET_LAB/sshd_config" && changed=1
     lab_ssh_config | write_if_changed "$NERONET_LAB/ssh_config" || true
     {
-        echo "[127.0.0.1]:2222 $(cut -d' ' -f1,2 "$NERONET_LAB/host_ed25519.pub")"
+        echo "[127.0.0.1]:$NERONET_LAB_PORT $(cut -d' ' -f1,2 "$NERONET_LAB/host_ed25519.pub")"
         if [ -f "$NERONET_LAB/host2_ed25519.pub" ]; then
             echo "10.77.0.2 $(cut -d' ' -f1,2 "$NERONET_LAB/host2_ed25519.pub")"
         fi
     } | write_if_changed "$NERONET_LAB/known_hosts" || true
-    pid_alive "$NERONET_LAB/sshd.pid" || NERONET_STARTED_SSHD=1
+    if ! pid_alive "$NERONET_LAB/sshd.pid"; then
+        state=started
+        NERONET_STARTED_SSHD=1
+    fi
     start_lab_sshd "$NERONET_LAB/sshd_config" "$NERONET_LAB/sshd.pid" "$NERONET_LAB/sshd.log" "$changed" \
         || return 1
     wait_for 5 "ssh -F $NERONET_LAB/ssh_config nerolab true" || {
@@ -392,7 +397,7 @@ need_sshd_lab() {
         tail -5 "$NERONET_LAB/sshd.log" >&2
         return 1
     }
-    echo "sshd for $NERONET_LAB_USER on 127.0.0.1:2222 ($([ "${NERONET_STARTED_SSHD:-0}" = 1 ] && echo started || echo running), ready in $(since "$t0") s): ssh -F $NERONET_LAB/ssh_config nerolab"
+    echo "sshd for $NERONET_LAB_USER on 127.0.0.1:$NERONET_LAB_PORT ($state, ready in $(since "$t0") s): ssh -F $NERONET_LAB/ssh_config nerolab"
 }
 
 stop_sshd_lab() {
