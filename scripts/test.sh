@@ -10,9 +10,18 @@ need_python3
 need_libreoffice
 need_uno
 need_tmpfs
+need_slurm
+need_sshd_lab
+need_login2
+need_musl
 
 echo "== build (dev profile)"
 cargo build --workspace --bins --tests
+# What neroman uploads to a cluster: static, so it runs on any login node's libc.
+echo "== static cluster binaries (release, x86_64-unknown-linux-musl)"
+started=$SECONDS
+cargo build --release --target x86_64-unknown-linux-musl --bin neromum --bin nerokid
+echo "static build: $((SECONDS - started)) s"
 echo "== tests"
 log=$(mktemp)
 set +e

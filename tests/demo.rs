@@ -69,7 +69,9 @@ fn demo_runs_the_sample_and_writes_results() {
     // The demo leaves no agent running.
     let pid: i32 = std::fs::read_to_string(dir.join(".neronet/mum-local/mum.lock"))
         .unwrap()
-        .trim()
+        .split_whitespace()
+        .next()
+        .unwrap()
         .parse()
         .unwrap();
     common::wait_until(

@@ -30,6 +30,9 @@ enum Cmd {
         /// When no agent answers, say so on stderr and exit 3 instead of starting one.
         #[arg(long)]
         no_start: bool,
+        /// Set by a bridge that hopped here from another login node (it names that node).
+        #[arg(long, hide = true)]
+        hopped_from: Option<String>,
     },
 }
 
@@ -91,6 +94,7 @@ fn main() {
                     idle_exit,
                 },
             no_start,
+            hopped_from,
         } => neronet::cluster::bridge::run(
             &LocalMum {
                 workdir: std::path::absolute(&workdir).unwrap_or(workdir),
@@ -102,6 +106,10 @@ fn main() {
                 transport: Transport::Socket,
             },
             !no_start,
+            &neronet::cluster::bridge::Hop {
+                argv: std::env::args_os().collect(),
+                from: hopped_from,
+            },
         )
         .map_err(|e| neronet::util::error_chain(&e)),
     };

@@ -7,6 +7,7 @@ pub mod client;
 pub mod mum;
 pub mod protocol;
 pub mod transport;
+pub mod workdir_lock;
 
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod lo;
+pub mod services;
 use rust_xlsxwriter::Workbook;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -214,10 +215,12 @@ impl Project {
         self.path(".neronet/mum-local")
     }
 
+    /// The pid the lock file records (`4242 on HOST`: the first word).
     pub fn mum_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.mum_dir().join("mum.lock"))
             .ok()?
-            .trim()
+            .split_whitespace()
+            .next()?
             .parse()
             .ok()
     }

@@ -168,7 +168,7 @@ pub fn lock_workdir(workdir: &Path) -> io::Result<Option<File>> {
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(workdir.join("mum.lock"))?;
+        .open(workdir.join(crate::cluster::workdir_lock::LOCK_FILE))?;
     // SAFETY: flock on a file descriptor we own; no memory is shared.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -179,8 +179,7 @@ pub fn lock_workdir(workdir: &Path) -> io::Result<Option<File>> {
             Err(err)
         };
     }
-    f.set_len(0)?;
-    io::Write::write_all(&mut &f, format!("{}\n", std::process::id()).as_bytes())?;
+    crate::cluster::workdir_lock::record(&f)?;
     Ok(Some(f))
 }
 
