@@ -21,6 +21,7 @@ mod abort;
 mod journal;
 pub mod local;
 mod read_log;
+pub mod slurm;
 mod submit;
 mod sync;
 pub mod warden;
@@ -39,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use warden::{Found, JobRequest, JobState, Warden};
+use warden::{Found, JobRequest, JobState, Warden, WardenSettings};
 
 /// A connection that sends nothing for this long is dropped (a hung bridge must not keep mum).
 const CONNECTION_IDLE: Duration = Duration::from_secs(120);
@@ -57,6 +58,8 @@ pub struct MumOptions {
     /// How often kid logs are tailed (slots are refilled as soon as a kid exits).
     pub tick: Duration,
     pub max_parallel: u32,
+    /// Which warden runs the jobs.
+    pub warden: WardenSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,9 @@ struct RunRecord {
     job_pgid: Option<i32>,
     /// An abort arrived while the launch was in progress: cancel once launched.
     abort_requested: bool,
+    /// When mum learned that the kid started (this process's clock; after a restart, the
+    /// restart): a warden that lists the job as queued *after* this has requeued it.
+    started_seen: Option<Instant>,
 }
 
 impl RunRecord {
@@ -110,6 +116,7 @@ impl RunRecord {
             kid_offset: 0,
             job_pgid: None,
             abort_requested: false,
+            started_seen: None,
         }
     }
 
@@ -172,6 +179,10 @@ struct Shared {
     appended: Condvar,
     waker: Arc<Waker>,
     warden: Mutex<Box<dyn Warden>>,
+    /// The warden's own queue takes every run (see [`Warden::queues_itself`]).
+    queues_itself: bool,
+    /// Kid exit records wait for the warden's word (see [`Warden::holds_exit`]).
+    holds_exit: bool,
     stop: AtomicBool,
 }
 
@@ -203,12 +214,25 @@ pub fn serve(opts: MumOptions) -> Result<(), MumError> {
 }
 
 impl Mum {
-    /// Lock the workdir, replay the journal, reconcile interrupted launches; local warden.
+    /// Lock the workdir, replay the journal, reconcile interrupted launches; the warden the
+    /// options name (`local` unless told otherwise).
     pub fn open_local(opts: MumOptions) -> Result<Mum, MumError> {
         let waker = Arc::new(Waker::default());
-        let w = Arc::clone(&waker);
-        let warden = local::LocalWarden::new(Arc::new(move || w.wake()));
-        Mum::open_with(opts, Box::new(warden), waker)
+        let warden: Box<dyn Warden> = match &opts.warden {
+            WardenSettings::Local => {
+                let w = Arc::clone(&waker);
+                Box::new(local::LocalWarden::new(Arc::new(move || w.wake())))
+            }
+            WardenSettings::Slurm {
+                poll_interval,
+                array_max,
+            } => Box::new(slurm::SlurmWarden::new(slurm::SlurmSettings {
+                workdir: opts.workdir.clone(),
+                poll_interval: *poll_interval,
+                array_max: *array_max,
+            })),
+        };
+        Mum::open_with(opts, warden, waker)
     }
 
     pub fn open(opts: MumOptions, warden: Box<dyn Warden>) -> Result<Mum, MumError> {
@@ -264,6 +288,12 @@ impl Mum {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         queue.retain(|r| matches!(runs.get(r).map(|x| &x.phase), Some(Phase::Queued)));
+        let opened = Instant::now();
+        for r in runs.values_mut() {
+            if r.job_pgid.is_some() {
+                r.started_seen = Some(opened);
+            }
+        }
         let mut warden = warden;
         // Launches journaled as intent only: ask the warden what became of them.
         let mut requeue = Vec::new();
@@ -322,6 +352,8 @@ impl Mum {
                 state: Mutex::new(state),
                 appended: Condvar::new(),
                 waker,
+                queues_itself: warden.queues_itself(),
+                holds_exit: warden.holds_exit(),
                 warden: Mutex::new(warden),
                 stop: AtomicBool::new(false),
             }),
@@ -483,7 +515,15 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
                 }
             }
         }
-        MumEvent::Cancelled | MumEvent::Lost { .. } => {
+        MumEvent::Requeued { .. } => {
+            if let Some(r) = runs.get_mut(&key) {
+                if let Some(off) = e.kid_offset {
+                    r.kid_offset = off;
+                }
+                r.job_pgid = None;
+            }
+        }
+        MumEvent::Cancelled | MumEvent::Lost { .. } | MumEvent::Ended { .. } => {
             runs.entry(key.clone())
                 .or_insert_with(|| RunRecord::new(PathBuf::new(), Phase::Ended))
                 .phase = Phase::Ended;
@@ -782,13 +822,21 @@ struct Watched {
     req: JobRequest,
     offset: u64,
     job_pgid: Option<i32>,
+    abort_requested: bool,
+    started_seen: Option<Instant>,
 }
 
 fn tick(shared: &Shared) {
     // 1. Under the lock: journal the intent to launch what fits, note what to watch.
-    let (to_launch, watched) = {
+    let (to_launch, watched, throttle) = {
         let mut s = shared.lock();
-        let free = (s.opts.max_parallel as usize).saturating_sub(s.in_flight());
+        // A warden with a queue of its own takes every run; mum's limit becomes its hint.
+        let free = if shared.queues_itself {
+            usize::MAX
+        } else {
+            (s.opts.max_parallel as usize).saturating_sub(s.in_flight())
+        };
+        let throttle = (s.opts.max_parallel != u32::MAX).then_some(s.opts.max_parallel);
         let mut picked = Vec::new();
         while picked.len() < free {
             let Some(run) = s.queue.pop_front() else {
@@ -828,11 +876,13 @@ fn tick(shared: &Shared) {
                     req: r.request(run),
                     offset: r.kid_offset,
                     job_pgid: r.job_pgid,
+                    abort_requested: r.abort_requested,
+                    started_seen: r.started_seen,
                 }),
                 _ => None,
             })
             .collect();
-        (to_launch, watched)
+        (to_launch, watched, throttle)
     };
     if !to_launch.is_empty() {
         failpoint("launch.after_intent");
@@ -842,7 +892,9 @@ fn tick(shared: &Shared) {
     let launched = if to_launch.is_empty() {
         Vec::new()
     } else {
-        shared.warden().submit(&to_launch)
+        let mut warden = shared.warden();
+        warden.set_throttle(throttle);
+        warden.submit(&to_launch)
     };
     if !launched.is_empty() {
         failpoint("launch.after_warden");
@@ -853,19 +905,30 @@ fn tick(shared: &Shared) {
         .map(|w| (w.job.clone(), w.req.clone()))
         .collect();
     // Ask the warden first, then read the logs: a kid writes its exit record before it exits.
-    let states = if polled.is_empty() {
-        HashMap::new()
+    let (states, refreshed) = if polled.is_empty() {
+        (HashMap::new(), None)
     } else {
-        shared.warden().poll(&polled)
+        let mut warden = shared.warden();
+        let states = warden.poll(&polled);
+        (states, warden.refreshed())
     };
-    let news: Vec<(Vec<(KidEvent, u64)>, bool)> = watched
+    let news: Vec<RunNews> = watched
         .iter()
         .map(|w| {
-            let gone = states.get(&w.job) != Some(&JobState::Alive);
+            let state = states.get(&w.job).cloned().unwrap_or(JobState::Gone);
             let mut offset = w.offset;
-            (tail_events(&w.req.run_dir, &mut offset), gone)
+            let events = tail_events(&w.req.run_dir, &mut offset);
+            if shared.holds_exit {
+                warden_news(w, &events, &state, refreshed)
+            } else {
+                kid_news(w, events, &state)
+            }
         })
         .collect();
+    if news.iter().any(|n| n.held) {
+        // A kid's exit record waits for the warden's word: ask it at the normal pace.
+        shared.warden().hurry();
+    }
 
     // 3. Under the lock: journal everything learned in one append, then apply it.
     let mut to_cancel = Vec::new();
@@ -900,31 +963,16 @@ fn tick(shared: &Shared) {
                 items.push((run.clone(), MumEvent::Launched { job: job.clone() }, None));
             }
         }
-        for (w, (events, gone)) in watched.iter().zip(&news) {
+        for (w, n) in watched.iter().zip(news) {
             // Skip runs changed meanwhile (an abort ended a run, another round applied).
             let current = s.runs.get(&w.run);
             if current.is_none_or(|r| r.kid_offset != w.offset || r.phase == Phase::Ended) {
                 continue;
             }
-            let mut ended = false;
-            for (event, offset) in events {
-                ended |= matches!(event, KidEvent::Exited { .. });
-                items.push((
-                    w.run.clone(),
-                    MumEvent::Kid {
-                        event: event.clone(),
-                    },
-                    Some(*offset),
-                ));
-            }
-            if !ended && *gone {
-                let reason = format!(
-                    "the kid ended without writing an exit record (killed, or its node died){}",
-                    local::kid_log_tail(&w.req.run_dir)
-                );
-                items.push((w.run.clone(), MumEvent::Lost { reason }, None));
+            if n.lost {
                 lost_jobs.push((w.req.clone(), w.job_pgid));
             }
+            items.extend(n.items.into_iter().map(|(e, o)| (w.run.clone(), e, o)));
         }
         if items.is_empty() {
             s.maybe_compact();
@@ -960,9 +1008,16 @@ fn tick(shared: &Shared) {
                         to_cancel.push((job.clone(), r.request(run)));
                     }
                 }
-                MumEvent::Lost { .. } => {
+                MumEvent::Lost { .. } | MumEvent::Ended { .. } => {
                     r.phase = Phase::Ended;
                     freed = true;
+                }
+                MumEvent::Requeued { .. } => {
+                    if let Some(o) = offset {
+                        r.kid_offset = *o;
+                    }
+                    r.job_pgid = None;
+                    r.started_seen = None;
                 }
                 MumEvent::Kid { event } => {
                     if let Some(o) = offset {
@@ -970,6 +1025,7 @@ fn tick(shared: &Shared) {
                     }
                     if let KidEvent::Started { job_pid, .. } = event {
                         r.job_pgid = Some(*job_pid as i32);
+                        r.started_seen = Some(Instant::now());
                     }
                     if matches!(event, KidEvent::Exited { .. }) {
                         r.phase = Phase::Ended;
@@ -1008,6 +1064,172 @@ fn tick(shared: &Shared) {
     if freed {
         shared.wake();
     }
+}
+
+/// What one round learned of one launched run: entries to journal (with the kid-log offset
+/// each moves to), whether its job is lost (clean up after it), whether an exit record waits.
+struct RunNews {
+    items: Vec<(MumEvent, Option<u64>)>,
+    lost: bool,
+    held: bool,
+}
+
+fn kid_item(event: &KidEvent, offset: u64) -> (MumEvent, Option<u64>) {
+    (
+        MumEvent::Kid {
+            event: event.clone(),
+        },
+        Some(offset),
+    )
+}
+
+fn no_exit_record(w: &Watched) -> String {
+    format!(
+        "the kid ended without writing an exit record (killed, or its node died){}",
+        local::kid_log_tail(&w.req.run_dir)
+    )
+}
+
+/// A warden whose word ends nothing (local): the kid's events as they are; a job gone without
+/// an exit record is lost.
+fn kid_news(w: &Watched, events: Vec<(KidEvent, u64)>, state: &JobState) -> RunNews {
+    let ended = events
+        .iter()
+        .any(|(e, _)| matches!(e, KidEvent::Exited { .. }));
+    let mut items: Vec<_> = events.iter().map(|(e, o)| kid_item(e, *o)).collect();
+    let lost = !ended && !state.is_alive();
+    if lost {
+        items.push((
+            MumEvent::Lost {
+                reason: no_exit_record(w),
+            },
+            None,
+        ));
+    }
+    RunNews {
+        items,
+        lost,
+        held: false,
+    }
+}
+
+/// What SLURM says requeued runs back to the queue.
+const REQUEUED: &str = "requeued by SLURM: it runs again in the same run directory";
+
+/// A warden that outlives the kid's exit record (SLURM). The record is journaled only once the
+/// warden is done with the job, after the warden's own verdict when that wins (a time limit);
+/// an exit record followed by a new start, or a job queued again after its kid started, is a
+/// requeue. `refreshed`: when the warden last asked its scheduler (a "queued" older than the
+/// kid's start says nothing about a requeue).
+fn warden_news(
+    w: &Watched,
+    events: &[(KidEvent, u64)],
+    state: &JobState,
+    refreshed: Option<Instant>,
+) -> RunNews {
+    let mut items = Vec::new();
+    let mut started_seen = w.started_seen;
+    let requeued_since = |seen: Option<Instant>| {
+        *state == JobState::Queued && seen.zip(refreshed).is_some_and(|(s, r)| r > s)
+    };
+    let mut ended = false;
+    let mut held = false;
+    for (i, (event, offset)) in events.iter().enumerate() {
+        match event {
+            KidEvent::Started { .. } => {
+                // Seen now: only a later look at the queue can tell of a requeue.
+                started_seen = None;
+                items.push(kid_item(event, *offset));
+            }
+            KidEvent::Exited { .. } => {
+                let restarted = events[i + 1..]
+                    .iter()
+                    .any(|(e, _)| matches!(e, KidEvent::Started { .. }));
+                if restarted || requeued_since(started_seen) {
+                    // The kid ended because SLURM requeued the job: not the run's end.
+                    items.push((
+                        MumEvent::Requeued {
+                            reason: REQUEUED.into(),
+                        },
+                        Some(*offset),
+                    ));
+                    started_seen = None;
+                    continue;
+                }
+                match state {
+                    JobState::Ended {
+                        verdict,
+                        overrides,
+                        reason,
+                    } => {
+                        // Cancelled by us: the kid's "aborted by user" says it all.
+                        let ours = *verdict == Verdict::Aborted && w.abort_requested;
+                        if *overrides && !ours {
+                            items.push((
+                                MumEvent::Ended {
+                                    verdict: *verdict,
+                                    reason: reason.clone(),
+                                },
+                                None,
+                            ));
+                        }
+                    }
+                    JobState::Gone => {}
+                    // Still the warden's: it may be requeued, or end with its own verdict.
+                    JobState::Alive | JobState::Queued => {
+                        held = true;
+                        break;
+                    }
+                }
+                items.push(kid_item(event, *offset));
+                ended = true;
+                break;
+            }
+            _ => items.push(kid_item(event, *offset)),
+        }
+    }
+    let mut lost = false;
+    if !ended && !held {
+        let kid_started = w.job_pgid.is_some()
+            || events
+                .iter()
+                .any(|(e, _)| matches!(e, KidEvent::Started { .. }));
+        match state {
+            JobState::Ended {
+                verdict, reason, ..
+            } => {
+                let reason = format!("{reason}{}", local::kid_log_tail(&w.req.run_dir));
+                items.push((
+                    MumEvent::Ended {
+                        verdict: *verdict,
+                        reason,
+                    },
+                    None,
+                ));
+                lost = true;
+            }
+            JobState::Gone => {
+                items.push((
+                    MumEvent::Lost {
+                        reason: no_exit_record(w),
+                    },
+                    None,
+                ));
+                lost = true;
+            }
+            JobState::Queued if kid_started && requeued_since(started_seen) => {
+                // Requeued before its kid could write an exit record (killed at once).
+                items.push((
+                    MumEvent::Requeued {
+                        reason: REQUEUED.into(),
+                    },
+                    None,
+                ));
+            }
+            _ => {}
+        }
+    }
+    RunNews { items, lost, held }
 }
 
 /// Complete new events in a run's `events.jsonl` past `offset`, each with the offset after it.
@@ -1063,6 +1285,7 @@ mod tests {
             idle_exit: Duration::from_secs(60),
             tick: Duration::from_millis(50),
             max_parallel: 2,
+            warden: WardenSettings::Local,
         }
     }
 
@@ -1074,6 +1297,7 @@ mod tests {
             env: vec![],
             setup: vec![],
             kid: KidSpec::default(),
+            warden_opts: vec![],
         }
     }
 
