@@ -341,7 +341,7 @@ impl Project {
                         continue;
                     };
                     if let Err(m) = crate::cluster::mum::slurm::check_option(key, value) {
-                        problems.push(problem("", format!("column {column}: {m}")));
+                        problems.push(problem("", m));
                     }
                 }
             }
