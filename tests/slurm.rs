@@ -207,7 +207,14 @@ fn fifty_rows_are_one_sbatch_call() {
         .map(|(i, n, pa, c)| (i.as_str(), *n, *pa, *c))
         .collect();
     let p = slurm_project("slurm-array", YAML, &rows);
-    p.ok(&["start", "all"]);
+    // The mum this starts logs each scheduler call.
+    let out = p
+        .command(&["start", "all"])
+        .env("RUST_LOG", "info,neronet::cluster::mum::slurm=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let started = Instant::now();
     wait_until("all 50 finished", Duration::from_secs(150), || {
         p.status().iter().all(|e| e["state"] == "finished")
     });
@@ -233,6 +240,14 @@ fn fifty_rows_are_one_sbatch_call() {
         })
         .collect();
     assert_eq!(arrays.len(), 1, "{arrays:?}");
+    // One squeue per poll interval (1 s here) for all 50 jobs, never one per job.
+    let squeues = log.matches("slurm: squeue call #").count();
+    let limit = started.elapsed().as_secs() + 2;
+    assert!(
+        squeues >= 2 && squeues as u64 <= limit,
+        "{squeues} squeue calls in {:?}",
+        started.elapsed()
+    );
     eprintln!("50 rows: {:?}", t.elapsed());
 }
 

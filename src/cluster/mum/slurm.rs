@@ -203,6 +203,13 @@ impl SlurmWarden {
                     Some(s) => {
                         states.insert(job.clone(), s);
                     }
+                    // squeue's word on how it ended is enough, but for the exit code of a
+                    // failed job.
+                    None if row.state != "FAILED" => {
+                        let s = ending_state(&row.state, &row.reason, "");
+                        self.ended.insert(job.clone(), s.clone());
+                        states.insert(job.clone(), s);
+                    }
                     None => ask.push(job.clone()),
                 },
                 // Submitted after this squeue looked: it is new, not gone.
@@ -267,9 +274,20 @@ impl SlurmWarden {
                 .arg(array_ids(jobs)))
             .map(|out| parse_sacct(&out))
         } else {
-            self.calls.count(&self.calls.scontrol, "scontrol");
-            run(Command::new("scontrol").args(["-o", "show", "job"]))
-                .map(|out| parse_scontrol(&out))
+            // One call per job array (its tasks come together), not the whole cluster's list.
+            let mut all = Vec::new();
+            let mut failure = None;
+            for array in array_ids(jobs).split(',') {
+                self.calls.count(&self.calls.scontrol, "scontrol");
+                match run(Command::new("scontrol").args(["-o", "show", "job", array])) {
+                    Ok(out) => all.extend(parse_scontrol(&out)),
+                    Err(e) => failure = Some(e),
+                }
+            }
+            match failure {
+                Some(e) if all.is_empty() => Err(e),
+                _ => Ok(all),
+            }
         };
         match result {
             Ok(list) => list.into_iter().map(|e| (e.job.clone(), e)).collect(),
