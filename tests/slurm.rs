@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 const YAML: &str = "clusters:\n  hpc:\n    warden: slurm\n    poll_interval: 1s\n    grace: 2s\n    slurm: {partition: debug}\n";
 
 /// Prints `step=i loss=...` every `pause` seconds until the file `release-<id>` exists (or
-/// `n` steps), then exits with `code`. SIGTERM ends it at once with 143.
+/// `n` steps), then exits with `code`. SIGTERM ends it at once with 143; SIGUSR1 (SLURM's
+/// warning, passed on by the kid) makes it say `checkpoint`.
 const JOB: &str = r#"
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGUSR1, lambda *_: print("checkpoint", flush=True))
 n, pause, code, me = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 for i in range(n):
     if os.path.exists("release-" + me):
@@ -289,6 +291,18 @@ fn a_requeued_job_keeps_its_run_and_metrics() {
         "{script}"
     );
     let job = entry(&p, "1")["job_id"].as_str().unwrap().to_string();
+    // SLURM's warning before the end (`--signal=B:USR1@N`, here sent at once) reaches the job
+    // through the kid, which goes on.
+    let out = Command::new("scancel")
+        .args(["--signal=USR1", "--batch", &job])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = run_dir(&p, "1.1").join("stdout.log");
+    wait_until("the job to checkpoint", Duration::from_secs(20), || {
+        std::fs::read_to_string(&stdout).is_ok_and(|s| s.contains("checkpoint"))
+    });
+    assert_eq!(p.state_of("1"), "running");
     wait_until(
         "metrics before the requeue",
         Duration::from_secs(30),

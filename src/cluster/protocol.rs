@@ -10,8 +10,10 @@ use std::io::{BufRead, Read, Write};
 /// version so that a newer neroman can always ask an older mum to hand over: `hello` (whose
 /// reply names the mum's version) and `shutdown`. Version 1 had no long-poll, acks or health;
 /// version 2 knew no `rule_problem` kid event (an older neroman could not decode a batch that
-/// holds one). From version 3 on an unknown kid event decodes as `KidEvent::Unknown`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// holds one). From version 3 on an unknown kid event decodes as `KidEvent::Unknown`. Version
+/// 3 knew no `ended` or `requeued` journal entries (the SLURM warden's) and no run spec
+/// `warden_opts`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest message either side accepts (one line of JSON); a bigger one ends the connection.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -436,6 +438,24 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A run spec from a neroman that knows no warden options still decodes (none), and one
+    /// without options is written as before.
+    #[test]
+    fn a_run_spec_without_warden_options_is_unchanged() {
+        let old =
+            r#"{"run":"1.1","command":"true","cwd":null,"env":[],"setup":[],"kid":{"id":"1"}}"#;
+        let spec: RunSpec = serde_json::from_str(old).unwrap();
+        assert!(spec.warden_opts.is_empty());
+        assert!(!serde_json::to_string(&spec)
+            .unwrap()
+            .contains("warden_opts"));
+        let mut with = spec.clone();
+        with.warden_opts = vec![("time".into(), "0:10:00".into())];
+        assert!(serde_json::to_string(&with)
+            .unwrap()
+            .contains(r#""warden_opts":[["time","0:10:00"]]"#));
     }
 
     #[test]

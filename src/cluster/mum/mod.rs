@@ -1359,6 +1359,135 @@ mod tests {
             .collect()
     }
 
+    fn watched(started_seen: Option<Instant>, abort_requested: bool) -> Watched {
+        let run_dir = std::env::temp_dir().join("nero-mum-no-such-run");
+        Watched {
+            run: "1.1".into(),
+            job: "7_0".into(),
+            req: JobRequest {
+                run: "1.1".into(),
+                run_dir,
+            },
+            offset: 0,
+            job_pgid: started_seen.map(|_| 42),
+            abort_requested,
+            started_seen,
+        }
+    }
+
+    fn exited(code: i32) -> KidEvent {
+        KidEvent::Exited {
+            t: 1.0,
+            outcome: nerokid::report::Outcome::Exit { code },
+        }
+    }
+
+    fn what(news: &RunNews) -> Vec<String> {
+        news.items
+            .iter()
+            .map(|(e, o)| {
+                let v = serde_json::to_value(e).unwrap();
+                let name = match e {
+                    MumEvent::Kid { event } => serde_json::to_value(event).unwrap()["event"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                    MumEvent::Ended { .. } => format!("ended:{}", v["verdict"].as_str().unwrap()),
+                    _ => v["what"].as_str().unwrap().to_string(),
+                };
+                match o {
+                    Some(o) => format!("{name}@{o}"),
+                    None => name,
+                }
+            })
+            .collect()
+    }
+
+    /// SLURM: the kid's exit record is journaled only once SLURM is done with the job, after
+    /// SLURM's own verdict when that wins (a time limit: the kid saw only a SIGTERM).
+    #[test]
+    fn a_kid_exit_waits_for_the_warden_and_its_verdict_comes_first() {
+        let t0 = Instant::now();
+        let w = watched(Some(t0), false);
+        let events = vec![(exited(143), 100)];
+        let news = warden_news(&w, &events, &JobState::Alive, Some(t0));
+        assert!(news.held && news.items.is_empty());
+        let timeout = JobState::Ended {
+            verdict: Verdict::Timeout,
+            overrides: true,
+            reason: "SLURM: time limit reached (TIMEOUT)".into(),
+        };
+        let news = warden_news(&w, &events, &timeout, Some(t0));
+        assert_eq!(what(&news), ["ended:timeout", "exited@100"]);
+        assert!(!news.held && !news.lost);
+        // Cancelled by us: the kid's own "aborted by user" stands.
+        let cancelled = JobState::Ended {
+            verdict: Verdict::Aborted,
+            overrides: true,
+            reason: "SLURM: cancelled (CANCELLED)".into(),
+        };
+        let ours = watched(Some(t0), true);
+        assert_eq!(
+            what(&warden_news(&ours, &events, &cancelled, Some(t0))),
+            ["exited@100"]
+        );
+        assert_eq!(
+            what(&warden_news(&w, &events, &cancelled, Some(t0))),
+            ["ended:aborted", "exited@100"]
+        );
+        // A failed job: the kid's exit code says more than SLURM's FAILED.
+        let failed = JobState::Ended {
+            verdict: Verdict::Crashed,
+            overrides: false,
+            reason: "SLURM: the job failed (FAILED, exit code 3:0)".into(),
+        };
+        assert_eq!(
+            what(&warden_news(&w, &events, &failed, Some(t0))),
+            ["exited@100"]
+        );
+        // No exit record at all: SLURM's word is all there is.
+        let news = warden_news(&w, &[], &failed, Some(t0));
+        assert_eq!(what(&news), ["ended:crashed"]);
+        assert!(news.lost);
+    }
+
+    /// A job listed as queued after its kid started was requeued — but only a listing newer
+    /// than the start says so: one from before (the warden polls every few seconds) is stale.
+    #[test]
+    fn a_requeue_is_told_apart_from_a_stale_queue_listing() {
+        let t0 = Instant::now();
+        let before = t0 - Duration::from_secs(1);
+        let after = t0 + Duration::from_secs(1);
+        let w = watched(Some(t0), false);
+        let events = vec![(exited(143), 100)];
+        let news = warden_news(&w, &events, &JobState::Queued, Some(before));
+        assert!(news.held && news.items.is_empty(), "{:?}", what(&news));
+        let news = warden_news(&w, &events, &JobState::Queued, Some(after));
+        assert_eq!(what(&news), ["requeued@100"]);
+        // Started and ended within one listing's age: not a requeue, the record waits.
+        let fresh = watched(None, false);
+        let started = KidEvent::Started {
+            t: 1.0,
+            pid: 1,
+            job_pid: 2,
+            host: "n".into(),
+        };
+        let both = vec![(started.clone(), 50), (exited(0), 100)];
+        let news = warden_news(&fresh, &both, &JobState::Queued, Some(after));
+        assert_eq!(what(&news), ["started@50"]);
+        assert!(news.held);
+        // An exit record followed by a new start: requeued, whatever the listing says.
+        let again = vec![(exited(143), 100), (started, 150)];
+        let news = warden_news(&w, &again, &JobState::Alive, Some(before));
+        assert_eq!(what(&news), ["requeued@100", "started@150"]);
+        // Killed before it could write a record, and queued again.
+        let news = warden_news(&w, &[], &JobState::Queued, Some(after));
+        assert_eq!(what(&news), ["requeued"]);
+        assert!(warden_news(&w, &[], &JobState::Queued, Some(before))
+            .items
+            .is_empty());
+    }
+
     /// Regression: a submit batch in which one run failed returned early; the runs before it
     /// were queued in memory but never journaled, so a restarted mum ran them again.
     #[test]
@@ -1547,7 +1676,7 @@ mod tests {
             std::fs::read_to_string(dir.join("journal.format"))
                 .unwrap()
                 .trim(),
-            "2"
+            JOURNAL_FORMAT.to_string()
         );
     }
 
