@@ -503,14 +503,30 @@ fn mum_killed_while_jobs_queue_and_run_submits_nothing_twice() {
             .all(|e| e["state"] == "running" || e["state"] == "queued"),
         "{st:?}"
     );
-    for id in ["1", "2", "3", "4"] {
+    // A run still in SLURM's queue is aborted there (two CPUs: two of the four wait).
+    let waiting = st
+        .iter()
+        .find(|e| e["state"] == "queued")
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .expect("a run waiting in SLURM's queue");
+    p.ok(&["abort", &waiting]);
+    wait_state(&p, &waiting, "aborted", 30);
+    let reason = entry(&p, &waiting)["reason"].as_str().unwrap().to_string();
+    assert!(reason.starts_with("aborted by user"), "{reason}");
+    let others: Vec<&str> = ["1", "2", "3", "4"]
+        .into_iter()
+        .filter(|id| *id != waiting)
+        .collect();
+    for id in &others {
         release(&p, id);
     }
-    wait_until("all finished", Duration::from_secs(90), || {
-        p.status().iter().all(|e| e["state"] == "finished")
+    wait_until("the others finished", Duration::from_secs(90), || {
+        p.status()
+            .iter()
+            .all(|e| e["state"] == "finished" || e["id"] == waiting.as_str())
     });
     assert_eq!(batches(&p).len(), 1, "submitted once");
-    for id in ["1", "2", "3", "4"] {
+    for id in others {
         let events =
             std::fs::read_to_string(run_dir(&p, &format!("{id}.1")).join("events.jsonl")).unwrap();
         assert_eq!(
