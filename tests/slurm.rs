@@ -291,8 +291,13 @@ fn a_requeued_job_keeps_its_run_and_metrics() {
         "{script}"
     );
     let job = entry(&p, "1")["job_id"].as_str().unwrap().to_string();
+    wait_until(
+        "metrics before the requeue",
+        Duration::from_secs(30),
+        || entry(&p, "1")["metrics"]["step"].as_f64().unwrap_or(0.0) >= 2.0,
+    );
     // SLURM's warning before the end (`--signal=B:USR1@N`, here sent at once) reaches the job
-    // through the kid, which goes on.
+    // through the kid, which goes on. (Sent once the job printed: its handler is set by then.)
     let out = Command::new("scancel")
         .args(["--signal=USR1", "--batch", &job])
         .output()
@@ -303,11 +308,6 @@ fn a_requeued_job_keeps_its_run_and_metrics() {
         std::fs::read_to_string(&stdout).is_ok_and(|s| s.contains("checkpoint"))
     });
     assert_eq!(p.state_of("1"), "running");
-    wait_until(
-        "metrics before the requeue",
-        Duration::from_secs(30),
-        || entry(&p, "1")["metrics"]["step"].as_f64().unwrap_or(0.0) >= 2.0,
-    );
     scontrol(&["requeue", &job]);
     wait_state(&p, "1", "queued", 60);
     // SLURM holds a requeued job back for about two minutes: start it now.
