@@ -419,6 +419,16 @@ fn slurm_columns_reach_the_script_and_metacharacters_stay_inert() {
                 V::E,
                 V::S("x"),
             ],
+            vec![
+                V::S("3"),
+                V::E,
+                V::S("hpc"),
+                V::S("echo hi"),
+                V::E,
+                V::S("nosuch"),
+                V::E,
+                V::E,
+            ],
         ],
     );
     let out = p.neroman(&["start", "2"]);
@@ -433,6 +443,15 @@ fn slurm_columns_reach_the_script_and_metacharacters_stay_inert() {
     assert_eq!(p.state_of("2"), "defined");
     p.ok(&["start", "1"]);
     wait_state(&p, "1", "finished", 60);
+    // A job sbatch refuses is lost, with SLURM's words.
+    p.ok(&["start", "3"]);
+    wait_state(&p, "3", "lost", 30);
+    let reason = entry(&p, "3")["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.starts_with("SLURM refused the job: sbatch failed")
+            && reason.contains("Invalid --time specification"),
+        "{reason}"
+    );
     let dir = run_dir(&p, "1.1");
     let script = std::fs::read_to_string(dir.join("sbatch.sh")).unwrap();
     assert!(

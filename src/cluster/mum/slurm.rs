@@ -104,6 +104,8 @@ pub struct SlurmWarden {
     last_poll: Option<Instant>,
     answered: Option<Instant>,
     interval: Duration,
+    /// What `find` last read from squeue: a restarted mum reconciling many launches asks once.
+    found_rows: Option<(Instant, Vec<QueueRow>)>,
 }
 
 impl SlurmWarden {
@@ -120,6 +122,7 @@ impl SlurmWarden {
             last_poll: None,
             answered: None,
             interval,
+            found_rows: None,
         }
     }
 
@@ -401,8 +404,19 @@ impl Warden for SlurmWarden {
         // sbatch may have answered just before the crash: SLURM knows the batch by its comment.
         let comment = format!("{JOB_NAME}:{batch}");
         for attempt in 0..3 {
-            self.calls.count(&self.calls.squeue, "squeue");
-            match squeue() {
+            let recent = self
+                .found_rows
+                .as_ref()
+                .filter(|(t, _)| t.elapsed() < Duration::from_secs(5))
+                .map(|(_, rows)| rows.clone());
+            let listing = match recent {
+                Some(rows) => Ok(rows),
+                None => {
+                    self.calls.count(&self.calls.squeue, "squeue");
+                    squeue().inspect(|rows| self.found_rows = Some((Instant::now(), rows.clone())))
+                }
+            };
+            match listing {
                 Ok(rows) => {
                     if let Some(row) = rows.iter().find(|r| r.comment == comment) {
                         let array = row.job.split('_').next().unwrap_or_default();
