@@ -183,6 +183,8 @@ struct Shared {
     queues_itself: bool,
     /// Kid exit records wait for the warden's word (see [`Warden::holds_exit`]).
     holds_exit: bool,
+    /// When a round last looked at every launched run (see `tick`).
+    last_full_round: Mutex<Instant>,
     stop: AtomicBool,
 }
 
@@ -354,6 +356,7 @@ impl Mum {
                 waker,
                 queues_itself: warden.queues_itself(),
                 holds_exit: warden.holds_exit(),
+                last_full_round: Mutex::new(Instant::now()),
                 warden: Mutex::new(warden),
                 stop: AtomicBool::new(false),
             }),
@@ -828,7 +831,7 @@ struct Watched {
 
 fn tick(shared: &Shared) {
     // 1. Under the lock: journal the intent to launch what fits, note what to watch.
-    let (to_launch, watched, throttle) = {
+    let (to_launch, watched, throttle, all) = {
         let mut s = shared.lock();
         // A warden with a queue of its own takes every run; mum's limit becomes its hint.
         let free = if shared.queues_itself {
@@ -866,6 +869,19 @@ fn tick(shared: &Shared) {
                 }
             }
         }
+        // Runs waiting in a warden's own queue (thousands, under SLURM) have their logs read
+        // once a second; runs whose kid started, every round.
+        let all = !shared.queues_itself || {
+            let mut last = shared
+                .last_full_round
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = last.elapsed() >= Duration::from_secs(1);
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
         let watched: Vec<Watched> = s
             .runs
             .iter()
@@ -882,7 +898,7 @@ fn tick(shared: &Shared) {
                 _ => None,
             })
             .collect();
-        (to_launch, watched, throttle)
+        (to_launch, watched, throttle, all)
     };
     if !to_launch.is_empty() {
         failpoint("launch.after_intent");
@@ -915,6 +931,9 @@ fn tick(shared: &Shared) {
     let news: Vec<RunNews> = watched
         .iter()
         .map(|w| {
+            if !all && w.job_pgid.is_none() && !w.abort_requested {
+                return RunNews::default();
+            }
             let state = states.get(&w.job).cloned().unwrap_or(JobState::Gone);
             let mut offset = w.offset;
             let events = tail_events(&w.req.run_dir, &mut offset);
@@ -1068,6 +1087,7 @@ fn tick(shared: &Shared) {
 
 /// What one round learned of one launched run: entries to journal (with the kid-log offset
 /// each moves to), whether its job is lost (clean up after it), whether an exit record waits.
+#[derive(Default)]
 struct RunNews {
     items: Vec<(MumEvent, Option<u64>)>,
     lost: bool,
