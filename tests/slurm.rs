@@ -180,7 +180,19 @@ fn runs_start_finish_abort_and_restart_through_slurm() {
     let again = entry(&p, "1");
     assert_ne!(again["job_id"], one["job_id"], "a new run is a new job");
     assert_eq!(batches(&p).len(), 2, "one array per start");
-    // The results workbook shows the job id and the node.
+    // So do status's table ...
+    let table = p.ok(&["status"]);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.contains("job") && header.contains("node"), "{table}");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .unwrap_or_default();
+    assert!(
+        line.contains(again["job_id"].as_str().unwrap()) && line.contains(&hostname()),
+        "{table}"
+    );
+    // ... and the results workbook.
     p.ok(&["results"]);
     let mut book = calamine::open_workbook_auto(p.path("results.xlsx")).unwrap();
     let sheet = calamine::Reader::worksheet_range(&mut book, "results").unwrap();
