@@ -321,11 +321,16 @@ fn a_requeued_job_keeps_its_run_and_metrics() {
     });
     assert_eq!(p.state_of("1"), "running");
     scontrol(&["requeue", &job]);
+    let requeued_at = Instant::now();
     wait_state(&p, "1", "queued", 60);
-    // SLURM holds a requeued job back for about two minutes: start it now.
-    wait_until("the job pending again", Duration::from_secs(30), || {
-        job_state(&job) == "PENDING"
-    });
+    // SLURM holds a requeued job back for about two minutes: start it now — but not within
+    // two seconds of the requeue, when slurmd still refuses it ("Job credential revoked") and
+    // the job fails (mum then reports it crashed, as SLURM says).
+    wait_until(
+        "the job pending again, 2 s after",
+        Duration::from_secs(30),
+        || job_state(&job) == "PENDING" && requeued_at.elapsed() >= Duration::from_secs(2),
+    );
     scontrol(&["update", &format!("JobId={job}"), "StartTime=now"]);
     wait_state(&p, "1", "running", 60);
     let step_zeros = || -> i64 {
