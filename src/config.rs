@@ -601,6 +601,47 @@ mod tests {
         assert_eq!(ClusterConfig::default().warden(), Warden::Local);
     }
 
+    /// A SLURM cluster runs (through a mum on this machine); its `slurm:` keys and
+    /// `array_max` are checked, naming the key.
+    #[test]
+    fn slurm_cluster_settings_are_checked() {
+        let check = |yaml: &str| {
+            let cfg = Config::parse(yaml, Path::new("n.yaml")).unwrap();
+            cfg.validate(Path::new("n.yaml"))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let ok = "clusters:\n  hpc:\n    warden: slurm\n    array_max: 500\n    slurm: {partition: debug, time: '1:00:00'}\n";
+        assert!(check(ok).is_none());
+        let cfg = Config::parse(ok, Path::new("n.yaml")).unwrap();
+        assert!(cfg.clusters["hpc"].is_supported());
+        assert_eq!(cfg.clusters["hpc"].poll_interval_secs(), 5.0);
+        let e = check("clusters:\n  hpc:\n    warden: slurm\n    array_max: 0\n").unwrap();
+        assert!(
+            e.contains("clusters.hpc.array_max: must be at least 1"),
+            "{e}"
+        );
+        let e = check("clusters:\n  hpc:\n    warden: slurm\n    slurm: {Partition: x}\n").unwrap();
+        assert!(
+            e.contains("clusters.hpc.slurm.Partition: an option name"),
+            "{e}"
+        );
+        let e = check("clusters:\n  hpc:\n    warden: slurm\n    slurm: {array: 0-9}\n").unwrap();
+        assert!(
+            e.contains("clusters.hpc.slurm.array: neronet sets --array itself"),
+            "{e}"
+        );
+        let remote = Config::parse(
+            "clusters:\n  hpc:\n    ssh: login\n    warden: slurm\n",
+            Path::new("n.yaml"),
+        )
+        .unwrap();
+        assert!(
+            !remote.clusters["hpc"].is_supported(),
+            "ssh is not here yet"
+        );
+    }
+
     #[test]
     fn email_settings_are_checked() {
         let check = |yaml: &str| {

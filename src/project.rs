@@ -1284,3 +1284,70 @@ fn load_run(
         .optional()
         .map_err(StoreError::from)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sheet::read::{SheetRow, StatusCell};
+
+    fn row(options: &[(&str, &str)]) -> SheetRow {
+        SheetRow {
+            row: 2,
+            id: "1".into(),
+            id_cell: "experiments!A2".into(),
+            status: StatusCell::Empty,
+            status_cell: String::new(),
+            command: None,
+            cluster: Some("hpc".into()),
+            abort_when: None,
+            command_cell: String::new(),
+            cluster_cell: String::new(),
+            abort_when_cell: String::new(),
+            warden_options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            params: BTreeMap::new(),
+            invalid: Vec::new(),
+            tool_values: BTreeMap::new(),
+        }
+    }
+
+    /// The cluster's `slurm:` map, overlaid key by key (in place) by the row's `slurm.*`
+    /// cells; `true` a bare flag, `false` no option; `requeue: true` adds the requeue and the
+    /// USR1 warning `grace` seconds ahead, unless a `signal` is given.
+    #[test]
+    fn slurm_options_come_from_the_cluster_and_the_row() {
+        let cfg = Config::parse(
+            "clusters:\n  hpc:\n    warden: slurm\n    grace: 90s\n    requeue: true\n    slurm: {partition: debug, time: '0:10:00', mem: 4G, exclusive: true, nodes: 1}\n  local: {}\n",
+            Path::new("n.yaml"),
+        )
+        .unwrap();
+        let hpc = &cfg.clusters["hpc"];
+        let opts = warden_options(
+            hpc,
+            &row(&[
+                ("slurm.time", "2:00:00"),
+                ("slurm.exclusive", "FALSE"),
+                ("slurm.gres", "gpu:1"),
+                ("sge.h_rt", "1:00:00"),
+            ]),
+        );
+        let shown: Vec<String> = opts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            shown,
+            [
+                "mem=4G",
+                "nodes=1",
+                "partition=debug",
+                "time=2:00:00",
+                "gres=gpu:1",
+                "requeue=",
+                "signal=B:USR1@90"
+            ]
+        );
+        let given = warden_options(hpc, &row(&[("slurm.signal", "B:USR1@300")]));
+        assert!(given.contains(&("signal".into(), "B:USR1@300".into())));
+        assert!(warden_options(&cfg.clusters["local"], &row(&[("slurm.time", "1")])).is_empty());
+    }
+}

@@ -1329,10 +1329,25 @@ mod tests {
         journal_at_submit: Arc<Mutex<String>>,
         journal_path: PathBuf,
         found: Option<Found>,
+        /// Acts as a warden with a queue of its own (SLURM); records each submit's size and
+        /// the throttle it was given.
+        queues: bool,
+        batches: Arc<Mutex<Vec<(usize, Option<u32>)>>>,
+        throttle: Option<u32>,
     }
 
     impl Warden for Recorder {
+        fn queues_itself(&self) -> bool {
+            self.queues
+        }
+        fn set_throttle(&mut self, max: Option<u32>) {
+            self.throttle = max;
+        }
         fn submit(&mut self, jobs: &[JobRequest]) -> Vec<Result<String, String>> {
+            self.batches
+                .lock()
+                .unwrap()
+                .push((jobs.len(), self.throttle));
             *self.journal_at_submit.lock().unwrap() =
                 std::fs::read_to_string(&self.journal_path).unwrap_or_default();
             let mut s = self.submitted.lock().unwrap();
@@ -1377,6 +1392,25 @@ mod tests {
                 (e.run, what)
             })
             .collect()
+    }
+
+    /// A warden with a queue of its own (SLURM) is handed every run at once, whatever
+    /// max_parallel says; max_parallel reaches it as its throttle, "unlimited" as none.
+    #[test]
+    fn a_warden_that_queues_itself_gets_every_run_at_once() {
+        for (max_parallel, throttle) in [(2, Some(2)), (u32::MAX, None)] {
+            let dir = workdir("queues");
+            let mut rec = recorder(&dir);
+            rec.queues = true;
+            let mut o = opts(&dir);
+            o.max_parallel = max_parallel;
+            let mum = Mum::open(o, Box::new(rec.clone())).unwrap();
+            let runs: Vec<RunSpec> = (0..30).map(|i| spec(&format!("{i}.1"))).collect();
+            mum.handle(None, Submit { runs }.into());
+            mum.tick();
+            mum.tick();
+            assert_eq!(*rec.batches.lock().unwrap(), [(30, throttle)]);
+        }
     }
 
     fn watched(started_seen: Option<Instant>, abort_requested: bool) -> Watched {
