@@ -1321,6 +1321,9 @@ mod tests {
         }
     }
 
+    /// One submit call: how many jobs, with what throttle.
+    type Batch = (usize, Option<u32>);
+
     /// Records every call; `find` answers what the test set.
     #[derive(Default, Clone)]
     struct Recorder {
@@ -1332,7 +1335,7 @@ mod tests {
         /// Acts as a warden with a queue of its own (SLURM); records each submit's size and
         /// the throttle it was given.
         queues: bool,
-        batches: Arc<Mutex<Vec<(usize, Option<u32>)>>>,
+        batches: Arc<Mutex<Vec<Batch>>>,
         throttle: Option<u32>,
     }
 
