@@ -166,6 +166,7 @@ fn restart_with_a_long_journal() {
         idle_exit: Duration::from_secs(60),
         tick: Duration::from_millis(100),
         max_parallel: 8,
+        warden: Default::default(),
     };
     let t = Instant::now();
     let mum = Mum::open_local(opts.clone()).unwrap();

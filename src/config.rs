@@ -85,6 +85,9 @@ pub struct ClusterConfig {
     pub poll_interval: Option<String>,
     #[serde(default)]
     pub requeue: Option<bool>,
+    /// The most runs in one SLURM job array (the cluster's `MaxArraySize` may be lower).
+    #[serde(default)]
+    pub array_max: Option<u32>,
     #[serde(default)]
     pub slurm: BTreeMap<String, Scalar>,
     #[serde(default)]
@@ -310,6 +313,19 @@ impl Config {
                     "clusters.{name}.max_parallel: must be at least 1"
                 )));
             }
+            if c.array_max == Some(0) {
+                return Err(bad(format!(
+                    "clusters.{name}.array_max: must be at least 1"
+                )));
+            }
+            for (key, value) in &c.slurm {
+                let text = match value {
+                    Scalar::Text(t) => t.clone(),
+                    _ => String::new(),
+                };
+                crate::cluster::mum::slurm::check_option(key, &text)
+                    .map_err(|m| bad(format!("clusters.{name}.{m}")))?;
+            }
             for (key, value) in [("poll_interval", &c.poll_interval), ("grace", &c.grace)] {
                 if let Some(v) = value {
                     parse_duration(v)
@@ -363,9 +379,19 @@ impl Config {
 }
 
 impl ClusterConfig {
-    /// Whether this version can run jobs there (only the `local` warden exists yet).
+    /// Whether this version can run jobs there: a mum on this machine with the `local` or
+    /// `slurm` warden.
     pub fn is_supported(&self) -> bool {
-        self.warden() == Warden::Local && self.ssh.is_none()
+        matches!(self.warden(), Warden::Local | Warden::Slurm) && self.ssh.is_none()
+    }
+
+    /// How often the SLURM warden asks squeue (`poll_interval`, default 5 s).
+    pub fn poll_interval_secs(&self) -> f64 {
+        self.poll_interval
+            .as_deref()
+            .and_then(|g| parse_duration(g).ok())
+            .filter(|s| *s > 0.0)
+            .unwrap_or(5.0)
     }
 
     /// The warden in effect: as written, else `local`.
@@ -387,6 +413,7 @@ impl ClusterConfig {
             max_parallel: p.max_parallel.or(self.max_parallel),
             poll_interval: p.poll_interval.or(self.poll_interval),
             requeue: p.requeue.or(self.requeue),
+            array_max: p.array_max.or(self.array_max),
             slurm,
             sge,
             setup: p.setup.or(self.setup),
@@ -582,6 +609,47 @@ mod tests {
         let merged = user.overlay(silent);
         assert_eq!(merged.clusters["local"].warden(), Warden::Slurm);
         assert_eq!(ClusterConfig::default().warden(), Warden::Local);
+    }
+
+    /// A SLURM cluster runs (through a mum on this machine); its `slurm:` keys and
+    /// `array_max` are checked, naming the key.
+    #[test]
+    fn slurm_cluster_settings_are_checked() {
+        let check = |yaml: &str| {
+            let cfg = Config::parse(yaml, Path::new("n.yaml")).unwrap();
+            cfg.validate(Path::new("n.yaml"))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let ok = "clusters:\n  hpc:\n    warden: slurm\n    array_max: 500\n    slurm: {partition: debug, time: '1:00:00'}\n";
+        assert!(check(ok).is_none());
+        let cfg = Config::parse(ok, Path::new("n.yaml")).unwrap();
+        assert!(cfg.clusters["hpc"].is_supported());
+        assert_eq!(cfg.clusters["hpc"].poll_interval_secs(), 5.0);
+        let e = check("clusters:\n  hpc:\n    warden: slurm\n    array_max: 0\n").unwrap();
+        assert!(
+            e.contains("clusters.hpc.array_max: must be at least 1"),
+            "{e}"
+        );
+        let e = check("clusters:\n  hpc:\n    warden: slurm\n    slurm: {Partition: x}\n").unwrap();
+        assert!(
+            e.contains("clusters.hpc.slurm.Partition: an option name"),
+            "{e}"
+        );
+        let e = check("clusters:\n  hpc:\n    warden: slurm\n    slurm: {array: 0-9}\n").unwrap();
+        assert!(
+            e.contains("clusters.hpc.slurm.array: neronet sets --array itself"),
+            "{e}"
+        );
+        let remote = Config::parse(
+            "clusters:\n  hpc:\n    ssh: login\n    warden: slurm\n",
+            Path::new("n.yaml"),
+        )
+        .unwrap();
+        assert!(
+            !remote.clusters["hpc"].is_supported(),
+            "ssh is not here yet"
+        );
     }
 
     #[test]

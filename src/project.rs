@@ -3,6 +3,7 @@
 //! each row's command with shell-quoted values, and syncs the store from each cluster's mum.
 
 use crate::cluster::client::{ClientError, LocalMum, MumClient, Transport};
+use crate::cluster::mum::warden::WardenSettings;
 use crate::cluster::protocol::RunSpec;
 use crate::cluster::sibling_binary;
 use crate::config::{Config, ConfigError};
@@ -330,8 +331,20 @@ impl Project {
         {
             problems.push(problem(
                 &row.cluster_cell,
-                format!("cluster {cluster:?} is remote (ssh, slurm or sge): this version runs jobs on this machine only"),
+                format!("cluster {cluster:?} is remote (ssh) or uses Grid Engine: this version runs jobs through a mum on this machine, with the local or slurm warden, only"),
             ));
+        }
+        if let Some(c) = self.config.clusters.get(&cluster) {
+            if c.warden() == crate::config::Warden::Slurm {
+                for (column, value) in &row.warden_options {
+                    let Some(key) = column.strip_prefix("slurm.") else {
+                        continue;
+                    };
+                    if let Err(m) = crate::cluster::mum::slurm::check_option(key, value) {
+                        problems.push(problem("", m));
+                    }
+                }
+            }
         }
         if !self.config.clusters.contains_key(&cluster) {
             let known: Vec<&str> = self.config.clusters.keys().map(String::as_str).collect();
@@ -411,40 +424,52 @@ impl Project {
         };
         let mum_binary = sibling_binary("neromum");
         let kid_binary = sibling_binary("nerokid");
-        let max_parallel = c.max_parallel.unwrap_or_else(default_parallel);
+        let slurm = c.warden() == crate::config::Warden::Slurm;
+        // SLURM queues runs itself: mum hands it every run (max_parallel, if set, throttles
+        // each job array).
+        let max_parallel =
+            c.max_parallel
+                .unwrap_or_else(|| if slurm { u32::MAX } else { default_parallel() });
+        let warden = if slurm {
+            WardenSettings::Slurm {
+                poll_interval: std::time::Duration::from_secs_f64(c.poll_interval_secs()),
+                array_max: c.array_max.unwrap_or(1000),
+            }
+        } else {
+            WardenSettings::Local
+        };
         let idle_exit_secs = std::env::var("NERONET_MUM_IDLE_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(900);
-        // The remote transport, exercised on this machine: a bridge process whose stdin/stdout
-        // carry the protocol, started through `sh -c` exactly as `ssh host ...` would run it.
-        let transport = match std::env::var("NERONET_TRANSPORT").as_deref() {
-            Ok("bridge") => Transport::Bridge {
-                program: PathBuf::from("sh"),
-                args: vec![
-                    "-c".into(),
-                    format!(
-                        "exec \"$0\" bridge --workdir \"$1\" --kid \"$2\" --max-parallel \"$3\" --idle-exit \"$4\"{}",
-                        if start { "" } else { " --no-start" }
-                    ),
-                    mum_binary.display().to_string(),
-                    workdir.display().to_string(),
-                    kid_binary.display().to_string(),
-                    max_parallel.to_string(),
-                    idle_exit_secs.to_string(),
-                ],
-            },
-            _ => Transport::Socket,
-        };
-        LocalMum {
+        let mut m = LocalMum {
             workdir,
             mum_binary,
             kid_binary,
             max_parallel,
             idle_exit_secs,
             project: Some(self.project_id()),
-            transport,
+            transport: Transport::Socket,
+            warden,
+        };
+        // The remote transport, exercised on this machine: a bridge process whose stdin/stdout
+        // carry the protocol, started through `sh -c` exactly as `ssh host ...` would run it.
+        if std::env::var("NERONET_TRANSPORT").as_deref() == Ok("bridge") {
+            let mut args = vec![
+                "-c".to_string(),
+                format!(
+                    "exec \"$0\" bridge \"$@\"{}",
+                    if start { "" } else { " --no-start" }
+                ),
+                m.mum_binary.display().to_string(),
+            ];
+            args.extend(m.agent_args());
+            m.transport = Transport::Bridge {
+                program: PathBuf::from("sh"),
+                args,
+            };
         }
+        m
     }
 
     /// The project's stable id (see [`project_id`]).
@@ -721,6 +746,7 @@ impl Project {
             cwd: Some(self.dir.display().to_string()),
             env,
             setup: cluster.setup.clone().unwrap_or_default(),
+            warden_opts: warden_options(cluster, &exp.row),
             kid: KidSpec {
                 id: exp.row.id.clone(),
                 params,
@@ -732,6 +758,60 @@ impl Project {
             },
         })
     }
+}
+
+/// A SLURM cluster's options for a row: the cluster's `slurm:` map, overlaid (key by key, in
+/// place) by the row's `slurm.<key>` cells, then `--requeue` and a USR1 warning `grace`
+/// seconds before the end when the cluster says `requeue: true`. `true` is a bare flag
+/// (`exclusive: true` → `--exclusive`), `false` leaves the option out. None for other wardens.
+fn warden_options(
+    cluster: &crate::config::ClusterConfig,
+    row: &crate::sheet::read::SheetRow,
+) -> Vec<(String, String)> {
+    use crate::config::Scalar;
+    if cluster.warden() != crate::config::Warden::Slurm {
+        return Vec::new();
+    }
+    let mut opts: Vec<(String, Option<String>)> = cluster
+        .slurm
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::Int(n) => Some(n.to_string()),
+                Scalar::Float(f) => Some(f.to_string()),
+                Scalar::Bool(true) => Some(String::new()),
+                Scalar::Bool(false) => None,
+                Scalar::Text(t) => Some(t.clone()),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    fn set(opts: &mut Vec<(String, Option<String>)>, key: &str, value: Option<String>) {
+        match opts.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value,
+            None => opts.push((key.to_string(), value)),
+        }
+    }
+    for (column, value) in &row.warden_options {
+        if let Some(key) = column.strip_prefix("slurm.") {
+            let value = match value.trim().to_ascii_lowercase().as_str() {
+                "true" => Some(String::new()),
+                "false" => None,
+                _ => Some(value.clone()),
+            };
+            set(&mut opts, key, value);
+        }
+    }
+    if cluster.requeue == Some(true) {
+        set(&mut opts, "requeue", Some(String::new()));
+        if !opts.iter().any(|(k, _)| k == "signal") {
+            let grace = cluster.grace_secs().ceil().max(1.0) as u64;
+            set(&mut opts, "signal", Some(format!("B:USR1@{grace}")));
+        }
+    }
+    opts.into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
 }
 
 /// The known metric names that a field of `rule` matches ignoring case (few: kid.json stays
@@ -1203,4 +1283,71 @@ fn load_run(
         )
         .optional()
         .map_err(StoreError::from)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sheet::read::{SheetRow, StatusCell};
+
+    fn row(options: &[(&str, &str)]) -> SheetRow {
+        SheetRow {
+            row: 2,
+            id: "1".into(),
+            id_cell: "experiments!A2".into(),
+            status: StatusCell::Empty,
+            status_cell: String::new(),
+            command: None,
+            cluster: Some("hpc".into()),
+            abort_when: None,
+            command_cell: String::new(),
+            cluster_cell: String::new(),
+            abort_when_cell: String::new(),
+            warden_options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            params: BTreeMap::new(),
+            invalid: Vec::new(),
+            tool_values: BTreeMap::new(),
+        }
+    }
+
+    /// The cluster's `slurm:` map, overlaid key by key (in place) by the row's `slurm.*`
+    /// cells; `true` a bare flag, `false` no option; `requeue: true` adds the requeue and the
+    /// USR1 warning `grace` seconds ahead, unless a `signal` is given.
+    #[test]
+    fn slurm_options_come_from_the_cluster_and_the_row() {
+        let cfg = Config::parse(
+            "clusters:\n  hpc:\n    warden: slurm\n    grace: 90s\n    requeue: true\n    slurm: {partition: debug, time: '0:10:00', mem: 4G, exclusive: true, nodes: 1}\n  local: {}\n",
+            Path::new("n.yaml"),
+        )
+        .unwrap();
+        let hpc = &cfg.clusters["hpc"];
+        let opts = warden_options(
+            hpc,
+            &row(&[
+                ("slurm.time", "2:00:00"),
+                ("slurm.exclusive", "FALSE"),
+                ("slurm.gres", "gpu:1"),
+                ("sge.h_rt", "1:00:00"),
+            ]),
+        );
+        let shown: Vec<String> = opts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            shown,
+            [
+                "mem=4G",
+                "nodes=1",
+                "partition=debug",
+                "time=2:00:00",
+                "gres=gpu:1",
+                "requeue=",
+                "signal=B:USR1@90"
+            ]
+        );
+        let given = warden_options(hpc, &row(&[("slurm.signal", "B:USR1@300")]));
+        assert!(given.contains(&("signal".into(), "B:USR1@300".into())));
+        assert!(warden_options(&cfg.clusters["local"], &row(&[("slurm.time", "1")])).is_empty());
+    }
 }

@@ -2,7 +2,7 @@
 //! own data, so a `finished` run without an exit code cannot be built. Terminal states absorb:
 //! a late or replayed event never moves a run backwards.
 
-use crate::cluster::protocol::MumEvent;
+use crate::cluster::protocol::{MumEvent, Verdict};
 use nerokid::report::{AbortCause, KidEvent, Outcome};
 use serde::{Deserialize, Serialize};
 
@@ -196,6 +196,39 @@ impl RunState {
                 at: t,
                 reason: reason.clone(),
             }),
+            // The warden's word wins over the kid's record that follows it (absorbed).
+            MumEvent::Ended { verdict, reason } => Some(match verdict {
+                Verdict::Timeout => RunState::Timeout { at: t, started_at },
+                Verdict::Crashed => RunState::Crashed {
+                    at: t,
+                    started_at,
+                    exit_code: None,
+                    signal: None,
+                    reason: reason.clone(),
+                },
+                Verdict::Aborted if abort_sent => RunState::Aborted {
+                    at: t,
+                    started_at,
+                    reason: format!("aborted by user ({reason})"),
+                },
+                Verdict::Aborted => RunState::Aborted {
+                    at: t,
+                    started_at,
+                    reason: reason.clone(),
+                },
+                Verdict::Lost => RunState::Lost {
+                    at: t,
+                    reason: reason.clone(),
+                },
+            }),
+            // Back in the warden's queue: not terminal; the kid's next start makes it running.
+            MumEvent::Requeued { .. } => match self {
+                RunState::Queued { .. } => None,
+                _ => Some(RunState::Queued {
+                    at: t,
+                    submitted_at: t,
+                }),
+            },
             MumEvent::Kid { event } => match event {
                 KidEvent::Started { t, host, .. } => match self {
                     RunState::Running { .. } => None,
@@ -307,6 +340,79 @@ mod tests {
         assert!(c
             .next(&MumEvent::Lost { reason: "x".into() }, 10.0, false)
             .is_none());
+    }
+
+    /// The SLURM warden's verdict wins over the kid's record journaled after it; a requeued
+    /// run goes back to queued and runs again.
+    #[test]
+    fn a_warden_verdict_and_a_requeue() {
+        let running = RunState::Running {
+            at: 3.0,
+            node: "n1".into(),
+        };
+        let timeout = running
+            .next(
+                &MumEvent::Ended {
+                    verdict: Verdict::Timeout,
+                    reason: "SLURM: time limit (TIMEOUT)".into(),
+                },
+                9.0,
+                false,
+            )
+            .unwrap();
+        assert_eq!(timeout.name(), StateName::Timeout);
+        assert_eq!(timeout.times_and_code(), (Some(3.0), Some(9.0), None));
+        let aborted_by_sigterm = KidEvent::Exited {
+            t: 9.5,
+            outcome: Outcome::Aborted {
+                by: AbortCause::User,
+                signal: None,
+                code: Some(143),
+            },
+        };
+        assert!(timeout
+            .next(
+                &MumEvent::Kid {
+                    event: aborted_by_sigterm
+                },
+                9.5,
+                false
+            )
+            .is_none());
+        let queued = running
+            .next(
+                &MumEvent::Requeued {
+                    reason: "requeued by SLURM".into(),
+                },
+                5.0,
+                false,
+            )
+            .unwrap();
+        assert_eq!(queued.name(), StateName::Queued);
+        let started = KidEvent::Started {
+            t: 6.0,
+            pid: 1,
+            job_pid: 2,
+            host: "n2".into(),
+        };
+        let again = queued
+            .next(&MumEvent::Kid { event: started }, 6.0, false)
+            .unwrap();
+        assert_eq!(again.name(), StateName::Running);
+        let crashed = again
+            .next(
+                &MumEvent::Ended {
+                    verdict: Verdict::Crashed,
+                    reason: "SLURM: out of memory (OUT_OF_MEMORY)".into(),
+                },
+                7.0,
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            crashed.reason().as_deref(),
+            Some("SLURM: out of memory (OUT_OF_MEMORY)")
+        );
     }
 
     /// Snapshot: the state as stored in state.db.

@@ -429,6 +429,17 @@ pub fn status_table_with(
         .iter()
         .map(|s| s.to_string())
         .collect();
+    // A scheduler's job id and node say where to look (`scontrol show job`, the node's logs).
+    let scheduled = cands.iter().any(|c| {
+        project
+            .config
+            .clusters
+            .get(&c.exp.cluster)
+            .is_some_and(|k| k.warden() == crate::config::Warden::Slurm)
+    });
+    if scheduled {
+        header.extend(["job".to_string(), "node".to_string()]);
+    }
     header.extend(exps.sheet.params.iter().cloned());
     header.extend(metric_headers(&metric_names, &exps.sheet.params));
     header.push("note".into());
@@ -442,6 +453,10 @@ pub fn status_table_with(
                 .map(crate::util::human_duration)
                 .unwrap_or_default(),
         ];
+        if scheduled {
+            row.push(c.run.and_then(|r| r.job_id.clone()).unwrap_or_default());
+            row.push(c.run.and_then(|r| r.node.clone()).unwrap_or_default());
+        }
         for p in &exps.sheet.params {
             row.push(
                 c.exp

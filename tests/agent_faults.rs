@@ -324,6 +324,7 @@ fn chatty_shells_on_the_bridge_are_detected_and_explained() {
         max_parallel: 2,
         idle_exit_secs: 30,
         project: None,
+        warden: Default::default(),
         transport: Transport::Bridge {
             program: "sh".into(),
             args: vec![

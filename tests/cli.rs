@@ -176,6 +176,7 @@ fn mum_remembers_an_abort_that_came_before_the_run() {
         idle_exit_secs: 30,
         project: None,
         transport: Transport::Socket,
+        warden: Default::default(),
     };
     let mut client = MumClient::connect_or_start(&mum).unwrap();
     client.abort(vec!["x.1".into()]).unwrap();
@@ -186,6 +187,7 @@ fn mum_remembers_an_abort_that_came_before_the_run() {
         env: vec![],
         setup: vec![],
         kid: Default::default(),
+        warden_opts: vec![],
     };
     // y.1, submitted after x.1, shows when x.1 would have run: the queue is first come first served.
     client

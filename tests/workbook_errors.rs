@@ -295,13 +295,17 @@ fn a_project_warden_local_overrides_the_users_slurm() {
     p.user_config("clusters:\n  local:\n    warden: slurm\n");
     p.ok(&["start", "1", "--wait"]);
     assert_eq!(p.ok(&["logs", "1"]), "ran\n");
-    // Without the project's word the user's SLURM warden stands: the row is refused.
+    // It ran as a process here, not as a SLURM job (`<array>_<task>`).
+    assert!(!p.status()[0]["job_id"].as_str().unwrap().contains('_'));
+    // Without the project's word the user's warden stands: with one this version cannot drive
+    // (Grid Engine; SLURM runs since issue 8), the row is refused.
+    p.user_config("clusters:\n  local:\n    warden: sge\n");
     p.write("neronet.yaml", "command: echo ran\n");
     let st = p.status();
     assert!(
         st[0]["problems"][0]
             .as_str()
-            .is_some_and(|m| m.contains("cluster \"local\" is remote")),
+            .is_some_and(|m| m.contains("cluster \"local\" is remote (ssh) or uses Grid Engine")),
         "{st:?}"
     );
 }

@@ -70,8 +70,13 @@ impl EventLog {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
+        // A job started again in the same directory (SLURM requeued it) appends after the
+        // previous kid's events. A kid killed mid-write left part of a line: cut it off, or
+        // the next event would be glued to it.
+        cut_partial_line(&file).map_err(io_err(format!("repair {}", path.display())))?;
         Ok(EventLog {
             file,
             path,
@@ -238,6 +243,34 @@ impl EventLog {
             self.warned_dropping = true;
         }
     }
+}
+
+/// Truncate an append-only log after its last complete line.
+fn cut_partial_line(mut file: &File) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut keep = len;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let start = keep.saturating_sub(buf.len() as u64);
+        let n = (keep - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf[..n])?;
+        if let Some(nl) = memchr::memrchr(b'\n', &buf[..n]) {
+            keep = start + nl as u64 + 1;
+            break;
+        }
+        keep = start;
+        if start == 0 {
+            break;
+        }
+    }
+    if keep < len {
+        file.set_len(keep)?;
+    }
+    Ok(())
 }
 
 /// Read every complete event in a run directory's log (skipping a torn last line).
@@ -550,6 +583,11 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         signal_hook::flag::register(sig, Arc::clone(&stop_requested))
             .map_err(io_err("install signal handler"))?;
     }
+    // SIGUSR1 (SLURM's warning before a time limit or preemption, `--signal=B:USR1@N`) is
+    // passed on to the job's group, so the job can checkpoint.
+    let usr1 = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
+        .map_err(io_err("install signal handler"))?;
     let open_log = |name: &str| {
         let p = dir.join(name);
         OpenOptions::new()
@@ -710,6 +748,9 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             }
             next_sample = now_i + Duration::from_secs_f64(spec.sample_secs.max(0.2));
         }
+        if usr1.swap(false, Ordering::Relaxed) && exit_status.is_none() {
+            signal_group(job_pid, libc::SIGUSR1);
+        }
         // Decide whether to stop the job.
         if abort.is_none() && exit_status.is_none() {
             if stop_requested.load(Ordering::Relaxed) {
@@ -844,6 +885,32 @@ mod tests {
         }
         assert_eq!(signal_behind_shell(1, &tail(report)), None);
         assert_eq!(signal_behind_shell(300, &tail(report)), None);
+    }
+
+    /// A kid started again in the same run directory (SLURM requeue) appends after the
+    /// previous kid's events; a line the previous kid left half-written is cut off first.
+    #[test]
+    fn a_log_reopened_after_a_torn_write_continues_cleanly() {
+        let dir = std::env::temp_dir().join(format!("nerokid-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = EventLog::open(&dir).unwrap();
+        log.append(&[metric(1)]).unwrap();
+        drop(log);
+        let path = dir.join(EVENTS_FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"event":"metrics","t":1.0,"st"#).unwrap();
+        drop(f);
+        let mut log = EventLog::open(&dir).unwrap();
+        log.append(&[metric(2)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(read_events(&dir).unwrap(), vec![metric(1), metric(2)]);
+        // A log that holds no newline at all is emptied.
+        std::fs::write(&path, b"{\"torn").unwrap();
+        drop(EventLog::open(&dir).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A log that cannot be written keeps a bounded backlog: the newest samples and every

@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use neronet::cluster::client::{LocalMum, Transport};
+use neronet::cluster::mum::warden::WardenSettings;
 use neronet::cluster::mum::{serve, MumOptions};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +52,39 @@ struct AgentArgs {
     /// Exit after this many seconds with no runs and no client.
     #[arg(long, default_value_t = 900)]
     idle_exit: u64,
+    /// What runs the jobs: `local` (processes here) or `slurm` (job arrays via sbatch).
+    #[arg(long, value_enum, default_value_t = WardenKind::Local)]
+    warden: WardenKind,
+    /// SLURM: seconds between squeue calls (backs off to 60 while nothing changes).
+    #[arg(long, default_value_t = 5.0)]
+    poll_interval: f64,
+    /// SLURM: the most runs in one job array.
+    #[arg(long, default_value_t = 1000)]
+    array_max: u32,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WardenKind {
+    Local,
+    Slurm,
+}
+
+impl AgentArgs {
+    fn warden(&self) -> WardenSettings {
+        match self.warden {
+            WardenKind::Local => WardenSettings::Local,
+            WardenKind::Slurm => WardenSettings::Slurm {
+                poll_interval: Duration::from_secs_f64(
+                    if self.poll_interval.is_finite() && self.poll_interval > 0.0 {
+                        self.poll_interval
+                    } else {
+                        5.0
+                    },
+                ),
+                array_max: self.array_max.max(1),
+            },
+        }
+    }
 }
 
 fn main() {
@@ -72,36 +106,27 @@ fn main() {
     let kid_or_sibling =
         |kid: Option<PathBuf>| kid.unwrap_or_else(|| neronet::cluster::sibling_binary("nerokid"));
     let result = match cli.command {
-        Cmd::Serve(AgentArgs {
-            workdir,
-            kid,
-            max_parallel,
-            idle_exit,
-        }) => serve(MumOptions {
-            workdir: std::path::absolute(&workdir).unwrap_or(workdir),
-            kid_binary: kid_or_sibling(kid),
-            idle_exit: Duration::from_secs(idle_exit),
+        Cmd::Serve(agent) => serve(MumOptions {
+            warden: agent.warden(),
+            workdir: std::path::absolute(&agent.workdir).unwrap_or(agent.workdir),
+            kid_binary: kid_or_sibling(agent.kid),
+            idle_exit: Duration::from_secs(agent.idle_exit),
             tick: Duration::from_millis(100),
-            max_parallel: max_parallel.max(1),
+            max_parallel: agent.max_parallel.max(1),
         })
         .map_err(|e| neronet::util::error_chain(&e)),
         Cmd::Bridge {
-            agent:
-                AgentArgs {
-                    workdir,
-                    kid,
-                    max_parallel,
-                    idle_exit,
-                },
+            agent,
             no_start,
             hopped_from,
         } => neronet::cluster::bridge::run(
             &LocalMum {
-                workdir: std::path::absolute(&workdir).unwrap_or(workdir),
+                warden: agent.warden(),
+                workdir: std::path::absolute(&agent.workdir).unwrap_or(agent.workdir),
                 mum_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("neromum")),
-                kid_binary: kid_or_sibling(kid),
-                max_parallel: max_parallel.max(1),
-                idle_exit_secs: idle_exit,
+                kid_binary: kid_or_sibling(agent.kid),
+                max_parallel: agent.max_parallel.max(1),
+                idle_exit_secs: agent.idle_exit,
                 project: None,
                 transport: Transport::Socket,
             },

@@ -279,6 +279,7 @@ mod tests {
 
     fn mum(workdir: &str) -> LocalMum {
         LocalMum {
+            warden: crate::cluster::mum::warden::WardenSettings::Local,
             workdir: workdir.into(),
             mum_binary: "/shared/bin/neromum".into(),
             kid_binary: "/shared/bin/nerokid".into(),

@@ -87,6 +87,27 @@ pub struct LocalMum {
     /// The project's stable id (mum compacts only what every project has stored).
     pub project: Option<String>,
     pub transport: Transport,
+    /// Which warden a mum started for this workdir drives.
+    pub warden: crate::cluster::mum::warden::WardenSettings,
+}
+
+impl LocalMum {
+    /// The settings a mum is started with, as `neromum serve` and `neromum bridge` take them
+    /// (after the subcommand): one list, for a local start and for a remote bridge command.
+    pub fn agent_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--workdir".to_string(),
+            self.workdir.display().to_string(),
+            "--kid".to_string(),
+            self.kid_binary.display().to_string(),
+            "--max-parallel".to_string(),
+            self.max_parallel.to_string(),
+            "--idle-exit".to_string(),
+            self.idle_exit_secs.to_string(),
+        ];
+        args.extend(self.warden.args());
+        args
+    }
 }
 
 pub struct MumClient {
@@ -532,14 +553,7 @@ pub fn spawn_mum(m: &LocalMum) -> Result<Child, ClientError> {
         .map_err(start_err)?;
     let mut cmd = Command::new(&m.mum_binary);
     cmd.arg("serve")
-        .arg("--workdir")
-        .arg(&m.workdir)
-        .arg("--kid")
-        .arg(&m.kid_binary)
-        .arg("--max-parallel")
-        .arg(m.max_parallel.to_string())
-        .arg("--idle-exit")
-        .arg(m.idle_exit_secs.to_string())
+        .args(m.agent_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);

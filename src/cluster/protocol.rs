@@ -10,8 +10,10 @@ use std::io::{BufRead, Read, Write};
 /// version so that a newer neroman can always ask an older mum to hand over: `hello` (whose
 /// reply names the mum's version) and `shutdown`. Version 1 had no long-poll, acks or health;
 /// version 2 knew no `rule_problem` kid event (an older neroman could not decode a batch that
-/// holds one). From version 3 on an unknown kid event decodes as `KidEvent::Unknown`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// holds one). From version 3 on an unknown kid event decodes as `KidEvent::Unknown`. Version
+/// 3 knew no `ended` or `requeued` journal entries (the SLURM warden's) and no run spec
+/// `warden_opts`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest message either side accepts (one line of JSON); a bigger one ends the connection.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -92,6 +94,11 @@ pub struct RunSpec {
     /// Shell lines run before the command (`module load ...`).
     pub setup: Vec<String>,
     pub kid: KidSpec,
+    /// Scheduler options for this run, in order: the cluster's `slurm:` map overlaid by the
+    /// row's `slurm.<key>` columns (`("time", "0:10:00")`). An empty value is a flag
+    /// (`--exclusive`). The SLURM warden writes them as `#SBATCH --key=value`; others ignore them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warden_opts: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for RunSpec {
@@ -106,6 +113,7 @@ impl std::fmt::Debug for RunSpec {
             )
             .field("setup", &self.setup)
             .field("kid", &self.kid)
+            .field("warden_opts", &self.warden_opts)
             .finish()
     }
 }
@@ -243,6 +251,23 @@ pub enum MumEvent {
     AbortSent,
     /// The warden no longer knows the job and no kid report explains it.
     Lost { reason: String },
+    /// The warden's verdict on how the job ended, where it overrides the kid's own record (a
+    /// SLURM time limit: the kid saw only a SIGTERM). Journaled right before the kid's exit
+    /// record, or alone when the kid left none.
+    Ended { verdict: Verdict, reason: String },
+    /// The warden put the job back in its queue (SLURM requeue, preemption): the run keeps its
+    /// number and its metrics, and its kid starts again in the same run directory.
+    Requeued { reason: String },
+}
+
+/// The warden's word on how a job ended (see [`MumEvent::Ended`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Timeout,
+    Crashed,
+    Aborted,
+    Lost,
 }
 
 macro_rules! request_from {
@@ -359,6 +384,26 @@ mod tests {
             serde_json::to_string(&entry).unwrap(),
             r#"{"seq":7,"run":"12.1","t":1.0,"event":{"what":"launched","job":"4242"}}"#
         );
+        let ended = JournalEntry {
+            seq: 8,
+            run: "12.1".into(),
+            t: 2.0,
+            event: MumEvent::Ended {
+                verdict: Verdict::Timeout,
+                reason: "SLURM: time limit (TIMEOUT)".into(),
+            },
+            kid_offset: None,
+            project: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&ended).unwrap(),
+            r#"{"seq":8,"run":"12.1","t":2.0,"event":{"what":"ended","verdict":"timeout","reason":"SLURM: time limit (TIMEOUT)"}}"#
+        );
+        let requeued = MumEvent::Requeued { reason: "x".into() };
+        assert_eq!(
+            serde_json::to_string(&requeued).unwrap(),
+            r#"{"what":"requeued","reason":"x"}"#
+        );
         let err = Response::Error(ErrorReply {
             message: "x".into(),
         });
@@ -393,6 +438,24 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A run spec from a neroman that knows no warden options still decodes (none), and one
+    /// without options is written as before.
+    #[test]
+    fn a_run_spec_without_warden_options_is_unchanged() {
+        let old =
+            r#"{"run":"1.1","command":"true","cwd":null,"env":[],"setup":[],"kid":{"id":"1"}}"#;
+        let spec: RunSpec = serde_json::from_str(old).unwrap();
+        assert!(spec.warden_opts.is_empty());
+        assert!(!serde_json::to_string(&spec)
+            .unwrap()
+            .contains("warden_opts"));
+        let mut with = spec.clone();
+        with.warden_opts = vec![("time".into(), "0:10:00".into())];
+        assert!(serde_json::to_string(&with)
+            .unwrap()
+            .contains(r#""warden_opts":[["time","0:10:00"]]"#));
     }
 
     #[test]

@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 const INDEX_EVERY: u64 = 256;
 
 /// The journal's on-disk format. 1: neromum 0.1.0 (protocol 1; no `launching`, no snapshot).
-/// 2: adds `launching` entries and `journal.snap`. Entries of format 1 are valid format 2, so a
-/// newer mum adopts the runs of an older one; an older mum refuses a newer journal.
-pub const JOURNAL_FORMAT: u32 = 2;
+/// 2: adds `launching` entries and `journal.snap`. 3: adds `ended` and `requeued` entries (the
+/// SLURM warden). Entries of an older format are valid in a newer one, so a newer mum adopts
+/// the runs of an older one; an older mum refuses a newer journal.
+pub const JOURNAL_FORMAT: u32 = 3;
 
 pub struct Journal {
     dir: PathBuf,

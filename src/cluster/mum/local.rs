@@ -211,6 +211,11 @@ pub fn write_run_dir(run_dir: &Path, spec: &RunSpec, kid_binary: &Path) -> io::R
     std::fs::create_dir_all(run_dir)?;
     let kid_json = serde_json::to_vec_pretty(&spec.kid).map_err(io::Error::other)?;
     std::fs::write(run_dir.join(SPEC_FILE), kid_json)?;
+    if !spec.warden_opts.is_empty() {
+        // For a warden that reads them (SLURM's `#SBATCH` lines); checked there.
+        let opts = serde_json::to_vec(&spec.warden_opts).map_err(io::Error::other)?;
+        std::fs::write(run_dir.join(super::slurm::OPTIONS_FILE), opts)?;
+    }
 
     // bash when the machine has it: setup lines like `source venv/bin/activate` are bash.
     let bash = Path::new("/bin/bash").exists();

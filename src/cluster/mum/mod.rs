@@ -21,6 +21,7 @@ mod abort;
 mod journal;
 pub mod local;
 mod read_log;
+pub mod slurm;
 mod submit;
 mod sync;
 pub mod warden;
@@ -39,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use warden::{Found, JobRequest, JobState, Warden};
+use warden::{Found, JobRequest, JobState, Warden, WardenSettings};
 
 /// A connection that sends nothing for this long is dropped (a hung bridge must not keep mum).
 const CONNECTION_IDLE: Duration = Duration::from_secs(120);
@@ -57,6 +58,8 @@ pub struct MumOptions {
     /// How often kid logs are tailed (slots are refilled as soon as a kid exits).
     pub tick: Duration,
     pub max_parallel: u32,
+    /// Which warden runs the jobs.
+    pub warden: WardenSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,9 @@ struct RunRecord {
     job_pgid: Option<i32>,
     /// An abort arrived while the launch was in progress: cancel once launched.
     abort_requested: bool,
+    /// When mum learned that the kid started (this process's clock; after a restart, the
+    /// restart): a warden that lists the job as queued *after* this has requeued it.
+    started_seen: Option<Instant>,
 }
 
 impl RunRecord {
@@ -110,6 +116,7 @@ impl RunRecord {
             kid_offset: 0,
             job_pgid: None,
             abort_requested: false,
+            started_seen: None,
         }
     }
 
@@ -172,6 +179,12 @@ struct Shared {
     appended: Condvar,
     waker: Arc<Waker>,
     warden: Mutex<Box<dyn Warden>>,
+    /// The warden's own queue takes every run (see [`Warden::queues_itself`]).
+    queues_itself: bool,
+    /// Kid exit records wait for the warden's word (see [`Warden::holds_exit`]).
+    holds_exit: bool,
+    /// When a round last looked at every launched run (see `tick`).
+    last_full_round: Mutex<Instant>,
     stop: AtomicBool,
 }
 
@@ -203,12 +216,25 @@ pub fn serve(opts: MumOptions) -> Result<(), MumError> {
 }
 
 impl Mum {
-    /// Lock the workdir, replay the journal, reconcile interrupted launches; local warden.
+    /// Lock the workdir, replay the journal, reconcile interrupted launches; the warden the
+    /// options name (`local` unless told otherwise).
     pub fn open_local(opts: MumOptions) -> Result<Mum, MumError> {
         let waker = Arc::new(Waker::default());
-        let w = Arc::clone(&waker);
-        let warden = local::LocalWarden::new(Arc::new(move || w.wake()));
-        Mum::open_with(opts, Box::new(warden), waker)
+        let warden: Box<dyn Warden> = match &opts.warden {
+            WardenSettings::Local => {
+                let w = Arc::clone(&waker);
+                Box::new(local::LocalWarden::new(Arc::new(move || w.wake())))
+            }
+            WardenSettings::Slurm {
+                poll_interval,
+                array_max,
+            } => Box::new(slurm::SlurmWarden::new(slurm::SlurmSettings {
+                workdir: opts.workdir.clone(),
+                poll_interval: *poll_interval,
+                array_max: *array_max,
+            })),
+        };
+        Mum::open_with(opts, warden, waker)
     }
 
     pub fn open(opts: MumOptions, warden: Box<dyn Warden>) -> Result<Mum, MumError> {
@@ -264,6 +290,12 @@ impl Mum {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         queue.retain(|r| matches!(runs.get(r).map(|x| &x.phase), Some(Phase::Queued)));
+        let opened = Instant::now();
+        for r in runs.values_mut() {
+            if r.job_pgid.is_some() {
+                r.started_seen = Some(opened);
+            }
+        }
         let mut warden = warden;
         // Launches journaled as intent only: ask the warden what became of them.
         let mut requeue = Vec::new();
@@ -322,6 +354,9 @@ impl Mum {
                 state: Mutex::new(state),
                 appended: Condvar::new(),
                 waker,
+                queues_itself: warden.queues_itself(),
+                holds_exit: warden.holds_exit(),
+                last_full_round: Mutex::new(Instant::now()),
                 warden: Mutex::new(warden),
                 stop: AtomicBool::new(false),
             }),
@@ -483,7 +518,15 @@ fn replay(runs: &mut HashMap<String, RunRecord>, queue: &mut VecDeque<String>, e
                 }
             }
         }
-        MumEvent::Cancelled | MumEvent::Lost { .. } => {
+        MumEvent::Requeued { .. } => {
+            if let Some(r) = runs.get_mut(&key) {
+                if let Some(off) = e.kid_offset {
+                    r.kid_offset = off;
+                }
+                r.job_pgid = None;
+            }
+        }
+        MumEvent::Cancelled | MumEvent::Lost { .. } | MumEvent::Ended { .. } => {
             runs.entry(key.clone())
                 .or_insert_with(|| RunRecord::new(PathBuf::new(), Phase::Ended))
                 .phase = Phase::Ended;
@@ -782,13 +825,21 @@ struct Watched {
     req: JobRequest,
     offset: u64,
     job_pgid: Option<i32>,
+    abort_requested: bool,
+    started_seen: Option<Instant>,
 }
 
 fn tick(shared: &Shared) {
     // 1. Under the lock: journal the intent to launch what fits, note what to watch.
-    let (to_launch, watched) = {
+    let (to_launch, watched, throttle, all) = {
         let mut s = shared.lock();
-        let free = (s.opts.max_parallel as usize).saturating_sub(s.in_flight());
+        // A warden with a queue of its own takes every run; mum's limit becomes its hint.
+        let free = if shared.queues_itself {
+            usize::MAX
+        } else {
+            (s.opts.max_parallel as usize).saturating_sub(s.in_flight())
+        };
+        let throttle = (s.opts.max_parallel != u32::MAX).then_some(s.opts.max_parallel);
         let mut picked = Vec::new();
         while picked.len() < free {
             let Some(run) = s.queue.pop_front() else {
@@ -818,6 +869,19 @@ fn tick(shared: &Shared) {
                 }
             }
         }
+        // Runs waiting in a warden's own queue (thousands, under SLURM) have their logs read
+        // once a second; runs whose kid started, every round.
+        let all = !shared.queues_itself || {
+            let mut last = shared
+                .last_full_round
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = last.elapsed() >= Duration::from_secs(1);
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
         let watched: Vec<Watched> = s
             .runs
             .iter()
@@ -828,11 +892,13 @@ fn tick(shared: &Shared) {
                     req: r.request(run),
                     offset: r.kid_offset,
                     job_pgid: r.job_pgid,
+                    abort_requested: r.abort_requested,
+                    started_seen: r.started_seen,
                 }),
                 _ => None,
             })
             .collect();
-        (to_launch, watched)
+        (to_launch, watched, throttle, all)
     };
     if !to_launch.is_empty() {
         failpoint("launch.after_intent");
@@ -842,7 +908,9 @@ fn tick(shared: &Shared) {
     let launched = if to_launch.is_empty() {
         Vec::new()
     } else {
-        shared.warden().submit(&to_launch)
+        let mut warden = shared.warden();
+        warden.set_throttle(throttle);
+        warden.submit(&to_launch)
     };
     if !launched.is_empty() {
         failpoint("launch.after_warden");
@@ -853,19 +921,33 @@ fn tick(shared: &Shared) {
         .map(|w| (w.job.clone(), w.req.clone()))
         .collect();
     // Ask the warden first, then read the logs: a kid writes its exit record before it exits.
-    let states = if polled.is_empty() {
-        HashMap::new()
+    let (states, refreshed) = if polled.is_empty() {
+        (HashMap::new(), None)
     } else {
-        shared.warden().poll(&polled)
+        let mut warden = shared.warden();
+        let states = warden.poll(&polled);
+        (states, warden.refreshed())
     };
-    let news: Vec<(Vec<(KidEvent, u64)>, bool)> = watched
+    let news: Vec<RunNews> = watched
         .iter()
         .map(|w| {
-            let gone = states.get(&w.job) != Some(&JobState::Alive);
+            if !all && w.job_pgid.is_none() && !w.abort_requested {
+                return RunNews::default();
+            }
+            let state = states.get(&w.job).cloned().unwrap_or(JobState::Gone);
             let mut offset = w.offset;
-            (tail_events(&w.req.run_dir, &mut offset), gone)
+            let events = tail_events(&w.req.run_dir, &mut offset);
+            if shared.holds_exit {
+                warden_news(w, &events, &state, refreshed)
+            } else {
+                kid_news(w, events, &state)
+            }
         })
         .collect();
+    if news.iter().any(|n| n.held) {
+        // A kid's exit record waits for the warden's word: ask it at the normal pace.
+        shared.warden().hurry();
+    }
 
     // 3. Under the lock: journal everything learned in one append, then apply it.
     let mut to_cancel = Vec::new();
@@ -900,31 +982,16 @@ fn tick(shared: &Shared) {
                 items.push((run.clone(), MumEvent::Launched { job: job.clone() }, None));
             }
         }
-        for (w, (events, gone)) in watched.iter().zip(&news) {
+        for (w, n) in watched.iter().zip(news) {
             // Skip runs changed meanwhile (an abort ended a run, another round applied).
             let current = s.runs.get(&w.run);
             if current.is_none_or(|r| r.kid_offset != w.offset || r.phase == Phase::Ended) {
                 continue;
             }
-            let mut ended = false;
-            for (event, offset) in events {
-                ended |= matches!(event, KidEvent::Exited { .. });
-                items.push((
-                    w.run.clone(),
-                    MumEvent::Kid {
-                        event: event.clone(),
-                    },
-                    Some(*offset),
-                ));
-            }
-            if !ended && *gone {
-                let reason = format!(
-                    "the kid ended without writing an exit record (killed, or its node died){}",
-                    local::kid_log_tail(&w.req.run_dir)
-                );
-                items.push((w.run.clone(), MumEvent::Lost { reason }, None));
+            if n.lost {
                 lost_jobs.push((w.req.clone(), w.job_pgid));
             }
+            items.extend(n.items.into_iter().map(|(e, o)| (w.run.clone(), e, o)));
         }
         if items.is_empty() {
             s.maybe_compact();
@@ -960,9 +1027,16 @@ fn tick(shared: &Shared) {
                         to_cancel.push((job.clone(), r.request(run)));
                     }
                 }
-                MumEvent::Lost { .. } => {
+                MumEvent::Lost { .. } | MumEvent::Ended { .. } => {
                     r.phase = Phase::Ended;
                     freed = true;
+                }
+                MumEvent::Requeued { .. } => {
+                    if let Some(o) = offset {
+                        r.kid_offset = *o;
+                    }
+                    r.job_pgid = None;
+                    r.started_seen = None;
                 }
                 MumEvent::Kid { event } => {
                     if let Some(o) = offset {
@@ -970,6 +1044,7 @@ fn tick(shared: &Shared) {
                     }
                     if let KidEvent::Started { job_pid, .. } = event {
                         r.job_pgid = Some(*job_pid as i32);
+                        r.started_seen = Some(Instant::now());
                     }
                     if matches!(event, KidEvent::Exited { .. }) {
                         r.phase = Phase::Ended;
@@ -1008,6 +1083,173 @@ fn tick(shared: &Shared) {
     if freed {
         shared.wake();
     }
+}
+
+/// What one round learned of one launched run: entries to journal (with the kid-log offset
+/// each moves to), whether its job is lost (clean up after it), whether an exit record waits.
+#[derive(Default)]
+struct RunNews {
+    items: Vec<(MumEvent, Option<u64>)>,
+    lost: bool,
+    held: bool,
+}
+
+fn kid_item(event: &KidEvent, offset: u64) -> (MumEvent, Option<u64>) {
+    (
+        MumEvent::Kid {
+            event: event.clone(),
+        },
+        Some(offset),
+    )
+}
+
+fn no_exit_record(w: &Watched) -> String {
+    format!(
+        "the kid ended without writing an exit record (killed, or its node died){}",
+        local::kid_log_tail(&w.req.run_dir)
+    )
+}
+
+/// A warden whose word ends nothing (local): the kid's events as they are; a job gone without
+/// an exit record is lost.
+fn kid_news(w: &Watched, events: Vec<(KidEvent, u64)>, state: &JobState) -> RunNews {
+    let ended = events
+        .iter()
+        .any(|(e, _)| matches!(e, KidEvent::Exited { .. }));
+    let mut items: Vec<_> = events.iter().map(|(e, o)| kid_item(e, *o)).collect();
+    let lost = !ended && !state.is_alive();
+    if lost {
+        items.push((
+            MumEvent::Lost {
+                reason: no_exit_record(w),
+            },
+            None,
+        ));
+    }
+    RunNews {
+        items,
+        lost,
+        held: false,
+    }
+}
+
+/// What SLURM says requeued runs back to the queue.
+const REQUEUED: &str = "requeued by SLURM: it runs again in the same run directory";
+
+/// A warden that outlives the kid's exit record (SLURM). The record is journaled only once the
+/// warden is done with the job, after the warden's own verdict when that wins (a time limit);
+/// an exit record followed by a new start, or a job queued again after its kid started, is a
+/// requeue. `refreshed`: when the warden last asked its scheduler (a "queued" older than the
+/// kid's start says nothing about a requeue).
+fn warden_news(
+    w: &Watched,
+    events: &[(KidEvent, u64)],
+    state: &JobState,
+    refreshed: Option<Instant>,
+) -> RunNews {
+    let mut items = Vec::new();
+    let mut started_seen = w.started_seen;
+    let requeued_since = |seen: Option<Instant>| {
+        *state == JobState::Queued && seen.zip(refreshed).is_some_and(|(s, r)| r > s)
+    };
+    let mut ended = false;
+    let mut held = false;
+    for (i, (event, offset)) in events.iter().enumerate() {
+        match event {
+            KidEvent::Started { .. } => {
+                // Seen now: only a later look at the queue can tell of a requeue.
+                started_seen = None;
+                items.push(kid_item(event, *offset));
+            }
+            KidEvent::Exited { .. } => {
+                let restarted = events[i + 1..]
+                    .iter()
+                    .any(|(e, _)| matches!(e, KidEvent::Started { .. }));
+                if restarted || requeued_since(started_seen) {
+                    // The kid ended because SLURM requeued the job: not the run's end.
+                    items.push((
+                        MumEvent::Requeued {
+                            reason: REQUEUED.into(),
+                        },
+                        Some(*offset),
+                    ));
+                    started_seen = None;
+                    continue;
+                }
+                match state {
+                    JobState::Ended {
+                        verdict,
+                        overrides,
+                        reason,
+                    } => {
+                        // Cancelled by us: the kid's "aborted by user" says it all.
+                        let ours = *verdict == Verdict::Aborted && w.abort_requested;
+                        if *overrides && !ours {
+                            items.push((
+                                MumEvent::Ended {
+                                    verdict: *verdict,
+                                    reason: reason.clone(),
+                                },
+                                None,
+                            ));
+                        }
+                    }
+                    JobState::Gone => {}
+                    // Still the warden's: it may be requeued, or end with its own verdict.
+                    JobState::Alive | JobState::Queued => {
+                        held = true;
+                        break;
+                    }
+                }
+                items.push(kid_item(event, *offset));
+                ended = true;
+                break;
+            }
+            _ => items.push(kid_item(event, *offset)),
+        }
+    }
+    let mut lost = false;
+    if !ended && !held {
+        let kid_started = w.job_pgid.is_some()
+            || events
+                .iter()
+                .any(|(e, _)| matches!(e, KidEvent::Started { .. }));
+        match state {
+            JobState::Ended {
+                verdict, reason, ..
+            } => {
+                let reason = format!("{reason}{}", local::kid_log_tail(&w.req.run_dir));
+                items.push((
+                    MumEvent::Ended {
+                        verdict: *verdict,
+                        reason,
+                    },
+                    None,
+                ));
+                lost = true;
+            }
+            JobState::Gone => {
+                items.push((
+                    MumEvent::Lost {
+                        reason: no_exit_record(w),
+                    },
+                    None,
+                ));
+                lost = true;
+            }
+            JobState::Queued if kid_started && requeued_since(started_seen) => {
+                // Requeued before its kid could write an exit record (killed at once).
+                items.push((
+                    MumEvent::Requeued {
+                        reason: REQUEUED.into(),
+                    },
+                    None,
+                ));
+            }
+            _ => {}
+        }
+    }
+    RunNews { items, lost, held }
 }
 
 /// Complete new events in a run's `events.jsonl` past `offset`, each with the offset after it.
@@ -1063,6 +1305,7 @@ mod tests {
             idle_exit: Duration::from_secs(60),
             tick: Duration::from_millis(50),
             max_parallel: 2,
+            warden: WardenSettings::Local,
         }
     }
 
@@ -1074,8 +1317,12 @@ mod tests {
             env: vec![],
             setup: vec![],
             kid: KidSpec::default(),
+            warden_opts: vec![],
         }
     }
+
+    /// One submit call: how many jobs, with what throttle.
+    type Batch = (usize, Option<u32>);
 
     /// Records every call; `find` answers what the test set.
     #[derive(Default, Clone)]
@@ -1085,10 +1332,25 @@ mod tests {
         journal_at_submit: Arc<Mutex<String>>,
         journal_path: PathBuf,
         found: Option<Found>,
+        /// Acts as a warden with a queue of its own (SLURM); records each submit's size and
+        /// the throttle it was given.
+        queues: bool,
+        batches: Arc<Mutex<Vec<Batch>>>,
+        throttle: Option<u32>,
     }
 
     impl Warden for Recorder {
+        fn queues_itself(&self) -> bool {
+            self.queues
+        }
+        fn set_throttle(&mut self, max: Option<u32>) {
+            self.throttle = max;
+        }
         fn submit(&mut self, jobs: &[JobRequest]) -> Vec<Result<String, String>> {
+            self.batches
+                .lock()
+                .unwrap()
+                .push((jobs.len(), self.throttle));
             *self.journal_at_submit.lock().unwrap() =
                 std::fs::read_to_string(&self.journal_path).unwrap_or_default();
             let mut s = self.submitted.lock().unwrap();
@@ -1133,6 +1395,154 @@ mod tests {
                 (e.run, what)
             })
             .collect()
+    }
+
+    /// A warden with a queue of its own (SLURM) is handed every run at once, whatever
+    /// max_parallel says; max_parallel reaches it as its throttle, "unlimited" as none.
+    #[test]
+    fn a_warden_that_queues_itself_gets_every_run_at_once() {
+        for (max_parallel, throttle) in [(2, Some(2)), (u32::MAX, None)] {
+            let dir = workdir("queues");
+            let mut rec = recorder(&dir);
+            rec.queues = true;
+            let mut o = opts(&dir);
+            o.max_parallel = max_parallel;
+            let mum = Mum::open(o, Box::new(rec.clone())).unwrap();
+            let runs: Vec<RunSpec> = (0..30).map(|i| spec(&format!("{i}.1"))).collect();
+            mum.handle(None, Submit { runs }.into());
+            mum.tick();
+            mum.tick();
+            assert_eq!(*rec.batches.lock().unwrap(), [(30, throttle)]);
+        }
+    }
+
+    fn watched(started_seen: Option<Instant>, abort_requested: bool) -> Watched {
+        let run_dir = std::env::temp_dir().join("nero-mum-no-such-run");
+        Watched {
+            run: "1.1".into(),
+            job: "7_0".into(),
+            req: JobRequest {
+                run: "1.1".into(),
+                run_dir,
+            },
+            offset: 0,
+            job_pgid: started_seen.map(|_| 42),
+            abort_requested,
+            started_seen,
+        }
+    }
+
+    fn exited(code: i32) -> KidEvent {
+        KidEvent::Exited {
+            t: 1.0,
+            outcome: nerokid::report::Outcome::Exit { code },
+        }
+    }
+
+    fn what(news: &RunNews) -> Vec<String> {
+        news.items
+            .iter()
+            .map(|(e, o)| {
+                let v = serde_json::to_value(e).unwrap();
+                let name = match e {
+                    MumEvent::Kid { event } => serde_json::to_value(event).unwrap()["event"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                    MumEvent::Ended { .. } => format!("ended:{}", v["verdict"].as_str().unwrap()),
+                    _ => v["what"].as_str().unwrap().to_string(),
+                };
+                match o {
+                    Some(o) => format!("{name}@{o}"),
+                    None => name,
+                }
+            })
+            .collect()
+    }
+
+    /// SLURM: the kid's exit record is journaled only once SLURM is done with the job, after
+    /// SLURM's own verdict when that wins (a time limit: the kid saw only a SIGTERM).
+    #[test]
+    fn a_kid_exit_waits_for_the_warden_and_its_verdict_comes_first() {
+        let t0 = Instant::now();
+        let w = watched(Some(t0), false);
+        let events = vec![(exited(143), 100)];
+        let news = warden_news(&w, &events, &JobState::Alive, Some(t0));
+        assert!(news.held && news.items.is_empty());
+        let timeout = JobState::Ended {
+            verdict: Verdict::Timeout,
+            overrides: true,
+            reason: "SLURM: time limit reached (TIMEOUT)".into(),
+        };
+        let news = warden_news(&w, &events, &timeout, Some(t0));
+        assert_eq!(what(&news), ["ended:timeout", "exited@100"]);
+        assert!(!news.held && !news.lost);
+        // Cancelled by us: the kid's own "aborted by user" stands.
+        let cancelled = JobState::Ended {
+            verdict: Verdict::Aborted,
+            overrides: true,
+            reason: "SLURM: cancelled (CANCELLED)".into(),
+        };
+        let ours = watched(Some(t0), true);
+        assert_eq!(
+            what(&warden_news(&ours, &events, &cancelled, Some(t0))),
+            ["exited@100"]
+        );
+        assert_eq!(
+            what(&warden_news(&w, &events, &cancelled, Some(t0))),
+            ["ended:aborted", "exited@100"]
+        );
+        // A failed job: the kid's exit code says more than SLURM's FAILED.
+        let failed = JobState::Ended {
+            verdict: Verdict::Crashed,
+            overrides: false,
+            reason: "SLURM: the job failed (FAILED, exit code 3:0)".into(),
+        };
+        assert_eq!(
+            what(&warden_news(&w, &events, &failed, Some(t0))),
+            ["exited@100"]
+        );
+        // No exit record at all: SLURM's word is all there is.
+        let news = warden_news(&w, &[], &failed, Some(t0));
+        assert_eq!(what(&news), ["ended:crashed"]);
+        assert!(news.lost);
+    }
+
+    /// A job listed as queued after its kid started was requeued — but only a listing newer
+    /// than the start says so: one from before (the warden polls every few seconds) is stale.
+    #[test]
+    fn a_requeue_is_told_apart_from_a_stale_queue_listing() {
+        let t0 = Instant::now();
+        let before = t0 - Duration::from_secs(1);
+        let after = t0 + Duration::from_secs(1);
+        let w = watched(Some(t0), false);
+        let events = vec![(exited(143), 100)];
+        let news = warden_news(&w, &events, &JobState::Queued, Some(before));
+        assert!(news.held && news.items.is_empty(), "{:?}", what(&news));
+        let news = warden_news(&w, &events, &JobState::Queued, Some(after));
+        assert_eq!(what(&news), ["requeued@100"]);
+        // Started and ended within one listing's age: not a requeue, the record waits.
+        let fresh = watched(None, false);
+        let started = KidEvent::Started {
+            t: 1.0,
+            pid: 1,
+            job_pid: 2,
+            host: "n".into(),
+        };
+        let both = vec![(started.clone(), 50), (exited(0), 100)];
+        let news = warden_news(&fresh, &both, &JobState::Queued, Some(after));
+        assert_eq!(what(&news), ["started@50"]);
+        assert!(news.held);
+        // An exit record followed by a new start: requeued, whatever the listing says.
+        let again = vec![(exited(143), 100), (started, 150)];
+        let news = warden_news(&w, &again, &JobState::Alive, Some(before));
+        assert_eq!(what(&news), ["requeued@100", "started@150"]);
+        // Killed before it could write a record, and queued again.
+        let news = warden_news(&w, &[], &JobState::Queued, Some(after));
+        assert_eq!(what(&news), ["requeued"]);
+        assert!(warden_news(&w, &[], &JobState::Queued, Some(before))
+            .items
+            .is_empty());
     }
 
     /// Regression: a submit batch in which one run failed returned early; the runs before it
@@ -1323,7 +1733,7 @@ mod tests {
             std::fs::read_to_string(dir.join("journal.format"))
                 .unwrap()
                 .trim(),
-            "2"
+            JOURNAL_FORMAT.to_string()
         );
     }
 

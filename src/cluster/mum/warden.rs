@@ -3,7 +3,13 @@
 //! round, cancel stops one job, and `find` answers "did a launch that mum journaled as intent
 //! happen?" after a crash, so replay reconciles instead of launching twice. mum never calls a
 //! warden while holding its state lock. Job ids are the warden's strings (a pid, a SLURM job id).
+//!
+//! A warden with a queue of its own (SLURM) takes every run at once ([`Warden::queues_itself`]),
+//! and may outlive a kid's exit record: such a job can be requeued, or end with the warden's own
+//! verdict (a time limit), so mum holds a kid's exit record back until the warden is done with
+//! the job ([`Warden::holds_exit`]).
 
+use crate::cluster::protocol::Verdict;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -15,12 +21,29 @@ pub struct JobRequest {
 }
 
 /// What a warden knows of a job it was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {
-    /// Queued or running under the warden.
+    /// Running (or, for a warden that says no more, queued or running).
     Alive,
-    /// The warden no longer has it (ended, or never there).
+    /// Waiting in the warden's queue: not started yet, or put back after it ran (requeued).
+    Queued,
+    /// The warden is done with the job and says how it ended. `overrides`: its word wins
+    /// over the kid's exit record (a time limit, out of memory, cancelled by someone else);
+    /// otherwise it is used only when the kid left no record. `reason` in plain words.
+    Ended {
+        verdict: Verdict,
+        overrides: bool,
+        reason: String,
+    },
+    /// The warden no longer has it (ended, or never there) and says nothing more.
     Gone,
+}
+
+impl JobState {
+    /// Queued or running: the job is still the warden's.
+    pub fn is_alive(&self) -> bool {
+        matches!(self, JobState::Alive | JobState::Queued)
+    }
 }
 
 /// After a crash between journaling "launching" and "launched": what became of the launch.
@@ -45,4 +68,56 @@ pub trait Warden: Send {
     fn find(&mut self, req: &JobRequest) -> Found;
     /// A job's kid is gone without an exit record: stop whatever of the job is left.
     fn clean_up(&mut self, req: &JobRequest, job_pgid: Option<i32>);
+    /// The warden queues jobs itself: mum hands it every run at once (`max_parallel` is then
+    /// passed on as a hint, see [`Warden::set_throttle`]).
+    fn queues_itself(&self) -> bool {
+        false
+    }
+    /// The kid's exit record waits for the warden's word on the job (see the module docs).
+    fn holds_exit(&self) -> bool {
+        false
+    }
+    /// How many of its jobs may run at once, for a warden that queues itself (`None`: no limit).
+    fn set_throttle(&mut self, _max: Option<u32>) {}
+    /// mum waits on news only the warden has (a kid's exit record held back): poll at the
+    /// normal interval again instead of a backed-off one.
+    fn hurry(&mut self) {}
+    /// When the states `poll` returns were last asked of the scheduler (`None`: always fresh
+    /// or never asked). A job listed as queued then, whose kid had started before, was requeued.
+    fn refreshed(&self) -> Option<std::time::Instant> {
+        None
+    }
+}
+
+/// Which warden a mum drives, with its settings (`neromum --warden ...`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum WardenSettings {
+    /// Plain processes on mum's machine.
+    #[default]
+    Local,
+    /// SLURM job arrays: one `squeue` per `poll_interval`, arrays of at most `array_max`.
+    Slurm {
+        poll_interval: std::time::Duration,
+        array_max: u32,
+    },
+}
+
+impl WardenSettings {
+    /// The neromum arguments that choose this warden (none for the local one).
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            WardenSettings::Local => Vec::new(),
+            WardenSettings::Slurm {
+                poll_interval,
+                array_max,
+            } => vec![
+                "--warden".into(),
+                "slurm".into(),
+                "--poll-interval".into(),
+                poll_interval.as_secs_f64().to_string(),
+                "--array-max".into(),
+                array_max.to_string(),
+            ],
+        }
+    }
 }
