@@ -73,6 +73,9 @@ pub struct ClusterConfig {
     /// Host alias from ~/.ssh/config or user@host; none for `local`.
     #[serde(default)]
     pub ssh: Option<String>,
+    /// An ssh config file passed as `ssh -F` (else ssh reads the user's own).
+    #[serde(default)]
+    pub ssh_config: Option<PathBuf>,
     /// `None` when not written, so that a project's `warden: local` overrides a user's
     /// `warden: slurm` (see [`ClusterConfig::warden`]).
     #[serde(default)]
@@ -353,9 +356,10 @@ impl Config {
 }
 
 impl ClusterConfig {
-    /// Whether this version can run jobs there (only the `local` warden exists yet).
+    /// Whether this version can run jobs there: the `local` warden (processes on this machine,
+    /// or on the login node named by `ssh:`).
     pub fn is_supported(&self) -> bool {
-        self.warden() == Warden::Local && self.ssh.is_none()
+        self.warden() == Warden::Local
     }
 
     /// The warden in effect: as written, else `local`.
@@ -371,6 +375,7 @@ impl ClusterConfig {
         let mut sge = self.sge;
         sge.extend(p.sge);
         ClusterConfig {
+            ssh_config: p.ssh_config.or(self.ssh_config),
             ssh: p.ssh.or(self.ssh),
             warden: p.warden.or(self.warden),
             workdir: p.workdir.or(self.workdir),

@@ -330,7 +330,7 @@ impl Project {
         {
             problems.push(problem(
                 &row.cluster_cell,
-                format!("cluster {cluster:?} is remote (ssh, slurm or sge): this version runs jobs on this machine only"),
+                format!("cluster {cluster:?} uses a batch warden (slurm or sge): this version runs jobs with the local warden only"),
             ));
         }
         if !self.config.clusters.contains_key(&cluster) {
@@ -398,53 +398,83 @@ impl Project {
     }
 
     /// How to reach the cluster's agent; with `start: false` a bridge does not start one.
-    fn mum_for(&self, cluster: &str, start: bool) -> LocalMum {
+    pub fn mum_for(&self, cluster: &str, start: bool) -> LocalMum {
         let c = self
             .config
             .clusters
             .get(cluster)
             .cloned()
             .unwrap_or_default();
+        let max_parallel = c.max_parallel.unwrap_or_else(default_parallel);
+        let idle_exit_secs = std::env::var("NERONET_MUM_IDLE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(900);
+        if let Some(host) = &c.ssh {
+            // The agent lives on the login node: its workdir and the binaries uploaded there
+            // are paths relative to the remote home (the bridge runs there).
+            let layout =
+                crate::cluster::ssh::RemoteLayout::new(c.workdir.as_deref().unwrap_or("neronet"));
+            return LocalMum {
+                workdir: PathBuf::from(&layout.workdir),
+                mum_binary: PathBuf::from(layout.binary("neromum")),
+                kid_binary: PathBuf::from(layout.binary("nerokid")),
+                max_parallel,
+                idle_exit_secs,
+                project: Some(self.project_id()),
+                transport: Transport::Ssh {
+                    target: crate::cluster::ssh::SshTarget {
+                        host: host.clone(),
+                        config_file: c.ssh_config.as_deref().map(|p| self.local_path(p)),
+                    },
+                    start,
+                },
+            };
+        }
         let workdir = match &c.workdir {
             Some(w) => self.dir.join(w),
             None => self.dir.join(STATE_DIR).join(format!("mum-{cluster}")),
         };
         let mum_binary = sibling_binary("neromum");
         let kid_binary = sibling_binary("nerokid");
-        let max_parallel = c.max_parallel.unwrap_or_else(default_parallel);
-        let idle_exit_secs = std::env::var("NERONET_MUM_IDLE_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(900);
-        // The remote transport, exercised on this machine: a bridge process whose stdin/stdout
-        // carry the protocol, started through `sh -c` exactly as `ssh host ...` would run it.
-        let transport = match std::env::var("NERONET_TRANSPORT").as_deref() {
-            Ok("bridge") => Transport::Bridge {
-                program: PathBuf::from("sh"),
-                args: vec![
-                    "-c".into(),
-                    format!(
-                        "exec \"$0\" bridge --workdir \"$1\" --kid \"$2\" --max-parallel \"$3\" --idle-exit \"$4\"{}",
-                        if start { "" } else { " --no-start" }
-                    ),
-                    mum_binary.display().to_string(),
-                    workdir.display().to_string(),
-                    kid_binary.display().to_string(),
-                    max_parallel.to_string(),
-                    idle_exit_secs.to_string(),
-                ],
-            },
-            _ => Transport::Socket,
-        };
-        LocalMum {
+        let mut m = LocalMum {
             workdir,
             mum_binary,
             kid_binary,
             max_parallel,
             idle_exit_secs,
             project: Some(self.project_id()),
-            transport,
+            transport: Transport::Socket,
+        };
+        // The remote transport, exercised on this machine: a bridge process whose stdin/stdout
+        // carry the protocol, started through `sh -c` exactly as `ssh host ...` would run it.
+        if std::env::var("NERONET_TRANSPORT").as_deref() == Ok("bridge") {
+            let mut args = vec![
+                "-c".into(),
+                "exec \"$0\" bridge \"$@\"".into(),
+                m.mum_binary.display().to_string(),
+            ];
+            args.extend(m.agent_args());
+            if !start {
+                args.push("--no-start".into());
+            }
+            m.transport = Transport::Bridge {
+                program: PathBuf::from("sh"),
+                args,
+            };
         }
+        m
+    }
+
+    /// A path from neronet.yaml on this machine: `~/` is the home directory, a relative path is
+    /// relative to the project directory.
+    fn local_path(&self, p: &Path) -> PathBuf {
+        if let Ok(rest) = p.strip_prefix("~") {
+            if let Some(home) = std::env::var_os("HOME") {
+                return PathBuf::from(home).join(rest);
+            }
+        }
+        self.dir.join(p)
     }
 
     /// The project's stable id (see [`project_id`]).
@@ -718,7 +748,13 @@ impl Project {
         Some(RunSpec {
             run: uid.to_string(),
             command,
-            cwd: Some(self.dir.display().to_string()),
+            // On this machine jobs start in the project directory; on a login node reached by
+            // ssh that directory does not exist: they start in their run directory there
+            // (a `setup:` line can `cd` to the code).
+            cwd: cluster
+                .ssh
+                .is_none()
+                .then(|| self.dir.display().to_string()),
             env,
             setup: cluster.setup.clone().unwrap_or_default(),
             kid: KidSpec {

@@ -56,6 +56,8 @@ pub enum ClientError {
     Refused(String),
     #[error("unexpected reply from neromum: {0}")]
     Unexpected(String),
+    #[error(transparent)]
+    Ssh(#[from] crate::cluster::ssh::SshError),
 }
 
 /// How long the version handshake may take before a mum counts as not answering.
@@ -72,8 +74,15 @@ const MAX_PREAMBLE_LINES: usize = 200;
 pub enum Transport {
     /// The mum's unix socket on this machine.
     Socket,
-    /// A command whose stdin/stdout is a bridge to the mum (`ssh host neromum bridge ...`).
+    /// A command whose stdin/stdout is a bridge to the mum (`sh -c` standing in for ssh).
     Bridge { program: PathBuf, args: Vec<String> },
+    /// `neromum bridge` on a cluster's login node, through the host's SSH master
+    /// (`cluster::ssh`): the mum's workdir and binaries are paths there (relative to the
+    /// remote home); with `start: false` the bridge starts no agent.
+    Ssh {
+        target: crate::cluster::ssh::SshTarget,
+        start: bool,
+    },
 }
 
 /// How to find and start a mum.
@@ -87,6 +96,23 @@ pub struct LocalMum {
     /// The project's stable id (mum compacts only what every project has stored).
     pub project: Option<String>,
     pub transport: Transport,
+}
+
+impl LocalMum {
+    /// The agent's settings as `neromum serve|bridge` takes them; the one place they are
+    /// spelled (a bridge passes them on to the agent it starts).
+    pub fn agent_args(&self) -> Vec<String> {
+        vec![
+            "--workdir".into(),
+            self.workdir.display().to_string(),
+            "--kid".into(),
+            self.kid_binary.display().to_string(),
+            "--max-parallel".into(),
+            self.max_parallel.to_string(),
+            "--idle-exit".into(),
+            self.idle_exit_secs.to_string(),
+        ]
+    }
 }
 
 pub struct MumClient {
@@ -108,7 +134,7 @@ impl MumClient {
     pub fn connect_or_start(m: &LocalMum) -> Result<MumClient, ClientError> {
         match &m.transport {
             Transport::Socket => Self::connect_socket(m),
-            Transport::Bridge { .. } => Self::connect_bridge(m),
+            Transport::Bridge { .. } | Transport::Ssh { .. } => Self::connect_bridge(m),
         }
     }
 
@@ -171,8 +197,12 @@ impl MumClient {
     }
 
     fn bridge_conn(m: &LocalMum) -> Result<Connection, ClientError> {
-        let Transport::Bridge { program, args } = &m.transport else {
-            unreachable!("bridge_conn is only called for bridges");
+        let (program, args) = match &m.transport {
+            Transport::Bridge { program, args } => (program, args),
+            Transport::Ssh { target, start } => {
+                return Ok(crate::cluster::ssh::open_bridge(m, target, *start)?)
+            }
+            Transport::Socket => unreachable!("bridge_conn is only called for bridges"),
         };
         let child = Command::new(program)
             .args(args)
@@ -231,7 +261,7 @@ impl MumClient {
                     UnixStream::connect(socket_path(&m.workdir)).map_err(|e| wire(e.into()))?;
                 Self::socket_conn(m, stream)?
             }
-            Transport::Bridge { .. } => Self::bridge_conn(m)?,
+            Transport::Bridge { .. } | Transport::Ssh { .. } => Self::bridge_conn(m)?,
         };
         let hello = Hello {
             version,
@@ -292,7 +322,7 @@ impl MumClient {
                             .map(|s| s.trim().to_string())
                             .unwrap_or_else(|_| "?".into())
                     ),
-                    Transport::Bridge { .. } => format!(
+                    Transport::Bridge { .. } | Transport::Ssh { .. } => format!(
                         "its pid is in {} on the far side of the bridge",
                         m.workdir.join("mum.lock").display()
                     ),
@@ -532,14 +562,7 @@ pub fn spawn_mum(m: &LocalMum) -> Result<Child, ClientError> {
         .map_err(start_err)?;
     let mut cmd = Command::new(&m.mum_binary);
     cmd.arg("serve")
-        .arg("--workdir")
-        .arg(&m.workdir)
-        .arg("--kid")
-        .arg(&m.kid_binary)
-        .arg("--max-parallel")
-        .arg(m.max_parallel.to_string())
-        .arg("--idle-exit")
-        .arg(m.idle_exit_secs.to_string())
+        .args(m.agent_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
