@@ -221,3 +221,154 @@ fn start_abort_restart_over_ssh() {
     let agents = p.ok(&["agents"]);
     assert!(agents.contains("lab: no agent running"), "{agents}");
 }
+
+/// A copy of the lab's ssh config at a path of its own: neroman keys its master by the config
+/// file, so a test that kills the master kills only its own.
+fn private_config(name: &str) -> PathBuf {
+    let cfg =
+        std::env::temp_dir().join(format!("neronet-test-sshcfg-{name}-{}", std::process::id()));
+    std::fs::copy(lab_config(), &cfg).unwrap();
+    cfg
+}
+
+/// The pid of neroman's control master for `cfg` (an `ssh -M ... -F cfg` process).
+fn master_pid(cfg: &Path) -> Option<i32> {
+    let cfg = cfg.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_master = args.first().is_some_and(|a| a == "ssh")
+            && args.iter().any(|a| a == "-M")
+            && args.iter().any(|a| *a == cfg);
+        is_master.then_some(pid)
+    })
+}
+
+/// The pids of `neromum bridge` processes serving `workdir` on the login node.
+fn bridges(workdir: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains("neromum bridge") && cmdline.contains(workdir)).then_some(pid)
+        })
+        .collect()
+}
+
+/// The lab's sshd listener, stopped; started again by [`SshdStopped::start`] or, whatever
+/// happens to the test, on drop.
+struct SshdStopped {
+    started: bool,
+}
+
+const SSHD_PID: &str = "/tmp/neronet-sshlab/sshd.pid";
+
+fn sshd_listening() -> bool {
+    std::net::TcpStream::connect("127.0.0.1:2222").is_ok()
+}
+
+impl SshdStopped {
+    fn stop() -> SshdStopped {
+        let pid: i32 = std::fs::read_to_string(SSHD_PID)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let guard = SshdStopped { started: false };
+        wait_until("sshd to stop listening", Duration::from_secs(10), || {
+            !sshd_listening()
+        });
+        guard
+    }
+
+    fn start(&mut self) {
+        self.started = true;
+        let out = Command::new("/usr/sbin/sshd")
+            .args([
+                "-f",
+                "/tmp/neronet-sshlab/sshd_config",
+                "-E",
+                "/tmp/neronet-sshlab/sshd.log",
+            ])
+            .output()
+            .expect("run sshd");
+        assert!(
+            out.status.success(),
+            "sshd did not start again: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until(
+            "sshd to listen again",
+            Duration::from_secs(10),
+            sshd_listening,
+        );
+    }
+}
+
+impl Drop for SshdStopped {
+    fn drop(&mut self) {
+        if !self.started && !sshd_listening() {
+            self.start();
+        }
+    }
+}
+
+/// Regression guard for the SSH link: a control master killed mid-run, with sshd down while
+/// neroman reconnects, must cost nothing — the watcher resumes quietly and every metric the runs
+/// printed is stored exactly once.
+#[test]
+fn a_cut_connection_is_resumed_with_nothing_lost() {
+    let _lab_wide = LAB_WIDE.lock().unwrap_or_else(|p| p.into_inner());
+    let cfg = private_config("cut");
+    let lab = Lab::with_config("cut", cfg.clone());
+    let p = lab_project(
+        "ssh-cut",
+        &lab,
+        &[("a", 40.0, 0.1, 0.0), ("b", 60.0, 0.1, 0.0)],
+    );
+    let watch = common::lo::Watch::start(&p);
+    p.ok(&["start", "a,b"]);
+    p.wait_all_in(&["a", "b"], "running");
+    // The watcher holds its long-poll through a bridge on the login node (no CLI runs now).
+    wait_until("the watcher's bridge", Duration::from_secs(30), || {
+        !bridges(&lab.workdir).is_empty()
+    });
+    let master = master_pid(&cfg).expect("neroman's master for this test's config");
+
+    // sshd goes away, then the master: the watcher has to connect anew and is refused.
+    let mut sshd = SshdStopped::stop();
+    unsafe { libc::kill(master, libc::SIGKILL) };
+    wait_until(
+        "the watcher to try connecting again",
+        Duration::from_secs(30),
+        || watch.log().contains("trying again"),
+    );
+    sshd.start();
+    p.wait_all_in(&["a", "b"], "finished");
+    assert_eq!(
+        metric_rows(&p, "a.1"),
+        81,
+        "40 × (step, loss) + uid, once each"
+    );
+    assert_eq!(metric_rows(&p, "b.1"), 121);
+    let log = watch.log();
+    assert!(
+        !log.contains("lost the connection") && !log.contains("not reached"),
+        "a resumed connection is not reported:\n{log}"
+    );
+    // The watcher stored it: the workbook's results show both runs' last step.
+    let st = p.status();
+    assert_eq!(st[0]["metrics"]["step"], 39.0);
+    assert_eq!(st[1]["metrics"]["step"], 59.0);
+    drop(watch);
+    let _ = std::fs::remove_file(&cfg);
+}

@@ -782,7 +782,15 @@ impl Daemon {
                 Ok(Some(p)) => p,
                 _ => (client.hello.epoch.clone(), 0),
             };
-            match news::spawn(cluster.clone(), client, point, self.events.clone()) {
+            let m = self.project.mum_for(&cluster, true);
+            let reconnect: news::Reconnect = Box::new(move || MumClient::connect_or_start(&m));
+            match news::spawn(
+                cluster.clone(),
+                client,
+                point,
+                self.events.clone(),
+                reconnect,
+            ) {
                 Ok(t) => {
                     self.news.insert(cluster, t);
                 }
