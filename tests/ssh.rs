@@ -6,6 +6,7 @@
 
 mod common;
 use common::{wait_until, Project, V};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
@@ -107,6 +108,7 @@ impl Lab {
         Path::new(REMOTE_HOME).join(&self.workdir).join(rel)
     }
 
+    /// `<workdir>/bin/<version>` on the login node (the same filesystem as here).
     fn bin_dir(&self) -> PathBuf {
         self.remote_path(&format!("bin/{}", env!("CARGO_PKG_VERSION")))
     }
@@ -371,4 +373,77 @@ fn a_cut_connection_is_resumed_with_nothing_lost() {
     assert_eq!(st[1]["metrics"]["step"], 59.0);
     drop(watch);
     let _ = std::fs::remove_file(&cfg);
+}
+
+/// Regression guard for the upload: the static binaries go up once, stay while unchanged, and
+/// go up again (only the one that differs) when the remote copy's checksum differs, as after a
+/// rebuild of the same version. They need no shared library: they run in an empty chroot.
+#[test]
+fn binaries_are_uploaded_once_and_again_when_they_differ() {
+    let lab = Lab::new("upload");
+    let p = lab_project("ssh-upload", &lab, &[("x", 1.0, 0.0, 0.0)]);
+    let bin = lab.bin_dir();
+    let local = static_dir();
+    let out = p.neroman(&["-v", "agents"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("uploaded neromum, nerokid"),
+        "{}",
+        text(&out)
+    );
+    for b in ["neromum", "nerokid"] {
+        assert!(
+            std::fs::read(bin.join(b)).unwrap() == std::fs::read(local.join(b)).unwrap(),
+            "{b} arrived intact"
+        );
+        let meta = std::fs::metadata(bin.join(b)).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o755, "{b} is executable");
+        assert_eq!(meta.uid(), 1001, "{b} belongs to nerolab");
+    }
+    let inode = |b: &str| std::fs::metadata(bin.join(b)).unwrap().ino();
+    let (mum, kid) = (inode("neromum"), inode("nerokid"));
+
+    let out = p.neroman(&["-v", "agents"]);
+    assert!(!text(&out).contains("uploaded"), "{}", text(&out));
+    assert_eq!((inode("neromum"), inode("nerokid")), (mum, kid));
+
+    // A nerokid that differs (a rebuild of the same version): it alone goes up again.
+    lab.ssh_ok(&format!("printf x >> {}/bin/*/nerokid", lab.workdir));
+    let out = p.neroman(&["-v", "agents"]);
+    assert!(text(&out).contains("uploaded nerokid ("), "{}", text(&out));
+    assert_eq!(inode("neromum"), mum);
+    assert_ne!(inode("nerokid"), kid);
+    assert!(
+        std::fs::read(bin.join("nerokid")).unwrap()
+            == std::fs::read(local.join("nerokid")).unwrap()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&bin)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+
+    // Static: an empty root with nothing but the two binaries (and /proc) runs them.
+    let root = p.path("chroot");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    for b in ["neromum", "nerokid"] {
+        std::fs::copy(bin.join(b), root.join("bin").join(b)).unwrap();
+        let out = Command::new("chroot")
+            .arg(&root)
+            .arg(format!("/bin/{b}"))
+            .arg("--version")
+            .output()
+            .expect("run chroot");
+        // A binary that needs a loader or a libc cannot even start there (chroot says 127).
+        assert!(
+            out.status.success()
+                && text(&out).contains(&format!("{b} {}", env!("CARGO_PKG_VERSION"))),
+            "{b} in an empty chroot ({}): {}",
+            out.status,
+            text(&out)
+        );
+    }
 }
