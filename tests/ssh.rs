@@ -447,3 +447,125 @@ fn binaries_are_uploaded_once_and_again_when_they_differ() {
         );
     }
 }
+
+/// Whether the run directories under the remote workdir hold `n` ended runs (the kid's own
+/// log, written on the login node whatever neroman does).
+fn ended_remotely(lab: &Lab, n: usize) -> bool {
+    let Ok(runs) = std::fs::read_dir(lab.remote_path("runs")) else {
+        return false;
+    };
+    runs.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("events.jsonl"))
+                .is_ok_and(|t| t.contains("\"event\":\"exited\""))
+        })
+        .count()
+        >= n
+}
+
+/// The row of `id` on results.xlsx's `results` sheet, as text.
+fn results_row(p: &Project, id: &str) -> Vec<String> {
+    use calamine::Reader;
+    let mut wb = calamine::open_workbook_auto(p.path("results.xlsx")).unwrap();
+    let range = wb.worksheet_range("results").unwrap();
+    range
+        .rows()
+        .find(|r| r.first().is_some_and(|c| c.to_string() == id))
+        .unwrap_or_else(|| panic!("no row {id} in results.xlsx"))
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
+}
+
+/// Runs go on with no neroman anywhere (the CLI exited after submitting them): the next
+/// command catches up with every state and metric, into the store and results.xlsx.
+#[test]
+fn neroman_away_while_runs_end_catches_up() {
+    let lab = Lab::new("away");
+    let p = lab_project(
+        "ssh-away",
+        &lab,
+        &[("a", 10.0, 0.05, 0.0), ("b", 10.0, 0.05, 4.0)],
+    );
+    p.ok(&["start", "a,b"]);
+    wait_until(
+        "both runs to end on the login node",
+        Duration::from_secs(60),
+        || ended_remotely(&lab, 2),
+    );
+    let st = p.status();
+    assert_eq!(st[0]["state"], "finished");
+    assert_eq!(st[1]["state"], "crashed");
+    assert_eq!(st[1]["exit_code"], 4);
+    assert_eq!(
+        metric_rows(&p, "a.1"),
+        21,
+        "10 × (step, loss) + uid, once each"
+    );
+    assert_eq!(metric_rows(&p, "b.1"), 21);
+    let a = results_row(&p, "a");
+    assert!(a.iter().any(|c| c == "finished"), "{a:?}");
+    assert!(a.iter().any(|c| c == "9"), "the last step: {a:?}");
+    let b = results_row(&p, "b");
+    assert!(b.iter().any(|c| c == "crashed"), "{b:?}");
+}
+
+/// nerolab's .bashrc, replaced for a test and put back whatever happens.
+struct ChattyBashrc {
+    before: Option<Vec<u8>>,
+}
+
+const BASHRC: &str = "/home/nerolab/.bashrc";
+
+impl ChattyBashrc {
+    fn install(text: &str) -> ChattyBashrc {
+        let before = std::fs::read(BASHRC).ok();
+        std::fs::write(BASHRC, text).unwrap();
+        ChattyBashrc { before }
+    }
+}
+
+impl Drop for ChattyBashrc {
+    fn drop(&mut self) {
+        match &self.before {
+            Some(b) => std::fs::write(BASHRC, b).unwrap(),
+            None => std::fs::remove_file(BASHRC).unwrap(),
+        }
+    }
+}
+
+/// A login shell that prints a banner on stdout and stderr for every command (as some cluster
+/// .bashrc files do) must not get in the way: uploads, the bridge, the probe all still work.
+/// Regression: the jobs of an agent started over ssh inherited SSH_CLIENT, so bash read the
+/// .bashrc into every job, and its `quota: 93% used` became a metric of the run.
+#[test]
+fn a_chatty_bashrc_is_no_obstacle() {
+    let _lab_wide = LAB_WIDE.lock().unwrap_or_else(|p| p.into_inner());
+    let lab = Lab::new("chatty");
+    let p = lab_project("ssh-chatty", &lab, &[("a", 3.0, 0.0, 0.0)]);
+    let _bashrc = ChattyBashrc::install(
+        "echo 'Welcome to the lab cluster!'\necho '{\"motd\": \"looks like JSON\"}'\necho 'quota: 93% used' >&2\n",
+    );
+    let banner = lab.ssh_ok("true");
+    assert!(
+        banner.contains("Welcome"),
+        "the shell is chatty: {banner:?}"
+    );
+    let out = p.neroman(&["start", "a", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let names: Vec<String> = p
+        .store()
+        .prepare("SELECT name FROM metrics WHERE run_uid = 'a.1'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(metric_rows(&p, "a.1"), 7, "{names:?}");
+    let out = p.neroman(&["clusters"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let clusters = String::from_utf8_lossy(&out.stdout);
+    assert!(clusters.contains("lab: ssh nerolab ok"), "{clusters}");
+    assert!(clusters.contains("x86_64"), "{clusters}");
+    assert!(clusters.contains("agent: neromum"), "{clusters}");
+}

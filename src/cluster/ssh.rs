@@ -887,8 +887,11 @@ fn gate_script(
         ));
     }
     let command: Vec<String> = command.iter().map(|a| quote(a)).collect();
+    // The agent outlives this ssh session, and so do the jobs it starts: they must not look
+    // started by sshd (bash would then read ~/.bashrc into every job, and its noise into the
+    // job's output and metrics).
     s.push_str(&format!(
-        "if [ -z \"$u\" ]; then echo '{GATE} ok'; exec {}; fi; echo \"{GATE} upload$u\"",
+        "if [ -z \"$u\" ]; then echo '{GATE} ok'; unset SSH_CLIENT SSH2_CLIENT SSH_CONNECTION SSH_TTY; exec {}; fi; echo \"{GATE} upload$u\"",
         command.join(" ")
     ));
     Ok(s)
