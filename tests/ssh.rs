@@ -569,3 +569,41 @@ fn a_chatty_bashrc_is_no_obstacle() {
     assert!(clusters.contains("x86_64"), "{clusters}");
     assert!(clusters.contains("agent: neromum"), "{clusters}");
 }
+
+/// A login node that is not x86_64 is refused before anything is uploaded or started, with a
+/// message that says why. nerolab's `.bashrc` puts a fake `uname` first on PATH that answers
+/// `aarch64` to this test's commands only (it looks for the test's workdir in its parent's
+/// command line), so tests beside it are undisturbed.
+#[test]
+fn a_login_node_of_another_arch_is_refused() {
+    let _lab_wide = LAB_WIDE.lock().unwrap_or_else(|p| p.into_inner());
+    let lab = Lab::new("arch");
+    let p = lab_project("ssh-arch", &lab, &[("a", 1.0, 0.0, 0.0)]);
+    let fake = Path::new(REMOTE_HOME).join(format!(".{}-bin", lab.workdir));
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(
+        fake.join("uname"),
+        format!(
+            "#!/bin/sh\nif grep -q {} /proc/$PPID/cmdline 2>/dev/null; then echo aarch64; else exec /usr/bin/uname \"$@\"; fi\n",
+            lab.workdir
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        fake.join("uname"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let _bashrc = ChattyBashrc::install(&format!("export PATH={}:$PATH\n", fake.display()));
+    let out = p.neroman(&["start", "a"]);
+    let _ = std::fs::remove_dir_all(&fake);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "cluster lab: login node is aarch64; neronet ships x86_64 static binaries only"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(!lab.bin_dir().exists(), "nothing was uploaded");
+}
