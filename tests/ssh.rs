@@ -245,7 +245,7 @@ fn master_pid(cfg: &Path) -> Option<i32> {
             .collect();
         let is_master = args.first().is_some_and(|a| a == "ssh")
             && args.iter().any(|a| a == "-M")
-            && args.iter().any(|a| *a == cfg);
+            && args.contains(&cfg);
         is_master.then_some(pid)
     })
 }
@@ -470,7 +470,7 @@ fn results_row(p: &Project, id: &str) -> Vec<String> {
     let range = wb.worksheet_range("results").unwrap();
     range
         .rows()
-        .find(|r| r.first().is_some_and(|c| c.to_string() == id))
+        .find(|r| r.first().is_some_and(|c| *c == id))
         .unwrap_or_else(|| panic!("no row {id} in results.xlsx"))
         .iter()
         .map(|c| c.to_string())
