@@ -215,6 +215,22 @@ fn start_abort_restart_over_ssh() {
     assert_eq!(metric_rows(&p, "fast.2"), 7);
     let agents = p.ok(&["agents"]);
     assert!(agents.contains("lab: neromum"), "{agents}");
+    let clusters: serde_json::Value = serde_json::from_str(&p.ok(&["clusters", "--json"])).unwrap();
+    let lab_report = clusters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == "lab")
+        .unwrap();
+    assert_eq!(lab_report["ok"], true, "{lab_report}");
+    assert_eq!(lab_report["arch"], "x86_64", "{lab_report}");
+    assert_eq!(lab_report["reached_by"], "ssh nerolab", "{lab_report}");
+    assert!(lab_report["connect_secs"].is_number(), "{lab_report}");
+    assert_eq!(
+        lab_report["agent"]["pid"],
+        lab.mum_pid().unwrap(),
+        "{lab_report}"
+    );
     p.ok(&["agents", "--stop"]);
     wait_until("the agent to stop", Duration::from_secs(20), || {
         lab.mum_pid()

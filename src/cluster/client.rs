@@ -235,6 +235,15 @@ impl MumClient {
                 match Self::handshake(m, conn, BRIDGE_HELLO_TIMEOUT, true)? {
                     Ok(c) => Ok(c),
                     Err(Handshake::Failed(e)) => Err(e),
+                    // Over ssh the agent started next runs the uploaded static build: one
+                    // older than this neroman (a development tree rebuilt without it) is
+                    // older again.
+                    Err(_) if matches!(m.transport, Transport::Ssh { .. }) => {
+                        Err(ClientError::Refused(format!(
+                            "the agent started after the hand-over speaks an older protocol too: the static neromum this neroman uploads is older than it; rebuild it with `{}`",
+                            crate::cluster::ssh::BUILD_STATIC
+                        )))
+                    }
                     Err(_) => Err(ClientError::Refused(
                         "the older neromum did not hand over".into(),
                     )),
