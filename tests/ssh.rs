@@ -623,3 +623,38 @@ fn a_login_node_of_another_arch_is_refused() {
     );
     assert!(!lab.bin_dir().exists(), "nothing was uploaded");
 }
+
+/// `start --wait` holds its connection for the whole wait: its control master killed midway
+/// costs nothing — the next round connects again and the command ends as if nothing happened.
+#[test]
+fn a_waiting_cli_goes_on_through_a_killed_master() {
+    let cfg = private_config("wait");
+    let lab = Lab::with_config("wait", cfg.clone());
+    let p = lab_project("ssh-wait", &lab, &[("a", 30.0, 0.1, 0.0)]);
+    let waiting = p
+        .command(&["start", "a", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the run to start", Duration::from_secs(30), || {
+        std::fs::read_dir(lab.remote_path("runs")).is_ok_and(|mut d| d.next().is_some())
+            && !bridges(&lab.workdir).is_empty()
+    });
+    let master = master_pid(&cfg).expect("neroman's master for this test's config");
+    unsafe { libc::kill(master, libc::SIGKILL) };
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("a: finished"), "{}", text(&out));
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
+    assert_eq!(
+        metric_rows(&p, "a.1"),
+        61,
+        "30 × (step, loss) + uid, once each"
+    );
+    assert!(
+        master_pid(&cfg).is_some_and(|m| m != master),
+        "a new master carried the rest"
+    );
+    let _ = std::fs::remove_file(&cfg);
+}

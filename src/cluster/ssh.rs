@@ -837,6 +837,12 @@ pub struct RemoteLayout {
 
 impl RemoteLayout {
     pub fn new(workdir: &str) -> RemoteLayout {
+        // Relative paths are relative to the remote home already; `~/x` means the same (every
+        // value is quoted, so a `~` would otherwise name a directory called `~`).
+        let workdir = match workdir {
+            "~" => ".",
+            w => w.strip_prefix("~/").unwrap_or(w),
+        };
         let workdir = workdir.trim_end_matches('/');
         let workdir = if workdir.is_empty() { "." } else { workdir };
         RemoteLayout {
@@ -1098,6 +1104,11 @@ mod tests {
             "{text}"
         );
         assert!(RemoteLayout::new("a\nb").bin_dir.contains('\n'));
+        assert_eq!(RemoteLayout::new("~/nn/").workdir, "nn");
+        assert_eq!(
+            RemoteLayout::new("/scratch/me/nn").workdir,
+            "/scratch/me/nn"
+        );
         assert!(gate_script(&RemoteLayout::new("a\nb"), &bins, &[]).is_err());
     }
 
