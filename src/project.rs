@@ -613,34 +613,7 @@ impl Project {
                 }
             }
             let client = clients.get_mut(&cluster).expect("inserted above");
-            let mut result = self.sync_with(&cluster, client, &mut report, wait);
-            // A dropped SSH connection (its master killed, sshd restarted) is made again once
-            // (the link retries with backoff) before the cluster counts as not reached.
-            if matches!(
-                &result,
-                Err(CoreError::Cluster {
-                    err: ClientError::Wire { .. },
-                    ..
-                })
-            ) && matches!(
-                self.mum_for(&cluster, true).transport,
-                Transport::Ssh { .. }
-            ) {
-                clients.remove(&cluster);
-                result = match self.connect(&cluster) {
-                    Ok(mut c) => {
-                        if c.started {
-                            report.restarted_mum.push(cluster.clone());
-                        }
-                        let again = std::time::Duration::ZERO;
-                        let r = self.sync_with(&cluster, &mut c, &mut report, again);
-                        clients.insert(cluster.clone(), c);
-                        r
-                    }
-                    Err(e) => Err(e),
-                };
-            }
-            if let Err(e) = result {
+            if let Err(e) = self.sync_with(&cluster, client, &mut report, wait) {
                 // A dropped connection: the next round reconnects (starting mum if needed).
                 clients.remove(&cluster);
                 match e {

@@ -241,16 +241,36 @@ fn start_abort_restart_over_ssh() {
 }
 
 /// A copy of the lab's ssh config at a path of its own: neroman keys its master by the config
-/// file, so a test that kills the master kills only its own.
-fn private_config(name: &str) -> PathBuf {
-    let cfg =
-        std::env::temp_dir().join(format!("neronet-test-sshcfg-{name}-{}", std::process::id()));
-    std::fs::copy(lab_config(), &cfg).unwrap();
-    cfg
+/// file, so a test that kills the master kills only its own. Dropped, it stops that master and
+/// removes its control directory and the copy.
+struct PrivateConfig {
+    path: PathBuf,
 }
 
-/// The pid of neroman's control master for `cfg` (an `ssh -M ... -F cfg` process).
-fn master_pid(cfg: &Path) -> Option<i32> {
+impl PrivateConfig {
+    fn new(name: &str) -> PrivateConfig {
+        let path =
+            std::env::temp_dir().join(format!("neronet-test-sshcfg-{name}-{}", std::process::id()));
+        std::fs::copy(lab_config(), &path).unwrap();
+        PrivateConfig { path }
+    }
+}
+
+impl Drop for PrivateConfig {
+    fn drop(&mut self) {
+        if let Some((pid, ctl)) = master(&self.path) {
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            if let Some(dir) = ctl.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// neroman's control master for `cfg` (an `ssh -M ... -F cfg` process): its pid and its
+/// control socket (`-S`).
+fn master(cfg: &Path) -> Option<(i32, PathBuf)> {
     let cfg = cfg.to_string_lossy().into_owned();
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
@@ -262,8 +282,13 @@ fn master_pid(cfg: &Path) -> Option<i32> {
         let is_master = args.first().is_some_and(|a| a == "ssh")
             && args.iter().any(|a| a == "-M")
             && args.contains(&cfg);
-        is_master.then_some(pid)
+        let ctl = args.iter().skip_while(|a| *a != "-S").nth(1)?;
+        is_master.then(|| (pid, PathBuf::from(ctl)))
     })
+}
+
+fn master_pid(cfg: &Path) -> Option<i32> {
+    master(cfg).map(|(pid, _)| pid)
 }
 
 /// The pids of `neromum bridge` processes serving `workdir` on the login node.
@@ -346,8 +371,8 @@ impl Drop for SshdStopped {
 #[test]
 fn a_cut_connection_is_resumed_with_nothing_lost() {
     let _lab_wide = LAB_WIDE.lock().unwrap_or_else(|p| p.into_inner());
-    let cfg = private_config("cut");
-    let lab = Lab::with_config("cut", cfg.clone());
+    let cfg = PrivateConfig::new("cut");
+    let lab = Lab::with_config("cut", cfg.path.clone());
     let p = lab_project(
         "ssh-cut",
         &lab,
@@ -360,7 +385,7 @@ fn a_cut_connection_is_resumed_with_nothing_lost() {
     wait_until("the watcher's bridge", Duration::from_secs(30), || {
         !bridges(&lab.workdir).is_empty()
     });
-    let master = master_pid(&cfg).expect("neroman's master for this test's config");
+    let master = master_pid(&cfg.path).expect("neroman's master for this test's config");
 
     // sshd goes away, then the master: the watcher has to connect anew and is refused.
     let mut sshd = SshdStopped::stop();
@@ -388,7 +413,6 @@ fn a_cut_connection_is_resumed_with_nothing_lost() {
     assert_eq!(st[0]["metrics"]["step"], 39.0);
     assert_eq!(st[1]["metrics"]["step"], 59.0);
     drop(watch);
-    let _ = std::fs::remove_file(&cfg);
 }
 
 /// Regression guard for the upload: the static binaries go up once, stay while unchanged, and
@@ -628,8 +652,8 @@ fn a_login_node_of_another_arch_is_refused() {
 /// costs nothing — the next round connects again and the command ends as if nothing happened.
 #[test]
 fn a_waiting_cli_goes_on_through_a_killed_master() {
-    let cfg = private_config("wait");
-    let lab = Lab::with_config("wait", cfg.clone());
+    let cfg = PrivateConfig::new("wait");
+    let lab = Lab::with_config("wait", cfg.path.clone());
     let p = lab_project("ssh-wait", &lab, &[("a", 30.0, 0.1, 0.0)]);
     let waiting = p
         .command(&["start", "a", "--wait"])
@@ -641,7 +665,7 @@ fn a_waiting_cli_goes_on_through_a_killed_master() {
         std::fs::read_dir(lab.remote_path("runs")).is_ok_and(|mut d| d.next().is_some())
             && !bridges(&lab.workdir).is_empty()
     });
-    let master = master_pid(&cfg).expect("neroman's master for this test's config");
+    let master = master_pid(&cfg.path).expect("neroman's master for this test's config");
     unsafe { libc::kill(master, libc::SIGKILL) };
     let out = waiting.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -653,8 +677,7 @@ fn a_waiting_cli_goes_on_through_a_killed_master() {
         "30 × (step, loss) + uid, once each"
     );
     assert!(
-        master_pid(&cfg).is_some_and(|m| m != master),
+        master_pid(&cfg.path).is_some_and(|m| m != master),
         "a new master carried the rest"
     );
-    let _ = std::fs::remove_file(&cfg);
 }

@@ -118,6 +118,10 @@ impl LocalMum {
 pub struct MumClient {
     workdir: PathBuf,
     conn: Connection,
+    /// How to connect again when an SSH connection drops (its master killed, sshd restarted):
+    /// a request is then sent once more on a new connection. None for the other transports,
+    /// where a closed connection means the agent went away (the caller decides).
+    resume: Option<LocalMum>,
     pub hello: HelloReply,
     /// True when this call had to start the mum.
     pub started: bool,
@@ -363,6 +367,7 @@ impl MumClient {
             Response::Hello(h) if h.version == PROTOCOL_VERSION => Ok(Ok(MumClient {
                 workdir: m.workdir.clone(),
                 conn,
+                resume: matches!(m.transport, Transport::Ssh { .. }).then(|| m.clone()),
                 hello: h,
                 started,
             })),
@@ -390,11 +395,37 @@ impl MumClient {
         req: impl Into<Request>,
         wait: Duration,
     ) -> Result<Response, ClientError> {
+        let req = req.into();
+        match self.request_once(&req, wait) {
+            // Every request is safe to send again: a submit of runs mum has is answered as
+            // before, an abort of an ended run is done, the rest only read.
+            Err(e @ ClientError::Wire { .. }) if self.resume.is_some() => {
+                tracing::info!(
+                    "{}: {}; connecting again",
+                    self.conn.describe,
+                    crate::util::error_chain(&e)
+                );
+                let m = self.resume.clone().expect("checked by the guard");
+                let fresh = MumClient::connect_or_start(&m)?;
+                // Another journal (the agent's workdir started afresh): what the caller
+                // computed from the old one does not apply; it syncs again from the start.
+                if fresh.hello.epoch != self.hello.epoch {
+                    return Err(e);
+                }
+                self.conn = fresh.conn;
+                self.hello = fresh.hello;
+                self.request_once(&req, wait)
+            }
+            r => r,
+        }
+    }
+
+    fn request_once(&mut self, req: &Request, wait: Duration) -> Result<Response, ClientError> {
         let wire = |err| ClientError::Wire {
             workdir: self.workdir.clone(),
             err,
         };
-        self.conn.send(&req.into()).map_err(wire)?;
+        self.conn.send(req).map_err(wire)?;
         match self
             .conn
             .recv(REQUEST_TIMEOUT + wait)

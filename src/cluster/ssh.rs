@@ -510,10 +510,21 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    // Only this user may talk to the master (a control socket is a login).
-    let meta = std::fs::metadata(dir)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    // Only this user may talk to the master (a control socket is a login), and only this user
+    // may replace the directory that holds it (a /tmp squatter could otherwise swap it).
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    for d in [dir.parent().unwrap_or(dir), dir] {
+        let meta = std::fs::symlink_metadata(d)?;
+        if !meta.is_dir() || std::os::unix::fs::MetadataExt::uid(&meta) != uid {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "not a directory of this user's: refusing to keep an ssh control socket there",
+            ));
+        }
+        if meta.permissions().mode() & 0o022 != 0 {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        }
     }
     Ok(())
 }

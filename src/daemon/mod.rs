@@ -782,15 +782,7 @@ impl Daemon {
                 Ok(Some(p)) => p,
                 _ => (client.hello.epoch.clone(), 0),
             };
-            let m = self.project.mum_for(&cluster, true);
-            let reconnect: news::Reconnect = Box::new(move || MumClient::connect_or_start(&m));
-            match news::spawn(
-                cluster.clone(),
-                client,
-                point,
-                self.events.clone(),
-                reconnect,
-            ) {
+            match news::spawn(cluster.clone(), client, point, self.events.clone()) {
                 Ok(t) => {
                     self.news.insert(cluster, t);
                 }

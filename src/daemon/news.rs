@@ -2,12 +2,10 @@
 //! mum in a long-poll (`sync` with a wait): when mum has journaled something after the point the
 //! store reached, the thread says so on the daemon's channel and waits until the daemon has
 //! synced (it owns the store) and sent back the new point. No polling loop: an idle cluster
-//! costs one request every [`LONG_POLL`]. A dropped connection (an SSH master killed, sshd
-//! restarted, the agent replaced) is made again here once, quietly, before the daemon hears of
-//! it: the SSH link itself retries with backoff within its budget.
+//! costs one request every [`LONG_POLL`].
 
 use super::Event;
-use crate::cluster::client::{ClientError, MumClient};
+use crate::cluster::client::MumClient;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
 
@@ -28,22 +26,18 @@ impl NewsThread {
     }
 }
 
-/// Makes a new connection to the cluster's agent (after one dropped).
-pub type Reconnect = Box<dyn Fn() -> Result<MumClient, ClientError> + Send>;
-
 /// Start the thread for `cluster` on its own connection, long-polling after `point`.
 pub fn spawn(
     cluster: String,
     client: MumClient,
     point: (String, u64),
     events: Sender<Event>,
-    reconnect: Reconnect,
 ) -> std::io::Result<NewsThread> {
     let (tx, rx) = std::sync::mpsc::channel();
     tx.send(point).expect("receiver alive");
     std::thread::Builder::new()
         .name(format!("news-{cluster}"))
-        .spawn(move || run(cluster, client, rx, events, reconnect))?;
+        .spawn(move || run(cluster, client, rx, events))?;
     Ok(NewsThread { point: tx })
 }
 
@@ -52,11 +46,7 @@ fn run(
     mut client: MumClient,
     points: Receiver<(String, u64)>,
     events: Sender<Event>,
-    reconnect: Reconnect,
 ) {
-    // A dropped connection gets one new one before the daemon hears of it; a new one that
-    // drops before it served a long-poll is reported.
-    let mut fresh = false;
     let Ok(mut point) = points.recv() else {
         return;
     };
@@ -75,11 +65,8 @@ fn run(
             0
         };
         match client.sync(since, None, LONG_POLL) {
-            Ok(batch) if batch.entries.is_empty() && batch.through <= since && !batch.more => {
-                fresh = false;
-            }
+            Ok(batch) if batch.entries.is_empty() && batch.through <= since && !batch.more => {}
             Ok(_) => {
-                fresh = false;
                 if events.send(Event::News(cluster.clone())).is_err() {
                     return;
                 }
@@ -92,31 +79,6 @@ fn run(
                 // The same point again (the daemon's sync could not store it): do not spin.
                 if point.0 != client.hello.epoch || point.1 <= since {
                     std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-            Err(e @ ClientError::Wire { .. }) if !fresh => {
-                fresh = true;
-                tracing::debug!(
-                    "cluster {cluster}: {}; connecting again",
-                    crate::util::error_chain(&e)
-                );
-                match reconnect() {
-                    Ok(c) => {
-                        tracing::info!("cluster {cluster}: connected to its agent again");
-                        client = c;
-                        // What happened meanwhile is news: the daemon syncs and says where
-                        // the store is now.
-                        if events.send(Event::News(cluster.clone())).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = events.send(Event::NewsLost {
-                            cluster,
-                            why: crate::util::error_chain(&e),
-                        });
-                        return;
-                    }
                 }
             }
             Err(e) => {
