@@ -9,17 +9,20 @@ use common::{wait_until, Project, V};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 const LAB_DIR: &str = "/tmp/neronet-sshlab";
 const ALIAS: &str = "nerolab";
 const REMOTE_HOME: &str = "/home/nerolab";
 
-/// Tests that restart sshd or change nerolab's .bashrc take this, so they do not overlap.
-static LAB_WIDE: Mutex<()> = Mutex::new(());
+/// Tests that stop sshd or change nerolab's .bashrc hold this for writing, so nothing else
+/// runs meanwhile; every other test holds it for reading (through [`Lab`]).
+static LAB_WIDE: RwLock<()> = RwLock::new(());
 
 fn lab_config() -> PathBuf {
+    // Not while a test has sshd stopped.
+    let _shared = LAB_WIDE.read().unwrap_or_else(|p| p.into_inner());
     let cfg = Path::new(LAB_DIR).join("ssh_config");
     let ok = cfg.is_file()
         && Command::new("ssh")
@@ -57,21 +60,42 @@ fn static_dir() -> PathBuf {
 struct Lab {
     cfg: PathBuf,
     workdir: String,
+    _lab_wide: LabWide,
+}
+
+enum LabWide {
+    Shared(#[expect(dead_code, reason = "held")] RwLockReadGuard<'static, ()>),
+    Alone(#[expect(dead_code, reason = "held")] RwLockWriteGuard<'static, ()>),
 }
 
 impl Lab {
     fn new(name: &str) -> Lab {
-        Lab::with_config(name, lab_config())
+        Lab::with_config(name, lab_config(), false)
     }
 
-    fn with_config(name: &str, cfg: PathBuf) -> Lab {
+    /// A lab for a test that stops sshd or changes nerolab's .bashrc: no other test runs
+    /// meanwhile.
+    fn alone(name: &str, cfg: PathBuf) -> Lab {
+        Lab::with_config(name, cfg, true)
+    }
+
+    fn with_config(name: &str, cfg: PathBuf, alone: bool) -> Lab {
+        let lab_wide = if alone {
+            LabWide::Alone(LAB_WIDE.write().unwrap_or_else(|p| p.into_inner()))
+        } else {
+            LabWide::Shared(LAB_WIDE.read().unwrap_or_else(|p| p.into_inner()))
+        };
         static_dir();
         let workdir = format!(
             "neronet-test-{name}-{}-{}",
             std::process::id(),
             Instant::now().elapsed().subsec_nanos() % 1000
         );
-        let lab = Lab { cfg, workdir };
+        let lab = Lab {
+            cfg,
+            workdir,
+            _lab_wide: lab_wide,
+        };
         lab.ssh(&format!("rm -rf {}", lab.workdir));
         lab
     }
@@ -370,9 +394,8 @@ impl Drop for SshdStopped {
 /// printed is stored exactly once.
 #[test]
 fn a_cut_connection_is_resumed_with_nothing_lost() {
-    let _lab_wide = LAB_WIDE.lock().unwrap_or_else(|p| p.into_inner());
     let cfg = PrivateConfig::new("cut");
-    let lab = Lab::with_config("cut", cfg.path.clone());
+    let lab = Lab::alone("cut", cfg.path.clone());
     let p = lab_project(
         "ssh-cut",
         &lab,
@@ -580,8 +603,7 @@ impl Drop for ChattyBashrc {
 /// .bashrc into every job, and its `quota: 93% used` became a metric of the run.
 #[test]
 fn a_chatty_bashrc_is_no_obstacle() {
-    let _lab_wide = LAB_WIDE.lock().unwrap_or_else(|p| p.into_inner());
-    let lab = Lab::new("chatty");
+    let lab = Lab::alone("chatty", lab_config());
     let p = lab_project("ssh-chatty", &lab, &[("a", 3.0, 0.0, 0.0)]);
     let _bashrc = ChattyBashrc::install(
         "echo 'Welcome to the lab cluster!'\necho '{\"motd\": \"looks like JSON\"}'\necho 'quota: 93% used' >&2\n",
@@ -616,8 +638,7 @@ fn a_chatty_bashrc_is_no_obstacle() {
 /// command line), so tests beside it are undisturbed.
 #[test]
 fn a_login_node_of_another_arch_is_refused() {
-    let _lab_wide = LAB_WIDE.lock().unwrap_or_else(|p| p.into_inner());
-    let lab = Lab::new("arch");
+    let lab = Lab::alone("arch", lab_config());
     let p = lab_project("ssh-arch", &lab, &[("a", 1.0, 0.0, 0.0)]);
     let fake = Path::new(REMOTE_HOME).join(format!(".{}-bin", lab.workdir));
     std::fs::create_dir_all(&fake).unwrap();
@@ -653,7 +674,7 @@ fn a_login_node_of_another_arch_is_refused() {
 #[test]
 fn a_waiting_cli_goes_on_through_a_killed_master() {
     let cfg = PrivateConfig::new("wait");
-    let lab = Lab::with_config("wait", cfg.path.clone());
+    let lab = Lab::with_config("wait", cfg.path.clone(), false);
     let p = lab_project("ssh-wait", &lab, &[("a", 30.0, 0.1, 0.0)]);
     let waiting = p
         .command(&["start", "a", "--wait"])
@@ -679,5 +700,59 @@ fn a_waiting_cli_goes_on_through_a_killed_master() {
     assert!(
         master_pid(&cfg.path).is_some_and(|m| m != master),
         "a new master carried the rest"
+    );
+}
+
+/// `neroman clusters` on a SLURM cluster reached over ssh: the warden's own version and the
+/// user's queue by state, from one probe beside the agent check. Needs the test SLURM.
+#[test]
+fn clusters_reports_a_slurm_warden_and_its_queue() {
+    let ping = Command::new("scontrol").arg("ping").output();
+    assert!(
+        ping.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("is UP")),
+        "the test SLURM is not up (`scontrol ping`): start it with scripts/services.sh — these tests never skip"
+    );
+    let lab = Lab::new("slurm");
+    let p = Project::new(
+        "ssh-slurm",
+        &format!(
+            "clusters:\n  hpc:\n    ssh: {ALIAS}\n    ssh_config: {}\n    warden: slurm\n    workdir: {}\n",
+            lab.cfg.display(),
+            lab.workdir
+        ),
+    );
+    p.workbook(&["id", "status"], &[vec![V::S("1"), V::E]]);
+    let job =
+        lab.ssh_ok("sbatch --parsable -p debug -J neronet-probe -o /dev/null --wrap 'sleep 60'");
+    let job = job.trim().to_string();
+    let out = p.neroman(&["clusters", "--json"]);
+    lab.ssh(&format!("scancel {job}"));
+    let reports: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let hpc = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == "hpc")
+        .unwrap();
+    assert_eq!(hpc["warden"]["kind"], "slurm", "{hpc}");
+    assert_eq!(hpc["warden"]["found"], true, "{hpc}");
+    assert!(
+        hpc["warden"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("slurm"),
+        "{hpc}"
+    );
+    let queued: u64 = hpc["queue"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(queued >= 1, "the job just submitted is in the queue: {hpc}");
+    assert_eq!(
+        hpc["agent"]["running"], false,
+        "clusters starts no agent: {hpc}"
     );
 }
