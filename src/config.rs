@@ -73,6 +73,9 @@ pub struct ClusterConfig {
     /// Host alias from ~/.ssh/config or user@host; none for `local`.
     #[serde(default)]
     pub ssh: Option<String>,
+    /// An ssh config file passed as `ssh -F` (else ssh reads the user's own).
+    #[serde(default)]
+    pub ssh_config: Option<PathBuf>,
     /// `None` when not written, so that a project's `warden: local` overrides a user's
     /// `warden: slurm` (see [`ClusterConfig::warden`]).
     #[serde(default)]
@@ -379,10 +382,10 @@ impl Config {
 }
 
 impl ClusterConfig {
-    /// Whether this version can run jobs there: a mum on this machine with the `local` or
-    /// `slurm` warden.
+    /// Whether this version can run jobs there: the `local` or `slurm` warden, with the mum on
+    /// this machine or on the login node named by `ssh:`.
     pub fn is_supported(&self) -> bool {
-        matches!(self.warden(), Warden::Local | Warden::Slurm) && self.ssh.is_none()
+        matches!(self.warden(), Warden::Local | Warden::Slurm)
     }
 
     /// How often the SLURM warden asks squeue (`poll_interval`, default 5 s).
@@ -407,6 +410,7 @@ impl ClusterConfig {
         let mut sge = self.sge;
         sge.extend(p.sge);
         ClusterConfig {
+            ssh_config: p.ssh_config.or(self.ssh_config),
             ssh: p.ssh.or(self.ssh),
             warden: p.warden.or(self.warden),
             workdir: p.workdir.or(self.workdir),

@@ -331,7 +331,7 @@ impl Project {
         {
             problems.push(problem(
                 &row.cluster_cell,
-                format!("cluster {cluster:?} is remote (ssh) or uses Grid Engine: this version runs jobs through a mum on this machine, with the local or slurm warden, only"),
+                format!("cluster {cluster:?} uses Grid Engine (warden: sge): this version runs jobs with the local or slurm warden only"),
             ));
         }
         if let Some(c) = self.config.clusters.get(&cluster) {
@@ -411,19 +411,13 @@ impl Project {
     }
 
     /// How to reach the cluster's agent; with `start: false` a bridge does not start one.
-    fn mum_for(&self, cluster: &str, start: bool) -> LocalMum {
+    pub fn mum_for(&self, cluster: &str, start: bool) -> LocalMum {
         let c = self
             .config
             .clusters
             .get(cluster)
             .cloned()
             .unwrap_or_default();
-        let workdir = match &c.workdir {
-            Some(w) => self.dir.join(w),
-            None => self.dir.join(STATE_DIR).join(format!("mum-{cluster}")),
-        };
-        let mum_binary = sibling_binary("neromum");
-        let kid_binary = sibling_binary("nerokid");
         let slurm = c.warden() == crate::config::Warden::Slurm;
         // SLURM queues runs itself: mum hands it every run (max_parallel, if set, throttles
         // each job array).
@@ -442,6 +436,34 @@ impl Project {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(900);
+        if let Some(host) = &c.ssh {
+            // The agent lives on the login node: its workdir and the binaries uploaded there
+            // are paths relative to the remote home (the bridge runs there).
+            let layout =
+                crate::cluster::ssh::RemoteLayout::new(c.workdir.as_deref().unwrap_or("neronet"));
+            return LocalMum {
+                workdir: PathBuf::from(&layout.workdir),
+                mum_binary: PathBuf::from(layout.binary("neromum")),
+                kid_binary: PathBuf::from(layout.binary("nerokid")),
+                max_parallel,
+                idle_exit_secs,
+                project: Some(self.project_id()),
+                transport: Transport::Ssh {
+                    target: crate::cluster::ssh::SshTarget {
+                        host: host.clone(),
+                        config_file: c.ssh_config.as_deref().map(|p| self.local_path(p)),
+                    },
+                    start,
+                },
+                warden,
+            };
+        }
+        let workdir = match &c.workdir {
+            Some(w) => self.dir.join(w),
+            None => self.dir.join(STATE_DIR).join(format!("mum-{cluster}")),
+        };
+        let mum_binary = sibling_binary("neromum");
+        let kid_binary = sibling_binary("nerokid");
         let mut m = LocalMum {
             workdir,
             mum_binary,
@@ -456,20 +478,31 @@ impl Project {
         // carry the protocol, started through `sh -c` exactly as `ssh host ...` would run it.
         if std::env::var("NERONET_TRANSPORT").as_deref() == Ok("bridge") {
             let mut args = vec![
-                "-c".to_string(),
-                format!(
-                    "exec \"$0\" bridge \"$@\"{}",
-                    if start { "" } else { " --no-start" }
-                ),
+                "-c".into(),
+                "exec \"$0\" bridge \"$@\"".into(),
                 m.mum_binary.display().to_string(),
             ];
             args.extend(m.agent_args());
+            if !start {
+                args.push("--no-start".into());
+            }
             m.transport = Transport::Bridge {
                 program: PathBuf::from("sh"),
                 args,
             };
         }
         m
+    }
+
+    /// A path from neronet.yaml on this machine: `~/` is the home directory, a relative path is
+    /// relative to the project directory.
+    fn local_path(&self, p: &Path) -> PathBuf {
+        if let Ok(rest) = p.strip_prefix("~") {
+            if let Some(home) = std::env::var_os("HOME") {
+                return PathBuf::from(home).join(rest);
+            }
+        }
+        self.dir.join(p)
     }
 
     /// The project's stable id (see [`project_id`]).
@@ -743,7 +776,13 @@ impl Project {
         Some(RunSpec {
             run: uid.to_string(),
             command,
-            cwd: Some(self.dir.display().to_string()),
+            // On this machine jobs start in the project directory; on a login node reached by
+            // ssh that directory does not exist: they start in their run directory there
+            // (a `setup:` line can `cd` to the code).
+            cwd: cluster
+                .ssh
+                .is_none()
+                .then(|| self.dir.display().to_string()),
             env,
             setup: cluster.setup.clone().unwrap_or_default(),
             warden_opts: warden_options(cluster, &exp.row),

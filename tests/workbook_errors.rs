@@ -247,7 +247,7 @@ fn user_defaults_merge_key_by_key_and_errors_name_their_file() {
         st[1]["problems"][0]
             .as_str()
             .unwrap()
-            .contains("cluster \"hpc\" is remote"),
+            .contains("cluster \"hpc\" uses a batch warden"),
         "{st:?}"
     );
     p.user_config("clusters:\n  local:\n    grace: soon\n");
@@ -284,7 +284,7 @@ fn ods_formula_errors_make_the_row_invalid() {
 
 /// Regression: a user default `clusters.local.warden: slurm` could not be overridden: the
 /// project's `warden: local` read as "not written", the cluster stayed a SLURM one and every
-/// row was refused as remote.
+/// row was refused (its warden a batch one).
 #[test]
 fn a_project_warden_local_overrides_the_users_slurm() {
     let p = Project::new(
@@ -305,7 +305,7 @@ fn a_project_warden_local_overrides_the_users_slurm() {
     assert!(
         st[0]["problems"][0]
             .as_str()
-            .is_some_and(|m| m.contains("cluster \"local\" is remote (ssh) or uses Grid Engine")),
+            .is_some_and(|m| m.contains("cluster \"local\" uses Grid Engine")),
         "{st:?}"
     );
 }

@@ -109,6 +109,13 @@ enum Cmd {
         #[arg(long)]
         stop: bool,
     },
+    /// Check each cluster: SSH (and how long it took), the login node's architecture, the agent,
+    /// the warden's commands, what is queued. Starts no agent.
+    Clusters {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole loop on this machine with the embedded sample project (in --dir, or a new
     /// temporary directory).
     Demo,
@@ -192,6 +199,7 @@ fn main() {
                 | Cmd::Logs { .. }
                 | Cmd::Results
                 | Cmd::Agents { .. }
+                | Cmd::Clusters { .. }
                 | Cmd::Demo
                 | Cmd::Watch { .. }
                 | Cmd::Completions { .. },
@@ -243,6 +251,7 @@ fn main() {
             Cmd::Watch { stop: true, .. } => commands::watch::stop(&dir),
             Cmd::Watch { .. } => commands::watch::run(&dir),
             Cmd::Agents { stop } => commands::agents::run(&dir, stop),
+            Cmd::Clusters { json } => commands::clusters::run(&dir, json),
             // The demo makes a fresh project: in --dir when given, else in a new temporary directory.
             Cmd::Demo => commands::demo::run(cli.dir.as_deref()),
         },

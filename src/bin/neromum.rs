@@ -103,8 +103,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let kid_or_sibling =
-        |kid: Option<PathBuf>| kid.unwrap_or_else(|| neronet::cluster::sibling_binary("nerokid"));
+    // A relative kid path (a remote cluster's `neronet/bin/V/nerokid`, from the home where ssh
+    // starts the bridge) is made absolute: job scripts run it from their run directories.
+    let kid_or_sibling = |kid: Option<PathBuf>| {
+        kid.map(|k| std::path::absolute(&k).unwrap_or(k))
+            .unwrap_or_else(|| neronet::cluster::sibling_binary("nerokid"))
+    };
     let result = match cli.command {
         Cmd::Serve(agent) => serve(MumOptions {
             warden: agent.warden(),

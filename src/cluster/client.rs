@@ -56,6 +56,8 @@ pub enum ClientError {
     Refused(String),
     #[error("unexpected reply from neromum: {0}")]
     Unexpected(String),
+    #[error(transparent)]
+    Ssh(#[from] crate::cluster::ssh::SshError),
 }
 
 /// How long the version handshake may take before a mum counts as not answering.
@@ -72,8 +74,15 @@ const MAX_PREAMBLE_LINES: usize = 200;
 pub enum Transport {
     /// The mum's unix socket on this machine.
     Socket,
-    /// A command whose stdin/stdout is a bridge to the mum (`ssh host neromum bridge ...`).
+    /// A command whose stdin/stdout is a bridge to the mum (`sh -c` standing in for ssh).
     Bridge { program: PathBuf, args: Vec<String> },
+    /// `neromum bridge` on a cluster's login node, through the host's SSH master
+    /// (`cluster::ssh`): the mum's workdir and binaries are paths there (relative to the
+    /// remote home); with `start: false` the bridge starts no agent.
+    Ssh {
+        target: crate::cluster::ssh::SshTarget,
+        start: bool,
+    },
 }
 
 /// How to find and start a mum.
@@ -113,6 +122,10 @@ impl LocalMum {
 pub struct MumClient {
     workdir: PathBuf,
     conn: Connection,
+    /// How to connect again when an SSH connection drops (its master killed, sshd restarted):
+    /// a request is then sent once more on a new connection. None for the other transports,
+    /// where a closed connection means the agent went away (the caller decides).
+    resume: Option<LocalMum>,
     pub hello: HelloReply,
     /// True when this call had to start the mum.
     pub started: bool,
@@ -129,7 +142,7 @@ impl MumClient {
     pub fn connect_or_start(m: &LocalMum) -> Result<MumClient, ClientError> {
         match &m.transport {
             Transport::Socket => Self::connect_socket(m),
-            Transport::Bridge { .. } => Self::connect_bridge(m),
+            Transport::Bridge { .. } | Transport::Ssh { .. } => Self::connect_bridge(m),
         }
     }
 
@@ -192,8 +205,12 @@ impl MumClient {
     }
 
     fn bridge_conn(m: &LocalMum) -> Result<Connection, ClientError> {
-        let Transport::Bridge { program, args } = &m.transport else {
-            unreachable!("bridge_conn is only called for bridges");
+        let (program, args) = match &m.transport {
+            Transport::Bridge { program, args } => (program, args),
+            Transport::Ssh { target, start } => {
+                return Ok(crate::cluster::ssh::open_bridge(m, target, *start)?)
+            }
+            Transport::Socket => unreachable!("bridge_conn is only called for bridges"),
         };
         let child = Command::new(program)
             .args(args)
@@ -226,6 +243,15 @@ impl MumClient {
                 match Self::handshake(m, conn, BRIDGE_HELLO_TIMEOUT, true)? {
                     Ok(c) => Ok(c),
                     Err(Handshake::Failed(e)) => Err(e),
+                    // Over ssh the agent started next runs the uploaded static build: one
+                    // older than this neroman (a development tree rebuilt without it) is
+                    // older again.
+                    Err(_) if matches!(m.transport, Transport::Ssh { .. }) => {
+                        Err(ClientError::Refused(format!(
+                            "the agent started after the hand-over speaks an older protocol too: the static neromum this neroman uploads is older than it; rebuild it with `{}`",
+                            crate::cluster::ssh::BUILD_STATIC
+                        )))
+                    }
                     Err(_) => Err(ClientError::Refused(
                         "the older neromum did not hand over".into(),
                     )),
@@ -252,7 +278,7 @@ impl MumClient {
                     UnixStream::connect(socket_path(&m.workdir)).map_err(|e| wire(e.into()))?;
                 Self::socket_conn(m, stream)?
             }
-            Transport::Bridge { .. } => Self::bridge_conn(m)?,
+            Transport::Bridge { .. } | Transport::Ssh { .. } => Self::bridge_conn(m)?,
         };
         let hello = Hello {
             version,
@@ -313,7 +339,7 @@ impl MumClient {
                             .map(|s| s.trim().to_string())
                             .unwrap_or_else(|_| "?".into())
                     ),
-                    Transport::Bridge { .. } => format!(
+                    Transport::Bridge { .. } | Transport::Ssh { .. } => format!(
                         "its pid is in {} on the far side of the bridge",
                         m.workdir.join("mum.lock").display()
                     ),
@@ -345,6 +371,7 @@ impl MumClient {
             Response::Hello(h) if h.version == PROTOCOL_VERSION => Ok(Ok(MumClient {
                 workdir: m.workdir.clone(),
                 conn,
+                resume: matches!(m.transport, Transport::Ssh { .. }).then(|| m.clone()),
                 hello: h,
                 started,
             })),
@@ -372,11 +399,37 @@ impl MumClient {
         req: impl Into<Request>,
         wait: Duration,
     ) -> Result<Response, ClientError> {
+        let req = req.into();
+        match self.request_once(&req, wait) {
+            // Every request is safe to send again: a submit of runs mum has is answered as
+            // before, an abort of an ended run is done, the rest only read.
+            Err(e @ ClientError::Wire { .. }) if self.resume.is_some() => {
+                tracing::info!(
+                    "{}: {}; connecting again",
+                    self.conn.describe,
+                    crate::util::error_chain(&e)
+                );
+                let m = self.resume.clone().expect("checked by the guard");
+                let fresh = MumClient::connect_or_start(&m)?;
+                // Another journal (the agent's workdir started afresh): what the caller
+                // computed from the old one does not apply; it syncs again from the start.
+                if fresh.hello.epoch != self.hello.epoch {
+                    return Err(e);
+                }
+                self.conn = fresh.conn;
+                self.hello = fresh.hello;
+                self.request_once(&req, wait)
+            }
+            r => r,
+        }
+    }
+
+    fn request_once(&mut self, req: &Request, wait: Duration) -> Result<Response, ClientError> {
         let wire = |err| ClientError::Wire {
             workdir: self.workdir.clone(),
             err,
         };
-        self.conn.send(&req.into()).map_err(wire)?;
+        self.conn.send(req).map_err(wire)?;
         match self
             .conn
             .recv(REQUEST_TIMEOUT + wait)

@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod client;
 pub mod mum;
 pub mod protocol;
+pub mod ssh;
 pub mod transport;
 pub mod workdir_lock;
 
@@ -22,14 +23,15 @@ pub fn socket_path(workdir: &Path) -> PathBuf {
     let uid = unsafe { libc::getuid() };
     let dir = std::env::temp_dir().join(format!("neronet-{uid}"));
     let _ = std::fs::create_dir_all(&dir);
-    let hash = workdir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-        });
+    let hash = short_hash(workdir.as_os_str().as_encoded_bytes());
     dir.join(format!("{hash:016x}.sock"))
+}
+
+/// FNV-1a: a short stable name for a long key (socket paths must stay short).
+pub(crate) fn short_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// A sibling program installed next to the running one (`target/debug/nerokid` beside

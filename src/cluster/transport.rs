@@ -1,12 +1,13 @@
-//! A connection to a mum over any byte stream: the unix socket of a mum on this machine, or the
-//! stdin/stdout of a bridge process (`ssh host neromum bridge`, or `sh -c` standing in for it).
+//! A connection to a mum over any byte stream: the unix socket of a mum on this machine, the
+//! stdin/stdout of a bridge process (`sh -c` standing in for ssh), or a bridge's channel on an
+//! SSH master (`cluster::ssh`).
 //! A reader thread turns the incoming bytes into capped lines, so every wait has a timeout even
 //! on pipes, which have none of their own.
 
 use crate::cluster::protocol::*;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, ChildStderr};
+use std::process::Child;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,6 +97,21 @@ impl Connection {
         Ok(conn)
     }
 
+    /// Talk over any pair of blocking streams (an SSH channel's, bridged from its runtime);
+    /// `stderr` is kept for error messages and `close` runs when the connection is dropped,
+    /// after the writer is closed.
+    pub fn streams(
+        reader: impl Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+        stderr: Option<Box<dyn Read + Send>>,
+        close: Box<dyn FnOnce() + Send>,
+        describe: String,
+    ) -> Connection {
+        let mut conn = Connection::new(reader, writer, close, describe);
+        conn.stderr = stderr.map(keep_stderr);
+        conn
+    }
+
     pub fn send(&mut self, msg: &Request) -> Result<(), WireError> {
         send(&mut self.writer, msg)
     }
@@ -139,7 +155,7 @@ impl Drop for Connection {
     }
 }
 
-fn keep_stderr(mut stderr: ChildStderr) -> KeptStderr {
+fn keep_stderr(mut stderr: impl Read + Send + 'static) -> KeptStderr {
     let kept = Arc::new(Mutex::new(Vec::new()));
     let k = Arc::clone(&kept);
     let reader = std::thread::spawn(move || {

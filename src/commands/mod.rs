@@ -3,6 +3,7 @@
 
 pub mod act;
 pub mod agents;
+pub mod clusters;
 pub mod demo;
 pub mod init;
 pub mod logs;
