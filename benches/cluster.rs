@@ -168,7 +168,7 @@ impl Bench {
                     Cell::Num(i as f64),
                     Cell::Empty,
                     Cell::Empty,
-                    Cell::Text("hpc".into()),
+                    Cell::Text("hpc"),
                 ]
             })
             .collect();
@@ -180,7 +180,7 @@ impl Bench {
                 Cell::Text(Box::leak(
                     format!("python3 {}/tick.py", base.display()).into_boxed_str(),
                 )),
-                Cell::Text("hpc".into()),
+                Cell::Text("hpc"),
             ]
         });
         let book = neronet::sheet::template::BookSpec {

@@ -435,6 +435,9 @@ fn metric_latency(b: &Bench) {
         println!("  only {} of the 80 values seen within 40 s", lat.len());
     }
 }
+
+/// Part 3 (with NERONET_BENCH_WATCH_ALL=1): one save types `start` into every row not yet
+/// run, the workbook not open anywhere; the time until every state is `finished` in the
 /// workbook, and the CPU the daemon and the agent used meanwhile.
 fn run_all(b: &Bench, daemon: &Daemon) {
     let rest: Vec<_> = (SAVES + 1..=b.rows).map(Bench::start_cell).collect();

@@ -42,9 +42,7 @@ pub fn sent_values(results: &Path, id: u32) -> Vec<f64> {
     .collect()
 }
 
-/// Part 3 (with NERONET_BENCH_WATCH_ALL=1): one save types `start` into every row not yet
-/// run, the workbook not open anywhere; the time until every state is `finished` in the
-
+/// `what, N values: p50 .. ms, p95 .. ms, min .. ms, max .. ms` (latencies in seconds).
 pub fn print_latency(what: &str, lat: &[f64], goal: &str) {
     if lat.is_empty() {
         println!("{what}: nothing measured");
