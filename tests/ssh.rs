@@ -138,9 +138,11 @@ impl Lab {
     }
 
     fn mum_pid(&self) -> Option<i32> {
+        // The lock records `<pid> on <host>`.
         std::fs::read_to_string(self.remote_path("mum.lock"))
             .ok()?
-            .trim()
+            .split_whitespace()
+            .next()?
             .parse()
             .ok()
     }

@@ -144,9 +144,11 @@ pub fn static_binaries() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let dir = target.join("x86_64-unknown-linux-musl/release");
-    let sources =
-        super::walk_newest(&root.join("src")).max(super::walk_newest(&root.join("kid/src")));
-    for name in ["neromum", "nerokid"] {
+    // neromum is built from both crates, nerokid from the kid crate alone (cargo relinks a
+    // binary only when its own sources changed).
+    let kid_sources = super::walk_newest(&root.join("kid/src"));
+    let all_sources = super::walk_newest(&root.join("src")).max(kid_sources);
+    for (name, sources) in [("neromum", all_sources), ("nerokid", kid_sources)] {
         let p = dir.join(name);
         let built = std::fs::metadata(&p).and_then(|m| m.modified());
         match built {
