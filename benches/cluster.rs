@@ -24,11 +24,11 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{print_latency, sent_values};
+use common::{print_latency, results_latency};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const ROWS: u32 = 1000;
 const SSH_DIR: &str = "/tmp/neronet-sshlab";
@@ -270,24 +270,7 @@ fn metric_latency(b: &Bench) {
     let id = ROWS + 1;
     let results = b.dir.join("results.xlsx");
     b.neroman(&["start", &id.to_string()]);
-    let mut seen: HashMap<i64, f64> = HashMap::new();
-    let mut last_stamp = None;
-    let t = Instant::now();
-    while seen.len() < 80 && t.elapsed() < Duration::from_secs(60) {
-        let stamp = std::fs::metadata(&results)
-            .ok()
-            .map(|m| (std::os::unix::fs::MetadataExt::ino(&m), m.modified().ok()));
-        let now = secs(SystemTime::now());
-        if stamp.is_some() && stamp != last_stamp {
-            last_stamp = stamp;
-            for sent in sent_values(&results, id) {
-                seen.entry((sent * 1e6).round() as i64)
-                    .or_insert(now - sent);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let lat: Vec<f64> = seen.into_values().collect();
+    let lat = results_latency(&results, id, 80, Duration::from_secs(60));
     print_latency(
         "metric printed on the node -> in results.xlsx through SSH + SLURM",
         &lat,
@@ -404,8 +387,4 @@ fn last_line(text: &str) -> &str {
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
-}
-
-fn secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }

@@ -29,7 +29,7 @@
 mod common;
 
 use calamine::Reader;
-use common::{print_latency, sent_values};
+use common::{print_latency, results_latency};
 use neronet::sheet::template::{BookSpec, Cell};
 use neronet::sheet::writeback::{patch_cells, CellRef, CellValue};
 use std::collections::HashMap;
@@ -408,24 +408,7 @@ fn metric_latency(b: &Bench) {
             CellValue::Text(format!("python3 {}/tick.py", b.markers.display())),
         ),
     ]);
-    let mut seen: HashMap<i64, f64> = HashMap::new();
-    let mut last_stamp = None;
-    let t = Instant::now();
-    while seen.len() < 80 && t.elapsed() < Duration::from_secs(40) {
-        let stamp = std::fs::metadata(&results)
-            .ok()
-            .map(|m| (std::os::unix::fs::MetadataExt::ino(&m), m.modified().ok()));
-        let now = secs(SystemTime::now());
-        if stamp.is_some() && stamp != last_stamp {
-            last_stamp = stamp;
-            for sent in sent_values(&results, id) {
-                seen.entry((sent * 1e6).round() as i64)
-                    .or_insert(now - sent);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let lat: Vec<f64> = seen.into_values().collect();
+    let lat = results_latency(&results, id, 80, Duration::from_secs(40));
     print_latency(
         "metric printed -> in results.xlsx (history sheet), 100-row project",
         &lat,

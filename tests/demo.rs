@@ -67,13 +67,8 @@ fn demo_runs_the_sample_and_writes_results() {
     // Five runs × 30 epochs × 3 metrics, plus the aborted run's few epochs.
     assert!(history.lines().count() > 450, "{}", history.lines().count());
     // The demo leaves no agent running.
-    let pid: i32 = std::fs::read_to_string(dir.join(".neronet/mum-local/mum.lock"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid =
+        common::lock_pid(&dir.join(".neronet/mum-local")).expect("the agent's lock names its pid");
     common::wait_until(
         "the demo's mum to exit",
         std::time::Duration::from_secs(10),

@@ -514,14 +514,7 @@ fn mum_killed_while_jobs_queue_and_run_submits_nothing_twice() {
     );
     assert_eq!(batches(&p).len(), 1, "submitted once");
     // Now a plain kill -9 while two run and two wait in SLURM's queue.
-    // The lock records `<pid> on <host>`.
-    let pid: i32 = std::fs::read_to_string(mum_dir(&p).join("mum.lock"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = common::lock_pid(&mum_dir(&p)).expect("the agent's lock names its pid");
     common::kill(pid, libc::SIGKILL);
     let st = p.status();
     assert!(

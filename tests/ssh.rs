@@ -138,25 +138,13 @@ impl Lab {
     }
 
     fn mum_pid(&self) -> Option<i32> {
-        // The lock records `<pid> on <host>`.
-        std::fs::read_to_string(self.remote_path("mum.lock"))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        common::lock_pid(&self.remote_path(""))
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(pid) = self.mum_pid() {
-            if std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("neromum"))
-            {
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-        }
+        common::stop_mum(self.mum_pid());
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(Path::new(REMOTE_HOME).join(&self.workdir));
         }

@@ -3,7 +3,36 @@
 #![allow(dead_code)]
 
 use calamine::{Data, Reader};
+use std::collections::HashMap;
 use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Follow results.xlsx while experiment `id`'s job prints `sent=<time>` lines: stat it every
+/// 50 ms and, each time it was replaced, read its `history` sheet; for each `sent` value first
+/// seen, (time of the stat that saw the new file) − sent. Until `want` values or `limit`.
+pub fn results_latency(results: &Path, id: u32, want: usize, limit: Duration) -> Vec<f64> {
+    let mut seen: HashMap<i64, f64> = HashMap::new();
+    let mut last_stamp = None;
+    let t = Instant::now();
+    while seen.len() < want && t.elapsed() < limit {
+        let stamp = std::fs::metadata(results)
+            .ok()
+            .map(|m| (std::os::unix::fs::MetadataExt::ino(&m), m.modified().ok()));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        if stamp.is_some() && stamp != last_stamp {
+            last_stamp = stamp;
+            for sent in sent_values(results, id) {
+                seen.entry((sent * 1e6).round() as i64)
+                    .or_insert(now - sent);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    seen.into_values().collect()
+}
 
 /// The `sent` values of experiment `id` in the `history` sheet of results.xlsx.
 pub fn sent_values(results: &Path, id: u32) -> Vec<f64> {

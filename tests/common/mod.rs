@@ -217,12 +217,7 @@ impl Project {
 
     /// The pid the lock file records (`4242 on HOST`: the first word).
     pub fn mum_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.mum_dir().join("mum.lock"))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        lock_pid(&self.mum_dir())
     }
 
     pub fn store(&self) -> rusqlite::Connection {
@@ -230,16 +225,32 @@ impl Project {
     }
 }
 
+/// The pid of the mum holding `workdir` (its lock records `<pid> on <host>`).
+pub fn lock_pid(workdir: &Path) -> Option<i32> {
+    std::fs::read_to_string(workdir.join("mum.lock"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// SIGTERM to a mum, if that pid still is one.
+pub fn stop_mum(pid: Option<i32>) {
+    if let Some(pid) = pid {
+        if std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("neromum"))
+        {
+            // SAFETY: kill(2) on a pid just checked to be a neromum; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
 impl Drop for Project {
     fn drop(&mut self) {
         // Stop this project's mum so tests leave no agents behind.
-        if let Some(pid) = self.mum_pid() {
-            if std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("neromum"))
-            {
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-        }
+        stop_mum(self.mum_pid());
         // A failed test keeps its directory for a post-mortem.
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.base);
