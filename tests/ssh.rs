@@ -12,7 +12,6 @@ use std::process::{Command, Output};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-const LAB_DIR: &str = "/tmp/neronet-sshlab";
 const ALIAS: &str = "nerolab";
 const REMOTE_HOME: &str = "/home/nerolab";
 
@@ -23,37 +22,9 @@ static LAB_WIDE: RwLock<()> = RwLock::new(());
 fn lab_config() -> PathBuf {
     // Not while a test has sshd stopped.
     let _shared = LAB_WIDE.read().unwrap_or_else(|p| p.into_inner());
-    let cfg = Path::new(LAB_DIR).join("ssh_config");
-    let ok = cfg.is_file()
-        && Command::new("ssh")
-            .arg("-F")
-            .arg(&cfg)
-            .args([ALIAS, "true"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "the test sshd is not reachable (`ssh -F {} {ALIAS} true` failed): start it with \
-         scripts/services.sh (or /work/shared/notes/recipes/sshd-up.sh with \
-         DIR={LAB_DIR} ALIAS={ALIAS} SSH_USER={ALIAS}) — these tests never skip",
-        cfg.display()
-    );
-    cfg
-}
-
-/// The static binaries neroman uploads; the test script builds them.
-fn static_dir() -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-musl/release");
-    for b in ["neromum", "nerokid"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{} is missing: build the static binaries first: \
-             cargo build --release --target x86_64-unknown-linux-musl --bin neromum --bin nerokid",
-            dir.join(b).display()
-        );
-    }
-    dir
+    let lab = common::services::ssh_lab();
+    assert_eq!(lab.alias, ALIAS);
+    lab.config
 }
 
 /// One test's cluster on nerolab: its own remote workdir, removed (agent stopped) at the end.
@@ -85,7 +56,7 @@ impl Lab {
         } else {
             LabWide::Shared(LAB_WIDE.read().unwrap_or_else(|p| p.into_inner()))
         };
-        static_dir();
+        common::services::static_binaries();
         let workdir = format!(
             "neronet-test-{name}-{}-{}",
             std::process::id(),
@@ -156,7 +127,13 @@ impl Drop for Lab {
 const JOB: &str = "i=0; while [ $i -lt {n} ]; do echo step=$i loss=0.$i; i=$((i+1)); sleep {pause}; done; echo uid=$(id -u); exit {code}";
 
 fn lab_project(name: &str, lab: &Lab, rows: &[(&str, f64, f64, f64)]) -> Project {
-    let p = Project::new(name, &lab.yaml());
+    project_with(name, &lab.yaml(), rows)
+}
+
+/// A project on the cluster `lab` configured by `yaml`, rows `(id, n, pause, code)` running
+/// [`JOB`].
+fn project_with(name: &str, yaml: &str, rows: &[(&str, f64, f64, f64)]) -> Project {
+    let p = Project::new(name, yaml);
     p.workbook(
         &["id", "status", "cluster", "command", "n", "pause", "code"],
         &rows
@@ -193,6 +170,72 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// SLURM behind sshd, the README's five lines: 50 rows go out over SSH as one job array
+/// (`start` says so once SLURM took them), each finishes once; a run is aborted in SLURM and
+/// restarted as a new job.
+#[test]
+fn slurm_over_ssh_an_array_abort_and_restart() {
+    common::services::slurm();
+    let lab = Lab::new("slurm");
+    let yaml = format!(
+        "clusters:\n  lab:\n    ssh: {ALIAS}\n    ssh_config: {}\n    workdir: {}\n    warden: slurm\n    poll_interval: 1s\n    grace: 2s\n    slurm:\n      partition: debug\n      time: '0:05:00'\n",
+        lab.cfg.display(),
+        lab.workdir
+    );
+    let ids: Vec<String> = (1..=50).map(|i| i.to_string()).collect();
+    let mut rows: Vec<(&str, f64, f64, f64)> =
+        ids.iter().map(|id| (id.as_str(), 2.0, 0.05, 0.0)).collect();
+    rows.push(("slow", 1000.0, 0.2, 0.0));
+    let p = project_with("ssh-slurm", &yaml, &rows);
+    let out = p.ok(&["start", "1-50"]);
+    assert!(
+        out.contains("lab: 50 runs accepted by slurm in ") && out.contains("(50 tasks)"),
+        "{out}"
+    );
+    wait_until("50 runs finished", Duration::from_secs(180), || {
+        p.status()
+            .iter()
+            .filter(|e| e["state"] == "finished")
+            .count()
+            == 50
+    });
+    let st = p.status();
+    let arrays: std::collections::BTreeSet<&str> = st[..50]
+        .iter()
+        .map(|e| e["job_id"].as_str().unwrap().split('_').next().unwrap())
+        .collect();
+    assert_eq!(arrays.len(), 1, "one job array: {arrays:?}");
+    for id in ["1", "25", "50"] {
+        assert_eq!(
+            metric_rows(&p, &format!("{id}.1")),
+            5,
+            "2 × (step, loss) + uid"
+        );
+    }
+    p.ok(&["start", "slow"]);
+    p.wait_for_state("slow", "running");
+    let job = p.status()[50]["job_id"].as_str().unwrap().to_string();
+    let out = p.neroman(&["abort", "slow", "--wait"]);
+    assert!(text(&out).contains("slow: aborted"), "{}", text(&out));
+    wait_until(
+        "SLURM to be done with the aborted job",
+        Duration::from_secs(30),
+        || {
+            let q = Command::new("squeue")
+                .args(["-h", "-j", &job, "-o", "%T"])
+                .output()
+                .unwrap();
+            let state = String::from_utf8_lossy(&q.stdout).trim().to_string();
+            !matches!(state.as_str(), "RUNNING" | "PENDING" | "COMPLETING")
+        },
+    );
+    p.ok(&["restart", "slow"]);
+    p.wait_for_state("slow", "running");
+    let again = p.status()[50]["job_id"].as_str().unwrap().to_string();
+    assert_ne!(again, job, "the restart is a new SLURM job");
+    p.ok(&["abort", "slow", "--wait"]);
 }
 
 #[test]
@@ -436,7 +479,7 @@ fn binaries_are_uploaded_once_and_again_when_they_differ() {
     let lab = Lab::new("upload");
     let p = lab_project("ssh-upload", &lab, &[("x", 1.0, 0.0, 0.0)]);
     let bin = lab.bin_dir();
-    let local = static_dir();
+    let local = common::services::static_binaries();
     let out = p.neroman(&["-v", "agents"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
