@@ -12,3 +12,13 @@ cargo bench -p neronet --bench agent
 cargo bench -p neronet --bench writeback
 # Drives the real `neroman watch` (the release binary built above); about 4 minutes (NERONET_BENCH_WATCH_ALL=1: 8).
 cargo bench -p neronet --bench watch
+# A cluster over SSH with SLURM (about 4 minutes): brings up the test services (reusing running
+# ones), builds the static binaries it uploads, and compares with submitit when it is installed
+# (`pip install submitit`).
+. scripts/services.sh
+trap stop_services EXIT
+need_slurm
+need_sshd_lab
+need_musl
+cargo build --release --target x86_64-unknown-linux-musl --bin neromum --bin nerokid
+cargo bench -p neronet --bench cluster
