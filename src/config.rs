@@ -646,13 +646,14 @@ mod tests {
             "{e}"
         );
         let remote = Config::parse(
-            "clusters:\n  hpc:\n    ssh: login\n    warden: slurm\n",
+            "clusters:\n  hpc:\n    ssh: login\n    warden: slurm\n  sge:\n    ssh: login\n    warden: sge\n",
             Path::new("n.yaml"),
         )
         .unwrap();
+        assert!(remote.clusters["hpc"].is_supported(), "SLURM over ssh runs");
         assert!(
-            !remote.clusters["hpc"].is_supported(),
-            "ssh is not here yet"
+            !remote.clusters["sge"].is_supported(),
+            "Grid Engine is not here yet"
         );
     }
 
