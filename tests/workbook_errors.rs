@@ -230,7 +230,7 @@ fn user_defaults_merge_key_by_key_and_errors_name_their_file() {
         "command: echo from_user=$FROM_USER\nclusters:\n  local:\n    setup: []\n",
     );
     p.user_config(
-        "clusters:\n  local:\n    setup: ['export FROM_USER=yes']\n  hpc:\n    ssh: me@hpc\n    warden: slurm\n",
+        "clusters:\n  local:\n    setup: ['export FROM_USER=yes']\n  hpc:\n    ssh: me@hpc\n    warden: sge\n",
     );
     p.ok(&["restart", "1", "--wait"]);
     assert_eq!(p.ok(&["logs", "1"]), "from_user=\n");
@@ -247,7 +247,7 @@ fn user_defaults_merge_key_by_key_and_errors_name_their_file() {
         st[1]["problems"][0]
             .as_str()
             .unwrap()
-            .contains("cluster \"hpc\" uses a batch warden"),
+            .contains("cluster \"hpc\" uses Grid Engine"),
         "{st:?}"
     );
     p.user_config("clusters:\n  local:\n    grace: soon\n");
