@@ -37,6 +37,9 @@ pub struct ActionReport {
     /// `abort`: selected experiments with nothing in flight (experiment id, its state). Kept
     /// apart from `skipped`: `abort all` is not about every finished row.
     pub idle: Vec<(String, &'static str)>,
+    /// Clusters that could not be reached: (cluster, the experiment ids left undone there, why).
+    /// The other clusters' work is done all the same.
+    pub unreached: Vec<(String, Vec<String>, String)>,
 }
 
 impl ActionReport {
@@ -208,8 +211,22 @@ fn act_where(
     }
 
     let mut sync = SyncReport::default();
+    let unreached = |e: &CoreError| match e {
+        CoreError::Cluster { err, .. } => Some(crate::util::error_chain(err)),
+        _ => None,
+    };
     for (cluster, runs) in to_start {
-        let mut client = project.connect(&cluster)?;
+        let mut client = match project.connect(&cluster) {
+            Ok(c) => c,
+            Err(e) => {
+                let Some(why) = unreached(&e) else {
+                    return Err(e);
+                };
+                let ids = runs.into_iter().map(|(id, _)| id).collect();
+                report.unreached.push((cluster, ids, why));
+                continue;
+            }
+        };
         let t = now();
         let mut specs = Vec::new();
         for (id, mut spec) in runs {
@@ -248,26 +265,45 @@ fn act_where(
                     "{why} (the runs stay submitted; the next command sends them again, or use --wait)"
                 ),
             )),
+            // Recorded as submitted: a later command (or the watcher) sends them again.
             Err(err) => {
-                return Err(CoreError::Cluster {
-                    cluster: cluster.clone(),
-                    err,
-                })
+                let why = crate::util::error_chain(&err);
+                report.unreached.push((
+                    cluster,
+                    Vec::new(),
+                    format!("{why} (the runs stay submitted; the next command sends them again)"),
+                ));
+                continue;
             }
         }
-        project.sync_with(&cluster, &mut client, &mut sync, std::time::Duration::ZERO)?;
+        if let Err(e) =
+            project.sync_with(&cluster, &mut client, &mut sync, std::time::Duration::ZERO)
+        {
+            let Some(why) = unreached(&e) else {
+                return Err(e);
+            };
+            report.unreached.push((cluster, Vec::new(), why));
+        }
     }
     for (cluster, runs) in to_abort {
-        let mut client = project.connect(&cluster)?;
-        project.sync_with(&cluster, &mut client, &mut sync, std::time::Duration::ZERO)?;
-        client
-            .abort(runs.iter().map(|(_, uid)| uid.clone()).collect())
-            .map_err(|err| CoreError::Cluster {
-                cluster: cluster.clone(),
-                err,
-            })?;
-        report.aborted.extend(runs);
-        project.sync_with(&cluster, &mut client, &mut sync, std::time::Duration::ZERO)?;
+        let ids: Vec<String> = runs.iter().map(|(id, _)| id.clone()).collect();
+        let sent = project.connect(&cluster).and_then(|mut client| {
+            project.sync_with(&cluster, &mut client, &mut sync, std::time::Duration::ZERO)?;
+            client
+                .abort(runs.iter().map(|(_, uid)| uid.clone()).collect())
+                .map_err(|err| CoreError::Cluster {
+                    cluster: cluster.clone(),
+                    err,
+                })?;
+            report.aborted.extend(runs);
+            project.sync_with(&cluster, &mut client, &mut sync, std::time::Duration::ZERO)
+        });
+        if let Err(e) = sent {
+            let Some(why) = unreached(&e) else {
+                return Err(e);
+            };
+            report.unreached.push((cluster, ids, why));
+        }
     }
     Ok((report, sync))
 }

@@ -341,7 +341,11 @@ impl Project {
                         continue;
                     };
                     if let Err(m) = crate::cluster::mum::slurm::check_option(key, value) {
-                        problems.push(problem("", m));
+                        let cell = row
+                            .warden_option_cells
+                            .get(column)
+                            .map_or("", String::as_str);
+                        problems.push(problem(cell, m));
                     }
                 }
             }
@@ -1043,6 +1047,7 @@ fn detached_experiment(run: crate::store::RunRow, why: String) -> Experiment {
             cluster_cell: String::new(),
             abort_when_cell: String::new(),
             warden_options: BTreeMap::new(),
+            warden_option_cells: BTreeMap::new(),
             params,
             invalid: Vec::new(),
             tool_values: BTreeMap::new(),
@@ -1346,6 +1351,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            warden_option_cells: BTreeMap::new(),
             params: BTreeMap::new(),
             invalid: Vec::new(),
             tool_values: BTreeMap::new(),

@@ -440,15 +440,22 @@ fn slurm_columns_reach_the_script_and_metacharacters_stay_inert() {
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(
         err.contains(
-            "2: not started: invalid row: experiments!A3: slurm.bad key: an option name is"
+            "2: not started: invalid row: experiments!H3: slurm.bad key: an option name is"
         ),
-        "the row and the column are named: {err}"
+        "the cell is named: {err}"
     );
     assert_eq!(p.state_of("2"), "defined");
     p.ok(&["start", "1"]);
     wait_state(&p, "1", "finished", 60);
-    // A job sbatch refuses is lost, with SLURM's words.
-    p.ok(&["start", "3"]);
+    // A job sbatch refuses is lost, with SLURM's words, said by `start` itself (exit 3: a
+    // run ended other than finished).
+    let out = p.neroman(&["start", "3"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("3: lost (SLURM refused the job") && said.contains("1 refused (above)"),
+        "{said}"
+    );
     wait_state(&p, "3", "lost", 30);
     let reason = entry(&p, "3")["reason"].as_str().unwrap().to_string();
     assert!(

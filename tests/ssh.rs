@@ -238,6 +238,39 @@ fn slurm_over_ssh_an_array_abort_and_restart() {
     p.ok(&["abort", "slow", "--wait"]);
 }
 
+/// Trial regression: with one cluster unreachable, `start` still starts the rows of the
+/// others and says so (it printed only the error, and exited 1 as if nothing had started).
+#[test]
+fn a_cluster_not_reached_leaves_the_others_started_and_said() {
+    let lab = Lab::new("partial");
+    let yaml = lab.yaml().replace(
+        "clusters:\n",
+        "clusters:\n  wrong:\n    ssh: nosuchalias.invalid\n    ssh_config: /dev/null\n",
+    );
+    let p = Project::new("ssh-partial", &yaml);
+    p.workbook(
+        &["id", "status", "cluster", "command"],
+        &[
+            vec![V::S("a"), V::E, V::S("lab"), V::S("echo step=1")],
+            vec![V::S("b"), V::E, V::S("wrong"), V::S("echo step=1")],
+        ],
+    );
+    let out = p.neroman(&["start", "all"]);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{so}{se}");
+    assert!(so.contains("a: submitted (run 1)"), "{so}{se}");
+    assert!(
+        se.contains("cluster wrong not reached, so not started: b: ")
+            && se.contains("nosuchalias.invalid"),
+        "{se}"
+    );
+    p.wait_for_state("a", "finished");
+    assert_eq!(p.state_of("b"), "defined");
+}
+
 #[test]
 fn start_abort_restart_over_ssh() {
     let lab = Lab::new("basic");
@@ -756,7 +789,8 @@ fn clusters_reports_a_slurm_warden_and_its_queue() {
     );
     p.workbook(&["id", "status"], &[vec![V::S("1"), V::E]]);
     let job =
-        lab.ssh_ok("sbatch --parsable -p debug -J neronet-probe -o /dev/null --wrap 'sleep 60'");
+        // Named as neronet's jobs are: the queue line counts only those.
+        lab.ssh_ok("sbatch --parsable -p debug -J neronet -o /dev/null --wrap 'sleep 60'");
     let job = job.trim().to_string();
     let out = p.neroman(&["clusters", "--json"]);
     lab.ssh(&format!("scancel {job}"));
@@ -787,5 +821,10 @@ fn clusters_reports_a_slurm_warden_and_its_queue() {
     assert_eq!(
         hpc["agent"]["running"], false,
         "clusters starts no agent: {hpc}"
+    );
+    // Nor on this machine, for the `local` cluster.
+    assert!(
+        !p.path(".neronet/mum-local").exists(),
+        "clusters started a local agent"
     );
 }

@@ -45,9 +45,28 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     let (report, sync) = act(&mut project, &exps, verb, &expr)?;
     print_report(verb, &report, &expr)?;
     print_news(&sync)?;
-    if verb != Verb::Abort {
-        wait_accepted(&mut project, &report.started)?;
+    // A cluster not reached leaves its rows undone; the others' work is done and said.
+    for (cluster, ids, why) in &report.unreached {
+        if ids.is_empty() {
+            eprintln!("neroman: cluster {cluster}: {why}");
+        } else {
+            eprintln!(
+                "neroman: cluster {cluster} not reached, so not {}: {}: {why}",
+                past(verb),
+                id_list(ids.iter().map(String::as_str))
+            );
+        }
     }
+    let failed = if report.unreached.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    };
+    let refused = if verb == Verb::Abort {
+        0
+    } else {
+        wait_accepted(&mut project, &report.started)?
+    };
     for (c, why) in &sync.agent_problems {
         eprintln!("neroman: warning: cluster {c}: {why}");
     }
@@ -71,13 +90,20 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
     if wait && !waited.is_empty() {
         let all_finished = wait_for(&mut project, &exps, &waited, false)?;
         // Waiting for an abort succeeds when the runs have ended, however they ended.
-        return Ok(if all_finished || verb == Verb::Abort {
+        return Ok(if failed != exit::OK {
+            failed
+        } else if all_finished || verb == Verb::Abort {
             exit::OK
         } else {
             exit::RUNS_FAILED
         });
     }
-    Ok(exit::OK)
+    // A run the scheduler refused ended before it began.
+    Ok(if failed == exit::OK && refused > 0 {
+        exit::RUNS_FAILED
+    } else {
+        failed
+    })
 }
 
 /// How long `start` waits, with nothing new, for a scheduler to take the rest.
@@ -87,7 +113,7 @@ const ACCEPT_STALL: Duration = Duration::from_secs(15);
 /// it a job id. `start` waits for that — a progress line on a terminal — and says in one line
 /// how it went, so a refused submission (a wrong partition) shows at once. It stops waiting
 /// when nothing has moved for 15 s (runs held back by `max_parallel` wait in the agent).
-fn wait_accepted(project: &mut Project, started: &[(String, String)]) -> anyhow::Result<()> {
+fn wait_accepted(project: &mut Project, started: &[(String, String)]) -> anyhow::Result<usize> {
     let mut by_cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (_, uid) in started {
         if let Some(run) = project.store.run(uid)? {
@@ -103,7 +129,7 @@ fn wait_accepted(project: &mut Project, started: &[(String, String)]) -> anyhow:
         }
     }
     if by_cluster.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let total: usize = by_cluster.values().map(Vec::len).sum();
     let progress = total > MAX_LINES && std::io::stderr().is_terminal();
@@ -149,7 +175,7 @@ fn wait_accepted(project: &mut Project, started: &[(String, String)]) -> anyhow:
                     clear_progress();
                 }
                 outln!("cluster {cluster} did not answer while the runs were handed over ({why}); they stay submitted and are sent again by the next command")?;
-                return Ok(());
+                return Ok(0);
             }
         }
     };
@@ -157,6 +183,10 @@ fn wait_accepted(project: &mut Project, started: &[(String, String)]) -> anyhow:
         clear_progress();
     }
     // Runs the scheduler refused ended (lost, with sbatch's answer): say those one by one.
+    let refused_count = rows
+        .iter()
+        .filter(|r| r.job_id.is_none() && r.state.is_terminal())
+        .count();
     let refused: Vec<_> = changes
         .into_iter()
         .filter(|(_, _, st)| st.is_terminal())
@@ -174,7 +204,7 @@ fn wait_accepted(project: &mut Project, started: &[(String, String)]) -> anyhow:
         let warden = project.config.clusters[cluster].warden().as_str();
         outln!("{}", accepted_line(cluster, warden, &mine, secs))?;
     }
-    Ok(())
+    Ok(refused_count)
 }
 
 /// `hpc: 1000 runs accepted by slurm in 1.4 s, as job arrays 4101 (600 tasks), 4102 (400 tasks)`.

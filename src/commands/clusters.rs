@@ -32,7 +32,8 @@ pub struct ClusterReport {
     pub arch: Option<String>,
     pub agent: AgentReport,
     pub warden: WardenReport,
-    /// Jobs by state: the warden's queue for a batch warden, the agent's counts for `local`.
+    /// Jobs by state: neronet's jobs in the warden's queue (job name `neronet`) for a batch
+    /// warden, the agent's counts for `local`.
     pub queue: BTreeMap<String, u64>,
 }
 
@@ -136,8 +137,13 @@ fn print_report(r: &ClusterReport) -> anyhow::Result<()> {
     };
     outln!("  warden: {warden}")?;
     let queue: Vec<String> = r.queue.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let whose = if w.kind == "local" {
+        "the agent's runs"
+    } else {
+        "neronet's jobs"
+    };
     outln!(
-        "  queue: {}",
+        "  queue ({whose}): {}",
         if queue.is_empty() {
             "empty".into()
         } else {
@@ -153,7 +159,7 @@ fn probe(name: &str, warden: Warden, m: &LocalMum) -> ClusterReport {
         cluster: name.to_string(),
         ok: true,
         warden: WardenReport {
-            kind: warden_name(warden).into(),
+            kind: warden.as_str().into(),
             ..Default::default()
         },
         ..Default::default()
@@ -182,7 +188,14 @@ fn probe(name: &str, warden: Warden, m: &LocalMum) -> ClusterReport {
         }
     };
     let (probed, agent) = std::thread::scope(|scope| {
-        let agent = scope.spawn(|| MumClient::connect_or_start(m).map(|c| c.hello));
+        // Asking starts nothing: a local agent is asked only when its socket answers (a
+        // bridge is told --no-start by mum_for).
+        let agent = scope.spawn(|| {
+            let none_here = m.transport == Transport::Socket
+                && std::os::unix::net::UnixStream::connect(crate::cluster::socket_path(&m.workdir))
+                    .is_err();
+            (!none_here).then(|| MumClient::connect_or_start(m).map(|c| c.hello))
+        });
         let probed = match &link {
             Some(link) => link
                 .run("probe the login node", &script, &[])
@@ -211,7 +224,8 @@ fn probe(name: &str, warden: Warden, m: &LocalMum) -> ClusterReport {
         r.ok = false;
     }
     match agent {
-        Ok(Ok(h)) => {
+        Ok(None) => {}
+        Ok(Some(Ok(h))) => {
             r.agent = AgentReport {
                 running: true,
                 version: Some(h.mum_version.clone()),
@@ -224,8 +238,8 @@ fn probe(name: &str, warden: Warden, m: &LocalMum) -> ClusterReport {
                 r.queue.insert("queued".into(), u64::from(h.queued));
             }
         }
-        Ok(Err(e)) if no_agent(m, &e) => {}
-        Ok(Err(e)) => {
+        Ok(Some(Err(e))) if no_agent(m, &e) => {}
+        Ok(Some(Err(e))) => {
             r.ok = false;
             r.agent.problem = Some(crate::util::error_chain(&e));
         }
@@ -247,14 +261,6 @@ fn no_agent(m: &LocalMum, e: &ClientError) -> bool {
     crate::util::error_chain(e).contains(crate::cluster::bridge::NO_AGENT)
 }
 
-fn warden_name(w: Warden) -> &'static str {
-    match w {
-        Warden::Local => "local",
-        Warden::Slurm => "slurm",
-        Warden::Sge => "sge",
-    }
-}
-
 /// One shell script that says what the probe needs, each answer on a line of its own that
 /// starts with `@` (anything else is shell noise, such as a chatty .bashrc).
 fn probe_script(warden: Warden) -> String {
@@ -263,7 +269,7 @@ fn probe_script(warden: Warden) -> String {
         Warden::Local => {}
         Warden::Slurm => s.push_str(
             "if command -v sbatch >/dev/null 2>&1; then echo \"@warden $(sbatch --version 2>&1 | head -n 1)\"; \
-             squeue -h -u \"$(id -un)\" -o %T 2>/dev/null | sort | uniq -c | sed 's/^/@queue /'; fi",
+             squeue -h -r -u \"$(id -un)\" --name neronet -o %T 2>/dev/null | sort | uniq -c | sed 's/^/@queue /'; fi",
         ),
         Warden::Sge => s.push_str(
             "if command -v qsub >/dev/null 2>&1; then echo \"@warden qsub at $(command -v qsub)\"; \

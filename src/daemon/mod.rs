@@ -638,16 +638,41 @@ impl Daemon {
                     for (id, state) in &report.idle {
                         why.insert(id.as_str(), format!("abort: nothing in flight ({state})"));
                     }
+                    // A cluster not reached: its rows' commands wait (not consumed), tried
+                    // again after RETRY, with the reason in their neronet.why.
+                    let mut waiting: HashMap<&str, String> = HashMap::new();
+                    for (cluster, left, err) in &report.unreached {
+                        tracing::warn!(
+                            "workbook: {} on cluster {cluster}: {err}; trying again in {} s",
+                            verb.as_str(),
+                            RETRY.as_secs()
+                        );
+                        self.retry_at = Some(Instant::now() + RETRY);
+                        for id in left {
+                            waiting.insert(
+                                id.as_str(),
+                                format!(
+                                    "{} waits: cluster {cluster} not reached ({err}); trying again every {} s",
+                                    verb.as_str(),
+                                    RETRY.as_secs()
+                                ),
+                            );
+                        }
+                    }
                     self.note_sync(&sync);
                     for id in ids.iter().filter(|i| !held.contains(i)) {
                         let e = exps.get(id);
                         let value = e.map(|e| cell_value(&e.row.status)).unwrap_or_default();
+                        let (consumed, reason) = match waiting.remove(id.as_str()) {
+                            Some(w) => (false, Some(w)),
+                            None => (true, why.get(id.as_str()).cloned()),
+                        };
                         records.push((
                             id.clone(),
                             StatusSeen {
                                 value,
-                                consumed: true,
-                                why: why.get(id.as_str()).cloned(),
+                                consumed,
+                                why: reason,
                                 rev,
                                 at,
                             },

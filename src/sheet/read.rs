@@ -121,6 +121,8 @@ pub struct SheetRow {
     pub abort_when_cell: String,
     /// `slurm.time` → "2:00:00", ...
     pub warden_options: BTreeMap<String, String>,
+    /// `slurm.time` → the address of its cell in this row (`experiments!F7`), for messages.
+    pub warden_option_cells: BTreeMap<String, String>,
     /// Parameter columns (header as written) → value; empty cells are absent.
     pub params: BTreeMap<String, Param>,
     /// Why this row must not be acted on.
@@ -377,6 +379,7 @@ fn read_book<RS: std::io::Read + std::io::Seek>(
             cluster_cell: String::new(),
             abort_when_cell: String::new(),
             warden_options: BTreeMap::new(),
+            warden_option_cells: BTreeMap::new(),
             params: BTreeMap::new(),
             invalid: Vec::new(),
             tool_values: BTreeMap::new(),
@@ -443,8 +446,9 @@ fn read_book<RS: std::io::Read + std::io::Seek>(
                 }
                 Role::Warden => {
                     if let Some(v) = opt() {
-                        row.warden_options
-                            .insert(headers[i].to_ascii_lowercase(), v);
+                        let key = headers[i].to_ascii_lowercase();
+                        row.warden_option_cells.insert(key.clone(), at);
+                        row.warden_options.insert(key, v);
                     }
                 }
                 Role::Param => {

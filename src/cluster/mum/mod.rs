@@ -1215,14 +1215,32 @@ fn warden_news(
                 .iter()
                 .any(|(e, _)| matches!(e, KidEvent::Started { .. }));
         match state {
+            // Aborted by us before its kid ever started: nothing else to say (the kid log may
+            // hold SLURM's line for a task it started and cancelled at once, or a requeue's).
+            JobState::Ended { .. } | JobState::Gone if w.abort_requested && !kid_started => {
+                items.push((
+                    MumEvent::Ended {
+                        verdict: Verdict::Aborted,
+                        reason: "cancelled before it started".into(),
+                    },
+                    None,
+                ));
+                lost = true;
+            }
             JobState::Ended {
                 verdict, reason, ..
             } => {
-                let reason = format!("{reason}{}", local::kid_log_tail(&w.req.run_dir));
+                // Cancelled by us: SLURM's word is enough; the kid log's last lines may be an
+                // older requeue's.
+                let tail = if *verdict == Verdict::Aborted && w.abort_requested {
+                    String::new()
+                } else {
+                    local::kid_log_tail(&w.req.run_dir)
+                };
                 items.push((
                     MumEvent::Ended {
                         verdict: *verdict,
-                        reason,
+                        reason: format!("{reason}{tail}"),
                     },
                     None,
                 ));
@@ -1506,6 +1524,16 @@ mod tests {
         let news = warden_news(&w, &[], &failed, Some(t0));
         assert_eq!(what(&news), ["ended:crashed"]);
         assert!(news.lost);
+        // Aborted by us before its kid ever started (pending, or started and cancelled at
+        // once): "cancelled before it started", not SLURM's words or a kid that died.
+        let never = watched(None, true);
+        for state in [cancelled, JobState::Gone] {
+            let news = warden_news(&never, &[], &state, Some(t0));
+            assert_eq!(what(&news), ["ended:aborted"]);
+            assert!(
+                matches!(&news.items[0].0, MumEvent::Ended { reason, .. } if reason == "cancelled before it started")
+            );
+        }
     }
 
     /// A job listed as queued after its kid started was requeued — but only a listing newer
