@@ -263,8 +263,7 @@ fn a_cluster_not_reached_leaves_the_others_started_and_said() {
     assert_eq!(out.status.code(), Some(1), "{so}{se}");
     assert!(so.contains("a: submitted (run 1)"), "{so}{se}");
     assert!(
-        se.contains("cluster wrong not reached, so not started: b: ")
-            && se.contains("nosuchalias.invalid"),
+        se.contains("cluster wrong: ssh nosuchalias.invalid: ") && se.contains("; not started: b"),
         "{se}"
     );
     p.wait_for_state("a", "finished");
@@ -730,6 +729,11 @@ fn a_login_node_of_another_arch_is_refused() {
             "cluster lab: login node is aarch64; neronet ships x86_64 static binaries only"
         ),
         "{}",
+        text(&out)
+    );
+    assert!(
+        !text(&out).contains("nothing to start"),
+        "the row is said undone with the cluster's error: {}",
         text(&out)
     );
     assert!(!lab.bin_dir().exists(), "nothing was uploaded");

@@ -51,7 +51,7 @@ pub fn run(dir: &Path, verb: Verb, selection: &str, wait: bool) -> anyhow::Resul
             eprintln!("neroman: cluster {cluster}: {why}");
         } else {
             eprintln!(
-                "neroman: cluster {cluster} not reached, so not {}: {}: {why}",
+                "neroman: cluster {cluster}: {why}; not {}: {}",
                 past(verb),
                 id_list(ids.iter().map(String::as_str))
             );
@@ -283,6 +283,10 @@ pub fn print_report(verb: Verb, r: &ActionReport, expr: &Expr) -> Result<(), Out
         .collect();
     let skipped: Vec<&(String, String)> = r.skipped.iter().chain(&idle_reasons).collect();
     if r.started.is_empty() && r.aborted.is_empty() && skipped.is_empty() {
+        // Rows left undone on a cluster not reached are said with its error, on stderr.
+        if !r.unreached.is_empty() {
+            return Ok(());
+        }
         if quiet.is_empty() {
             outln!("nothing to {}: no experiment matches {expr}", verb.as_str())?;
         } else {

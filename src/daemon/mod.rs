@@ -652,7 +652,7 @@ impl Daemon {
                             waiting.insert(
                                 id.as_str(),
                                 format!(
-                                    "{} waits: cluster {cluster} not reached ({err}); trying again every {} s",
+                                    "{} waits: cluster {cluster}: {err}; trying again every {} s",
                                     verb.as_str(),
                                     RETRY.as_secs()
                                 ),
