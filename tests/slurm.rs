@@ -32,23 +32,7 @@ fn slurm_project(name: &str, yaml: &str, rows: &[(&str, f64, f64, f64)]) -> Proj
     common::services::slurm();
     let p = Project::new(name, yaml);
     p.write("job.py", JOB);
-    p.workbook(
-        &["id", "status", "cluster", "command", "n", "pause", "code"],
-        &rows
-            .iter()
-            .map(|(id, n, pause, code)| {
-                vec![
-                    V::S(id),
-                    V::E,
-                    V::S("hpc"),
-                    V::S("python3 job.py {n} {pause} {code} {id}"),
-                    V::N(*n),
-                    V::N(*pause),
-                    V::N(*code),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    );
+    p.job_workbook("hpc", "python3 job.py {n} {pause} {code} {id}", rows);
     p
 }
 

@@ -134,23 +134,7 @@ fn lab_project(name: &str, lab: &Lab, rows: &[(&str, f64, f64, f64)]) -> Project
 /// [`JOB`].
 fn project_with(name: &str, yaml: &str, rows: &[(&str, f64, f64, f64)]) -> Project {
     let p = Project::new(name, yaml);
-    p.workbook(
-        &["id", "status", "cluster", "command", "n", "pause", "code"],
-        &rows
-            .iter()
-            .map(|(id, n, pause, code)| {
-                vec![
-                    V::S(id),
-                    V::E,
-                    V::S("lab"),
-                    V::S(JOB),
-                    V::N(*n),
-                    V::N(*pause),
-                    V::N(*code),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    );
+    p.job_workbook("lab", JOB, rows);
     p
 }
 

@@ -60,6 +60,28 @@ pub enum V<'a> {
 }
 
 impl Project {
+    /// A workbook of jobs on `cluster`, all running `command` (placeholders {n}, {pause},
+    /// {code}, {id}), one row per `(id, n, pause, code)`.
+    pub fn job_workbook(&self, cluster: &str, command: &str, rows: &[(&str, f64, f64, f64)]) {
+        self.workbook(
+            &["id", "status", "cluster", "command", "n", "pause", "code"],
+            &rows
+                .iter()
+                .map(|(id, n, pause, code)| {
+                    vec![
+                        V::S(id),
+                        V::E,
+                        V::S(cluster),
+                        V::S(command),
+                        V::N(*n),
+                        V::N(*pause),
+                        V::N(*code),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+
     /// An empty project directory with a neronet.yaml.
     pub fn new(name: &str, yaml: &str) -> Project {
         let base = std::env::temp_dir().join(format!(
