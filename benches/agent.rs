@@ -155,6 +155,8 @@ fn restart_with_a_long_journal() {
         let event = KidEvent::Exited {
             t: 1.0e9,
             outcome: Outcome::Exit { code: 0 },
+            reason: None,
+            stderr_tail: Vec::new(),
         };
         put(&run, MumEvent::Kid { event }, Some(100_000));
     }

@@ -25,8 +25,15 @@ pub struct Config {
     /// Default auto-termination rule.
     #[serde(default)]
     pub abort_when: Option<String>,
+    /// `abort_when` is not evaluated before a run has run this long (`10m`): the noise of the
+    /// first steps cannot end a run.
+    #[serde(default)]
+    pub min_runtime: Option<String>,
     #[serde(default)]
     pub email: Option<EmailConfig>,
+    /// Chat webhooks (Slack, Mattermost, Discord, ntfy), beside or instead of e-mail.
+    #[serde(default)]
+    pub chat: Option<Vec<ChatConfig>>,
     /// The metric columns of the `status` table, in order (default: chosen, see
     /// `view::MetricColumns::Auto`).
     #[serde(default)]
@@ -164,6 +171,33 @@ pub struct EmailConfig {
     #[serde(default)]
     pub when: Vec<String>,
     pub digest: Option<String>,
+    /// Alert kinds sent at once rather than in the digest (default: `crashed`, `rule`).
+    pub immediate: Option<Vec<String>>,
+    /// A running run with no output for this long raises a `stalled` alert (default `1h`;
+    /// `off` for none). It is not stopped.
+    pub stalled: Option<String>,
+    /// A run queued longer than this raises a `queued` alert (default: none).
+    pub queued_over: Option<String>,
+}
+
+/// One chat webhook: a JSON POST (ntfy: a plain-text POST) with the same alerts, short.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatConfig {
+    /// The webhook address; or `url_env`, the environment variable that holds it (a Slack
+    /// webhook address is a secret).
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    /// `slack`, `mattermost`, `discord` or `ntfy`; guessed from the address when left out.
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub on: Vec<String>,
+    #[serde(default)]
+    pub when: Vec<String>,
+    pub digest: Option<String>,
+    pub immediate: Option<Vec<String>>,
+    pub stalled: Option<String>,
+    pub queued_over: Option<String>,
 }
 
 impl EmailConfig {
@@ -208,6 +242,8 @@ pub struct SmtpConfig {
     pub user: Option<String>,
     /// Name of the environment variable holding the password (never the password itself).
     pub password_env: Option<String>,
+    /// A PEM file of CA certificates to trust besides the system's (a private relay).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -285,7 +321,9 @@ impl Config {
             clusters: self.clusters,
             metrics: other.metrics.or(self.metrics),
             abort_when: other.abort_when.or(self.abort_when),
+            min_runtime: other.min_runtime.or(self.min_runtime),
             email: other.email.or(self.email),
+            chat: other.chat.or(self.chat),
             status_metrics: other.status_metrics.or(self.status_metrics),
             workbook_columns: other.workbook_columns.or(self.workbook_columns),
             watch: other.watch.or(self.watch),
@@ -297,6 +335,9 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
+        if let Some(d) = &self.min_runtime {
+            parse_duration(d).map_err(|e| bad(format!("min_runtime: {d:?}: {e}")))?;
+        }
         if let Some(rule) = &self.abort_when {
             nerokid::expr::parse_rule(rule)
                 .map_err(|e| bad(format!("abort_when: {rule:?}: {e}")))?;
@@ -356,6 +397,14 @@ impl Config {
                 .map_err(|e| bad(format!("metrics.patterns: {e}")))?;
         }
         Ok(())
+    }
+
+    /// `min_runtime` in seconds (0 when not set).
+    pub fn min_runtime_secs(&self) -> f64 {
+        self.min_runtime
+            .as_deref()
+            .and_then(|d| parse_duration(d).ok())
+            .unwrap_or(0.0)
     }
 
     pub fn metrics_spec(&self) -> MetricsSpec {

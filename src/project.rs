@@ -798,6 +798,8 @@ impl Project {
                 metrics: self.config.metrics_spec(),
                 grace_secs: cluster.grace_secs(),
                 sample_secs: 5.0,
+                min_runtime_secs: self.config.min_runtime_secs(),
+                gpu: true,
             },
         })
     }
@@ -1275,22 +1277,30 @@ fn apply_entries(
             MumEvent::Kid { event } => match event {
                 KidEvent::Metrics { t, step, values } => {
                     tx::add_metrics(&tx, &run.uid, *t, *step, values)?;
+                    tx::note_output(&tx, &run.uid, *t)?;
                     report.metric_values += values.len();
                 }
-                KidEvent::Resources {
-                    cpu_percent,
-                    rss_bytes,
-                    ..
-                } => {
-                    tx::set_field(&tx, &run.uid, RunColumn::CpuPercent, cpu_percent)?;
-                    tx::set_field(&tx, &run.uid, RunColumn::RssBytes, &(*rss_bytes as i64))?;
+                KidEvent::Resources { t, .. } => tx::add_sample(&tx, &run.uid, *t, event)?,
+                KidEvent::RuleFired { t, rule, values } => {
+                    let fired = crate::store::Fired {
+                        rule: rule.clone(),
+                        t: *t,
+                        values: values.clone(),
+                    };
+                    let json = serde_json::to_string(&fired).unwrap_or_default();
+                    tx::set_field(&tx, &run.uid, RunColumn::FiredJson, &json)?;
+                }
+                KidEvent::Exited { stderr_tail, .. } if !stderr_tail.is_empty() => {
+                    let json = serde_json::to_string(stderr_tail).unwrap_or_default();
+                    tx::set_field(&tx, &run.uid, RunColumn::StderrTail, &json)?;
                 }
                 KidEvent::Environment { report: env, .. } => {
                     let json = serde_json::to_string(env).unwrap_or_default();
                     tx::set_field(&tx, &run.uid, RunColumn::EnvJson, &json)?;
                 }
-                KidEvent::Started { host, .. } => {
-                    tx::set_field(&tx, &run.uid, RunColumn::Node, host)?
+                KidEvent::Started { t, host, .. } => {
+                    tx::set_field(&tx, &run.uid, RunColumn::Node, host)?;
+                    tx::note_output(&tx, &run.uid, *t)?;
                 }
                 _ => {}
             },

@@ -41,6 +41,10 @@ pub enum RunState {
     Timeout {
         at: f64,
         started_at: Option<f64>,
+        /// The warden's words (`SLURM: time limit (TIMEOUT)`); absent in stores written before
+        /// it was kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     Lost {
         at: f64,
@@ -141,7 +145,7 @@ impl RunState {
                 exit_code,
                 ..
             } => (*started_at, Some(*at), *exit_code),
-            RunState::Aborted { at, started_at, .. } | RunState::Timeout { at, started_at } => {
+            RunState::Aborted { at, started_at, .. } | RunState::Timeout { at, started_at, .. } => {
                 (*started_at, Some(*at), None)
             }
             RunState::Lost { at, .. } => (None, Some(*at), None),
@@ -155,6 +159,7 @@ impl RunState {
             RunState::Crashed { reason, .. }
             | RunState::Aborted { reason, .. }
             | RunState::Lost { reason, .. } => Some(reason.clone()),
+            RunState::Timeout { reason, .. } => reason.clone(),
             _ => None,
         }
     }
@@ -198,7 +203,11 @@ impl RunState {
             }),
             // The warden's word wins over the kid's record that follows it (absorbed).
             MumEvent::Ended { verdict, reason } => Some(match verdict {
-                Verdict::Timeout => RunState::Timeout { at: t, started_at },
+                Verdict::Timeout => RunState::Timeout {
+                    at: t,
+                    started_at,
+                    reason: Some(reason.clone()),
+                },
                 Verdict::Crashed => RunState::Crashed {
                     at: t,
                     started_at,
@@ -237,61 +246,109 @@ impl RunState {
                         node: host.clone(),
                     }),
                 },
-                KidEvent::Exited { t, outcome } => Some(match outcome {
-                    Outcome::Exit { code: 0 } => RunState::Finished { at: *t, started_at },
-                    Outcome::Exit { code } => RunState::Crashed {
-                        at: *t,
-                        started_at,
-                        exit_code: Some(*code),
-                        signal: None,
-                        reason: format!("exit code {code}"),
-                    },
-                    Outcome::Signal { signal } => RunState::Crashed {
-                        at: *t,
-                        started_at,
-                        exit_code: None,
-                        signal: Some(*signal),
-                        reason: format!("killed by signal {signal} ({})", signal_name(*signal)),
-                    },
-                    Outcome::Aborted {
-                        by: AbortCause::User,
-                        ..
-                    } => RunState::Aborted {
-                        at: *t,
-                        started_at,
-                        reason: "aborted by user".into(),
-                    },
-                    Outcome::Aborted {
-                        by: AbortCause::Rule(rule),
-                        ..
-                    } => RunState::Aborted {
-                        at: *t,
-                        started_at,
-                        reason: format!("rule {rule}"),
-                    },
-                    Outcome::FailedToStart { error } => RunState::Crashed {
-                        at: *t,
-                        started_at,
-                        exit_code: None,
-                        signal: None,
-                        reason: format!("could not start: {error}"),
-                    },
-                }),
+                KidEvent::Exited {
+                    t,
+                    outcome,
+                    reason: said,
+                    ..
+                } => Some(ended_by_kid(*t, started_at, outcome, said.as_deref())),
                 _ => None,
             },
         }
     }
 }
 
+/// The state a kid's exit record gives, with the reason in plain words: what the kid found
+/// (`said`: a Python exception's last line, a shell's `Segmentation fault`, the rule with the
+/// values that fired it) first, then the exit code or signal.
+fn ended_by_kid(
+    t: f64,
+    started_at: Option<f64>,
+    outcome: &Outcome,
+    said: Option<&str>,
+) -> RunState {
+    let with = |plain: String| match said {
+        Some(s) if !s.trim().is_empty() => format!("{} ({plain})", s.trim()),
+        _ => plain,
+    };
+    match outcome {
+        Outcome::Exit { code: 0 } => RunState::Finished { at: t, started_at },
+        Outcome::Exit { code } => RunState::Crashed {
+            at: t,
+            started_at,
+            exit_code: Some(*code),
+            signal: None,
+            reason: with(format!("exit code {code}")),
+        },
+        Outcome::Signal { signal } => RunState::Crashed {
+            at: t,
+            started_at,
+            exit_code: None,
+            signal: Some(*signal),
+            reason: with(signal_words(*signal)),
+        },
+        Outcome::Aborted {
+            by: AbortCause::User,
+            ..
+        } => RunState::Aborted {
+            at: t,
+            started_at,
+            reason: "aborted by user".into(),
+        },
+        Outcome::Aborted {
+            by: AbortCause::Rule(rule),
+            ..
+        } => RunState::Aborted {
+            at: t,
+            started_at,
+            reason: match said {
+                Some(s) if !s.trim().is_empty() => s.trim().to_string(),
+                _ => format!("rule {rule}"),
+            },
+        },
+        Outcome::FailedToStart { error } => RunState::Crashed {
+            at: t,
+            started_at,
+            exit_code: None,
+            signal: None,
+            reason: format!("could not start: {error}"),
+        },
+    }
+}
+
+/// `killed by SIGKILL (signal 9)`, with what usually sends it where that helps.
+pub fn signal_words(sig: i32) -> String {
+    let name = signal_name(sig);
+    let hint = match sig {
+        9 => "; the kernel's out-of-memory killer or the scheduler sends it",
+        11 => "; a segmentation fault",
+        7 => "; a bus error",
+        6 => "; the program called abort()",
+        _ => "",
+    };
+    format!("killed by {name} (signal {sig}{hint})")
+}
+
 pub fn signal_name(sig: i32) -> &'static str {
     match sig {
         1 => "SIGHUP",
         2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
         6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
         9 => "SIGKILL",
+        10 => "SIGUSR1",
         11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
         15 => "SIGTERM",
-        _ => "signal",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => "a signal",
     }
 }
 
@@ -330,6 +387,8 @@ mod tests {
         let exit = KidEvent::Exited {
             t: 9.0,
             outcome: Outcome::Signal { signal: 9 },
+            reason: None,
+            stderr_tail: Vec::new(),
         };
         let c = r.next(&MumEvent::Kid { event: exit }, 9.0, false).unwrap();
         assert_eq!(c.name(), StateName::Crashed);
@@ -369,6 +428,8 @@ mod tests {
                 signal: None,
                 code: Some(143),
             },
+            reason: None,
+            stderr_tail: Vec::new(),
         };
         assert!(timeout
             .next(

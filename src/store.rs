@@ -118,6 +118,27 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE experiments ADD COLUMN snapshot TEXT;
     "#,
+    // 3: what a run tells (issue 9). Resource peaks and averages over the kid's samples (CPU,
+    // RSS, GPU utilisation and memory, which GPUs), when its output last grew (the `silent`
+    // field of alert rules), the last lines of stderr of a run that did not finish, and the
+    // rule with the values that fired it.
+    r#"
+    ALTER TABLE runs ADD COLUMN cpu_peak REAL;
+    ALTER TABLE runs ADD COLUMN cpu_sum REAL;
+    ALTER TABLE runs ADD COLUMN rss_peak INTEGER;
+    ALTER TABLE runs ADD COLUMN samples INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN gpu_percent REAL;
+    ALTER TABLE runs ADD COLUMN gpu_peak REAL;
+    ALTER TABLE runs ADD COLUMN gpu_sum REAL;
+    ALTER TABLE runs ADD COLUMN gpu_samples INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN gpu_mem_bytes INTEGER;
+    ALTER TABLE runs ADD COLUMN gpu_mem_peak INTEGER;
+    ALTER TABLE runs ADD COLUMN gpus TEXT;
+    ALTER TABLE runs ADD COLUMN output_bytes INTEGER;
+    ALTER TABLE runs ADD COLUMN output_at REAL;
+    ALTER TABLE runs ADD COLUMN stderr_tail TEXT;
+    ALTER TABLE runs ADD COLUMN fired_json TEXT;
+    "#,
 ];
 
 /// The schema version this neroman writes (`PRAGMA user_version` after migrating).
@@ -179,6 +200,39 @@ pub struct RunRow {
     pub rss_bytes: Option<i64>,
     pub abort_sent: bool,
     pub updated_at: f64,
+    /// Peaks and averages over the kid's resource samples.
+    pub usage: Usage,
+    /// When the run's output last grew (or a metric came): the `silent` field of alerts.
+    pub output_at: Option<f64>,
+    /// The last lines of stderr of a run that did not finish cleanly (the kid's exit record).
+    pub stderr_tail: Vec<String>,
+    /// The rule that ended the run and the values that fired it.
+    pub fired: Option<Fired>,
+}
+
+/// A run's resource use over its samples. GPU figures are for the GPUs its processes used.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Usage {
+    pub cpu_peak: Option<f64>,
+    pub cpu_avg: Option<f64>,
+    pub rss_peak: Option<i64>,
+    pub samples: i64,
+    pub gpu_percent: Option<f64>,
+    pub gpu_peak: Option<f64>,
+    pub gpu_avg: Option<f64>,
+    pub gpu_mem_bytes: Option<i64>,
+    pub gpu_mem_peak: Option<i64>,
+    /// The GPUs used (`0: NVIDIA H100 80GB HBM3`), as the samples named them.
+    pub gpus: Vec<String>,
+}
+
+/// The rule that ended a run, with its fields' values when it fired.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Fired {
+    pub rule: String,
+    pub t: f64,
+    #[serde(with = "nerokid::report::metric_values")]
+    pub values: Vec<(String, f64)>,
 }
 
 /// What a new run is made from.
@@ -693,7 +747,9 @@ impl Store {
 }
 
 pub const RUN_SELECT: &str = "SELECT uid, exp_id, run_no, cluster, state_json, job_id, node, run_dir, submitted_at, \
-     started_at, finished_at, exit_code, params_json, cpu_percent, rss_bytes, abort_sent, updated_at FROM runs";
+     started_at, finished_at, exit_code, params_json, cpu_percent, rss_bytes, abort_sent, updated_at, \
+     cpu_peak, cpu_sum, rss_peak, samples, gpu_percent, gpu_peak, gpu_sum, gpu_samples, gpu_mem_bytes, \
+     gpu_mem_peak, gpus, output_at, stderr_tail, fired_json FROM runs";
 
 pub fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     let state_json: String = r.get(4)?;
@@ -719,6 +775,34 @@ pub fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         rss_bytes: r.get(14)?,
         abort_sent: r.get::<_, i64>(15)? != 0,
         updated_at: r.get(16)?,
+        usage: {
+            let samples: i64 = r.get(20)?;
+            let gpu_samples: i64 = r.get(24)?;
+            let avg = |sum: Option<f64>, n: i64| sum.filter(|_| n > 0).map(|s| s / n as f64);
+            Usage {
+                cpu_peak: r.get(17)?,
+                cpu_avg: avg(r.get(18)?, samples),
+                rss_peak: r.get(19)?,
+                samples,
+                gpu_percent: r.get(21)?,
+                gpu_peak: r.get(22)?,
+                gpu_avg: avg(r.get(23)?, gpu_samples),
+                gpu_mem_bytes: r.get(25)?,
+                gpu_mem_peak: r.get(26)?,
+                gpus: r
+                    .get::<_, Option<String>>(27)?
+                    .and_then(|j| serde_json::from_str(&j).ok())
+                    .unwrap_or_default(),
+            }
+        },
+        output_at: r.get(28)?,
+        stderr_tail: r
+            .get::<_, Option<String>>(29)?
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default(),
+        fired: r
+            .get::<_, Option<String>>(30)?
+            .and_then(|j| serde_json::from_str(&j).ok()),
     })
 }
 
@@ -778,6 +862,65 @@ pub mod tx {
         tx.execute(
             "INSERT INTO state_changes (run_uid, state, at, detail) VALUES (?1, ?2, ?3, ?4)",
             params![run.uid, state.name().as_str(), state.at(), detail],
+        )?;
+        Ok(())
+    }
+
+    /// Fold one resource sample of the kid into the run's last values, peaks and sums.
+    pub fn add_sample(
+        tx: &Transaction<'_>,
+        uid: &str,
+        t: f64,
+        sample: &nerokid::report::KidEvent,
+    ) -> Result<(), StoreError> {
+        let nerokid::report::KidEvent::Resources {
+            cpu_percent,
+            rss_bytes,
+            gpu_percent,
+            gpu_mem_bytes,
+            gpus,
+            output_bytes,
+            ..
+        } = sample
+        else {
+            return Ok(());
+        };
+        let rss = *rss_bytes as i64;
+        let gpu_mem = gpu_mem_bytes.map(|b| b as i64);
+        let gpus_json = (!gpus.is_empty()).then(|| serde_json::to_string(gpus).unwrap_or_default());
+        tx.execute(
+            "UPDATE runs SET cpu_percent = ?2, rss_bytes = ?3,
+                 cpu_peak = MAX(COALESCE(cpu_peak, ?2), ?2), cpu_sum = COALESCE(cpu_sum, 0) + ?2,
+                 rss_peak = MAX(COALESCE(rss_peak, ?3), ?3), samples = samples + 1,
+                 gpu_percent = COALESCE(?4, gpu_percent),
+                 gpu_peak = CASE WHEN ?4 IS NULL THEN gpu_peak ELSE MAX(COALESCE(gpu_peak, ?4), ?4) END,
+                 gpu_sum = CASE WHEN ?4 IS NULL THEN gpu_sum ELSE COALESCE(gpu_sum, 0) + ?4 END,
+                 gpu_samples = gpu_samples + (?4 IS NOT NULL),
+                 gpu_mem_bytes = COALESCE(?5, gpu_mem_bytes),
+                 gpu_mem_peak = CASE WHEN ?5 IS NULL THEN gpu_mem_peak ELSE MAX(COALESCE(gpu_mem_peak, ?5), ?5) END,
+                 gpus = COALESCE(?6, gpus),
+                 output_at = CASE WHEN ?7 IS NOT NULL AND ?7 > COALESCE(output_bytes, 0) THEN ?8 ELSE output_at END,
+                 output_bytes = COALESCE(?7, output_bytes)
+             WHERE uid = ?1",
+            params![
+                uid,
+                cpu_percent,
+                rss,
+                gpu_percent,
+                gpu_mem,
+                gpus_json,
+                output_bytes.map(|b| b as i64),
+                t
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A metric or other sign of life from the job at `t`: its output grew.
+    pub fn note_output(tx: &Transaction<'_>, uid: &str, t: f64) -> Result<(), StoreError> {
+        tx.execute(
+            "UPDATE runs SET output_at = MAX(COALESCE(output_at, ?2), ?2) WHERE uid = ?1",
+            params![uid, t],
         )?;
         Ok(())
     }
@@ -908,6 +1051,8 @@ pub mod tx {
         CpuPercent,
         RssBytes,
         AbortSent,
+        StderrTail,
+        FiredJson,
     }
 
     impl RunColumn {
@@ -920,6 +1065,8 @@ pub mod tx {
                 RunColumn::CpuPercent => "cpu_percent",
                 RunColumn::RssBytes => "rss_bytes",
                 RunColumn::AbortSent => "abort_sent",
+                RunColumn::StderrTail => "stderr_tail",
+                RunColumn::FiredJson => "fired_json",
             }
         }
     }

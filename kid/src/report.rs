@@ -38,6 +38,17 @@ pub struct KidSpec {
     /// Resource sample period, seconds.
     #[serde(default = "default_sample")]
     pub sample_secs: f64,
+    /// The rule is not evaluated before the run has run this long (seconds): early noise in
+    /// the first steps cannot end a run (`min_runtime:` in neronet.yaml).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_runtime_secs: f64,
+    /// Sample the GPUs the job uses through `nvidia-smi` (when one is on PATH).
+    #[serde(default = "yes")]
+    pub gpu: bool,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// What an empty `kid.json` means (a derived default would have zero periods, which are invalid).
@@ -51,6 +62,8 @@ impl Default for KidSpec {
             metrics: MetricsSpec::default(),
             grace_secs: default_grace(),
             sample_secs: default_sample(),
+            min_runtime_secs: 0.0,
+            gpu: true,
         }
     }
 }
@@ -155,11 +168,29 @@ pub enum KidEvent {
         cpu_percent: f64,
         rss_bytes: u64,
         processes: u32,
+        /// Mean utilisation (%) of the GPUs the job's processes use, as nvidia-smi reports it
+        /// for those devices; absent without nvidia-smi or when the job uses no GPU.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gpu_percent: Option<f64>,
+        /// GPU memory the job's processes hold, summed over its GPUs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gpu_mem_bytes: Option<u64>,
+        /// The GPUs in use (nvidia-smi's index and name, e.g. `0: NVIDIA H100 80GB HBM3`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        gpus: Vec<String>,
+        /// Bytes the job has written to stdout and stderr so far (the daemon's `silent` field:
+        /// a run whose output stops growing is stalled).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_bytes: Option<u64>,
     },
     /// The auto-termination rule matched; the kid is stopping the job.
     RuleFired {
         t: f64,
         rule: String,
+        /// The values of the rule's fields when it fired (`runtime` included), in the rule's
+        /// order: what the researcher reads as the reason.
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "metric_values")]
+        values: Vec<(String, f64)>,
     },
     /// The rule cannot be evaluated as written (a field name matching two metrics that differ
     /// only in case); written once per problem, the job goes on. Readers older than this event
@@ -172,6 +203,15 @@ pub enum KidEvent {
     Exited {
         t: f64,
         outcome: Outcome,
+        /// Why it ended, in plain words, found by the kid: the last line of a Python traceback
+        /// (`torch.OutOfMemoryError: CUDA out of memory. ...`), a shell's `Segmentation fault`,
+        /// the rule and the values that fired it. Absent when there is nothing to say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// The last lines of stderr (at most 20, each at most 300 characters) of a run that
+        /// did not finish cleanly, for the alert e-mail.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stderr_tail: Vec<String>,
     },
     /// An event of a kind this version does not know (written by a newer kid): read, then
     /// skipped, so that adding an event never again breaks an older reader.
@@ -236,7 +276,7 @@ pub struct EnvReport {
 
 /// JSON has no NaN or infinity (serde_json would write `null` and fail to read it back), so
 /// metric values travel as numbers when finite and as the strings "nan", "inf", "-inf" otherwise.
-mod metric_values {
+pub mod metric_values {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -364,10 +404,15 @@ mod tests {
                 cpu_percent: 99.5,
                 rss_bytes: 1024,
                 processes: 2,
+                gpu_percent: None,
+                gpu_mem_bytes: None,
+                gpus: Vec::new(),
+                output_bytes: None,
             },
             KidEvent::RuleFired {
                 t: 4.0,
                 rule: "loss>1".into(),
+                values: Vec::new(),
             },
             KidEvent::RuleProblem {
                 t: 4.5,
@@ -380,10 +425,14 @@ mod tests {
                     signal: Some(15),
                     code: None,
                 },
+                reason: None,
+                stderr_tail: Vec::new(),
             },
             KidEvent::Exited {
                 t: 6.0,
                 outcome: Outcome::Exit { code: 0 },
+                reason: None,
+                stderr_tail: Vec::new(),
             },
             KidEvent::Metrics {
                 t: 7.0,

@@ -617,6 +617,8 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
                 outcome: Outcome::FailedToStart {
                     error: format!("{program}: {e}"),
                 },
+                reason: None,
+                stderr_tail: Vec::new(),
             }]);
             log.finish(FINAL_WRITE_PATIENCE)
                 .map_err(io_err("write event log"))?;
@@ -744,6 +746,10 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
                     cpu_percent: (cpu_percent * 10.0).round() / 10.0,
                     rss_bytes: s.rss_pages * page,
                     processes: s.processes,
+                    gpu_percent: None,
+                    gpu_mem_bytes: None,
+                    gpus: Vec::new(),
+                    output_bytes: None,
                 });
             }
             next_sample = now_i + Duration::from_secs_f64(spec.sample_secs.max(0.2));
@@ -777,6 +783,7 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
                     pending.push(KidEvent::RuleFired {
                         t: now(),
                         rule: text.clone(),
+                        values: Vec::new(),
                     });
                     abort = Some((AbortCause::Rule(text), now_i));
                 }
@@ -838,7 +845,12 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             (None, None) => Outcome::Exit { code: -1 },
         },
     };
-    log.push(&[KidEvent::Exited { t: now(), outcome }]);
+    log.push(&[KidEvent::Exited {
+        t: now(),
+        outcome,
+        reason: None,
+        stderr_tail: Vec::new(),
+    }]);
     log.finish(FINAL_WRITE_PATIENCE)
         .map_err(io_err("write event log"))?;
     Ok(code.unwrap_or_else(|| 128 + signal.unwrap_or(0)))
@@ -929,6 +941,7 @@ mod tests {
         log.push(&[KidEvent::RuleFired {
             t: 1.0,
             rule: "loss>1".into(),
+            values: Vec::new(),
         }]);
         for step in 0..1000 {
             log.push(&[metric(step)]);
@@ -937,6 +950,8 @@ mod tests {
         log.push(&[KidEvent::Exited {
             t: 2.0,
             outcome: Outcome::Exit { code: 0 },
+            reason: None,
+            stderr_tail: Vec::new(),
         }]);
         assert!(log.pending.len() <= 4096 + 200, "{}", log.pending.len());
         log.file = real;

@@ -1454,6 +1454,8 @@ mod tests {
         KidEvent::Exited {
             t: 1.0,
             outcome: nerokid::report::Outcome::Exit { code },
+            reason: None,
+            stderr_tail: Vec::new(),
         }
     }
 
