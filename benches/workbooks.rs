@@ -104,7 +104,7 @@ fn main() {
     });
     println!("read + validate (+ config checks, commands, store): best {:.0} ms, median {:.0} ms  (goal <= 300 ms)", best * 1e3, median * 1e3);
 
-    // results.xlsx: 10,000 rows x 30 columns (12 fixed + 10 parameters + 7 metrics + last update).
+    // results.xlsx: 10,000 rows x 36 columns (18 fixed + 10 parameters + 7 metrics + last update).
     let params: Vec<String> = (0..10).map(|i| format!("param{i}")).collect();
     let metrics: Vec<String> = (0..7).map(|i| format!("metric{i}")).collect();
     let results = Results {
@@ -124,6 +124,18 @@ fn main() {
                 runtime: Some(895.0),
                 exit_code: Some(0),
                 reason: None,
+                usage: neronet::store::Usage {
+                    cpu_peak: Some(398.5),
+                    cpu_avg: Some(97.2),
+                    rss_peak: Some(3 << 30),
+                    samples: 180,
+                    gpu_percent: Some(88.0),
+                    gpu_peak: Some(99.0),
+                    gpu_avg: Some(87.1),
+                    gpu_mem_bytes: Some(61 << 30),
+                    gpu_mem_peak: Some(62 << 30),
+                    gpus: vec!["0: NVIDIA H100 80GB HBM3".into()],
+                },
                 params: (0..10)
                     .map(|i| {
                         Some(if i == 3 {

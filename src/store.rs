@@ -495,6 +495,44 @@ impl Store {
         Ok(out)
     }
 
+    /// Every run of one experiment, the first first.
+    pub fn runs_of(&self, exp_id: &str) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "{RUN_SELECT} WHERE exp_id = ?1 ORDER BY run_no"
+        ))?;
+        let rows = stmt.query_map([exp_id], run_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What a run was started with and where it ran: its command and the kid's environment
+    /// report (JSON), for `neroman show`.
+    pub fn run_command_and_env(
+        &self,
+        uid: &str,
+    ) -> Result<(String, Option<nerokid::report::EnvReport>), StoreError> {
+        let (command, env): (String, Option<String>) = self.conn.query_row(
+            "SELECT command, env_json FROM runs WHERE uid = ?1",
+            [uid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((command, env.and_then(|j| serde_json::from_str(&j).ok())))
+    }
+
+    /// The last value (and its time and step) of every metric of one run.
+    pub fn run_last_metrics(&self, uid: &str) -> Result<Vec<(String, f64, f64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, value, t FROM last_metrics WHERE run_uid = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([uid], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN),
+                r.get::<_, f64>(2)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// (uid, experiment id, run number) of every run.
     pub fn all_runs(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         let mut stmt = self

@@ -182,6 +182,7 @@ pub fn results(project: &Project, exps: &Experiments) -> Result<Results, CoreErr
             runtime: c.runtime(),
             exit_code: run.and_then(|r| r.exit_code),
             reason: note(c),
+            usage: run.map(|r| r.usage.clone()).unwrap_or_default(),
             params: exps
                 .sheet
                 .params

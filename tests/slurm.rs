@@ -254,6 +254,18 @@ fn a_failing_job_crashes_and_a_time_limit_is_a_timeout() {
     let job = entry(&p, "2")["job_id"].as_str().unwrap().to_string();
     scontrol(&["update", &format!("JobId={job}"), "TimeLimit=0"]);
     wait_state(&p, "2", "timeout", 60);
+    // The warden's word is the reason, in status and in `show`.
+    let two = entry(&p, "2");
+    assert!(
+        two["reason"].as_str().unwrap_or("").contains("time limit"),
+        "{two}"
+    );
+    let shown = p.ok(&["show", "2"]);
+    assert!(
+        shown.contains("run 1 — timeout") && shown.contains("reason       SLURM: time limit"),
+        "{shown}"
+    );
+    assert!(shown.contains(&format!("job {job}")), "{shown}");
     // SLURM's words are in the run's kid.log (its --output).
     let kid_log = std::fs::read_to_string(run_dir(&p, "2.1").join("kid.log")).unwrap();
     assert!(kid_log.contains("DUE TO TIME LIMIT"), "{kid_log}");

@@ -101,6 +101,15 @@ enum Cmd {
         #[arg(long)]
         stderr: bool,
     },
+    /// One experiment in full: every run with its states and times, command, parameters,
+    /// reason, run directory, environment, resource peaks (GPU too) and last metrics.
+    Show {
+        /// The experiment's id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write results.xlsx now.
     Results,
     /// Show each cluster's agent (neromum): pid, runs, journal, problems. Starts none.
@@ -197,6 +206,7 @@ fn main() {
                 Cmd::Init { .. }
                 | Cmd::Status { .. }
                 | Cmd::Logs { .. }
+                | Cmd::Show { .. }
                 | Cmd::Results
                 | Cmd::Agents { .. }
                 | Cmd::Clusters { .. }
@@ -246,6 +256,7 @@ fn main() {
                     .map(|_| exit::OK)
                     .map_err(anyhow::Error::from)
             }
+            Cmd::Show { id, json } => commands::show::run(&dir, &id, json),
             Cmd::Results => commands::results::run(&dir),
             Cmd::Watch { detach: true, .. } => commands::watch::detach(&dir, cli.verbose),
             Cmd::Watch { stop: true, .. } => commands::watch::stop(&dir),

@@ -9,6 +9,7 @@ pub mod init;
 pub mod logs;
 pub mod output;
 pub mod results;
+pub mod show;
 pub mod status;
 pub mod watch;
 

@@ -97,6 +97,8 @@ pub struct ResultRow {
     pub runtime: Option<f64>,
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
+    /// Resource peaks and averages of the run (GPU ones for the GPUs its processes used).
+    pub usage: crate::store::Usage,
     /// One per `Results::params`, in order.
     pub params: Vec<Option<Value>>,
     /// One per `Results::metrics`, in order.
@@ -254,13 +256,20 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
         "runtime (s)",
         "exit code",
         "reason",
+        "gpus",
+        "gpu util avg (%)",
+        "gpu util peak (%)",
+        "gpu mem peak (MiB)",
+        "cpu peak (%)",
+        "rss peak (MiB)",
     ];
     let mut names: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
     names.extend(results.params.iter().cloned());
     names.extend(results.metrics.iter().cloned());
     names.push("last update (UTC)".into());
     let mut widths = vec![
-        8.0, 10.0, 9.0, 5.0, 9.0, 12.0, 19.0, 19.0, 19.0, 11.0, 9.0, 30.0,
+        8.0, 10.0, 9.0, 5.0, 9.0, 12.0, 19.0, 19.0, 19.0, 11.0, 9.0, 30.0, 24.0, 9.0, 9.0, 10.0,
+        9.0, 10.0,
     ];
     widths.extend(std::iter::repeat_n(
         11.0,
@@ -289,6 +298,16 @@ pub fn build(results: &Results) -> Result<Vec<u8>, XlsxError> {
         put_num(ws, r, 9, row.runtime.map(|s| (s * 10.0).round() / 10.0))?;
         put_num(ws, r, 10, row.exit_code.map(|c| c as f64))?;
         put_text(ws, &mut cuts, &at(11), row.reason.as_deref())?;
+        let u = &row.usage;
+        let gpus = (!u.gpus.is_empty()).then(|| u.gpus.join("; "));
+        put_text(ws, &mut cuts, &at(12), gpus.as_deref())?;
+        let one = |v: Option<f64>| v.map(|v| (v * 10.0).round() / 10.0);
+        let mib = |b: Option<i64>| b.map(|b| (b as f64 / 1048576.0 * 10.0).round() / 10.0);
+        put_num(ws, r, 13, one(u.gpu_avg))?;
+        put_num(ws, r, 14, one(u.gpu_peak))?;
+        put_num(ws, r, 15, mib(u.gpu_mem_peak))?;
+        put_num(ws, r, 16, one(u.cpu_peak))?;
+        put_num(ws, r, 17, mib(u.rss_peak))?;
         let mut c = fixed.len() as u16;
         for p in &row.params {
             match p {
