@@ -391,6 +391,8 @@ pub fn status_json(
                 "job_id": c.run.and_then(|r| r.job_id.clone()),
                 "cpu_percent": c.run.and_then(|r| r.cpu_percent),
                 "rss_bytes": c.run.and_then(|r| r.rss_bytes),
+                // Peaks and means over the run's samples (GPU ones for the GPUs it used).
+                "resources": c.run.map(|r| &r.usage),
             })
         })
         .collect();
