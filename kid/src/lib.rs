@@ -13,6 +13,8 @@
 
 pub mod expr;
 pub mod metrics;
+pub mod gpu;
 pub mod probe;
+pub mod reason;
 pub mod report;
 pub mod run;
