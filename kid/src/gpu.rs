@@ -313,7 +313,12 @@ fn spawn_reader(
         let mut words = String::new();
         let _ = err.take(4096).read_to_string(&mut words);
         let why = trouble
-            .or_else(|| words.lines().find(|l| !l.trim().is_empty()).map(String::from))
+            .or_else(|| {
+                words
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .map(String::from)
+            })
             .map_or_else(
                 || "nvidia-smi ended".to_string(),
                 |w| format!("nvidia-smi said {:?}", w.trim()),
@@ -463,7 +468,10 @@ mod tests {
         assert!(usage_of(&gpus, &[], &[12], Some(&visible), &|_| false).is_some());
         // An idle GPU is not the job's.
         let idle = [h100(0.0, 0.0)];
-        assert_eq!(usage_of(&idle, &[], &[12], Some(&visible), &|_| false), None);
+        assert_eq!(
+            usage_of(&idle, &[], &[12], Some(&visible), &|_| false),
+            None
+        );
         let other = ["1".to_string()];
         assert_eq!(
             usage_of(&gpus, &foreign, &[12], Some(&other), &|_| false),

@@ -12,8 +12,8 @@
 //! ([`expr`]) that selections and rules share. It depends on neither of them.
 
 pub mod expr;
-pub mod metrics;
 pub mod gpu;
+pub mod metrics;
 pub mod probe;
 pub mod reason;
 pub mod report;

@@ -110,7 +110,10 @@ pub fn rule_reason(rule: &str, values: &[(String, f64)]) -> String {
             }
         })
         .collect();
-    cap(&format!("rule {rule} fired: {}", shown.join(", ")), MAX_REASON)
+    cap(
+        &format!("rule {rule} fired: {}", shown.join(", ")),
+        MAX_REASON,
+    )
 }
 
 /// A run's age in whole seconds as people write it: `45s`, `12m 5s`, `2h 3m`, `1d 4h`.
@@ -225,7 +228,9 @@ fn single_line(lines: &[String], i: usize, l: &str) -> Option<(String, bool)> {
     }
     if l.contains("slurmstepd") {
         let lower = l.to_ascii_lowercase();
-        if lower.contains("oom-kill") || lower.contains("oom_kill") || lower.contains("out of memory")
+        if lower.contains("oom-kill")
+            || lower.contains("oom_kill")
+            || lower.contains("out of memory")
         {
             let words = l.split_once("error: ").map_or(l, |(_, w)| w);
             return Some((words.trim().to_string(), true));
@@ -326,8 +331,7 @@ mod tests {
     #[test]
     fn shell_reports_of_signals() {
         assert_eq!(
-            reason("x.sh: line 2:   77 Segmentation fault      (core dumped) ./a.out\n")
-                .as_deref(),
+            reason("x.sh: line 2:   77 Segmentation fault      (core dumped) ./a.out\n").as_deref(),
             Some("Segmentation fault (core dumped)")
         );
         assert_eq!(reason("loss=1\nKilled\n").as_deref(), Some("Killed"));
