@@ -289,10 +289,21 @@ pub fn read_events(dir: &Path) -> io::Result<Vec<KidEvent>> {
 /// What a rule sees: `runtime`, the last value of each metric, the row's parameters. Names
 /// resolve as in selections (`expr::resolve_name`): exact spelling first, then ignoring case;
 /// a metric wins over a parameter of the same name.
-struct RuleFields<'a> {
+pub struct RuleFields<'a> {
     spec: &'a KidSpec,
     last: &'a HashMap<String, f64>,
     runtime: f64,
+}
+
+impl<'a> RuleFields<'a> {
+    /// The fields as the kid's round sees them (public for the benchmarks).
+    pub fn new(spec: &'a KidSpec, last: &'a HashMap<String, f64>, runtime: f64) -> Self {
+        RuleFields {
+            spec,
+            last,
+            runtime,
+        }
+    }
 }
 
 impl Fields for RuleFields<'_> {
@@ -773,7 +784,13 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             // Only a rule reads the last values; without one, keep the hot path lean.
             if rule.is_some() {
                 for (name, v) in &f.values {
-                    last.insert(name.clone(), *v);
+                    // No new String for a name already known (every line, usually).
+                    match last.get_mut(name) {
+                        Some(slot) => *slot = *v,
+                        None => {
+                            last.insert(name.clone(), *v);
+                        }
+                    }
                 }
             }
             pending.push(KidEvent::Metrics {
