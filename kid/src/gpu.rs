@@ -14,6 +14,12 @@
 //! while those GPUs hold memory), those GPUs are taken as the job's, with their whole
 //! `memory.used` (a container's GPUs are its own, so this is the job's use there).
 //!
+//! Loop mode is what the H100 capture notes recommend and what monitoring scripts commonly run
+//! (`-lms` with `--query-compute-apps` included). Should a helper print nothing at all for
+//! [`loop_patience`] (its output held in a buffer, a loop mode that does not work there), the
+//! kid says so once and falls back to one-shot queries each period (≈50 ms of NVML start-up
+//! each, ≈1 % of a core at 5 s on the H100).
+//!
 //! The helpers die with the kid (`PR_SET_PDEATHSIG`, and killed and reaped by [`Sampler::stop`]
 //! or on drop). When one fails or ends, the GPU fields are absent from then on and the kid says
 //! so once on its stderr; the job is never affected.
@@ -22,7 +28,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -142,10 +148,45 @@ struct Shared {
     apps: Group<AppRow>,
     /// Why sampling stopped: a helper's words or its end.
     failed: Option<String>,
+    /// The loop helpers are being ended on purpose: their end is no failure.
+    retired: bool,
+}
+
+impl Shared {
+    /// One line of a helper's output; false when it is not a row (nvidia-smi's own words).
+    fn feed(&mut self, is_gpu: bool, line: &str) -> bool {
+        if is_gpu {
+            parse_gpu_line(line).map(|(t, r)| self.gpus.add(t, r))
+        } else {
+            parse_app_line(line).map(|(t, r)| self.apps.add(t, r))
+        }
+        .is_some()
+    }
+}
+
+/// How long loop mode may print nothing before the kid falls back to one-shot queries: NVML's
+/// start-up on a node of 8 GPUs without persistence mode can take seconds.
+pub fn loop_patience(period: Duration) -> Duration {
+    (period * 3).max(Duration::from_secs(10))
+}
+
+/// Make the kernel kill this child when the kid dies, even by SIGKILL.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
 }
 
 /// The two nvidia-smi helpers and what they last said.
 pub struct Sampler {
+    program: PathBuf,
+    started: Instant,
+    /// The one-shot fallback's thread and the sender whose drop stops it.
+    one_shot: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     helpers: Vec<Child>,
     readers: Vec<JoinHandle<()>>,
     shared: Arc<Mutex<Shared>>,
@@ -187,6 +228,9 @@ impl Sampler {
         let ms = period.as_millis().max(100).to_string();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let mut sampler = Sampler {
+            program: program.clone(),
+            started: Instant::now(),
+            one_shot: None,
             helpers: Vec::new(),
             readers: Vec::new(),
             shared: Arc::clone(&shared),
@@ -202,14 +246,7 @@ impl Sampler {
                 .stderr(Stdio::piped())
                 // Its own group: the job's signals never reach it, and stop() ends all of it.
                 .process_group(0);
-            // SAFETY: prctl is async-signal-safe and touches no memory of ours; it makes the
-            // kernel kill the helper when the kid dies, even by SIGKILL.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
+            die_with_parent(&mut cmd);
             match cmd.spawn() {
                 Ok(mut child) => {
                     let out = child.stdout.take().expect("piped stdout");
@@ -242,6 +279,14 @@ impl Sampler {
             }
             return None;
         }
+        if shared.gpus.at.is_none()
+            && self.one_shot.is_none()
+            && self.started.elapsed() >= loop_patience(self.period)
+        {
+            drop(shared);
+            self.fall_back_to_one_shot();
+            return None;
+        }
         let slack = (self.period / 2).max(Duration::from_millis(500));
         let apps: &[AppRow] = match shared.apps.at {
             Some(at) if at.elapsed() <= self.period + slack => &shared.apps.rows,
@@ -256,12 +301,68 @@ impl Sampler {
         )
     }
 
+    /// Loop mode said nothing: end its helpers and query once per period from a thread.
+    fn fall_back_to_one_shot(&mut self) {
+        eprintln!(
+            "nerokid: nvidia-smi printed nothing in loop mode for {} s; querying it once per sample instead",
+            loop_patience(self.period).as_secs()
+        );
+        self.end();
+        let (tx, rx) = mpsc::channel::<()>();
+        let (program, shared, period) =
+            (self.program.clone(), Arc::clone(&self.shared), self.period);
+        let thread = std::thread::spawn(move || loop {
+            for (query, is_gpu) in [(GPU_QUERY, true), (APPS_QUERY, false)] {
+                let mut cmd = Command::new(&program);
+                cmd.args([query, FORMAT]).stdin(Stdio::null());
+                die_with_parent(&mut cmd);
+                let why = match cmd.output() {
+                    Ok(out) if out.status.success() => {
+                        let text = String::from_utf8_lossy(&out.stdout);
+                        let Ok(mut s) = shared.lock() else { return };
+                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                            s.feed(is_gpu, line);
+                        }
+                        continue;
+                    }
+                    Ok(out) => {
+                        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                            + &String::from_utf8_lossy(&out.stderr);
+                        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                        format!("nvidia-smi {} said {:?}", out.status, first.trim())
+                    }
+                    Err(e) => format!("nvidia-smi: {e}"),
+                };
+                if let Ok(mut s) = shared.lock() {
+                    s.failed.get_or_insert(why);
+                }
+                return;
+            }
+            if !matches!(
+                rx.recv_timeout(period),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            ) {
+                return;
+            }
+        });
+        self.one_shot = Some((tx, thread));
+    }
+
     /// Kill the helpers and reap them (also done on drop).
     pub fn stop(mut self) {
         self.end();
+        if let Some((tx, thread)) = self.one_shot.take() {
+            drop(tx);
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
     }
 
     fn end(&mut self) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.retired = true;
+        }
         for child in &mut self.helpers {
             // SAFETY: kill(2) on the helper's own process group; no memory is involved.
             unsafe {
@@ -301,12 +402,7 @@ fn spawn_reader(
                 continue;
             }
             let Ok(mut s) = shared.lock() else { return };
-            let parsed = if is_gpu {
-                parse_gpu_line(&line).map(|(t, r)| s.gpus.add(t, r))
-            } else {
-                parse_app_line(&line).map(|(t, r)| s.apps.add(t, r))
-            };
-            if parsed.is_none() && trouble.is_none() {
+            if !s.feed(is_gpu, &line) && trouble.is_none() {
                 trouble = Some(line.trim().to_string());
             }
         }
@@ -324,7 +420,9 @@ fn spawn_reader(
                 |w| format!("nvidia-smi said {:?}", w.trim()),
             );
         if let Ok(mut s) = shared.lock() {
-            s.failed.get_or_insert(why);
+            if !s.retired {
+                s.failed.get_or_insert(why);
+            }
         }
     })
 }

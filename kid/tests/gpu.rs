@@ -323,3 +323,33 @@ fn the_helpers_die_with_a_killed_kid() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Loop mode that prints nothing (its output held in a buffer, say): after its patience the
+/// kid says so once and queries nvidia-smi once per sample instead; the GPU fields come.
+#[test]
+fn a_silent_loop_mode_falls_back_to_one_shot_queries() {
+    let d = run_dir("silent");
+    let kid = start(
+        &d,
+        &with_fake(),
+        &job(true),
+        &[("NERONET_FAKE_GPU_LOOP_SILENT", "1")],
+    );
+    let (s, stderr) = until(&d, kid, "GPU sample", |s| s.iter().any(|x| x.1.is_some()));
+    let busy = s.iter().find(|x| x.1.is_some()).unwrap();
+    assert_eq!((busy.0, busy.1), (Some(14.0), Some(1388 * MIB)));
+    assert_eq!(
+        stderr
+            .matches("querying it once per sample instead")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no longer sampled"), "{stderr}");
+    let one_shots = helpers(&d)
+        .iter()
+        .filter(|(_, a)| a.contains("--query-compute-apps") && !a.contains("-lms"))
+        .count();
+    assert!(one_shots >= 1, "{:?}", helpers(&d));
+    assert_helpers_gone(&d);
+}
