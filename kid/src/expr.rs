@@ -928,14 +928,19 @@ impl Expr {
         ambiguous: &mut dyn FnMut(AmbiguousName),
     ) -> Option<bool> {
         let mut all = |v: &[Expr], stop: bool| {
-            // Every child is evaluated, so every ambiguous name is heard.
-            let results: Vec<Option<bool>> = v
-                .iter()
-                .map(|e| e.evaluate_with(row, missing_unknown, ambiguous))
-                .collect();
-            if results.contains(&Some(stop)) {
+            // Every child is evaluated, so every ambiguous name is heard (no allocation: a
+            // rule runs every round of the kid).
+            let (mut decided, mut unknown) = (false, false);
+            for e in v {
+                match e.evaluate_with(row, missing_unknown, ambiguous) {
+                    Some(b) if b == stop => decided = true,
+                    None => unknown = true,
+                    Some(_) => {}
+                }
+            }
+            if decided {
                 Some(stop)
-            } else if results.contains(&None) {
+            } else if unknown {
                 None
             } else {
                 Some(!stop)
@@ -1033,10 +1038,13 @@ impl Comparison {
     /// `Ok(None)` when the row lacks the field.
     fn evaluate_field(&self, row: &dyn Fields) -> Result<Option<bool>, AmbiguousName> {
         let name = self.field.as_str();
-        let got = match name.to_ascii_lowercase().as_str() {
-            "id" => Some(FieldValue::Text(row.id().to_string())),
-            "status" | "state" => row.state().map(|s| FieldValue::Text(s.to_string())),
-            _ => row.field(name)?,
+        let is = |word: &str| name.eq_ignore_ascii_case(word);
+        let got = if is("id") {
+            Some(FieldValue::Text(row.id().to_string()))
+        } else if is("status") || is("state") {
+            row.state().map(|s| FieldValue::Text(s.to_string()))
+        } else {
+            row.field(name)?
         };
         let Some(got) = got else { return Ok(None) };
         if self.op == CmpOp::Match {

@@ -414,6 +414,21 @@ mod tests {
                 rule: "loss>1".into(),
                 values: Vec::new(),
             },
+            KidEvent::Resources {
+                t: 3.5,
+                cpu_percent: 12.5,
+                rss_bytes: 2048,
+                processes: 1,
+                gpu_percent: Some(14.0),
+                gpu_mem_bytes: Some(1388 << 20),
+                gpus: vec!["0: NVIDIA H100 80GB HBM3".into()],
+                output_bytes: Some(4096),
+            },
+            KidEvent::RuleFired {
+                t: 4.2,
+                rule: "loss>1".into(),
+                values: vec![("loss".into(), 3.1), ("runtime".into(), 45.25)],
+            },
             KidEvent::RuleProblem {
                 t: 4.5,
                 message: "field \"LOSS\" is ambiguous".into(),
@@ -433,6 +448,15 @@ mod tests {
                 outcome: Outcome::Exit { code: 0 },
                 reason: None,
                 stderr_tail: Vec::new(),
+            },
+            KidEvent::Exited {
+                t: 6.5,
+                outcome: Outcome::Exit { code: 1 },
+                reason: Some("torch.OutOfMemoryError: CUDA out of memory.".into()),
+                stderr_tail: vec![
+                    "Traceback (most recent call last):".into(),
+                    "torch.OutOfMemoryError: CUDA out of memory.".into(),
+                ],
             },
             KidEvent::Metrics {
                 t: 7.0,
@@ -455,9 +479,12 @@ mod tests {
                 r#"{"event":"metrics","t":2.0,"step":3.0,"values":[["loss",0.25]]}"#,
                 r#"{"event":"resources","t":3.0,"cpu_percent":99.5,"rss_bytes":1024,"processes":2}"#,
                 r#"{"event":"rule_fired","t":4.0,"rule":"loss>1"}"#,
+                r#"{"event":"resources","t":3.5,"cpu_percent":12.5,"rss_bytes":2048,"processes":1,"gpu_percent":14.0,"gpu_mem_bytes":1455423488,"gpus":["0: NVIDIA H100 80GB HBM3"],"output_bytes":4096}"#,
+                r#"{"event":"rule_fired","t":4.2,"rule":"loss>1","values":[["loss",3.1],["runtime",45.25]]}"#,
                 r#"{"event":"rule_problem","t":4.5,"message":"field \"LOSS\" is ambiguous"}"#,
                 r#"{"event":"exited","t":5.0,"outcome":{"how":"aborted","by":{"by":"rule","detail":"loss>1"},"signal":15,"code":null}}"#,
                 r#"{"event":"exited","t":6.0,"outcome":{"how":"exit","code":0}}"#,
+                r#"{"event":"exited","t":6.5,"outcome":{"how":"exit","code":1},"reason":"torch.OutOfMemoryError: CUDA out of memory.","stderr_tail":["Traceback (most recent call last):","torch.OutOfMemoryError: CUDA out of memory."]}"#,
                 r#"{"event":"metrics","t":7.0,"step":null,"values":[["loss","nan"],["grad","inf"],["acc",0.5]]}"#,
             ]
         );

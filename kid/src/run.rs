@@ -5,15 +5,15 @@
 
 use crate::expr::{self, AmbiguousName, FieldValue, Fields};
 use crate::metrics::{self, CsvMetrics, Extractor, Found, LineSplitter, StreamScanner};
-use crate::probe;
 use crate::report::*;
+use crate::{gpu, probe, reason};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -289,10 +289,21 @@ pub fn read_events(dir: &Path) -> io::Result<Vec<KidEvent>> {
 /// What a rule sees: `runtime`, the last value of each metric, the row's parameters. Names
 /// resolve as in selections (`expr::resolve_name`): exact spelling first, then ignoring case;
 /// a metric wins over a parameter of the same name.
-struct RuleFields<'a> {
+pub struct RuleFields<'a> {
     spec: &'a KidSpec,
     last: &'a HashMap<String, f64>,
     runtime: f64,
+}
+
+impl<'a> RuleFields<'a> {
+    /// The fields as the kid's round sees them (public for the benchmarks).
+    pub fn new(spec: &'a KidSpec, last: &'a HashMap<String, f64>, runtime: f64) -> Self {
+        RuleFields {
+            spec,
+            last,
+            runtime,
+        }
+    }
 }
 
 impl Fields for RuleFields<'_> {
@@ -333,15 +344,49 @@ impl Fields for RuleFields<'_> {
     }
 }
 
+/// The values of a rule's fields now, in the rule's order, each name once (as the rule spells
+/// it): numbers as they are, parameters that read as numbers; `runtime` always, at its place
+/// in the rule or last.
+fn rule_values(rule: &expr::Expr, fields: &RuleFields<'_>) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for c in rule.comparisons() {
+        let name = c.field.as_str();
+        if out.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        let value = match fields.field(name) {
+            Ok(Some(FieldValue::Num(v))) => Some(v),
+            Ok(Some(FieldValue::Text(t))) => t.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        if let Some(v) = value {
+            out.push((name.to_string(), v));
+        }
+    }
+    if !out.iter().any(|(n, _)| n.eq_ignore_ascii_case("runtime")) {
+        out.push(("runtime".into(), fields.runtime));
+    }
+    for (n, v) in &mut out {
+        if n.eq_ignore_ascii_case("runtime") {
+            // Milliseconds are plenty for a run's age, and read better.
+            *v = (*v * 1000.0).round() / 1000.0;
+        }
+    }
+    out
+}
+
 enum Msg {
     /// The numbers found in one chunk of output, each with the time it was read.
     Found(Vec<(f64, Found)>),
-    /// A stream ended; its last bytes (where a shell reports how the job ended).
-    Closed(Vec<u8>),
+    /// A stream ended (0 stdout, 1 stderr); its last bytes (where a shell reports how the job
+    /// ended, and a crash its reason).
+    Closed(usize, Vec<u8>),
 }
 
-/// How much of the end of each stream the kid keeps to read the shell's report from.
-const STREAM_TAIL: usize = 4096;
+/// How much of the end of each stream the kid keeps, to read the shell's report, the crash
+/// reason and the stderr tail from. A reader lets its copy grow to twice this before cutting it
+/// back, so the hot path moves these bytes once per STREAM_TAIL read, not per read.
+const STREAM_TAIL: usize = 64 << 10;
 
 /// How long a reader lets output pile up after a short read. Bounds the kid's wake-ups (and so
 /// its CPU) for jobs that flush every line, at the cost of this much latency.
@@ -384,10 +429,12 @@ fn poll_pipe(
 }
 
 fn spawn_reader(
+    stream: usize,
     mut from: impl Read + std::os::unix::io::AsRawFd + Send + 'static,
     mut to: File,
     extractor: Arc<Extractor>,
     tx: mpsc::Sender<Msg>,
+    output_bytes: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<()> {
     grow_pipe(&from);
     std::thread::spawn(move || {
@@ -419,10 +466,11 @@ fn spawn_reader(
             };
             // The log file first: whatever the job printed is kept even if parsing is behind.
             let _ = to.write_all(&buf[..n]);
+            output_bytes.fetch_add(n as u64, Ordering::Relaxed);
             let chunk = &buf[..n];
             let keep = chunk.len().min(STREAM_TAIL);
             tail.extend_from_slice(&chunk[chunk.len() - keep..]);
-            if tail.len() > STREAM_TAIL {
+            if tail.len() > 2 * STREAM_TAIL {
                 tail.drain(..tail.len() - STREAM_TAIL);
             }
             scanner.feed(&extractor, chunk, Instant::now(), &mut found);
@@ -433,7 +481,10 @@ fn spawn_reader(
         }
         scanner.finish(&extractor, &mut found);
         send(&mut found);
-        let _ = tx.send(Msg::Closed(tail));
+        if tail.len() > STREAM_TAIL {
+            tail.drain(..tail.len() - STREAM_TAIL);
+        }
+        let _ = tx.send(Msg::Closed(stream, tail));
     })
 }
 
@@ -641,19 +692,30 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     ]);
     log.flush_or_warn();
 
+    // GPU sampling starts with the job; its helper processes belong to the kid, not the job.
+    let mut gpus = if spec.gpu {
+        gpu::Sampler::start(Duration::from_secs_f64(spec.sample_secs.max(0.2)))
+    } else {
+        None
+    };
+    let output_bytes = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel();
     let readers = [
         spawn_reader(
+            0,
             child.stdout.take().expect("piped stdout"),
             out_file,
             Arc::clone(&extractor),
             tx.clone(),
+            Arc::clone(&output_bytes),
         ),
         spawn_reader(
+            1,
             child.stderr.take().expect("piped stderr"),
             err_file,
             Arc::clone(&extractor),
             tx.clone(),
+            Arc::clone(&output_bytes),
         ),
     ];
     drop(tx);
@@ -677,7 +739,10 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     let mut exit_status = None;
     let mut streams_done_at: Option<Instant> = None;
     let mut pending: Vec<KidEvent> = Vec::new();
-    let mut stream_tails: Vec<Vec<u8>> = Vec::new();
+    // The last bytes of stdout and stderr, as their readers hand them over at the end.
+    let mut stream_tails: [Vec<u8>; 2] = Default::default();
+    // Why the rule stopped the job (the exit record's reason).
+    let mut rule_reason: Option<String> = None;
 
     let mut round_start = started;
     let mut ending_pause = Duration::from_millis(1);
@@ -693,8 +758,8 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
                 };
                 match rx.recv_timeout(left) {
                     Ok(Msg::Found(f)) => found.extend(f),
-                    Ok(Msg::Closed(tail)) => {
-                        stream_tails.push(tail);
+                    Ok(Msg::Closed(stream, tail)) => {
+                        stream_tails[stream] = tail;
                         open_streams -= 1;
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
@@ -719,7 +784,13 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             // Only a rule reads the last values; without one, keep the hot path lean.
             if rule.is_some() {
                 for (name, v) in &f.values {
-                    last.insert(name.clone(), *v);
+                    // No new String for a name already known (every line, usually).
+                    match last.get_mut(name) {
+                        Some(slot) => *slot = *v,
+                        None => {
+                            last.insert(name.clone(), *v);
+                        }
+                    }
                 }
             }
             pending.push(KidEvent::Metrics {
@@ -729,7 +800,12 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             });
         }
         if now_i >= next_sample && exit_status.is_none() {
-            let s = probe::sample_group(job_pid);
+            let procs = probe::group_processes(job_pid);
+            let s = probe::GroupSample {
+                cpu_ticks: procs.iter().map(|p| p.cpu_ticks).sum(),
+                rss_pages: procs.iter().map(|p| p.rss_pages).sum(),
+                processes: procs.len() as u32,
+            };
             let cpu_percent = match prev_sample {
                 Some((at, prev)) => {
                     let dt = now_i.duration_since(at).as_secs_f64().max(1e-3);
@@ -741,15 +817,21 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             };
             prev_sample = Some((now_i, s.cpu_ticks));
             if s.processes > 0 {
+                let pids: Vec<u32> = procs.iter().map(|p| p.pid as u32).collect();
+                let use_ = gpus.as_mut().and_then(|g| g.usage(&pids));
+                let (gpu_percent, gpu_mem_bytes, gpu_names) = match use_ {
+                    Some(u) => (Some(u.percent), Some(u.mem_bytes), u.gpus),
+                    None => (None, None, Vec::new()),
+                };
                 pending.push(KidEvent::Resources {
                     t: now(),
                     cpu_percent: (cpu_percent * 10.0).round() / 10.0,
                     rss_bytes: s.rss_pages * page,
                     processes: s.processes,
-                    gpu_percent: None,
-                    gpu_mem_bytes: None,
-                    gpus: Vec::new(),
-                    output_bytes: None,
+                    gpu_percent,
+                    gpu_mem_bytes,
+                    gpus: gpu_names,
+                    output_bytes: Some(output_bytes.load(Ordering::Relaxed)),
                 });
             }
             next_sample = now_i + Duration::from_secs_f64(spec.sample_secs.max(0.2));
@@ -761,7 +843,12 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         if abort.is_none() && exit_status.is_none() {
             if stop_requested.load(Ordering::Relaxed) {
                 abort = Some((AbortCause::User, now_i));
-            } else if let Some(rule) = &rule {
+            } else if let Some(rule) = rule
+                .as_ref()
+                .filter(|_| started.elapsed().as_secs_f64() >= spec.min_runtime_secs)
+            {
+                // Before min_runtime the rule is not even looked at: early noise (a loss spike
+                // in the first steps) cannot end a run.
                 let fields = RuleFields {
                     spec,
                     last: &last,
@@ -780,10 +867,12 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
                 });
                 if verdict == Some(true) {
                     let text = rule.to_string();
+                    let values = rule_values(rule, &fields);
+                    rule_reason = Some(reason::rule_reason(&text, &values));
                     pending.push(KidEvent::RuleFired {
                         t: now(),
                         rule: text.clone(),
-                        values: Vec::new(),
+                        values,
                     });
                     abort = Some((AbortCause::Rule(text), now_i));
                 }
@@ -827,6 +916,24 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     }
     // Drop stragglers in the group so no process outlives its run.
     signal_group(job_pid, libc::SIGKILL);
+    if let Some(g) = gpus.take() {
+        g.stop();
+    }
+    // Streams held open by a straggler close now that it is gone: take their tails (briefly).
+    let tails_deadline = Instant::now() + Duration::from_secs(1);
+    while open_streams > 0 {
+        let Some(left) = tails_deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        match rx.recv_timeout(left) {
+            Ok(Msg::Closed(stream, tail)) => {
+                stream_tails[stream] = tail;
+                open_streams -= 1;
+            }
+            Ok(Msg::Found(_)) => {}
+            Err(_) => break,
+        }
+    }
     for r in readers {
         if r.is_finished() {
             let _ = r.join();
@@ -837,6 +944,18 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     if let Some(sig) = code.and_then(|c| signal_behind_shell(c, &stream_tails)) {
         (code, signal) = (None, Some(sig));
     }
+    let clean = matches!((&abort, code), (None, Some(0)));
+    let reason = match &abort {
+        Some((AbortCause::Rule(_), _)) => rule_reason,
+        Some((AbortCause::User, _)) => None,
+        None if clean => None,
+        None => reason::crash_reason(&stream_tails[1], &stream_tails[0]),
+    };
+    let stderr_tail = if clean {
+        Vec::new()
+    } else {
+        reason::stderr_tail(&stream_tails[1])
+    };
     let outcome = match abort {
         Some((by, _)) => Outcome::Aborted { by, signal, code },
         None => match (code, signal) {
@@ -848,8 +967,8 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     log.push(&[KidEvent::Exited {
         t: now(),
         outcome,
-        reason: None,
-        stderr_tail: Vec::new(),
+        reason,
+        stderr_tail,
     }]);
     log.finish(FINAL_WRITE_PATIENCE)
         .map_err(io_err("write event log"))?;

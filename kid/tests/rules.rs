@@ -159,3 +159,92 @@ fn an_ambiguous_rule_field_is_reported_and_never_fires() {
     assert!(took < Duration::from_secs(15), "{took:?}");
     assert!(!events.iter().any(|e| e["event"] == "rule_problem"));
 }
+
+/// The first event's time and the rule_fired event's time and values.
+fn fired_at(events: &[serde_json::Value]) -> Option<(f64, Vec<(String, f64)>)> {
+    let t0 = events[0]["t"].as_f64().unwrap();
+    let e = events.iter().find(|e| e["event"] == "rule_fired")?;
+    let values = e["values"]
+        .as_array()
+        .map(|vs| {
+            vs.iter()
+                .map(|v| (v[0].as_str().unwrap().to_string(), v[1].as_f64().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((e["t"].as_f64().unwrap() - t0, values))
+}
+
+fn exit_reason(events: &[serde_json::Value]) -> Option<String> {
+    events.last().unwrap()["reason"].as_str().map(String::from)
+}
+
+/// `runtime>2s`: a rule with a unit fires on the run's age alone, not before it.
+#[test]
+fn a_rule_with_units_fires_on_runtime() {
+    let d = run_dir("units");
+    let spec = serde_json::json!({"id": "8", "abort_when": "runtime>2s", "grace_secs": 0.5});
+    let (events, took) = run_kid(&d, &spec, "echo 'step=1 loss=0.5'; sleep 30");
+    let (at, values) = fired_at(&events).expect("the rule fired");
+    assert!((2.0..6.0).contains(&at), "fired at {at} s");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(values.len(), 1, "{values:?}");
+    assert_eq!(values[0].0, "runtime");
+    assert!(values[0].1 >= 2.0, "{values:?}");
+    assert_eq!(outcome(&events)["how"], "aborted");
+    let reason = exit_reason(&events).unwrap();
+    assert!(
+        reason.starts_with("rule runtime>2s fired: runtime=") && reason.ends_with('s'),
+        "{reason}"
+    );
+}
+
+/// A rule over a metric the job never prints stays unknown: it never fires, the run finishes
+/// with its own exit code and no reason.
+#[test]
+fn a_rule_over_a_metric_that_never_appears_never_fires() {
+    let d = run_dir("never");
+    let spec =
+        serde_json::json!({"id": "9", "abort_when": "acc<0.1 || !(acc>0.2)", "grace_secs": 0.5});
+    let script = "for i in 1 2 3 4 5; do echo \"step=$i loss=0.$i\"; sleep 0.3; done";
+    let (events, _) = run_kid(&d, &spec, script);
+    assert_eq!(fired(&events), None, "{events:?}");
+    assert_eq!(
+        outcome(&events),
+        &serde_json::json!({"how": "exit", "code": 0})
+    );
+    assert_eq!(exit_reason(&events), None);
+    assert!(events.last().unwrap().get("stderr_tail").is_none());
+}
+
+/// `min_runtime`: a rule true from the first line fires only once the run is that old, and
+/// the exit record says which values fired it. Without the grace it fires at once.
+#[test]
+fn min_runtime_holds_the_rule_back() {
+    let script = "echo 'step=1 loss=3.1'; sleep 30";
+    let d = run_dir("grace");
+    let spec = serde_json::json!({
+        "id": "10", "abort_when": "loss>2", "grace_secs": 0.5, "min_runtime_secs": 2.0
+    });
+    let (events, took) = run_kid(&d, &spec, script);
+    let (at, values) = fired_at(&events).expect("the rule fired");
+    assert!(at >= 2.0, "fired at {at} s, before min_runtime");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(values[0], ("loss".to_string(), 3.1));
+    assert_eq!(values[1].0, "runtime");
+    assert!((2.0..6.0).contains(&values[1].1), "{values:?}");
+    let reason = exit_reason(&events).unwrap();
+    assert!(
+        reason.starts_with("rule loss>2 fired: loss=3.1, runtime=") && reason.ends_with('s'),
+        "{reason}"
+    );
+
+    let d = run_dir("no-grace");
+    let spec = serde_json::json!({"id": "10", "abort_when": "loss>2", "grace_secs": 0.5});
+    let (events, _) = run_kid(&d, &spec, script);
+    let (at, _) = fired_at(&events).expect("the rule fired");
+    assert!(
+        at < 1.5,
+        "without a grace the rule fires at once, not at {at} s"
+    );
+}
