@@ -280,12 +280,17 @@ fn ended_by_kid(
             signal: None,
             reason: with(format!("exit code {code}")),
         },
+        // A shell's report of the death (`Segmentation fault (core dumped)`, `Killed`) says
+        // no more than the signal's own words.
         Outcome::Signal { signal } => RunState::Crashed {
             at: t,
             started_at,
             exit_code: None,
             signal: Some(*signal),
-            reason: with(signal_words(*signal)),
+            reason: match said {
+                Some(s) if is_shell_report(s) => signal_words(*signal),
+                _ => with(signal_words(*signal)),
+            },
         },
         Outcome::Aborted {
             by: AbortCause::User,
@@ -314,6 +319,22 @@ fn ended_by_kid(
             reason: format!("could not start: {error}"),
         },
     }
+}
+
+/// A shell's words for a signal death, which the signal's name already says.
+fn is_shell_report(said: &str) -> bool {
+    let s = said.trim();
+    [
+        "Segmentation fault",
+        "Bus error",
+        "Killed",
+        "Aborted",
+        "Illegal instruction",
+        "Floating point exception",
+        "Terminated",
+    ]
+    .iter()
+    .any(|w| s.starts_with(w))
 }
 
 /// `killed by SIGKILL (signal 9)`, with what usually sends it where that helps.

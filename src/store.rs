@@ -497,9 +497,9 @@ impl Store {
 
     /// Every run of one experiment, the first first.
     pub fn runs_of(&self, exp_id: &str) -> Result<Vec<RunRow>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "{RUN_SELECT} WHERE exp_id = ?1 ORDER BY run_no"
-        ))?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{RUN_SELECT} WHERE exp_id = ?1 ORDER BY run_no"))?;
         let rows = stmt.query_map([exp_id], run_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -553,10 +553,10 @@ os.replace(tmp, src)
     let problems = common::soffice_csv(&p.path("results.xlsx"), 2);
     let line = problems
         .lines()
-        .find(|l| l.starts_with("results!M2,"))
+        .find(|l| l.starts_with("results!S2,"))
         .unwrap_or_else(|| panic!("the cut cell is not named:\n{problems}"));
     assert!(
-        line.starts_with("results!M2,1,")
+        line.starts_with("results!S2,1,")
             && line.contains("column \"\"config\"\"")
             && line.contains("40000 characters"),
         "{line}"

@@ -56,16 +56,14 @@ fn crash_reasons_are_plain_words_in_status_show_and_results() {
     assert_eq!(one["state"], "crashed", "{one}");
     let reason = one["reason"].as_str().unwrap();
     assert!(
-        reason.starts_with("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB")
+        reason
+            .starts_with("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB")
             && reason.ends_with("(exit code 1)"),
         "{reason}"
     );
     let two = entry(&p, "2");
     assert_eq!(two["state"], "crashed", "{two}");
-    assert!(
-        two["reason"].as_str().unwrap().contains("SIGKILL"),
-        "{two}"
-    );
+    assert!(two["reason"].as_str().unwrap().contains("SIGKILL"), "{two}");
     assert_eq!(entry(&p, "3")["reason"], serde_json::Value::Null);
 
     // The table says it too.
@@ -83,7 +81,8 @@ fn crash_reasons_are_plain_words_in_status_show_and_results() {
         .map(|l| l.as_str().unwrap())
         .collect();
     assert!(
-        tail.iter().any(|l| l.starts_with("Traceback (most recent call last)")),
+        tail.iter()
+            .any(|l| l.starts_with("Traceback (most recent call last)")),
         "{tail:?}"
     );
     assert!(
@@ -165,7 +164,9 @@ fn a_bad_rule_is_refused_at_load_with_its_position() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("abort_when") && err.contains("loss>0.5 && && acc<1") && err.contains("column 13"),
+        err.contains("abort_when")
+            && err.contains("loss>0.5 && && acc<1")
+            && err.contains("column 13"),
         "the key, the rule and the position (column 13, the second `&&`): {err}"
     );
 }
@@ -187,7 +188,9 @@ fn gpu_use_is_sampled_and_reaches_show_and_results() {
             vec![
                 V::S("1"),
                 V::E,
-                V::S("sh -c 'echo $$ >> \"$NERONET_FAKE_GPU_PIDS\"; sleep 8; echo step=1 loss=0.5'"),
+                V::S(
+                    "sh -c 'echo $$ >> \"$NERONET_FAKE_GPU_PIDS\"; sleep 8; echo step=1 loss=0.5'",
+                ),
             ],
             vec![V::S("2"), V::E, V::S("sh -c 'sleep 8'")],
         ],

@@ -209,8 +209,11 @@ fn to_text(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) ->
         if exp.and_then(|e| e.command.as_deref()) != Some(d.command.as_str()) {
             let _ = writeln!(s, "  command      {}", d.command);
         }
-        let run_params: Vec<(String, String)> =
-            r.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let run_params: Vec<(String, String)> = r
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if !r.params.is_empty() && exp.is_none_or(|e| e.params != run_params) {
             let p: Vec<String> = run_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(s, "  parameters   {}", p.join(", "));
@@ -299,12 +302,7 @@ fn finite(v: f64) -> serde_json::Value {
     }
 }
 
-fn to_json(
-    id: &str,
-    exp: Option<&ExpInfo>,
-    runs: &[RunDetail<'_>],
-    now: f64,
-) -> serde_json::Value {
+fn to_json(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) -> serde_json::Value {
     let runs: Vec<serde_json::Value> = runs
         .iter()
         .map(|d| {
@@ -359,7 +357,7 @@ mod tests {
     #[test]
     fn utc_dates() {
         assert_eq!(utc(0.0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(1_795_778_531.7), "2026-11-27 10:02:11 UTC");
+        assert_eq!(utc(1_795_773_731.7), "2026-11-27 10:02:11 UTC");
         assert_eq!(utc(951_782_400.0), "2000-02-29 00:00:00 UTC");
     }
 }
