@@ -87,7 +87,12 @@ fn a_rule_in_the_workbook_stops_the_run() {
     );
     let st = &p.status()[0];
     assert_eq!(st["state"], "aborted");
-    assert_eq!(st["reason"], "rule epoch>=3&&loss>20");
+    // The rule and the values that fired it.
+    let reason = st["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("rule epoch>=3&&loss>20 fired: epoch=") && reason.contains(", loss="),
+        "{reason}"
+    );
     assert!(
         st["metrics"]["epoch"].as_f64().unwrap() < 20.0,
         "stopped soon after the rule held: {st}"

@@ -26,7 +26,7 @@ fn demo_runs_the_sample_and_writes_results() {
     // Once: the reasons were printed a second time after the final table (a regression).
     assert_eq!(
         stdout
-            .matches("6: aborted (rule epoch>=3&&(loss>3||loss==nan))")
+            .matches("6: aborted (rule epoch>=3&&(loss>3||loss==nan) fired: epoch=")
             .count(),
         1,
         "the abort and its rule, said once:\n{stdout}"
