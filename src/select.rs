@@ -19,6 +19,8 @@ pub const BUILTIN_FIELDS: &[&str] = &[
     "exit_code",
     "node",
     "job_id",
+    "silent",
+    "waiting",
 ];
 
 /// The built-in fields a rule can use while its run goes on (the kid knows only these, besides
@@ -44,6 +46,35 @@ impl Candidate<'_> {
         let start = run.started_at?;
         Some(run.finished_at.unwrap_or(self.now) - start)
     }
+
+    /// Seconds since a running run's output last grew (or it printed a metric, or it started):
+    /// the `silent` field. None for a run not running.
+    pub fn silent(&self) -> Option<f64> {
+        silent_secs(self.run?, self.now)
+    }
+
+    /// Seconds a run not started yet has waited since it was submitted: the `waiting` field.
+    pub fn waiting(&self) -> Option<f64> {
+        waiting_secs(self.run?, self.now)
+    }
+}
+
+/// See [`Candidate::silent`]; also the notifier's `stalled` alert.
+pub fn silent_secs(run: &RunRow, now: f64) -> Option<f64> {
+    if run.state.name() != crate::state::StateName::Running {
+        return None;
+    }
+    let since = run.output_at.or(run.started_at)?;
+    Some((now - since).max(0.0))
+}
+
+/// See [`Candidate::waiting`]; also the notifier's `queued` alert.
+pub fn waiting_secs(run: &RunRow, now: f64) -> Option<f64> {
+    use crate::state::StateName;
+    if !matches!(run.state.name(), StateName::Submitted | StateName::Queued) {
+        return None;
+    }
+    Some((now - run.submitted_at?).max(0.0))
 }
 
 impl Fields for Candidate<'_> {
@@ -68,6 +99,8 @@ impl Fields for Candidate<'_> {
                 .run
                 .and_then(|r| r.job_id.clone())
                 .map(FieldValue::Text),
+            "silent" => self.silent().map(num),
+            "waiting" => self.waiting().map(num),
             _ => return self.metric_or_param(name),
         };
         Ok(builtin)
