@@ -422,7 +422,7 @@ mod tests {
         let s = short(&items, 100.0);
         assert_eq!(
             s.lines().next(),
-            Some("7 crashed after 1m: ValueError: <boom> & more (exit code 3)")
+            Some("7 crashed after 1m 00s: ValueError: <boom> & more (exit code 3)")
         );
         assert_eq!(s.lines().count(), 3);
     }
