@@ -232,6 +232,50 @@ pub fn parse_selection(
 mod tests {
     use super::*;
 
+    #[test]
+    fn silent_and_waiting_are_for_runs_in_flight() {
+        use crate::state::RunState;
+        let mut run = RunRow {
+            uid: "1.1".into(),
+            exp_id: "1".into(),
+            run_no: 1,
+            cluster: "local".into(),
+            state: RunState::Queued {
+                at: 5.0,
+                submitted_at: 2.0,
+            },
+            job_id: None,
+            node: None,
+            run_dir: None,
+            submitted_at: Some(2.0),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            params: BTreeMap::new(),
+            cpu_percent: None,
+            rss_bytes: None,
+            abort_sent: false,
+            updated_at: 5.0,
+            usage: Default::default(),
+            output_at: None,
+            stderr_tail: vec![],
+            fired: None,
+        };
+        assert_eq!(waiting_secs(&run, 100.0), Some(98.0));
+        assert_eq!(silent_secs(&run, 100.0), None);
+        run.state = RunState::Running {
+            at: 10.0,
+            node: "n".into(),
+        };
+        run.started_at = Some(10.0);
+        assert_eq!(waiting_secs(&run, 100.0), None);
+        assert_eq!(silent_secs(&run, 100.0), Some(90.0), "since the start");
+        run.output_at = Some(70.0);
+        assert_eq!(silent_secs(&run, 100.0), Some(30.0));
+        assert_eq!(check_field("Silent", &[], &[]), FieldCheck::Known);
+        assert_eq!(check_field("waiting", &[], &[]), FieldCheck::Known);
+    }
+
     /// Regression: with metrics `Loss` (PyTorch's training lines) and `loss` (its test lines),
     /// `LOSS>1` silently picked one of them.
     #[test]

@@ -574,6 +574,156 @@ pub fn undeliverable_line(store: &Store) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::RunState;
+    use crate::store::NewRun;
+
+    fn notifier(yaml: &str) -> Notifier {
+        let cfg = crate::config::Config::parse(yaml, Path::new("n.yaml")).unwrap();
+        Notifier {
+            channels: Arc::new(channel::channels(&cfg).unwrap()),
+            origin: Origin {
+                project: "p".into(),
+                project_dir: "/x/p".into(),
+                host: "h".into(),
+            },
+            rules_at: None,
+            sender: None,
+        }
+    }
+
+    fn end(store: &mut Store, id: &str, state: RunState) {
+        let params = BTreeMap::new();
+        let run = store
+            .new_run(
+                &NewRun {
+                    exp_id: id,
+                    cluster: "local",
+                    command: "true",
+                    params: &params,
+                },
+                true,
+                |_| "{}".into(),
+                state.at() - 1.0,
+            )
+            .unwrap()
+            .unwrap();
+        let tx = store.transaction().unwrap();
+        crate::store::tx::set_state(&tx, &run, &state, state.reason().as_deref()).unwrap();
+        tx.commit().unwrap();
+    }
+
+    fn crashed(at: f64) -> RunState {
+        RunState::Crashed {
+            at,
+            started_at: Some(at - 1.0),
+            exit_code: Some(1),
+            signal: None,
+            reason: "exit code 1".into(),
+        }
+    }
+
+    fn subjects(store: &Store) -> Vec<String> {
+        let mut stmt = store
+            .conn()
+            .prepare("SELECT subject FROM outbox ORDER BY id")
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+
+    /// A second crash inside the window waits for the window's end and goes out with the
+    /// finishes waiting for their digest, in one message.
+    #[test]
+    fn one_message_per_kind_per_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        end(&mut store, "0", crashed(50.0));
+        let n = notifier("email: {to: a@b.c, digest: 10s}");
+        // What happened before the first notifier is history.
+        assert_eq!(n.step(&mut store, None, false, 60.0).unwrap(), 0);
+        end(&mut store, "1", crashed(100.0));
+        assert_eq!(
+            n.step(&mut store, None, false, 100.0).unwrap(),
+            1,
+            "at once"
+        );
+        end(
+            &mut store,
+            "2",
+            RunState::Finished {
+                at: 101.0,
+                started_at: Some(100.0),
+            },
+        );
+        assert_eq!(n.step(&mut store, None, false, 101.0).unwrap(), 0, "digest");
+        end(&mut store, "3", crashed(105.0));
+        for t in [105.0, 107.0, 109.9] {
+            assert_eq!(n.step(&mut store, None, false, t).unwrap(), 0, "{t}");
+        }
+        assert_eq!(n.step(&mut store, None, false, 110.0).unwrap(), 1);
+        assert_eq!(
+            subjects(&store),
+            [
+                "[neronet] 1 crashed — p",
+                "[neronet] 1 crashed, 1 finished — p"
+            ]
+        );
+        assert_eq!(n.step(&mut store, None, false, 200.0).unwrap(), 0);
+    }
+
+    #[test]
+    fn on_filters_ending_states_and_rule_aborts_are_their_own_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let n = notifier("email: {to: a@b.c, on: [aborted], immediate: [rule, aborted]}");
+        n.step(&mut store, None, false, 1.0).unwrap();
+        end(&mut store, "1", crashed(10.0));
+        end(
+            &mut store,
+            "2",
+            RunState::Aborted {
+                at: 10.0,
+                started_at: Some(9.0),
+                reason: "rule loss>2 fired: loss=3.1, runtime=45s".into(),
+            },
+        );
+        assert_eq!(n.step(&mut store, None, false, 10.0).unwrap(), 1);
+        assert_eq!(subjects(&store), ["[neronet] 1 stopped by a rule — p"]);
+    }
+
+    /// The sender gives a message up after MAX_ATTEMPTS failures, keeping the answer.
+    #[test]
+    fn the_last_failure_makes_a_message_undeliverable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let n = notifier(&format!(
+            "email: {{to: a@b.c, smtp: {{host: 127.0.0.1, port: {port}, tls: none}}}}"
+        ));
+        store
+            .conn()
+            .execute(
+                "INSERT INTO outbox (channel, kinds, subject, body, created_at, next_try, attempts)
+                 VALUES ('email', 'crashed', 's', 'b', 0, 0, ?1)",
+                [MAX_ATTEMPTS - 2],
+            )
+            .unwrap();
+        for round in 0..2 {
+            let due = outbox::due(store.conn(), 1e12).unwrap();
+            assert_eq!(due.len(), 1, "round {round}");
+            deliver(&store, &n.channels, &n.origin, &due[0]);
+        }
+        assert!(outbox::due(store.conn(), 1e12).unwrap().is_empty());
+        let line = undeliverable_line(&store).unwrap();
+        assert!(
+            line.starts_with("alerts: 1 undeliverable (last: ") && line.contains("refused"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_ten_minutes() {
