@@ -223,6 +223,7 @@ impl Notifier {
             let silent = crate::select::silent_secs(run, now);
             let waiting = crate::select::waiting_secs(run, now);
             let mut metrics: Option<BTreeMap<String, f64>> = None;
+            let mut seen: Option<Option<crate::store::ExperimentRow>> = None;
             for ch in self.channels.iter() {
                 let r = &ch.rules;
                 if let (Some(limit), Some(s)) = (r.stalled, silent) {
@@ -269,11 +270,14 @@ impl Notifier {
                         metrics.insert(all.into_iter().collect())
                     }
                 };
+                if seen.is_none() {
+                    seen = Some(outbox::experiment(tx, &run.exp_id)?);
+                }
                 let cand = crate::select::Candidate {
                     exp,
                     run: Some(run),
                     metrics: Some(m),
-                    seen: None,
+                    seen: seen.as_ref().and_then(Option::as_ref),
                     now,
                 };
                 for (i, (text, expr)) in r.when.iter().enumerate() {

@@ -71,6 +71,26 @@ pub fn run(conn: &Connection, uid: &str) -> Result<Option<RunRow>, StoreError> {
         .optional()?)
 }
 
+/// When an experiment's row last changed and was first seen (the `tmod` and `age` fields).
+pub fn experiment(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<crate::store::ExperimentRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id, row_changed_at, first_seen FROM experiments WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(crate::store::ExperimentRow {
+                    id: r.get(0)?,
+                    row_changed_at: r.get(1)?,
+                    first_seen: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
 /// The last values of up to `n` metrics of a run, by name.
 pub fn last_metrics(
     conn: &Connection,
