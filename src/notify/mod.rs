@@ -160,6 +160,15 @@ impl Notifier {
         rules_due: bool,
         now: f64,
     ) -> Result<usize, StoreError> {
+        // Most ticks have nothing to do: look before taking the write lock.
+        let conn = store.conn();
+        let rules_due = rules_due && outbox::any_in_flight(conn)?;
+        if !rules_due
+            && outbox::mark(conn)?.is_some_and(|m| outbox::last_seq(conn).is_ok_and(|s| s <= m))
+            && !outbox::any_pending(conn)?
+        {
+            return Ok(0);
+        }
         let tx = store.transaction()?;
         let mark = match outbox::mark(&tx)? {
             Some(m) => m,

@@ -171,6 +171,30 @@ pub fn pending(conn: &Connection, channel: &str) -> Result<Vec<Pending>, StoreEr
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Whether any run is in flight (the daemon rules have something to look at).
+pub fn any_in_flight(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM runs WHERE state IN ('submitted','queued','running') LIMIT 1",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Whether any alert waits to be put into a message.
+pub fn any_pending(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM alerts WHERE message IS NULL LIMIT 1",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// When a message with this kind last went out on this channel.
 pub fn last_sent(conn: &Connection, channel: &str, kind: &str) -> Result<Option<f64>, StoreError> {
     Ok(conn
