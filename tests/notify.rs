@@ -699,3 +699,97 @@ fn stalled_and_when_rules_alert_once_per_run() {
     );
     assert!(all.contains("loss=7"), "{all}");
 }
+
+#[test]
+fn a_run_waiting_for_a_slot_raises_a_queued_alert() {
+    let p = Project::new("notify-queued", "");
+    let smtp = Server::smtp(&p, "smtp", "none", 0);
+    p.write(
+        "neronet.yaml",
+        &format!(
+            "clusters:\n  local:\n    max_parallel: 1\nemail:\n  to: researcher@example.org\n  smtp: {{host: 127.0.0.1, port: {}, tls: none}}\n  digest: 2s\n  stalled: 'off'\n  queued_over: 1s\n  immediate: [queued]\n  on: [crashed]\n",
+            smtp.port()
+        ),
+    );
+    jobs(&p, &[("1", "sleep 60"), ("2", "true")]);
+    let w = Watch::start(&p);
+    p.ok(&["start", "1"]);
+    p.wait_for_state("1", "running");
+    p.ok(&["start", "2"]);
+    wait_until("the queued alert sent", Duration::from_secs(30), || {
+        count(&p, "SELECT COUNT(*) FROM alerts WHERE kind = 'queued'") == 1 && all_sent(&p)
+    });
+    p.ok(&["abort", "1"]);
+    p.wait_for_state("2", "finished");
+    wait_until("nothing waiting", Duration::from_secs(30), || all_sent(&p));
+    w.stop();
+    // `on: [crashed]`: the abort and the finish raise nothing; the queued alert once.
+    let mails = smtp.stored();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(
+        header(&mails[0], "Subject"),
+        "[neronet] 1 queued too long — project"
+    );
+    let text = text_part(&mails[0]);
+    assert!(
+        text.contains("waiting for") && text.contains("(queued)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sendmail_gets_the_message_and_its_failure_words_are_shown() {
+    let p = Project::new("notify-sendmail", "");
+    let fake = p.dir.with_file_name("sendmail");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {dir}/args\ncat > {dir}/mail\n[ -e {dir}/refuse ] && {{ echo 'sendmail: no route to relay' >&2; exit 75; }}\nexit 0\n",
+            dir = p.dir.with_file_name("").display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&fake)
+        .status()
+        .unwrap();
+    p.write(
+        "neronet.yaml",
+        &format!(
+            "email:\n  to: researcher@example.org\n  from: lab@example.org\n  sendmail: {}\n",
+            fake.display()
+        ),
+    );
+    let out = p.neroman(&["notify", "--test"]);
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{so}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        so.trim(),
+        format!(
+            "email to researcher@example.org via sendmail {}: sent",
+            fake.display()
+        )
+    );
+    let base = p.dir.with_file_name("");
+    let args = std::fs::read_to_string(base.join("args")).unwrap();
+    assert_eq!(
+        args.trim(),
+        "-i -f lab@example.org -- researcher@example.org"
+    );
+    let mail = std::fs::read_to_string(base.join("mail")).unwrap();
+    assert_eq!(header(&mail, "Subject"), "[neronet] test message — project");
+    std::fs::write(base.join("refuse"), "").unwrap();
+    let out = p.neroman(&["notify", "--test"]);
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{so}");
+    assert!(
+        so.contains(": failed: ") && so.contains("no route to relay"),
+        "{so}"
+    );
+}
