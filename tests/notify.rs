@@ -793,3 +793,44 @@ fn sendmail_gets_the_message_and_its_failure_words_are_shown() {
         "{so}"
     );
 }
+
+#[test]
+fn a_login_takes_its_password_from_the_environment() {
+    let p = Project::new("notify-auth", "");
+    let dir = p.dir.with_file_name("auth");
+    let smtp = Server::start(
+        "smtp_sink.py",
+        dir,
+        &["--tls", "starttls", "--auth", "lab:s3cret"],
+    );
+    p.write(
+        "neronet.yaml",
+        &format!(
+            "email:\n  to: researcher@example.org\n  smtp: {{host: 127.0.0.1, port: {}, tls: starttls, ca_file: '{}', user: lab, password_env: LAB_SMTP_PASSWORD}}\n",
+            smtp.port(),
+            smtp.ca().display()
+        ),
+    );
+    // Not set: said when sending, not at load (status works).
+    jobs(&p, &[("1", "true")]);
+    p.ok(&["status"]);
+    let out = p.neroman(&["notify", "--test"]);
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{so}");
+    assert!(
+        so.contains("failed: email.smtp.password_env: the environment variable LAB_SMTP_PASSWORD is not set"),
+        "{so}"
+    );
+    let out = p.neroman_env(&["notify", "--test"], &[("LAB_SMTP_PASSWORD", "wrong")]);
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{so}");
+    assert!(
+        so.contains("permanent error (535)"),
+        "the server's answer: {so}"
+    );
+    assert!(!so.contains("wrong"), "the password is never printed: {so}");
+    let out = p.neroman_env(&["notify", "--test"], &[("LAB_SMTP_PASSWORD", "s3cret")]);
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{so}");
+    assert_eq!(smtp.stored().len(), 1);
+}
