@@ -7,7 +7,8 @@
 # its Python bridge (python3-uno, for LibreOffice editing a workbook), python3, tmpfs mounts
 # (root) for the full-disk tests, a single-node SLURM, two "login nodes" (sshd for the user
 # `nerolab`, one here and one in a network namespace with its own hostname, sharing
-# /home/nerolab) and the static (musl) build of the cluster binaries.
+# /home/nerolab), the static (musl) build of the cluster binaries, and python3-aiosmtpd with
+# openssl for the alert tests' own SMTP servers.
 #
 # Daemons a run finds already running are reused and left running; `stop_services` stops only
 # what this run started. Each piece can also be stopped by hand: `. scripts/services.sh;
@@ -59,6 +60,20 @@ need_tmpfs() {
 need_python3() {
     command -v python3 >/dev/null 2>&1 || apt_install python3
     python3 --version
+}
+
+need_smtp() {
+    # The alert tests (tests/notify.rs) start their own SMTP sinks (aiosmtpd, plain, STARTTLS
+    # or implicit TLS with a CA made by openssl) and webhook recorders from
+    # tests/fixtures/notify/. Debian's python3-aiosmtpd: it must be /usr/bin/python3 that
+    # imports it (a pyenv python on PATH lacks it).
+    if ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+        echo "== installing python3-aiosmtpd"
+        apt_install python3-aiosmtpd >/tmp/neronet-apt-aiosmtpd.log 2>&1 \
+            || { tail -20 /tmp/neronet-apt-aiosmtpd.log; return 1; }
+    fi
+    command -v openssl >/dev/null 2>&1 || apt_install openssl >/dev/null 2>&1 || return 1
+    echo "python3-aiosmtpd: $(/usr/bin/python3 -c 'import aiosmtpd; print(aiosmtpd.__version__)')"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ trap stop_services EXIT
 need_python3
 need_libreoffice
 need_uno
+need_smtp
 need_tmpfs
 need_slurm
 need_sshd_lab

@@ -200,40 +200,7 @@ pub struct ChatConfig {
     pub queued_over: Option<String>,
 }
 
-impl EmailConfig {
-    /// The checks serde cannot make; the error starts with the key.
-    fn validate(&self) -> Result<(), String> {
-        let address = |key: &str, v: &Option<String>| match v {
-            Some(a) if !a.contains('@') => Err(format!("{key}: {a:?} is not an e-mail address")),
-            _ => Ok(()),
-        };
-        match &self.to {
-            None => return Err("to: missing (who gets the mail)".into()),
-            to => address("to", to)?,
-        }
-        address("from", &self.from)?;
-        if self.smtp.is_some() && self.sendmail.is_some() {
-            return Err("smtp, sendmail: give one way of sending, not both".into());
-        }
-        for state in &self.on {
-            if !nerokid::expr::STATE_NAMES.contains(&state.to_ascii_lowercase().as_str()) {
-                return Err(format!(
-                    "on: {state:?} is not a state ({})",
-                    nerokid::expr::STATE_NAMES.join(", ")
-                ));
-            }
-        }
-        for rule in &self.when {
-            nerokid::expr::parse(rule).map_err(|e| format!("when: {rule:?}: {e}"))?;
-        }
-        if let Some(d) = &self.digest {
-            parse_duration(d).map_err(|e| format!("digest: {d:?}: {e}"))?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
     pub host: String,
@@ -246,7 +213,21 @@ pub struct SmtpConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+impl std::fmt::Debug for SmtpConfig {
+    /// Names the password's variable, never a value read from it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("user", &self.user)
+            .field("password_env", &self.password_env)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
     Starttls,
@@ -389,9 +370,10 @@ impl Config {
                 return Err(bad(format!("workbook_columns: {f:?} is not a field name")));
             }
         }
-        if let Some(e) = &self.email {
-            e.validate().map_err(|m| bad(format!("email.{m}")))?;
-        }
+        // email: and chat: read as the notifier reads them (src/notify/channel.rs): the error
+        // names the key (`email.stalled`, `chat[1].kind`). A `password_env` or `url_env`
+        // naming an unset variable is reported when sending, not here.
+        crate::notify::channel::channels(self).map_err(bad)?;
         if let Some(m) = &self.metrics {
             nerokid::metrics::Extractor::new(true, &m.patterns)
                 .map_err(|e| bad(format!("metrics.patterns: {e}")))?;

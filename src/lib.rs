@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod notify;
 pub mod project;
 pub mod select;
 pub mod sheet;

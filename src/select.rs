@@ -19,6 +19,8 @@ pub const BUILTIN_FIELDS: &[&str] = &[
     "exit_code",
     "node",
     "job_id",
+    "silent",
+    "waiting",
 ];
 
 /// The built-in fields a rule can use while its run goes on (the kid knows only these, besides
@@ -44,6 +46,35 @@ impl Candidate<'_> {
         let start = run.started_at?;
         Some(run.finished_at.unwrap_or(self.now) - start)
     }
+
+    /// Seconds since a running run's output last grew (or it printed a metric, or it started):
+    /// the `silent` field. None for a run not running.
+    pub fn silent(&self) -> Option<f64> {
+        silent_secs(self.run?, self.now)
+    }
+
+    /// Seconds a run not started yet has waited since it was submitted: the `waiting` field.
+    pub fn waiting(&self) -> Option<f64> {
+        waiting_secs(self.run?, self.now)
+    }
+}
+
+/// See [`Candidate::silent`]; also the notifier's `stalled` alert.
+pub fn silent_secs(run: &RunRow, now: f64) -> Option<f64> {
+    if run.state.name() != crate::state::StateName::Running {
+        return None;
+    }
+    let since = run.output_at.or(run.started_at)?;
+    Some((now - since).max(0.0))
+}
+
+/// See [`Candidate::waiting`]; also the notifier's `queued` alert.
+pub fn waiting_secs(run: &RunRow, now: f64) -> Option<f64> {
+    use crate::state::StateName;
+    if !matches!(run.state.name(), StateName::Submitted | StateName::Queued) {
+        return None;
+    }
+    Some((now - run.submitted_at?).max(0.0))
 }
 
 impl Fields for Candidate<'_> {
@@ -68,6 +99,8 @@ impl Fields for Candidate<'_> {
                 .run
                 .and_then(|r| r.job_id.clone())
                 .map(FieldValue::Text),
+            "silent" => self.silent().map(num),
+            "waiting" => self.waiting().map(num),
             _ => return self.metric_or_param(name),
         };
         Ok(builtin)
@@ -198,6 +231,50 @@ pub fn parse_selection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn silent_and_waiting_are_for_runs_in_flight() {
+        use crate::state::RunState;
+        let mut run = RunRow {
+            uid: "1.1".into(),
+            exp_id: "1".into(),
+            run_no: 1,
+            cluster: "local".into(),
+            state: RunState::Queued {
+                at: 5.0,
+                submitted_at: 2.0,
+            },
+            job_id: None,
+            node: None,
+            run_dir: None,
+            submitted_at: Some(2.0),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            params: BTreeMap::new(),
+            cpu_percent: None,
+            rss_bytes: None,
+            abort_sent: false,
+            updated_at: 5.0,
+            usage: Default::default(),
+            output_at: None,
+            stderr_tail: vec![],
+            fired: None,
+        };
+        assert_eq!(waiting_secs(&run, 100.0), Some(98.0));
+        assert_eq!(silent_secs(&run, 100.0), None);
+        run.state = RunState::Running {
+            at: 10.0,
+            node: "n".into(),
+        };
+        run.started_at = Some(10.0);
+        assert_eq!(waiting_secs(&run, 100.0), None);
+        assert_eq!(silent_secs(&run, 100.0), Some(90.0), "since the start");
+        run.output_at = Some(70.0);
+        assert_eq!(silent_secs(&run, 100.0), Some(30.0));
+        assert_eq!(check_field("Silent", &[], &[]), FieldCheck::Known);
+        assert_eq!(check_field("waiting", &[], &[]), FieldCheck::Known);
+    }
 
     /// Regression: with metrics `Loss` (PyTorch's training lines) and `loss` (its test lines),
     /// `LOSS>1` silently picked one of them.

@@ -139,6 +139,47 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN stderr_tail TEXT;
     ALTER TABLE runs ADD COLUMN fired_json TEXT;
     "#,
+    // 4: alerts (src/notify/, docs/NOTIFY.md). Each alert per channel, made in the transaction
+    // that moves the notifier's mark over the state changes (`daemon_meta` key `notify_mark`);
+    // a daemon rule (`rule`: stalled, queued, when[N]) fires once per run. Messages composed
+    // from alerts wait in `outbox` until sent (exactly once: `sent_at` is set right after the
+    // server took it) or given up (`undeliverable`, the server's answer); `notify_windows`
+    // keeps when each kind last went out per channel (one message per digest window).
+    r#"
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        run_uid TEXT NOT NULL,
+        exp_id TEXT NOT NULL,
+        rule TEXT,
+        detail TEXT,
+        at REAL NOT NULL,
+        message INTEGER
+    );
+    CREATE UNIQUE INDEX alerts_once ON alerts (channel, run_uid, rule);
+    CREATE INDEX alerts_pending ON alerts (channel, message);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        kinds TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        html TEXT,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try REAL NOT NULL,
+        sent_at REAL,
+        undeliverable TEXT,
+        last_error TEXT
+    );
+    CREATE TABLE notify_windows (
+        channel TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        last_at REAL NOT NULL,
+        PRIMARY KEY (channel, kind)
+    );
+    "#,
 ];
 
 /// The schema version this neroman writes (`PRAGMA user_version` after migrating).

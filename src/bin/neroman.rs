@@ -138,6 +138,12 @@ enum Cmd {
         #[arg(long)]
         stop: bool,
     },
+    /// Check the alert settings (`email:`, `chat:`): send a test message through each now.
+    Notify {
+        /// Send one test message per channel (exit 1 if one failed, 2 if none is configured).
+        #[arg(long, required = true)]
+        test: bool,
+    },
     /// Print a shell completion script (e.g. `neroman completions bash > ~/.local/share/bash-completion/completions/neroman`).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -212,6 +218,7 @@ fn main() {
                 | Cmd::Clusters { .. }
                 | Cmd::Demo
                 | Cmd::Watch { .. }
+                | Cmd::Notify { .. }
                 | Cmd::Completions { .. },
             ),
             _,
@@ -263,6 +270,7 @@ fn main() {
             Cmd::Watch { .. } => commands::watch::run(&dir),
             Cmd::Agents { stop } => commands::agents::run(&dir, stop),
             Cmd::Clusters { json } => commands::clusters::run(&dir, json),
+            Cmd::Notify { test: _ } => commands::notify::test(&dir),
             // The demo makes a fresh project: in --dir when given, else in a new temporary directory.
             Cmd::Demo => commands::demo::run(cli.dir.as_deref()),
         },

@@ -7,6 +7,7 @@ pub mod clusters;
 pub mod demo;
 pub mod init;
 pub mod logs;
+pub mod notify;
 pub mod output;
 pub mod results;
 pub mod show;

@@ -187,6 +187,8 @@ fn serve(
     let dir_of_project = project.dir.clone();
     // State changes from before this daemon are history, not news for its log.
     let project_seq = project.store.news_mark().map_or(0, |m| m.0);
+    // Alerts (email:, chat:): only the watcher sends them (docs/NOTIFY.md).
+    let notifier = crate::notify::Notifier::start(&project);
     let status = WatchStatus {
         pid: std::process::id(),
         workbook: path.display().to_string(),
@@ -222,6 +224,7 @@ fn serve(
         ods_said: false,
         notes: HashMap::new(),
         started_as: HashMap::new(),
+        notifier,
     };
     tracing::info!("watching {} ({mode})", d.path.display());
     // The workbook as it is now: the watcher only reports changes from here on.
@@ -295,6 +298,9 @@ fn serve(
     if d.results_due.is_some() {
         d.write_results();
     }
+    if let Some(n) = d.notifier.take() {
+        n.stop();
+    }
     // The watcher goes with the daemon's state (its threads joined), after the lock is released.
     drop(d);
     tracing::info!("stopped");
@@ -339,6 +345,8 @@ struct Daemon {
     notes: HashMap<String, (String, String)>,
     /// id → (run uid, the row's snapshot when that run started), once the row changed under it.
     started_as: HashMap<String, (String, String)>,
+    /// Alerts by e-mail and chat, when configured.
+    notifier: Option<crate::notify::Notifier>,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -866,6 +874,9 @@ impl Daemon {
         }
         if self.results_due.is_some_and(|t| t <= now) {
             self.write_results();
+        }
+        if let Some(n) = &mut self.notifier {
+            n.tick(&mut self.project.store, self.exps.as_ref());
         }
     }
 
