@@ -49,6 +49,10 @@ pub fn run(
         };
         out!("{table}")?;
         outln!("{}", super::watch::status_line(&project.dir))?;
+        // Alerts the watcher gave up on (the server refused them, or it never answered).
+        if let Some(line) = crate::notify::undeliverable_line(&project.store) {
+            outln!("{line}")?;
+        }
     }
     Ok(if unreadable { exit::ERROR } else { exit::OK })
 }
