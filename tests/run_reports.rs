@@ -138,7 +138,7 @@ fn a_rule_waits_for_min_runtime_and_says_what_fired_it() {
     let one = entry(&p, "1");
     assert_eq!(one["state"], "aborted", "{one}");
     let runtime = one["runtime"].as_f64().unwrap();
-    assert!(runtime >= 3.0 && runtime < 9.0, "{one}");
+    assert!((3.0..9.0).contains(&runtime), "{one}");
     let reason = one["reason"].as_str().unwrap();
     assert!(
         reason.starts_with("rule loss>0.5 fired: ") && reason.contains("loss=0.9"),

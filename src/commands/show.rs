@@ -54,7 +54,7 @@ pub fn run(dir: &Path, id: &str, json_out: bool) -> anyhow::Result<i32> {
             .iter()
             .map(|(k, v)| (k.clone(), v.text.clone()))
             .collect(),
-        numbers: e.row.params.iter().map(|(_, v)| v.number).collect(),
+        numbers: e.row.params.values().map(|v| v.number).collect(),
         problems: e.problems.iter().map(|p| p.to_string()).collect(),
     });
     let mut out = std::io::stdout().lock();
