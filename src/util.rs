@@ -62,6 +62,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// `3.2 GiB`, `512 MiB`: memory sizes for people.
+pub fn human_bytes(n: i64) -> String {
+    let n = n as f64;
+    if n >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} GiB", n / (1024.0 * 1024.0 * 1024.0))
+    } else {
+        format!("{:.0} MiB", n / (1024.0 * 1024.0))
+    }
+}
+
 /// `1h 02m`, `3m 07s`, `12s`.
 pub fn human_duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;

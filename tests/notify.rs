@@ -526,7 +526,7 @@ fn the_watcher_sends_by_starttls_and_gives_up_on_a_server_without_it() {
     });
     let log = w.log();
     assert!(
-        log.contains("undeliverable after 1 tries") && log.contains("does not offer STARTTLS"),
+        log.contains("undeliverable after 1 try:") && log.contains("does not offer STARTTLS"),
         "{log}"
     );
     w.stop();

@@ -120,14 +120,7 @@ pub fn utc(t: f64) -> String {
     )
 }
 
-fn bytes(b: i64) -> String {
-    let b = b as f64;
-    if b >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.1} GiB", b / (1024.0 * 1024.0 * 1024.0))
-    } else {
-        format!("{:.0} MiB", b / (1024.0 * 1024.0))
-    }
-}
+use crate::util::human_bytes as bytes;
 
 fn num(v: f64) -> String {
     nerokid::expr::format_number(v)

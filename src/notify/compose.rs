@@ -105,14 +105,7 @@ pub fn reason(i: &Item) -> String {
     }
 }
 
-fn bytes(n: i64) -> String {
-    let n = n as f64;
-    if n >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.1} GiB", n / (1024.0 * 1024.0 * 1024.0))
-    } else {
-        format!("{:.0} MiB", n / (1024.0 * 1024.0))
-    }
-}
+use crate::util::human_bytes as bytes;
 
 /// `CPU peak 180%, RSS peak 1.2 GiB, GPU peak 97% (0: NVIDIA H100), GPU memory peak 40.1 GiB`.
 pub fn peaks(run: &RunRow) -> Option<String> {

@@ -540,11 +540,14 @@ fn deliver(store: &Store, channels: &[Channel], origin: &Origin, m: &outbox::Que
             );
         }
         Err(e) if e.permanent || m.attempts + 1 >= MAX_ATTEMPTS => {
+            let tries = match m.attempts + 1 {
+                1 => "1 try".to_string(),
+                n => format!("{n} tries"),
+            };
             tracing::error!(
-                "alerts: message {} by {} undeliverable after {} tries: {}",
+                "alerts: message {} by {} undeliverable after {tries}: {}",
                 m.id,
                 describe(ch),
-                m.attempts + 1,
                 e.answer
             );
             note(outbox::mark_undeliverable(conn, m.id, &e.answer));
