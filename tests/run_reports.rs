@@ -150,7 +150,12 @@ fn a_rule_waits_for_min_runtime_and_says_what_fired_it() {
     assert_eq!(rule["values"]["loss"], 0.9, "{s}");
     assert!(rule["values"]["runtime"].as_f64().unwrap() >= 3.0, "{s}");
     let text = p.ok(&["show", "1"]);
-    assert!(text.contains("rule fired   loss>0.5 at "), "{text}");
+    assert!(
+        text.contains("abort_when   loss>0.5 (not before 3s of runtime)")
+            && text.contains("reason       rule loss>0.5 fired: loss=0.9")
+            && text.contains("rule fired   at "),
+        "{text}"
+    );
 }
 
 #[test]

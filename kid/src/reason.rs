@@ -91,11 +91,47 @@ pub fn stderr_tail(tail: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The reason found in stderr's tail, else in stdout's; at most [`MAX_REASON`] characters.
+/// The reason found in stderr's tail, else in stdout's, else a program's own last `error:` /
+/// `fatal:` line near the end of stderr; at most [`MAX_REASON`] characters.
 pub fn crash_reason(stderr: &[u8], stdout: &[u8]) -> Option<String> {
-    find(&lines(stderr))
-        .or_else(|| find(&lines(stdout)))
+    let err = unprefixed(lines(stderr));
+    find(&err)
+        .or_else(|| find(&unprefixed(lines(stdout))))
+        .or_else(|| error_line(&err))
         .map(|r| cap(r.trim(), MAX_REASON))
+}
+
+/// Lines without the prefix a distributed launcher puts on each child's output
+/// (`[rank0]: `, torchrun's `[default0]:`), so that a traceback reads as Python printed it.
+fn unprefixed(lines: Vec<String>) -> Vec<String> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re =
+        RE.get_or_init(|| Regex::new(r"^\[(?:rank|default)[0-9]+\]: ?").expect("a valid regex"));
+    lines
+        .into_iter()
+        .map(|l| match re.find(&l) {
+            Some(m) => l[m.end()..].to_string(),
+            None => l,
+        })
+        .collect()
+}
+
+/// How far from the end of stderr a bare `error: ...` line still counts as the reason.
+const ERROR_LINE_WINDOW: usize = 5;
+
+/// A program's own last words when nothing better was found: `fatal: dataset not found`,
+/// `Error: CUDA driver too old`, `ERROR: no such file` among the last few lines.
+fn error_line(lines: &[String]) -> Option<String> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        Regex::new(r"^(?i:fatal|error)(?:\[[^\]]*\])?: +\S").expect("a valid regex")
+    });
+    lines
+        .iter()
+        .rev()
+        .take(ERROR_LINE_WINDOW)
+        .find(|l| re.is_match(l.trim()))
+        .map(|l| l.trim().to_string())
 }
 
 /// The exit record's reason for a rule abort: `rule loss>2 fired: loss=3.1, runtime=45s`.
@@ -185,16 +221,42 @@ fn find(lines: &[String]) -> Option<String> {
     Some(cause.map_or(last, |(_, r, _)| r))
 }
 
+/// How many lines of a message that goes on after a colon are joined to it.
+const CONTINUATION_LINES: usize = 3;
+
 /// The exception line after a traceback's frames: its first line that is not indented (the
-/// frames, the source lines and the `^^^^` markers are). A message of several lines gives
-/// its first. A later traceback (a chained exception) is found first by [`find`].
+/// frames, the source lines and the `^^^^` markers are). A message of several lines gives its
+/// first — joined with the next few where the first ends with a colon (`shapes do not
+/// match:`). An exception without a message (`AssertionError`) says the source line that
+/// raised it. A later traceback (a chained exception) is found first by [`find`].
 fn traceback_exception(lines: &[String], from: usize) -> Option<(usize, String)> {
-    lines
+    let (at, line) = lines
         .iter()
         .enumerate()
         .skip(from)
-        .find(|(_, l)| !l.starts_with([' ', '\t']) && !l.trim().is_empty())
-        .map(|(i, l)| (i, l.trim().to_string()))
+        .find(|(_, l)| !l.starts_with([' ', '\t']) && !l.trim().is_empty())?;
+    let mut words = line.trim().to_string();
+    if words.ends_with(':') {
+        let more: Vec<&str> = lines[at + 1..]
+            .iter()
+            .map(|l| l.trim())
+            .take_while(|l| !l.is_empty() && !l.ends_with("Traceback (most recent call last):"))
+            .take(CONTINUATION_LINES)
+            .collect();
+        if !more.is_empty() {
+            words = format!("{words} {}", more.join(" "));
+        }
+    } else if !words.contains(':') {
+        // The last source line shown before it: indented deeper than the `File` lines, not
+        // the `^^^^` markers.
+        let source = lines[from..at].iter().rev().map(|l| l.trim()).find(|l| {
+            !l.is_empty() && !l.starts_with("File \"") && !l.chars().all(|c| "^~ ".contains(c))
+        });
+        if let Some(src) = source {
+            words = format!("{words} at `{src}`");
+        }
+    }
+    Some((at, words))
 }
 
 /// A finding on line `i` alone (or with the line after it), and whether it is strong (the
@@ -279,6 +341,50 @@ mod tests {
             "  2%|▏         | 2/100 [00:00<00:09]Traceback (most recent call last):"
         );
         assert_eq!(tail.last().map(String::as_str), Some(OOM));
+    }
+
+    /// torchrun prefixes each line of a child's output with its rank.
+    #[test]
+    fn a_traceback_behind_rank_prefixes() {
+        let log = format!(
+            "[rank0]: Traceback (most recent call last):\n[rank0]:   File \"train.py\", line 3, in <module>\n[rank0]:     loss.backward()\n[rank0]: {OOM}\n"
+        );
+        assert_eq!(reason(&log).as_deref(), Some(OOM));
+        let log = format!("[default0]:Traceback (most recent call last):\n[default0]:  File \"t.py\", line 1, in <module>\n[default0]:{OOM}\n");
+        assert_eq!(reason(&log).as_deref(), Some(OOM));
+    }
+
+    #[test]
+    fn a_message_that_goes_on_after_a_colon_is_joined() {
+        let log = "Traceback (most recent call last):\n  File \"t.py\", line 1, in <module>\nValueError: shapes do not match:\n  got (32, 128)\n  expected (32, 256)\n";
+        assert_eq!(
+            reason(log).as_deref(),
+            Some("ValueError: shapes do not match: got (32, 128) expected (32, 256)")
+        );
+    }
+
+    #[test]
+    fn an_exception_without_a_message_says_its_source_line() {
+        let log = "Traceback (most recent call last):\n  File \"t.py\", line 4, in <module>\n    assert acc > 0.5, \n           ^^^^^^^^^\nAssertionError\n";
+        assert_eq!(
+            reason(log).as_deref(),
+            Some("AssertionError at `assert acc > 0.5,`")
+        );
+    }
+
+    #[test]
+    fn a_programs_own_error_line_when_nothing_else_says_why() {
+        assert_eq!(
+            reason("loading\nfatal: dataset not found: /data/x\n").as_deref(),
+            Some("fatal: dataset not found: /data/x")
+        );
+        assert_eq!(
+            reason("ERROR: no GPU\nbye\n").as_deref(),
+            Some("ERROR: no GPU")
+        );
+        // Not just any line that mentions an error, and not one long before the end.
+        assert_eq!(reason("errors so far: 3\n"), None);
+        assert_eq!(reason("error: early\n1\n2\n3\n4\n5\n"), None);
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub fn run(dir: &Path, id: &str, json_out: bool) -> anyhow::Result<i32> {
             .map(|(k, v)| (k.clone(), v.text.clone()))
             .collect(),
         numbers: e.row.params.values().map(|v| v.number).collect(),
+        abort_when: e.abort_when.clone(),
         problems: e.problems.iter().map(|p| p.to_string()).collect(),
     });
     let mut out = std::io::stdout().lock();
@@ -67,7 +68,14 @@ pub fn run(dir: &Path, id: &str, json_out: bool) -> anyhow::Result<i32> {
     } else {
         output::write_bytes(
             &mut out,
-            to_text(&exp_id, row.as_ref(), &details, now).as_bytes(),
+            to_text(
+                &exp_id,
+                row.as_ref(),
+                &details,
+                now,
+                project.config.min_runtime_secs(),
+            )
+            .as_bytes(),
         )?;
     }
     Ok(exit::OK)
@@ -80,6 +88,8 @@ struct ExpInfo {
     params: Vec<(String, String)>,
     /// Each parameter's number, where it is one.
     numbers: Vec<Option<f64>>,
+    /// The auto-termination rule in effect (the row's, else the config's).
+    abort_when: Option<String>,
     problems: Vec<String>,
 }
 
@@ -126,7 +136,13 @@ fn num(v: f64) -> String {
     nerokid::expr::format_number(v)
 }
 
-fn to_text(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) -> String {
+fn to_text(
+    id: &str,
+    exp: Option<&ExpInfo>,
+    runs: &[RunDetail<'_>],
+    now: f64,
+    min_runtime: f64,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "experiment {id}");
     match exp {
@@ -147,6 +163,13 @@ fn to_text(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) ->
                 let p: Vec<String> = e.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let _ = writeln!(s, "  parameters   {}", p.join(", "));
             }
+            if let Some(rule) = &e.abort_when {
+                let grace = match min_runtime {
+                    m if m > 0.0 => format!(" (not before {} of runtime)", human_duration(m)),
+                    _ => String::new(),
+                };
+                let _ = writeln!(s, "  abort_when   {rule}{grace}");
+            }
             for p in &e.problems {
                 let _ = writeln!(s, "  problem      {p}");
             }
@@ -156,7 +179,17 @@ fn to_text(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) ->
         }
     }
     if runs.is_empty() {
-        let _ = writeln!(s, "  state        defined (it has not run yet)");
+        match exp {
+            Some(e) if !e.problems.is_empty() => {
+                let _ = writeln!(
+                    s,
+                    "  state        invalid (it cannot run: see the problems above)"
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "  state        defined (it has not run yet)");
+            }
+        }
         return s;
     }
     let _ = writeln!(s, "  runs         {}", runs.len());
@@ -183,12 +216,18 @@ fn to_text(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) ->
                     }
                 })
                 .collect();
-            let values = if values.is_empty() {
-                String::new()
+            // The reason already says the rule and its values when the rule ended the run.
+            let said = r.state.reason().is_some_and(|why| why.starts_with("rule "));
+            if said {
+                let _ = writeln!(s, "  rule fired   at {}", utc(f.t));
             } else {
-                format!(": {}", values.join(", "))
-            };
-            let _ = writeln!(s, "  rule fired   {} at {}{values}", f.rule, utc(f.t));
+                let values = if values.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", values.join(", "))
+                };
+                let _ = writeln!(s, "  rule fired   {} at {}{values}", f.rule, utc(f.t));
+            }
         }
         let mut place = format!("  cluster      {}", r.cluster);
         if let Some(j) = &r.job_id {
@@ -230,7 +269,8 @@ fn to_text(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) ->
             if let Some(b) = u.rss_peak {
                 let _ = write!(line, ", memory peak {}", bytes(b));
             }
-            let _ = write!(line, " — {} samples", u.samples);
+            let plural = if u.samples == 1 { "" } else { "s" };
+            let _ = write!(line, " — {} sample{plural}", u.samples);
             let _ = writeln!(s, "{line}");
         }
         if !u.gpus.is_empty() || u.gpu_peak.is_some() {
@@ -247,6 +287,11 @@ fn to_text(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) ->
             let _ = writeln!(s, "{line}");
         } else if u.samples > 0 {
             let _ = writeln!(s, "  gpu          none used");
+        } else if r.started_at.is_some() {
+            let _ = writeln!(
+                s,
+                "  resources    no sample yet (the kid samples every 5 s, the first after 1 s)"
+            );
         }
         if !d.metrics.is_empty() {
             let m: Vec<String> = d
@@ -336,6 +381,7 @@ fn to_json(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) ->
         "row": exp.and_then(|e| e.row),
         "cluster": exp.map(|e| e.cluster.clone()),
         "command": exp.and_then(|e| e.command.clone()),
+        "abort_when": exp.and_then(|e| e.abort_when.clone()),
         "params": exp.map(|e| e.params.iter().zip(&e.numbers).map(|((k, v), n)| (k.clone(), n.map_or_else(|| json!(v), finite))).collect::<serde_json::Map<_, _>>()),
         "problems": exp.map(|e| e.problems.clone()).unwrap_or_default(),
         "state": runs.last().map_or(json!("defined"), |r| r["state"].clone()),
