@@ -464,12 +464,95 @@ impl ClusterConfig {
     }
 }
 
+/// A value error (`email.when[0]: "loss >> 2": column 7: ...`) with the line of its key in the
+/// file, as serde's errors have: `email.when[0]: line 12: "loss >> 2": ...`.
+fn with_line(e: ConfigError, text: &str) -> ConfigError {
+    match e {
+        ConfigError::Invalid { path, message } => {
+            let message = match message.split_once(": ") {
+                Some((key, rest))
+                    if !key.is_empty()
+                        && key
+                            .chars()
+                            .all(|c| c.is_alphanumeric() || "._-[]".contains(c)) =>
+                {
+                    match line_of(text, key) {
+                        Some(n) => format!("{key}: line {n}: {rest}"),
+                        None => message,
+                    }
+                }
+                _ => message,
+            };
+            ConfigError::Invalid { path, message }
+        }
+        other => other,
+    }
+}
+
+/// The 1-based line of a key path (`clusters.local.grace`, `chat[1].kind`, `email.when[0]`)
+/// in a YAML text written in block style; for a list written inline, the line of its key.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let all: Vec<&str> = text.lines().collect();
+    let lines = &all[..];
+    let indent_of = |l: &str| (l.len() - l.trim_start().len()) as isize;
+    let content = |l: &str| {
+        let t = l.trim_start();
+        !t.is_empty() && !t.starts_with('#')
+    };
+    // The block of the parent: lines after `from` indented deeper than `parent`.
+    let block = |from: usize, parent: isize| {
+        (from..lines.len())
+            .take_while(move |&i| !content(lines[i]) || indent_of(lines[i]) > parent)
+            .filter(move |&i| content(lines[i]))
+    };
+    let has_key = |i: usize, key: &str| {
+        let t = lines[i].trim_start();
+        let t = t.strip_prefix("- ").unwrap_or(t);
+        t.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
+    };
+    let (mut from, mut parent, mut found) = (0usize, -1isize, None);
+    // A list item just chosen: its first key is on its own `- ` line.
+    let mut item: Option<usize> = None;
+    for seg in path.split('.') {
+        let (key, index) = match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        if !key.is_empty() {
+            let i = item
+                .filter(|&j| has_key(j, key))
+                .or_else(|| block(from, parent).find(|&i| has_key(i, key)))?;
+            item = None;
+            found = Some(i);
+            parent = indent_of(lines[i])
+                + if lines[i].trim_start().starts_with("- ") {
+                    2
+                } else {
+                    0
+                };
+            from = i + 1;
+        }
+        if let Some(n) = index {
+            if let Some(j) = block(from, parent)
+                .filter(|&j| lines[j].trim_start().starts_with("- "))
+                .nth(n)
+            {
+                found = Some(j);
+                parent = indent_of(lines[j]) + 1;
+                from = j + 1;
+                item = Some(j);
+            }
+        }
+    }
+    found.map(|i| i + 1)
+}
+
 /// Read and check one file, so a mistake is reported against the file that holds it.
 fn load_file(path: &Path) -> Result<Option<Config>, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let cfg = Config::parse(&text, path)?;
-            cfg.validate(path)?;
+            cfg.validate(path).map_err(|e| with_line(e, &text))?;
             Ok(Some(cfg))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -686,6 +769,23 @@ mod tests {
             !remote.clusters["sge"].is_supported(),
             "Grid Engine is not here yet"
         );
+    }
+
+    #[test]
+    fn value_errors_name_the_line_of_their_key() {
+        let text = "command: x\nabort_when: 'loss>>1'\nemail:\n  to: a@b.c\n  when:\n    - 'loss>1'\n    - 'loss >> 2'\nchat:\n  - url: http://a\n  - url: http://b\n    kind: irc\n";
+        assert_eq!(line_of(text, "abort_when"), Some(2));
+        assert_eq!(line_of(text, "email.when[1]"), Some(7));
+        assert_eq!(line_of(text, "email.to"), Some(4));
+        assert_eq!(line_of(text, "chat[1].kind"), Some(11));
+        assert_eq!(line_of(text, "chat[1].url"), Some(10));
+        assert_eq!(line_of(text, "email.from"), None);
+        let dir = std::env::temp_dir().join(format!("neronet-cfg-line-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("neronet.yaml");
+        std::fs::write(&path, "command: x\nmin_runtime: '5 sec'\n").unwrap();
+        let e = load_file(&path).unwrap_err().to_string();
+        assert!(e.contains("min_runtime: line 2: \"5 sec\""), "{e}");
     }
 
     #[test]

@@ -647,7 +647,7 @@ fn a_bad_alert_setting_is_refused_naming_its_key() {
     );
     let se = String::from_utf8_lossy(&p.neroman(&["status"]).stderr).into_owned();
     assert!(
-        se.contains("email.when[0]: \"loss >> 2\": column 7"),
+        se.contains("email.when[0]: line 3: \"loss >> 2\": column 7"),
         "{se}"
     );
 }

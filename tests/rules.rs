@@ -67,7 +67,8 @@ fn a_default_rule_that_is_not_a_condition_is_a_config_error() {
     let se = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{se}");
     assert!(
-        se.contains("abort_when: \"running\": column 1: 'running' is not a condition"),
+        se.contains("abort_when: line ")
+            && se.contains(": \"running\": column 1: 'running' is not a condition"),
         "{se}"
     );
 }
