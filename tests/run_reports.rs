@@ -169,7 +169,7 @@ fn a_bad_rule_is_refused_at_load_with_its_position() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("abort_when")
+        err.contains("abort_when: line 1: ")
             && err.contains("loss>0.5 && && acc<1")
             && err.contains("column 13"),
         "the key, the rule and the position (column 13, the second `&&`): {err}"
