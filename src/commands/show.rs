@@ -110,7 +110,8 @@ impl RunDetail<'_> {
 
 /// `2026-11-27 10:02:11 UTC`.
 pub fn utc(t: f64) -> String {
-    let secs = t.floor() as i64;
+    // Rounded to the second, as results.xlsx shows the same instant.
+    let secs = t.round() as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Howard Hinnant's civil-from-days.
     let z = days + 719_468;
@@ -396,7 +397,8 @@ mod tests {
     #[test]
     fn utc_dates() {
         assert_eq!(utc(0.0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(1_795_773_731.7), "2026-11-27 10:02:11 UTC");
+        assert_eq!(utc(1_795_773_731.4), "2026-11-27 10:02:11 UTC");
+        assert_eq!(utc(1_795_773_731.6), "2026-11-27 10:02:12 UTC");
         assert_eq!(utc(951_782_400.0), "2000-02-29 00:00:00 UTC");
     }
 }
