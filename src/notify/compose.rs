@@ -32,12 +32,98 @@ pub struct Origin {
 /// The most stderr lines a crash shows.
 const STDERR_LINES: usize = 10;
 
-/// `3 crashed, 12 finished`, kinds in [`Kind::ALL`] order.
+/// The alerts of one run (one run uid; an alert with no run row stands alone by its id), in
+/// [`Kind::ALL`] order: a digest shows each run once, with all its alerts.
+pub struct Group<'a> {
+    pub items: Vec<&'a Item>,
+}
+
+impl<'a> Group<'a> {
+    fn first(&self) -> &'a Item {
+        self.items[0]
+    }
+
+    fn run(&self) -> Option<&'a RunRow> {
+        self.items.iter().find_map(|i| i.run.as_ref())
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        let mut k: Vec<Kind> = self.items.iter().map(|i| i.kind).collect();
+        k.dedup();
+        k
+    }
+
+    /// The metrics of the latest alert that has some.
+    fn metrics(&self) -> String {
+        self.items
+            .iter()
+            .rev()
+            .map(|i| metrics(i))
+            .find(|m| !m.is_empty())
+            .unwrap_or_default()
+    }
+
+    /// Each alert's kind and reason: `when epoch>=6 && acc>0.55; finished`. A run with one
+    /// alert shows only its reason (the state column says the rest) unless the kind is not a
+    /// state (`stalled no output for 30m`).
+    fn reasons(&self) -> String {
+        let alone = self.items.len() == 1;
+        let mut parts: Vec<String> = Vec::new();
+        for i in &self.items {
+            let r = reason(i);
+            let part = if matches!(i.kind, Kind::Stalled | Kind::Queued | Kind::When) {
+                labelled(i.kind, &r)
+            } else if alone {
+                r
+            } else if r.is_empty() {
+                i.kind.as_str().to_string()
+            } else {
+                format!("{}: {r}", i.kind.as_str())
+            };
+            if !part.is_empty() && !parts.contains(&part) {
+                parts.push(part);
+            }
+        }
+        parts.join("; ")
+    }
+}
+
+/// `when loss>5` from the kind and its detail (which may already start with the kind).
+fn labelled(kind: Kind, detail: &str) -> String {
+    let k = kind.as_str();
+    if detail.is_empty() {
+        k.to_string()
+    } else if detail.starts_with(k) {
+        detail.to_string()
+    } else {
+        format!("{k} {detail}")
+    }
+}
+
+/// The alerts grouped by run, runs ordered by their first kind, then by id (numbers as numbers).
+pub fn groups(items: &[Item]) -> Vec<Group<'_>> {
+    let mut out: Vec<(String, Group<'_>)> = Vec::new();
+    for i in sorted(items) {
+        let key = match &i.run {
+            Some(r) => format!("u{}", r.uid),
+            None => format!("i{}", i.exp_id),
+        };
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.items.push(i),
+            None => out.push((key, Group { items: vec![i] })),
+        }
+    }
+    out.into_iter().map(|(_, g)| g).collect()
+}
+
+/// `3 crashed, 12 finished`, kinds in [`Kind::ALL`] order: how many runs had an alert of
+/// each kind (a run that matched a rule and then finished counts in both).
 pub fn counts(items: &[Item]) -> String {
+    let groups = groups(items);
     Kind::ALL
         .iter()
         .filter_map(|k| {
-            let n = items.iter().filter(|i| i.kind == *k).count();
+            let n = groups.iter().filter(|g| g.kinds().contains(k)).count();
             (n > 0).then(|| format!("{n} {}", k.phrase()))
         })
         .collect::<Vec<_>>()
@@ -59,7 +145,7 @@ fn sorted(items: &[Item]) -> Vec<&Item> {
 }
 
 /// Ids that are numbers sort as numbers.
-fn natural(id: &str) -> (u8, i64, String) {
+pub fn natural(id: &str) -> (u8, i64, String) {
     match id.trim().parse::<i64>() {
         Ok(n) => (0, n, String::new()),
         Err(_) => (1, 0, id.to_string()),
@@ -131,21 +217,18 @@ pub fn peaks(run: &RunRow) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
-fn table_rows(items: &[&Item], now: f64) -> Vec<[String; 6]> {
-    items
+fn table_rows(groups: &[Group<'_>], now: f64) -> Vec<[String; 6]> {
+    groups
         .iter()
-        .map(|i| {
+        .map(|g| {
+            let i = g.first();
             [
                 i.exp_id.clone(),
                 run_no(i),
-                if matches!(i.kind, Kind::Stalled | Kind::Queued | Kind::When) {
-                    format!("{} ({})", state(i), i.kind.as_str())
-                } else {
-                    state(i)
-                },
+                state(i),
                 runtime(i, now),
-                metrics(i),
-                reason(i),
+                g.metrics(),
+                g.reasons(),
             ]
         })
         .collect()
@@ -153,10 +236,37 @@ fn table_rows(items: &[&Item], now: f64) -> Vec<[String; 6]> {
 
 const HEADER: [&str; 6] = ["id", "run", "state", "runtime", "metrics", "reason"];
 
+/// What a run's block below the table shows: its resource peaks, where it ran, the last lines
+/// of stderr.
+struct Block {
+    title: String,
+    peaks: Option<String>,
+    place: Option<String>,
+    tail: Vec<String>,
+}
+
+fn block(g: &Group<'_>) -> Option<Block> {
+    let run = g.run()?;
+    let tail = tail_of(g);
+    let peaks = peaks(run);
+    if tail.is_empty() && peaks.is_none() {
+        return None;
+    }
+    Some(Block {
+        title: format!("{} (run {})", g.first().exp_id, run.run_no),
+        peaks,
+        place: run
+            .node
+            .as_ref()
+            .map(|node| format!("on {node} ({})", run.cluster)),
+        tail,
+    })
+}
+
 /// The plain-text body.
 pub fn text(items: &[Item], origin: &Origin, now: f64) -> String {
-    let items = sorted(items);
-    let rows = table_rows(&items, now);
+    let groups = groups(items);
+    let rows = table_rows(&groups, now);
     let mut widths = HEADER.map(|h| h.chars().count());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()).take(5) {
@@ -175,30 +285,24 @@ pub fn text(items: &[Item], origin: &Origin, now: f64) -> String {
         s.trim_end().to_string()
     };
     let mut out = String::new();
-    let _ = writeln!(out, "{}\n", counts_sentence(&items));
+    let _ = writeln!(out, "{}\n", counts_sentence(items));
     out.push_str(&line(HEADER));
     out.push('\n');
     for r in &rows {
         out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
         out.push('\n');
     }
-    for i in &items {
-        let Some(run) = &i.run else { continue };
-        let tail = tail_of(i);
-        let peaks = peaks(run);
-        if tail.is_empty() && peaks.is_none() {
-            continue;
-        }
-        let _ = writeln!(out, "\n{} (run {}):", i.exp_id, run.run_no);
-        if let Some(p) = peaks {
+    for b in groups.iter().filter_map(block) {
+        let _ = writeln!(out, "\n{}:", b.title);
+        if let Some(p) = &b.peaks {
             let _ = writeln!(out, "  {p}");
         }
-        if let Some(node) = &run.node {
-            let _ = writeln!(out, "  on {node} ({})", run.cluster);
+        if let Some(p) = &b.place {
+            let _ = writeln!(out, "  {p}");
         }
-        if !tail.is_empty() {
+        if !b.tail.is_empty() {
             let _ = writeln!(out, "  last lines of stderr:");
-            for l in tail {
+            for l in &b.tail {
                 let _ = writeln!(out, "    {l}");
             }
         }
@@ -211,22 +315,38 @@ pub fn text(items: &[Item], origin: &Origin, now: f64) -> String {
     out
 }
 
-fn counts_sentence(items: &[&Item]) -> String {
-    let owned: Vec<Item> = items.iter().map(|i| (*i).clone()).collect();
-    format!("Runs: {}.", counts(&owned))
+fn counts_sentence(items: &[Item]) -> String {
+    format!("Runs: {}.", counts(items))
 }
 
-/// The last lines of stderr shown for a run that crashed (or was stopped, or lost).
-fn tail_of(i: &Item) -> &[String] {
-    let Some(run) = &i.run else { return &[] };
-    if !matches!(
-        i.kind,
-        Kind::Crashed | Kind::Rule | Kind::Timeout | Kind::Lost
-    ) {
-        return &[];
+/// Consecutive identical lines as one: a progress bar's 8 copies read `80%|#### | 4/5 (×8)`.
+pub fn collapse(lines: &[String]) -> Vec<String> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for l in lines {
+        match out.last_mut() {
+            Some((last, n)) if last == l => *n += 1,
+            _ => out.push((l.clone(), 1)),
+        }
     }
-    let t = &run.stderr_tail;
-    &t[t.len().saturating_sub(STDERR_LINES)..]
+    out.into_iter()
+        .map(|(l, n)| if n > 1 { format!("{l} (×{n})") } else { l })
+        .collect()
+}
+
+/// The last lines of stderr shown for a run that crashed (or was stopped, or lost), repeats
+/// collapsed.
+fn tail_of(g: &Group<'_>) -> Vec<String> {
+    let Some(run) = g.run() else { return vec![] };
+    if !g.items.iter().any(|i| {
+        matches!(
+            i.kind,
+            Kind::Crashed | Kind::Rule | Kind::Timeout | Kind::Lost
+        )
+    }) {
+        return vec![];
+    }
+    let t = collapse(&run.stderr_tail);
+    t[t.len().saturating_sub(STDERR_LINES)..].to_vec()
 }
 
 pub fn escape(s: &str) -> String {
@@ -244,12 +364,12 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// The HTML alternative: the same table and details, every value escaped.
+/// The HTML alternative: the same table and details as the text, every value escaped.
 pub fn html(items: &[Item], origin: &Origin, now: f64) -> String {
-    let items = sorted(items);
-    let rows = table_rows(&items, now);
+    let groups = groups(items);
+    let rows = table_rows(&groups, now);
     let mut out = String::from("<!DOCTYPE html>\n<html><body style=\"font-family: sans-serif\">\n");
-    let _ = writeln!(out, "<p>{}</p>", escape(&counts_sentence(&items)));
+    let _ = writeln!(out, "<p>{}</p>", escape(&counts_sentence(items)));
     out.push_str("<table cellpadding=\"4\" style=\"border-collapse: collapse\">\n<tr>");
     for h in HEADER {
         let _ = write!(out, "<th align=\"left\">{h}</th>");
@@ -263,20 +383,17 @@ pub fn html(items: &[Item], origin: &Origin, now: f64) -> String {
         out.push_str("</tr>\n");
     }
     out.push_str("</table>\n");
-    for i in &items {
-        let Some(run) = &i.run else { continue };
-        let tail = tail_of(i);
-        let peaks = peaks(run);
-        if tail.is_empty() && peaks.is_none() {
-            continue;
+    for b in groups.iter().filter_map(block) {
+        let _ = writeln!(out, "<h4>{}</h4>", escape(&b.title));
+        if let Some(p) = &b.peaks {
+            let _ = writeln!(out, "<p>{}</p>", escape(p));
         }
-        let _ = writeln!(out, "<h4>{} (run {})</h4>", escape(&i.exp_id), run.run_no);
-        if let Some(p) = peaks {
-            let _ = writeln!(out, "<p>{}</p>", escape(&p));
+        if let Some(p) = &b.place {
+            let _ = writeln!(out, "<p>{}</p>", escape(p));
         }
-        if !tail.is_empty() {
-            out.push_str("<pre>");
-            for l in tail {
+        if !b.tail.is_empty() {
+            out.push_str("<p>last lines of stderr:</p>\n<pre>");
+            for l in &b.tail {
                 out.push_str(&escape(l));
                 out.push('\n');
             }
@@ -292,23 +409,40 @@ pub fn html(items: &[Item], origin: &Origin, now: f64) -> String {
     out
 }
 
-/// The chat form: one line per run (`12 crashed: ValueError: boom (exit code 1)`).
+/// The chat form: one line per run, the id marked so that it does not read as a count
+/// (`#12 (run 1): crashed after 3s: ValueError: boom (exit code 1)`). A chat service with a
+/// length limit cuts at whole lines and reads the ids back from the `#`.
 pub fn short(items: &[Item], now: f64) -> String {
-    let items = sorted(items);
     let mut out = String::new();
-    for i in items {
-        let mut l = format!("{} {}", i.exp_id, i.kind.phrase());
+    for g in groups(items) {
+        let i = g.first();
+        let mut l = format!("#{}", i.exp_id);
+        if let Some(r) = g.run() {
+            let _ = write!(l, " (run {})", r.run_no);
+        }
+        let phrases: Vec<&str> = g.kinds().iter().map(|k| k.phrase()).collect();
+        let _ = write!(l, ": {}", phrases.join(", "));
         let rt = runtime(i, now);
         if rt != "-" {
             let _ = write!(l, " after {rt}");
         }
-        let m = metrics(i);
+        let m = g.metrics();
         if !m.is_empty() {
             let _ = write!(l, " [{m}]");
         }
-        let r = reason(i);
-        if !r.is_empty() {
-            let _ = write!(l, ": {r}");
+        let reasons: Vec<String> = g
+            .items
+            .iter()
+            .map(|i| reason(i))
+            .filter(|r| !r.is_empty())
+            .fold(Vec::new(), |mut v, r| {
+                if !v.contains(&r) {
+                    v.push(r);
+                }
+                v
+            });
+        if !reasons.is_empty() {
+            let _ = write!(l, ": {}", reasons.join("; "));
         }
         out.push_str(&l);
         out.push('\n');
@@ -415,8 +549,158 @@ mod tests {
         let s = short(&items, 100.0);
         assert_eq!(
             s.lines().next(),
-            Some("7 crashed after 1m 00s: ValueError: <boom> & more (exit code 3)")
+            Some("#7 (run 1): crashed after 1m 00s: ValueError: <boom> & more (exit code 3)")
         );
         assert_eq!(s.lines().count(), 3);
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            project: "p".into(),
+            project_dir: "/d".into(),
+            host: "h".into(),
+        }
+    }
+
+    fn item(kind: Kind, id: &str, detail: Option<&str>, state: RunState) -> Item {
+        Item {
+            kind,
+            exp_id: id.into(),
+            detail: detail.map(str::to_string),
+            run: Some(run(id, state)),
+            metrics: vec![("acc".into(), 0.6)],
+        }
+    }
+
+    #[test]
+    fn a_run_with_several_alerts_shows_once() {
+        let fin = RunState::Finished {
+            at: 70.0,
+            started_at: Some(10.0),
+        };
+        let crashed = RunState::Crashed {
+            at: 70.0,
+            started_at: Some(10.0),
+            exit_code: Some(3),
+            signal: None,
+            reason: "boom (exit code 3)".into(),
+        };
+        let items = vec![
+            item(
+                Kind::When,
+                "15",
+                Some("when epoch>=6 && acc>0.55"),
+                fin.clone(),
+            ),
+            item(Kind::Finished, "15", None, fin.clone()),
+            item(
+                Kind::Stalled,
+                "3",
+                Some("no output for 5m"),
+                crashed.clone(),
+            ),
+            item(Kind::Crashed, "3", None, crashed),
+            item(
+                Kind::Queued,
+                "16",
+                Some("waiting for 1h to start"),
+                fin.clone(),
+            ),
+            item(Kind::Finished, "16", None, fin),
+        ];
+        assert_eq!(
+            subject(&items, &origin()),
+            "[neronet] 1 crashed, 1 stalled, 1 queued too long, 1 matched a rule, 2 finished — p"
+        );
+        let t = text(&items, &origin(), 100.0);
+        let rows: Vec<&str> = t.lines().skip(3).take_while(|l| !l.is_empty()).collect();
+        assert_eq!(rows.len(), 3, "{t}");
+        assert!(rows[0].starts_with("3   1    crashed"), "{t}");
+        assert!(
+            rows[0].ends_with("crashed: boom (exit code 3); stalled no output for 5m"),
+            "{t}"
+        );
+        // Runs in the order of their first kind: queued before a matched rule.
+        assert!(
+            rows[1].ends_with("queued waiting for 1h to start; finished"),
+            "{t}"
+        );
+        assert!(rows[2].starts_with("15  1    finished"), "{t}");
+        assert!(
+            rows[2].ends_with("when epoch>=6 && acc>0.55; finished"),
+            "{t}"
+        );
+        assert_eq!(t.matches("\n15 (run 1):").count(), 1, "{t}");
+        assert_eq!(t.matches("\n3 (run 1):").count(), 1, "{t}");
+        assert_eq!(t.matches("last lines of stderr:").count(), 1, "{t}");
+        let h = html(&items, &origin(), 100.0);
+        assert_eq!(h.matches("<tr>").count(), 4, "{h}");
+        assert_eq!(h.matches("<h4>15 (run 1)</h4>").count(), 1, "{h}");
+        assert!(
+            h.contains("when epoch&gt;=6 &amp;&amp; acc&gt;0.55; finished"),
+            "{h}"
+        );
+        let s = short(&items, 100.0);
+        assert_eq!(s.lines().count(), 3, "{s}");
+        assert_eq!(
+            s.lines().nth(2),
+            Some("#15 (run 1): matched a rule, finished after 1m 00s [acc=0.6]: when epoch>=6 && acc>0.55")
+        );
+    }
+
+    #[test]
+    fn the_html_says_what_the_text_says() {
+        let crashed = RunState::Crashed {
+            at: 70.0,
+            started_at: Some(10.0),
+            exit_code: Some(3),
+            signal: None,
+            reason: "boom".into(),
+        };
+        let mut it = item(Kind::Crashed, "1", None, crashed);
+        if let Some(r) = it.run.as_mut() {
+            r.node = Some("vm<1>".into());
+        }
+        let items = vec![it];
+        let t = text(&items, &origin(), 100.0);
+        assert!(
+            t.contains("  on vm<1> (local)\n  last lines of stderr:\n"),
+            "{t}"
+        );
+        let h = html(&items, &origin(), 100.0);
+        assert!(
+            h.contains(
+                "<p>on vm&lt;1&gt; (local)</p>\n<p>last lines of stderr:</p>\n<pre>Traceback\n"
+            ),
+            "{h}"
+        );
+    }
+
+    #[test]
+    fn repeated_stderr_lines_collapse() {
+        let crashed = RunState::Crashed {
+            at: 70.0,
+            started_at: Some(10.0),
+            exit_code: Some(1),
+            signal: None,
+            reason: "boom".into(),
+        };
+        let mut it = item(Kind::Crashed, "1", None, crashed);
+        let bar = "80%|#### | 4/5";
+        let mut tail: Vec<String> = vec!["start".into()];
+        tail.extend(std::iter::repeat_n(bar.to_string(), 8));
+        tail.extend(["Traceback".into(), "ValueError: boom".into()]);
+        if let Some(r) = it.run.as_mut() {
+            r.stderr_tail = tail;
+        }
+        let t = text(&[it], &origin(), 100.0);
+        assert!(
+            t.contains("    start\n    80%|#### | 4/5 (×8)\n    Traceback\n    ValueError: boom\n"),
+            "{t}"
+        );
+        assert_eq!(
+            collapse(&["a".into(), "a".into(), "b".into(), "a".into()]),
+            ["a (×2)", "b", "a"]
+        );
     }
 }
