@@ -365,6 +365,13 @@ fn a_server_down_is_retried_while_the_daemon_keeps_working() {
         .query_row("SELECT last_error FROM outbox", [], |r| r.get(0))
         .unwrap();
     assert!(error.to_lowercase().contains("connect"), "{error}");
+    // `status` says so while it retries, not only once it gives up.
+    let st = p.ok(&["status"]);
+    assert!(
+        st.contains("alerts: 1 waiting to be sent, the last try failed: ")
+            && st.contains("(next try in "),
+        "{st}"
+    );
     // The daemon goes on: a run started now is followed and written back.
     p.ok(&["start", "2"]);
     wait_until(
@@ -381,6 +388,8 @@ fn a_server_down_is_retried_while_the_daemon_keeps_working() {
     });
     let log = w.log();
     assert!(log.contains("failed (try 1)"), "{log}");
+    let st = p.ok(&["status"]);
+    assert!(!st.contains("alerts:"), "all sent: nothing to say\n{st}");
     w.stop();
     let mut subjects: Vec<String> = smtp.stored().iter().map(|m| header(m, "Subject")).collect();
     subjects.sort();

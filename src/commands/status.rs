@@ -49,8 +49,16 @@ pub fn run(
         };
         out!("{table}")?;
         outln!("{}", super::watch::status_line(&project.dir))?;
-        // Alerts the watcher gave up on (the server refused them, or it never answered).
-        if let Some(line) = crate::notify::undeliverable_line(&project.store) {
+        // Alerts the watcher retries, and those it gave up on (the server refused them, or it
+        // never answered).
+        let now = nerokid::report::now();
+        for line in [
+            crate::notify::retrying_line(&project.store, now),
+            crate::notify::undeliverable_line(&project.store),
+        ]
+        .into_iter()
+        .flatten()
+        {
             outln!("{line}")?;
         }
     }

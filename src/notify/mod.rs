@@ -580,6 +580,18 @@ fn note(r: Result<(), StoreError>) {
 
 /// `alerts: 2 undeliverable (last: <the server's answer>)`, for `neroman status`; None when
 /// every message went out.
+/// `alerts: 2 waiting to be sent, the last try failed: <answer> (next try in 40s)`: said by
+/// `neroman status` while the watcher retries, long before a message is given up.
+pub fn retrying_line(store: &Store, now: f64) -> Option<String> {
+    match outbox::retrying(store.conn()) {
+        Ok(Some((n, last, next))) => Some(format!(
+            "alerts: {n} waiting to be sent, the last try failed: {last} (next try in {})",
+            crate::util::human_duration(next - now)
+        )),
+        _ => None,
+    }
+}
+
 pub fn undeliverable_line(store: &Store) -> Option<String> {
     match outbox::undeliverable(store.conn()) {
         Ok(Some((n, last))) => Some(format!("alerts: {n} undeliverable (last: {last})")),

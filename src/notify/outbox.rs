@@ -333,3 +333,25 @@ pub fn undeliverable(conn: &Connection) -> Result<Option<(i64, String)>, StoreEr
     )?;
     Ok(Some((n, last)))
 }
+
+/// Messages not sent yet whose last try failed: how many, the last failure's words, and the
+/// soonest next try (unix seconds).
+pub fn retrying(conn: &Connection) -> Result<Option<(i64, String, f64)>, StoreError> {
+    let (n, next): (i64, Option<f64>) = conn.query_row(
+        "SELECT COUNT(*), MIN(next_try) FROM outbox
+         WHERE sent_at IS NULL AND undeliverable IS NULL AND attempts > 0",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let last: Option<String> = conn.query_row(
+        "SELECT last_error FROM outbox
+         WHERE sent_at IS NULL AND undeliverable IS NULL AND attempts > 0
+         ORDER BY id DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Some((n, last.unwrap_or_default(), next.unwrap_or(0.0))))
+}
