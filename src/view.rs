@@ -266,7 +266,7 @@ pub fn write_results_noting(
 }
 
 /// A whole number as a JSON integer (`16`, not `16.0`), anything else as it is.
-fn json_number(n: f64) -> serde_json::Value {
+pub fn json_number(n: f64) -> serde_json::Value {
     if n.fract() == 0.0 && n.abs() < 9e15 {
         json!(n as i64)
     } else {

@@ -356,7 +356,11 @@ fn to_json(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) ->
                 "node": r.node,
                 "run_dir": r.run_dir,
                 "command": d.command,
-                "params": r.params,
+                // Numbers as numbers, as the experiment's own `params` and `status --json`.
+                "params": r.params.iter().map(|(k, v)| {
+                    let n = v.trim().parse::<f64>().ok().filter(|n| n.is_finite());
+                    (k.clone(), n.map_or_else(|| json!(v), crate::view::json_number))
+                }).collect::<serde_json::Map<_, _>>(),
                 "submitted_at": r.submitted_at,
                 "started_at": r.started_at,
                 "finished_at": r.finished_at,
@@ -383,7 +387,7 @@ fn to_json(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) ->
         "cluster": exp.map(|e| e.cluster.clone()),
         "command": exp.and_then(|e| e.command.clone()),
         "abort_when": exp.and_then(|e| e.abort_when.clone()),
-        "params": exp.map(|e| e.params.iter().zip(&e.numbers).map(|((k, v), n)| (k.clone(), n.map_or_else(|| json!(v), finite))).collect::<serde_json::Map<_, _>>()),
+        "params": exp.map(|e| e.params.iter().zip(&e.numbers).map(|((k, v), n)| (k.clone(), n.map_or_else(|| json!(v), crate::view::json_number))).collect::<serde_json::Map<_, _>>()),
         "problems": exp.map(|e| e.problems.clone()).unwrap_or_default(),
         "state": runs.last().map_or(json!("defined"), |r| r["state"].clone()),
         "runs": runs,
