@@ -21,6 +21,7 @@ pub const BUILTIN_FIELDS: &[&str] = &[
     "job_id",
     "silent",
     "waiting",
+    "reason",
 ];
 
 /// The built-in fields a rule can use while its run goes on (the kid knows only these, besides
@@ -101,6 +102,11 @@ impl Fields for Candidate<'_> {
                 .map(FieldValue::Text),
             "silent" => self.silent().map(num),
             "waiting" => self.waiting().map(num),
+            // Why the run ended (`restart 'reason=~"out of memory"'`).
+            "reason" => self
+                .run
+                .and_then(|r| r.state.reason())
+                .map(FieldValue::Text),
             _ => return self.metric_or_param(name),
         };
         Ok(builtin)

@@ -66,6 +66,11 @@ fn crash_reasons_are_plain_words_in_status_show_and_results() {
     assert!(two["reason"].as_str().unwrap().contains("SIGKILL"), "{two}");
     assert_eq!(entry(&p, "3")["reason"], serde_json::Value::Null);
 
+    // A selection by reason: restart what ran out of GPU memory, say.
+    let oom: Vec<serde_json::Value> =
+        serde_json::from_str(&p.ok(&["status", "reason=~'CUDA out of memory'", "--json"])).unwrap();
+    let ids: Vec<&str> = oom.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["1"]);
     // The table says it too.
     let table = p.ok(&["status"]);
     assert!(table.contains("torch.OutOfMemoryError"), "{table}");
