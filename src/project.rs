@@ -1226,6 +1226,8 @@ fn apply_entries(
     use crate::cluster::protocol::MumEvent;
     use tx::RunColumn;
     let mut cache: HashMap<String, Option<crate::store::RunRow>> = HashMap::new();
+    // Per run, the time of its last metric line in these entries: its output grew then.
+    let mut output_at: HashMap<String, f64> = HashMap::new();
     let tx = store.transaction()?;
     let applied = match tx::sync_point(&tx, cluster)? {
         Some((e, seq)) if e == epoch => floor.map_or(seq, |f| seq.min(f)),
@@ -1277,7 +1279,9 @@ fn apply_entries(
             MumEvent::Kid { event } => match event {
                 KidEvent::Metrics { t, step, values } => {
                     tx::add_metrics(&tx, &run.uid, *t, *step, values)?;
-                    tx::note_output(&tx, &run.uid, *t)?;
+                    // Noted once per run after the loop: metric lines are the hot path.
+                    let last = output_at.entry(run.uid.clone()).or_insert(*t);
+                    *last = last.max(*t);
                     report.metric_values += values.len();
                 }
                 KidEvent::Resources { t, .. } => tx::add_sample(&tx, &run.uid, *t, event)?,
@@ -1315,6 +1319,9 @@ fn apply_entries(
         }
         cache.insert(e.run.clone(), Some(run));
     }
+    for (uid, t) in &output_at {
+        tx::note_output(&tx, uid, *t)?;
+    }
     // Entries the agent looked at and left out (another project's) count as seen.
     if through > last_seq && floor.is_none() {
         last_seq = through;
@@ -1328,15 +1335,7 @@ fn load_run(
     tx: &rusqlite::Transaction<'_>,
     uid: &str,
 ) -> Result<Option<crate::store::RunRow>, CoreError> {
-    use rusqlite::OptionalExtension;
-    Ok(tx
-        .query_row(
-            &format!("{} WHERE uid = ?1", crate::store::RUN_SELECT),
-            [uid],
-            crate::store::run_from_row,
-        )
-        .optional()
-        .map_err(StoreError::from)?)
+    Ok(crate::store::run_in(tx, uid)?)
 }
 
 #[cfg(test)]

@@ -288,7 +288,7 @@ fn ended_by_kid(
             exit_code: None,
             signal: Some(*signal),
             reason: match said {
-                Some(s) if is_shell_report(s) => signal_words(*signal),
+                Some(s) if nerokid::reason::is_shell_report(s) => signal_words(*signal),
                 _ => with(signal_words(*signal)),
             },
         },
@@ -319,22 +319,6 @@ fn ended_by_kid(
             reason: format!("could not start: {error}"),
         },
     }
-}
-
-/// A shell's words for a signal death, which the signal's name already says.
-fn is_shell_report(said: &str) -> bool {
-    let s = said.trim();
-    [
-        "Segmentation fault",
-        "Bus error",
-        "Killed",
-        "Aborted",
-        "Illegal instruction",
-        "Floating point exception",
-        "Terminated",
-    ]
-    .iter()
-    .any(|w| s.starts_with(w))
 }
 
 /// `killed by SIGKILL (signal 9)`, with what usually sends it where that helps.

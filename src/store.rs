@@ -516,10 +516,7 @@ impl Store {
     }
 
     pub fn run(&self, uid: &str) -> Result<Option<RunRow>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(&format!("{RUN_SELECT} WHERE uid = ?1"), [uid], run_from_row)
-            .optional()?)
+        run_in(&self.conn, uid)
     }
 
     /// The newest run of each experiment.
@@ -561,17 +558,7 @@ impl Store {
 
     /// The last value (and its time and step) of every metric of one run.
     pub fn run_last_metrics(&self, uid: &str) -> Result<Vec<(String, f64, f64)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, value, t FROM last_metrics WHERE run_uid = ?1 ORDER BY name")?;
-        let rows = stmt.query_map([uid], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN),
-                r.get::<_, f64>(2)?,
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        run_last_metrics_in(&self.conn, uid)
     }
 
     /// (uid, experiment id, run number) of every run.
@@ -584,11 +571,7 @@ impl Store {
     }
 
     pub fn active_runs(&self) -> Result<Vec<RunRow>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "{RUN_SELECT} WHERE state IN ('submitted','queued','running')"
-        ))?;
-        let rows = stmt.query_map([], run_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        active_runs_in(&self.conn)
     }
 
     /// Last value of every metric, per run.
@@ -723,20 +706,11 @@ impl Store {
     }
 
     pub fn daemon_value(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT value FROM daemon_meta WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        daemon_value_in(&self.conn, key)
     }
 
     pub fn set_daemon_value(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO daemon_meta (key, value) VALUES (?1, ?2)",
-            params![key, value],
-        )?;
-        Ok(())
+        set_daemon_value_in(&self.conn, key, value)
     }
 
     /// Ids no longer in the workbook, by the sheet row they were last seen on (1-based): a row
@@ -829,6 +803,60 @@ pub const RUN_SELECT: &str = "SELECT uid, exp_id, run_no, cluster, state_json, j
      started_at, finished_at, exit_code, params_json, cpu_percent, rss_bytes, abort_sent, updated_at, \
      cpu_peak, cpu_sum, rss_peak, samples, gpu_percent, gpu_peak, gpu_sum, gpu_samples, gpu_mem_bytes, \
      gpu_mem_peak, gpus, output_at, stderr_tail, fired_json FROM runs";
+
+// Reads on any connection — a transaction too (it derefs to one) — so that code working inside
+// a transaction (a sync, the notifier) reads what it is about to change with the same queries.
+
+/// A run by uid.
+pub fn run_in(conn: &Connection, uid: &str) -> Result<Option<RunRow>, StoreError> {
+    Ok(conn
+        .query_row(&format!("{RUN_SELECT} WHERE uid = ?1"), [uid], run_from_row)
+        .optional()?)
+}
+
+/// Every run in flight (submitted, queued or running).
+pub fn active_runs_in(conn: &Connection) -> Result<Vec<RunRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{RUN_SELECT} WHERE state IN ('submitted','queued','running')"
+    ))?;
+    let rows = stmt.query_map([], run_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The last value (NaN where it was not a number), its time, of every metric of one run, by name.
+pub fn run_last_metrics_in(
+    conn: &Connection,
+    uid: &str,
+) -> Result<Vec<(String, f64, f64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, value, t FROM last_metrics WHERE run_uid = ?1 ORDER BY name",
+    )?;
+    let rows = stmt.query_map([uid], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN),
+            r.get::<_, f64>(2)?,
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One of the watcher's own values (`daemon_meta`).
+pub fn daemon_value_in(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM daemon_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+pub fn set_daemon_value_in(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO daemon_meta (key, value) VALUES (?1, ?2)",
+        params![key, value],
+    )?;
+    Ok(())
+}
 
 pub fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     let state_json: String = r.get(4)?;

@@ -266,6 +266,15 @@ pub fn write_results_noting(
 }
 
 /// A whole number as a JSON integer (`16`, not `16.0`), anything else as it is.
+/// A metric value in JSON, which has no NaN or infinity: those as `"nan"`, `"inf"`, `"-inf"`.
+pub fn json_metric(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        json!(v.to_string().to_ascii_lowercase())
+    }
+}
+
 pub fn json_number(n: f64) -> serde_json::Value {
     if n.fract() == 0.0 && n.abs() < 9e15 {
         json!(n as i64)
@@ -356,20 +365,7 @@ pub fn status_json(
                 .collect();
             let metrics: BTreeMap<&String, serde_json::Value> = c
                 .metrics
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| {
-                            (
-                                k,
-                                if v.is_finite() {
-                                    json!(v)
-                                } else {
-                                    json!(v.to_string().to_ascii_lowercase())
-                                },
-                            )
-                        })
-                        .collect()
-                })
+                .map(|m| m.iter().map(|(k, v)| (k, json_metric(*v))).collect())
                 .unwrap_or_default();
             json!({
                 "id": c.exp.row.id,

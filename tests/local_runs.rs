@@ -26,22 +26,7 @@ fn job_project(name: &str, rows: &[(&str, f64, f64, f64)]) -> Project {
 
 /// (Re)write the workbook of a [`job_project`] with these rows.
 fn job_rows(p: &Project, rows: &[(&str, f64, f64, f64)]) {
-    p.workbook(
-        &["id", "status", "command", "n", "pause", "code"],
-        &rows
-            .iter()
-            .map(|(id, n, pause, code)| {
-                vec![
-                    V::S(id),
-                    V::E,
-                    V::S("python3 job.py {n} {pause} {code}"),
-                    V::N(*n),
-                    V::N(*pause),
-                    V::N(*code),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    );
+    p.job_workbook("local", "python3 job.py {n} {pause} {code}", rows);
 }
 
 #[test]

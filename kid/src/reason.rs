@@ -187,6 +187,12 @@ fn shell_report() -> &'static Regex {
     })
 }
 
+/// Whether a reason is only a shell's words for a signal death (`Segmentation fault (core
+/// dumped)`, `Killed`): neroman then says the signal's own name instead, not both.
+pub fn is_shell_report(reason: &str) -> bool {
+    shell_report().is_match(reason.trim())
+}
+
 /// A shell's report of a signal death follows what the program said just before dying (the C++
 /// exception behind `Aborted`): a finding this many lines before the report wins over it.
 const REPORT_CAUSE_LINES: usize = 3;
@@ -385,6 +391,15 @@ mod tests {
         // Not just any line that mentions an error, and not one long before the end.
         assert_eq!(reason("errors so far: 3\n"), None);
         assert_eq!(reason("error: early\n1\n2\n3\n4\n5\n"), None);
+    }
+
+    #[test]
+    fn a_shell_report_is_told_apart() {
+        assert!(is_shell_report("Segmentation fault (core dumped)"));
+        assert!(is_shell_report("Killed"));
+        assert!(!is_shell_report(
+            "torch.OutOfMemoryError: CUDA out of memory."
+        ));
     }
 
     #[test]

@@ -333,13 +333,7 @@ fn to_text(
     s
 }
 
-fn finite(v: f64) -> serde_json::Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        json!(v.to_string().to_ascii_lowercase())
-    }
-}
+use crate::view::json_metric as finite;
 
 fn to_json(id: &str, exp: Option<&ExpInfo>, runs: &[RunDetail<'_>], now: f64) -> serde_json::Value {
     let runs: Vec<serde_json::Value> = runs

@@ -181,7 +181,7 @@ impl Notifier {
         };
         let changes = outbox::changes_after(&tx, mark)?;
         for c in &changes {
-            let run = outbox::run(&tx, &c.run_uid)?;
+            let run = crate::store::run_in(&tx, &c.run_uid)?;
             let Some(kind) = kind_of_change(&c.state, c.detail.as_deref(), run.as_ref()) else {
                 continue;
             };
@@ -220,14 +220,7 @@ impl Notifier {
         exps: Option<&Experiments>,
         now: f64,
     ) -> Result<(), StoreError> {
-        let mut stmt = tx.prepare_cached(&format!(
-            "{} WHERE state IN ('submitted','queued','running')",
-            crate::store::RUN_SELECT
-        ))?;
-        let runs = stmt
-            .query_map([], crate::store::run_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        drop(stmt);
+        let runs = crate::store::active_runs_in(tx)?;
         for run in &runs {
             let silent = crate::select::silent_secs(run, now);
             let waiting = crate::select::waiting_secs(run, now);
@@ -361,7 +354,7 @@ impl Notifier {
                 kind,
                 exp_id: p.exp_id.clone(),
                 detail: p.detail.clone(),
-                run: outbox::run(tx, &p.run_uid)?,
+                run: crate::store::run_in(tx, &p.run_uid)?,
                 metrics: outbox::last_metrics(tx, &p.run_uid, METRICS_SHOWN)?,
             });
         }

@@ -2,7 +2,7 @@
 //! messages, the last message time per kind and channel, the mark over the state changes.
 //! Every write that must not be lost or doubled happens inside the caller's transaction.
 
-use crate::store::{run_from_row, RunRow, StoreError, RUN_SELECT};
+use crate::store::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// `daemon_meta` key: the last state change turned into alerts.
@@ -20,22 +20,11 @@ pub struct Change {
 }
 
 pub fn mark(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT value FROM daemon_meta WHERE key = ?1",
-            [MARK_KEY],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
-        .and_then(|v| v.parse().ok()))
+    Ok(crate::store::daemon_value_in(conn, MARK_KEY)?.and_then(|v| v.parse().ok()))
 }
 
 pub fn set_mark(tx: &Transaction<'_>, seq: i64) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT OR REPLACE INTO daemon_meta (key, value) VALUES (?1, ?2)",
-        params![MARK_KEY, seq.to_string()],
-    )?;
-    Ok(())
+    crate::store::set_daemon_value_in(tx, MARK_KEY, &seq.to_string())
 }
 
 pub fn last_seq(conn: &Connection) -> Result<i64, StoreError> {
@@ -65,12 +54,6 @@ pub fn changes_after(conn: &Connection, seq: i64) -> Result<Vec<Change>, StoreEr
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn run(conn: &Connection, uid: &str) -> Result<Option<RunRow>, StoreError> {
-    Ok(conn
-        .query_row(&format!("{RUN_SELECT} WHERE uid = ?1"), [uid], run_from_row)
-        .optional()?)
-}
-
 /// When an experiment's row last changed and was first seen (the `tmod` and `age` fields).
 pub fn experiment(
     conn: &Connection,
@@ -91,18 +74,18 @@ pub fn experiment(
         .optional()?)
 }
 
-/// The last values of up to `n` metrics of a run, by name.
+/// The last values of up to `n` metrics of a run that are numbers, by name.
 pub fn last_metrics(
     conn: &Connection,
     uid: &str,
     n: usize,
 ) -> Result<Vec<(String, f64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT name, value FROM last_metrics WHERE run_uid = ?1 AND value IS NOT NULL
-         ORDER BY name LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![uid, n as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(crate::store::run_last_metrics_in(conn, uid)?
+        .into_iter()
+        .filter(|(_, v, _)| !v.is_nan())
+        .take(n)
+        .map(|(name, v, _)| (name, v))
+        .collect())
 }
 
 /// Record an alert; a daemon rule's (`rule` set) only once per channel and run. True when new.
