@@ -190,6 +190,7 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<i32> {
         .unwrap_or_else(|_| "neroman".into());
     outln!("\ntry: {me} --dir {} status", dir.display())?;
     outln!("     {me} --dir {} logs 6", dir.display())?;
+    outln!("     {me} --dir {} show 6", dir.display())?;
     outln!("     {me} --dir {} restart aborted", dir.display())?;
     Ok(if finished + aborted == runs.len() {
         exit::OK

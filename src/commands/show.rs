@@ -320,7 +320,7 @@ fn to_text(
             }
             let _ = writeln!(s, "    cwd        {}", e.cwd);
             for (k, v) in &e.scheduler {
-                let _ = writeln!(s, "    {k:<10} {v}");
+                let _ = writeln!(s, "    {k}={v}");
             }
         }
         if !r.stderr_tail.is_empty() {
