@@ -169,6 +169,7 @@ fn restart_with_a_long_journal() {
         tick: Duration::from_millis(100),
         max_parallel: 8,
         warden: Default::default(),
+        listen: "off".into(),
     };
     let t = Instant::now();
     let mum = Mum::open_local(opts.clone()).unwrap();

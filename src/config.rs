@@ -108,6 +108,10 @@ pub struct ClusterConfig {
     /// Seconds between SIGTERM and SIGKILL when a job is stopped.
     #[serde(default)]
     pub grace: Option<String>,
+    /// Where mum listens for its kids' reports (TCP): `auto`, `off`, an IP address of the
+    /// login node, or the name of its interface the compute nodes reach.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -351,6 +355,10 @@ impl Config {
                 crate::cluster::mum::slurm::check_option(key, &text)
                     .map_err(|m| bad(format!("clusters.{name}.{m}")))?;
             }
+            if let Some(l) = &c.listen {
+                crate::cluster::mum::kids::check_listen(l)
+                    .map_err(|m| bad(format!("clusters.{name}.listen: {m}")))?;
+            }
             for (key, value) in [("poll_interval", &c.poll_interval), ("grace", &c.grace)] {
                 if let Some(v) = value {
                     parse_duration(v)
@@ -453,6 +461,7 @@ impl ClusterConfig {
             sge,
             setup: p.setup.or(self.setup),
             grace: p.grace.or(self.grace),
+            listen: p.listen.or(self.listen),
         }
     }
 

@@ -422,20 +422,30 @@ impl Project {
             .get(cluster)
             .cloned()
             .unwrap_or_default();
-        let slurm = c.warden() == crate::config::Warden::Slurm;
-        // SLURM queues runs itself: mum hands it every run (max_parallel, if set, throttles
-        // each job array).
-        let max_parallel =
-            c.max_parallel
-                .unwrap_or_else(|| if slurm { u32::MAX } else { default_parallel() });
-        let warden = if slurm {
-            WardenSettings::Slurm {
-                poll_interval: std::time::Duration::from_secs_f64(c.poll_interval_secs()),
-                array_max: c.array_max.unwrap_or(1000),
-            }
-        } else {
-            WardenSettings::Local
+        let poll_interval = std::time::Duration::from_secs_f64(c.poll_interval_secs());
+        let array_max = c.array_max.unwrap_or(1000);
+        let warden = match c.warden() {
+            crate::config::Warden::Local => WardenSettings::Local,
+            crate::config::Warden::Slurm => WardenSettings::Slurm {
+                poll_interval,
+                array_max,
+            },
+            crate::config::Warden::Sge => WardenSettings::Sge {
+                poll_interval,
+                array_max,
+            },
         };
+        // SLURM and Grid Engine queue runs themselves: mum hands them every run (max_parallel,
+        // if set, throttles each job array).
+        let queues_itself = warden != WardenSettings::Local;
+        let max_parallel = c.max_parallel.unwrap_or_else(|| {
+            if queues_itself {
+                u32::MAX
+            } else {
+                default_parallel()
+            }
+        });
+        let listen = c.listen.clone().unwrap_or_else(|| "auto".into());
         let idle_exit_secs = std::env::var("NERONET_MUM_IDLE_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -452,6 +462,7 @@ impl Project {
                 max_parallel,
                 idle_exit_secs,
                 project: Some(self.project_id()),
+                listen,
                 transport: Transport::Ssh {
                     target: crate::cluster::ssh::SshTarget {
                         host: host.clone(),
@@ -477,6 +488,7 @@ impl Project {
             project: Some(self.project_id()),
             transport: Transport::Socket,
             warden,
+            listen,
         };
         // The remote transport, exercised on this machine: a bridge process whose stdin/stdout
         // carry the protocol, started through `sh -c` exactly as `ssh host ...` would run it.

@@ -325,6 +325,7 @@ fn chatty_shells_on_the_bridge_are_detected_and_explained() {
         idle_exit_secs: 30,
         project: None,
         warden: Default::default(),
+        listen: "auto".into(),
         transport: Transport::Bridge {
             program: "sh".into(),
             args: vec![

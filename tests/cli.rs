@@ -182,6 +182,7 @@ fn mum_remembers_an_abort_that_came_before_the_run() {
         project: None,
         transport: Transport::Socket,
         warden: Default::default(),
+        listen: "auto".into(),
     };
     let mut client = MumClient::connect_or_start(&mum).unwrap();
     client.abort(vec!["x.1".into()]).unwrap();

@@ -634,10 +634,14 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         signal_hook::flag::register(sig, Arc::clone(&stop_requested))
             .map_err(io_err("install signal handler"))?;
     }
-    // SIGUSR1 (SLURM's warning before a time limit or preemption, `--signal=B:USR1@N`) is
-    // passed on to the job's group, so the job can checkpoint.
+    // SIGUSR1 (SLURM's warning before a time limit or preemption, `--signal=B:USR1@N`) and
+    // SIGUSR2 (Grid Engine's `-notify` warning before a kill or a suspend) are passed on to the
+    // job's group, so the job can checkpoint.
     let usr1 = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
+        .map_err(io_err("install signal handler"))?;
+    let usr2 = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR2, Arc::clone(&usr2))
         .map_err(io_err("install signal handler"))?;
     let open_log = |name: &str| {
         let p = dir.join(name);
@@ -838,6 +842,9 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
         }
         if usr1.swap(false, Ordering::Relaxed) && exit_status.is_none() {
             signal_group(job_pid, libc::SIGUSR1);
+        }
+        if usr2.swap(false, Ordering::Relaxed) && exit_status.is_none() {
+            signal_group(job_pid, libc::SIGUSR2);
         }
         // Decide whether to stop the job.
         if abort.is_none() && exit_status.is_none() {

@@ -52,36 +52,49 @@ struct AgentArgs {
     /// Exit after this many seconds with no runs and no client.
     #[arg(long, default_value_t = 900)]
     idle_exit: u64,
-    /// What runs the jobs: `local` (processes here) or `slurm` (job arrays via sbatch).
+    /// What runs the jobs: `local` (processes here), `slurm` (job arrays via sbatch) or `sge`
+    /// (Grid Engine array jobs via qsub).
     #[arg(long, value_enum, default_value_t = WardenKind::Local)]
     warden: WardenKind,
-    /// SLURM: seconds between squeue calls (backs off to 60 while nothing changes).
+    /// SLURM, Grid Engine: seconds between squeue/qstat calls (backs off to 60 while nothing
+    /// changes).
     #[arg(long, default_value_t = 5.0)]
     poll_interval: f64,
-    /// SLURM: the most runs in one job array.
+    /// SLURM, Grid Engine: the most runs in one job array.
     #[arg(long, default_value_t = 1000)]
     array_max: u32,
+    /// Where kids report over TCP: `auto` (this host's address; 127.0.0.1 for the local
+    /// warden), `off` (kids' event logs are tailed only), an IP address or an interface name.
+    #[arg(long, default_value = "auto")]
+    listen: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum WardenKind {
     Local,
     Slurm,
+    Sge,
 }
 
 impl AgentArgs {
     fn warden(&self) -> WardenSettings {
+        let poll_interval = Duration::from_secs_f64(
+            if self.poll_interval.is_finite() && self.poll_interval > 0.0 {
+                self.poll_interval
+            } else {
+                5.0
+            },
+        );
+        let array_max = self.array_max.max(1);
         match self.warden {
             WardenKind::Local => WardenSettings::Local,
             WardenKind::Slurm => WardenSettings::Slurm {
-                poll_interval: Duration::from_secs_f64(
-                    if self.poll_interval.is_finite() && self.poll_interval > 0.0 {
-                        self.poll_interval
-                    } else {
-                        5.0
-                    },
-                ),
-                array_max: self.array_max.max(1),
+                poll_interval,
+                array_max,
+            },
+            WardenKind::Sge => WardenSettings::Sge {
+                poll_interval,
+                array_max,
             },
         }
     }
@@ -117,6 +130,7 @@ fn main() {
             idle_exit: Duration::from_secs(agent.idle_exit),
             tick: Duration::from_millis(100),
             max_parallel: agent.max_parallel.max(1),
+            listen: agent.listen,
         })
         .map_err(|e| neronet::util::error_chain(&e)),
         Cmd::Bridge {
@@ -131,6 +145,7 @@ fn main() {
                 kid_binary: kid_or_sibling(agent.kid),
                 max_parallel: agent.max_parallel.max(1),
                 idle_exit_secs: agent.idle_exit,
+                listen: agent.listen,
                 project: None,
                 transport: Transport::Socket,
             },

@@ -285,6 +285,7 @@ mod tests {
             kid_binary: "/shared/bin/nerokid".into(),
             max_parallel: 2,
             idle_exit_secs: 900,
+            listen: "auto".into(),
             project: None,
             transport: Transport::Socket,
         }

@@ -98,6 +98,9 @@ pub struct LocalMum {
     pub transport: Transport,
     /// Which warden a mum started for this workdir drives.
     pub warden: crate::cluster::mum::warden::WardenSettings,
+    /// Where its kids report over TCP (`neromum --listen`: `auto`, `off`, an address or an
+    /// interface name).
+    pub listen: String,
 }
 
 impl LocalMum {
@@ -115,6 +118,7 @@ impl LocalMum {
             self.idle_exit_secs.to_string(),
         ];
         args.extend(self.warden.args());
+        args.extend(["--listen".to_string(), self.listen.clone()]);
         args
     }
 }

@@ -19,8 +19,10 @@
 
 mod abort;
 mod journal;
+pub mod kids;
 pub mod local;
 mod read_log;
+pub mod sge;
 pub mod slurm;
 mod submit;
 mod sync;
@@ -60,6 +62,8 @@ pub struct MumOptions {
     pub max_parallel: u32,
     /// Which warden runs the jobs.
     pub warden: WardenSettings,
+    /// Where kids report over TCP (`auto`, `off`, an address or an interface name).
+    pub listen: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +187,8 @@ struct Shared {
     queues_itself: bool,
     /// Kid exit records wait for the warden's word (see [`Warden::holds_exit`]).
     holds_exit: bool,
+    /// The warden's name for reasons (`requeued by SLURM`).
+    warden_name: &'static str,
     /// When a round last looked at every launched run (see `tick`).
     last_full_round: Mutex<Instant>,
     stop: AtomicBool,
@@ -229,6 +235,14 @@ impl Mum {
                 poll_interval,
                 array_max,
             } => Box::new(slurm::SlurmWarden::new(slurm::SlurmSettings {
+                workdir: opts.workdir.clone(),
+                poll_interval: *poll_interval,
+                array_max: *array_max,
+            })),
+            WardenSettings::Sge {
+                poll_interval,
+                array_max,
+            } => Box::new(sge::SgeWarden::new(sge::SgeSettings {
                 workdir: opts.workdir.clone(),
                 poll_interval: *poll_interval,
                 array_max: *array_max,
@@ -356,6 +370,7 @@ impl Mum {
                 waker,
                 queues_itself: warden.queues_itself(),
                 holds_exit: warden.holds_exit(),
+                warden_name: warden.name(),
                 last_full_round: Mutex::new(Instant::now()),
                 warden: Mutex::new(warden),
                 stop: AtomicBool::new(false),
@@ -938,7 +953,7 @@ fn tick(shared: &Shared) {
             let mut offset = w.offset;
             let events = tail_events(&w.req.run_dir, &mut offset);
             if shared.holds_exit {
-                warden_news(w, &events, &state, refreshed)
+                warden_news(w, &events, &state, refreshed, shared.warden_name)
             } else {
                 kid_news(w, events, &state)
             }
@@ -1133,8 +1148,10 @@ fn kid_news(w: &Watched, events: Vec<(KidEvent, u64)>, state: &JobState) -> RunN
     }
 }
 
-/// What SLURM says requeued runs back to the queue.
-const REQUEUED: &str = "requeued by SLURM: it runs again in the same run directory";
+/// Why a run went back to its warden's queue.
+fn requeued(warden: &str) -> String {
+    format!("requeued by {warden}: it runs again in the same run directory")
+}
 
 /// A warden that outlives the kid's exit record (SLURM). The record is journaled only once the
 /// warden is done with the job, after the warden's own verdict when that wins (a time limit);
@@ -1146,6 +1163,7 @@ fn warden_news(
     events: &[(KidEvent, u64)],
     state: &JobState,
     refreshed: Option<Instant>,
+    warden_name: &str,
 ) -> RunNews {
     let mut items = Vec::new();
     let mut started_seen = w.started_seen;
@@ -1169,7 +1187,7 @@ fn warden_news(
                     // The kid ended because SLURM requeued the job: not the run's end.
                     items.push((
                         MumEvent::Requeued {
-                            reason: REQUEUED.into(),
+                            reason: requeued(warden_name),
                         },
                         Some(*offset),
                     ));
@@ -1259,7 +1277,7 @@ fn warden_news(
                 // Requeued before its kid could write an exit record (killed at once).
                 items.push((
                     MumEvent::Requeued {
-                        reason: REQUEUED.into(),
+                        reason: requeued(warden_name),
                     },
                     None,
                 ));
@@ -1324,6 +1342,7 @@ mod tests {
             tick: Duration::from_millis(50),
             max_parallel: 2,
             warden: WardenSettings::Local,
+            listen: "auto".into(),
         }
     }
 
@@ -1487,14 +1506,14 @@ mod tests {
         let t0 = Instant::now();
         let w = watched(Some(t0), false);
         let events = vec![(exited(143), 100)];
-        let news = warden_news(&w, &events, &JobState::Alive, Some(t0));
+        let news = warden_news(&w, &events, &JobState::Alive, Some(t0), "SLURM");
         assert!(news.held && news.items.is_empty());
         let timeout = JobState::Ended {
             verdict: Verdict::Timeout,
             overrides: true,
             reason: "SLURM: time limit reached (TIMEOUT)".into(),
         };
-        let news = warden_news(&w, &events, &timeout, Some(t0));
+        let news = warden_news(&w, &events, &timeout, Some(t0), "SLURM");
         assert_eq!(what(&news), ["ended:timeout", "exited@100"]);
         assert!(!news.held && !news.lost);
         // Cancelled by us: the kid's own "aborted by user" stands.
@@ -1505,11 +1524,11 @@ mod tests {
         };
         let ours = watched(Some(t0), true);
         assert_eq!(
-            what(&warden_news(&ours, &events, &cancelled, Some(t0))),
+            what(&warden_news(&ours, &events, &cancelled, Some(t0), "SLURM")),
             ["exited@100"]
         );
         assert_eq!(
-            what(&warden_news(&w, &events, &cancelled, Some(t0))),
+            what(&warden_news(&w, &events, &cancelled, Some(t0), "SLURM")),
             ["ended:aborted", "exited@100"]
         );
         // A failed job: the kid's exit code says more than SLURM's FAILED.
@@ -1519,18 +1538,18 @@ mod tests {
             reason: "SLURM: the job failed (FAILED, exit code 3:0)".into(),
         };
         assert_eq!(
-            what(&warden_news(&w, &events, &failed, Some(t0))),
+            what(&warden_news(&w, &events, &failed, Some(t0), "SLURM")),
             ["exited@100"]
         );
         // No exit record at all: SLURM's word is all there is.
-        let news = warden_news(&w, &[], &failed, Some(t0));
+        let news = warden_news(&w, &[], &failed, Some(t0), "SLURM");
         assert_eq!(what(&news), ["ended:crashed"]);
         assert!(news.lost);
         // Aborted by us before its kid ever started (pending, or started and cancelled at
         // once): "cancelled before it started", not SLURM's words or a kid that died.
         let never = watched(None, true);
         for state in [cancelled, JobState::Gone] {
-            let news = warden_news(&never, &[], &state, Some(t0));
+            let news = warden_news(&never, &[], &state, Some(t0), "SLURM");
             assert_eq!(what(&news), ["ended:aborted"]);
             assert!(
                 matches!(&news.items[0].0, MumEvent::Ended { reason, .. } if reason == "cancelled before it started")
@@ -1547,9 +1566,9 @@ mod tests {
         let after = t0 + Duration::from_secs(1);
         let w = watched(Some(t0), false);
         let events = vec![(exited(143), 100)];
-        let news = warden_news(&w, &events, &JobState::Queued, Some(before));
+        let news = warden_news(&w, &events, &JobState::Queued, Some(before), "SLURM");
         assert!(news.held && news.items.is_empty(), "{:?}", what(&news));
-        let news = warden_news(&w, &events, &JobState::Queued, Some(after));
+        let news = warden_news(&w, &events, &JobState::Queued, Some(after), "SLURM");
         assert_eq!(what(&news), ["requeued@100"]);
         // Started and ended within one listing's age: not a requeue, the record waits.
         let fresh = watched(None, false);
@@ -1560,19 +1579,21 @@ mod tests {
             host: "n".into(),
         };
         let both = vec![(started.clone(), 50), (exited(0), 100)];
-        let news = warden_news(&fresh, &both, &JobState::Queued, Some(after));
+        let news = warden_news(&fresh, &both, &JobState::Queued, Some(after), "SLURM");
         assert_eq!(what(&news), ["started@50"]);
         assert!(news.held);
         // An exit record followed by a new start: requeued, whatever the listing says.
         let again = vec![(exited(143), 100), (started, 150)];
-        let news = warden_news(&w, &again, &JobState::Alive, Some(before));
+        let news = warden_news(&w, &again, &JobState::Alive, Some(before), "SLURM");
         assert_eq!(what(&news), ["requeued@100", "started@150"]);
         // Killed before it could write a record, and queued again.
-        let news = warden_news(&w, &[], &JobState::Queued, Some(after));
+        let news = warden_news(&w, &[], &JobState::Queued, Some(after), "SLURM");
         assert_eq!(what(&news), ["requeued"]);
-        assert!(warden_news(&w, &[], &JobState::Queued, Some(before))
-            .items
-            .is_empty());
+        assert!(
+            warden_news(&w, &[], &JobState::Queued, Some(before), "SLURM")
+                .items
+                .is_empty()
+        );
     }
 
     /// Regression: a submit batch in which one run failed returned early; the runs before it

@@ -303,6 +303,10 @@ impl SlurmWarden {
 }
 
 impl Warden for SlurmWarden {
+    fn name(&self) -> &'static str {
+        "SLURM"
+    }
+
     fn submit(&mut self, jobs: &[JobRequest]) -> Vec<Result<String, String>> {
         let mut results: Vec<Option<Result<String, String>>> = vec![None; jobs.len()];
         // Runs with the same options share an array, in the order given.

@@ -58,6 +58,10 @@ pub enum Found {
 }
 
 pub trait Warden: Send {
+    /// The scheduler's name as the researcher reads it in reasons (`requeued by SLURM`).
+    fn name(&self) -> &'static str {
+        "the local warden"
+    }
     /// Hand jobs over, in order; one result per job (its id, or why it could not start).
     fn submit(&mut self, jobs: &[JobRequest]) -> Vec<Result<String, String>>;
     /// The state of each job (by id), in one query for all of them.
@@ -100,6 +104,12 @@ pub enum WardenSettings {
         poll_interval: std::time::Duration,
         array_max: u32,
     },
+    /// Grid Engine (OGE/SGE/Son of Grid Engine) array jobs: one `qstat` per `poll_interval`,
+    /// arrays (`qsub -t`) of at most `array_max` tasks.
+    Sge {
+        poll_interval: std::time::Duration,
+        array_max: u32,
+    },
 }
 
 impl WardenSettings {
@@ -113,6 +123,17 @@ impl WardenSettings {
             } => vec![
                 "--warden".into(),
                 "slurm".into(),
+                "--poll-interval".into(),
+                poll_interval.as_secs_f64().to_string(),
+                "--array-max".into(),
+                array_max.to_string(),
+            ],
+            WardenSettings::Sge {
+                poll_interval,
+                array_max,
+            } => vec![
+                "--warden".into(),
+                "sge".into(),
                 "--poll-interval".into(),
                 poll_interval.as_secs_f64().to_string(),
                 "--array-max".into(),
