@@ -22,3 +22,4 @@ pub mod probe;
 pub mod reason;
 pub mod report;
 pub mod run;
+pub mod wire;

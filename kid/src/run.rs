@@ -6,6 +6,7 @@
 use crate::expr::{self, AmbiguousName, FieldValue, Fields};
 use crate::metrics::{self, CsvMetrics, Extractor, Found, LineSplitter, StreamScanner};
 use crate::report::*;
+use crate::wire::Reporter;
 use crate::{gpu, probe, reason};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -44,6 +45,9 @@ fn io_err(about: impl Into<String>) -> impl FnOnce(io::Error) -> KidError {
 /// newest. Start, environment, rule and exit events are never dropped.
 const MAX_BACKLOG: usize = 64 << 20;
 
+/// How long the kid waits for its last events to reach mum over TCP (the log has them).
+const REPORT_PATIENCE: Duration = Duration::from_secs(2);
+
 /// How long the kid keeps trying to write its exit record before giving up.
 const FINAL_WRITE_PATIENCE: Duration = Duration::from_secs(600);
 
@@ -62,6 +66,11 @@ pub struct EventLog {
     /// Said on stderr that writing fails (once per episode) / that samples were dropped (once).
     warned_failing: bool,
     warned_dropping: bool,
+    /// Where `pending[0]` is (or will be) in the file: each line's offset, which mum's copy
+    /// over TCP carries.
+    pending_start: u64,
+    /// Sends every line that reached the file to mum as well ([`crate::wire`]).
+    reporter: Option<Reporter>,
 }
 
 impl EventLog {
@@ -77,6 +86,10 @@ impl EventLog {
         // previous kid's events. A kid killed mid-write left part of a line: cut it off, or
         // the next event would be glued to it.
         cut_partial_line(&file).map_err(io_err(format!("repair {}", path.display())))?;
+        let pending_start = file
+            .metadata()
+            .map_err(io_err(format!("read {}", path.display())))?
+            .len();
         Ok(EventLog {
             file,
             path,
@@ -86,7 +99,21 @@ impl EventLog {
             lines: Vec::new(),
             warned_failing: false,
             warned_dropping: false,
+            pending_start,
+            reporter: None,
         })
+    }
+
+    /// Also send every line written from now on to mum.
+    pub fn report_to(&mut self, reporter: Reporter) {
+        self.reporter = Some(reporter);
+    }
+
+    /// Stop reporting; what is queued is sent within `patience`.
+    fn finish_reporting(&mut self, patience: Duration) {
+        if let Some(r) = self.reporter.take() {
+            r.finish(patience);
+        }
     }
 
     /// Queue events for the next write.
@@ -115,6 +142,12 @@ impl EventLog {
                 Err(e) => return Err(e),
             }
         }
+        if let Some(r) = &self.reporter {
+            if !self.pending.is_empty() {
+                r.send(self.pending_start, &self.pending);
+            }
+        }
+        self.pending_start += self.pending.len() as u64;
         self.pending.clear();
         self.lines.clear();
         self.written = 0;
@@ -235,6 +268,7 @@ impl EventLog {
             self.lines.push((self.pending.len(), droppable));
         }
         self.written -= base;
+        self.pending_start += base as u64;
         if dropped > 0 && !self.warned_dropping {
             eprintln!(
                 "nerokid: the event log has fallen {} MiB behind; dropping the oldest metric and resource samples (start, rule and exit events are kept)",
@@ -606,6 +640,17 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Run `command` under supervision in `dir`; returns the exit code the kid should exit with.
 pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidError> {
+    run_reporting(dir, spec, command, None)
+}
+
+/// [`run`], also sending every event to the mum whose workdir is `mum_dir` ([`crate::wire`]);
+/// an abort from it stops the job as a SIGTERM does.
+pub fn run_reporting(
+    dir: &Path,
+    spec: &KidSpec,
+    command: &[String],
+    mum_dir: Option<&Path>,
+) -> Result<i32, KidError> {
     spec.validate()
         .map_err(|e| KidError::Spec(format!("{SPEC_FILE}: {e}")))?;
     std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
@@ -633,6 +678,11 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     ] {
         signal_hook::flag::register(sig, Arc::clone(&stop_requested))
             .map_err(io_err("install signal handler"))?;
+    }
+    if let Some(r) =
+        mum_dir.and_then(|m| Reporter::start(m.to_path_buf(), dir, Arc::clone(&stop_requested)))
+    {
+        log.report_to(r);
     }
     // SIGUSR1 (SLURM's warning before a time limit or preemption, `--signal=B:USR1@N`) and
     // SIGUSR2 (Grid Engine's `-notify` warning before a kill or a suspend) are passed on to the
@@ -677,6 +727,7 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
             }]);
             log.finish(FINAL_WRITE_PATIENCE)
                 .map_err(io_err("write event log"))?;
+            log.finish_reporting(REPORT_PATIENCE);
             return Ok(127);
         }
     };
@@ -979,6 +1030,7 @@ pub fn run(dir: &Path, spec: &KidSpec, command: &[String]) -> Result<i32, KidErr
     }]);
     log.finish(FINAL_WRITE_PATIENCE)
         .map_err(io_err("write event log"))?;
+    log.finish_reporting(REPORT_PATIENCE);
     Ok(code.unwrap_or_else(|| 128 + signal.unwrap_or(0)))
 }
 

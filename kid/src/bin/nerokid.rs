@@ -8,7 +8,7 @@ use std::path::PathBuf;
 const EXIT_KID_ERROR: i32 = 125;
 
 const USAGE: &str =
-    "usage: nerokid run --dir RUN_DIR [--spec FILE] [--abort-when RULE] -- CMD [ARGS...]";
+    "usage: nerokid run --dir RUN_DIR [--spec FILE] [--abort-when RULE] [--report-to MUM_WORKDIR] -- CMD [ARGS...]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,13 +31,15 @@ fn real_main(args: Vec<String>) -> Result<i32, String> {
         }
         _ => return Err(USAGE.into()),
     }
-    let (mut dir, mut spec_path, mut rule) = (None, None, None);
+    let (mut dir, mut spec_path, mut rule, mut report_to) = (None, None, None, None);
     let mut command = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--dir" => dir = it.next().map(PathBuf::from),
             "--spec" => spec_path = it.next().map(PathBuf::from),
             "--abort-when" => rule = it.next(),
+            // mum's workdir: its kids.addr and kids.secret say where and how to report.
+            "--report-to" => report_to = it.next().map(PathBuf::from),
             "--" => {
                 command.extend(it.by_ref());
                 break;
@@ -60,5 +62,6 @@ fn real_main(args: Vec<String>) -> Result<i32, String> {
     if rule.is_some() {
         spec.abort_when = rule;
     }
-    nerokid::run::run(&dir, &spec, &command).map_err(|e| e.to_string())
+    nerokid::run::run_reporting(&dir, &spec, &command, report_to.as_deref())
+        .map_err(|e| e.to_string())
 }

@@ -5,7 +5,18 @@
 
 use super::{Phase, RunRecord, Shared};
 use crate::cluster::protocol::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The kid's grace between SIGTERM and SIGKILL, as its run directory says.
+fn grace(run_dir: &Path) -> Duration {
+    std::fs::read(run_dir.join(nerokid::report::SPEC_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<nerokid::report::KidSpec>(&b).ok())
+        .map_or(Duration::from_secs(10), |k| {
+            Duration::from_secs_f64(k.grace_secs.clamp(0.0, 86_400.0))
+        })
+}
 
 pub(super) fn abort(shared: &Shared, a: Abort, project: Option<&str>) -> Response {
     let mut to_cancel = Vec::new();
@@ -40,7 +51,22 @@ pub(super) fn abort(shared: &Shared, a: Abort, project: Option<&str>) -> Respons
                     }
                 }
                 Phase::Launched { job, .. } => {
-                    to_cancel.push((run.clone(), job.clone(), r.request(&run)))
+                    // The kid hears it directly when it reports over TCP: it stops the job
+                    // gracefully at once; the warden cancels only if it is still there later.
+                    let direct = shared
+                        .kids
+                        .get()
+                        .is_some_and(|k| k.abort(super::dir_name(&r.run_dir)));
+                    if direct {
+                        let due = Instant::now() + grace(&r.run_dir) + super::ABORT_BACKSTOP;
+                        if let Some(r) = s.runs.get_mut(&run) {
+                            r.abort_requested = true;
+                            r.cancel_due = Some(due);
+                        }
+                        items.push((run.clone(), MumEvent::AbortSent, None));
+                    } else {
+                        to_cancel.push((run.clone(), job.clone(), r.request(&run)))
+                    }
                 }
                 Phase::Ended => {}
             }

@@ -276,8 +276,13 @@ pub fn write_run_dir(run_dir: &Path, spec: &RunSpec, kid_binary: &Path) -> io::R
     } else {
         script
     };
+    // The kid reports to the mum of this workdir over TCP too (runs/<name> → the workdir).
+    let report = match run_dir.parent().and_then(Path::parent) {
+        Some(workdir) => format!(" --report-to {}", quote(&workdir.display().to_string())?),
+        None => String::new(),
+    };
     job.push_str(&format!(
-        "exec {} run --dir {} -- {shell} {run_script}\n",
+        "exec {} run --dir {}{report} -- {shell} {run_script}\n",
         quote(&kid_binary.display().to_string())?,
         quote(&run_dir.display().to_string())?,
     ));

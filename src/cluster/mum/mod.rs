@@ -46,6 +46,11 @@ use warden::{Found, JobRequest, JobState, Warden, WardenSettings};
 
 /// A connection that sends nothing for this long is dropped (a hung bridge must not keep mum).
 const CONNECTION_IDLE: Duration = Duration::from_secs(120);
+/// How long after an abort sent to the kid directly the warden cancels the job anyway (beyond
+/// the kid's grace, read from its run directory).
+const ABORT_BACKSTOP: Duration = Duration::from_secs(20);
+/// The shortest time between two rounds woken by kids' reports.
+const MIN_ROUND: Duration = Duration::from_millis(20);
 /// Compact when this many entries are in the journal and acknowledged.
 const COMPACT_AFTER: u64 = 50_000;
 
@@ -110,6 +115,9 @@ struct RunRecord {
     /// When mum learned that the kid started (this process's clock; after a restart, the
     /// restart): a warden that lists the job as queued *after* this has requeued it.
     started_seen: Option<Instant>,
+    /// An abort went to the kid directly: the warden cancels the job at this time unless it
+    /// ended (the backstop).
+    cancel_due: Option<Instant>,
 }
 
 impl RunRecord {
@@ -121,6 +129,7 @@ impl RunRecord {
             job_pgid: None,
             abort_requested: false,
             started_seen: None,
+            cancel_due: None,
         }
     }
 
@@ -191,6 +200,8 @@ struct Shared {
     warden_name: &'static str,
     /// When a round last looked at every launched run (see `tick`).
     last_full_round: Mutex<Instant>,
+    /// Where kids report over TCP (set by `serve`; absent with `listen: off`, or in-process).
+    kids: std::sync::OnceLock<Arc<kids::KidListener>>,
     stop: AtomicBool,
 }
 
@@ -309,6 +320,11 @@ impl Mum {
             if r.job_pgid.is_some() {
                 r.started_seen = Some(opened);
             }
+            // An abort that went to the kid directly before mum stopped: the warden cancels the
+            // job later if it is still there.
+            if r.abort_requested && matches!(r.phase, Phase::Launched { .. }) {
+                r.cancel_due = Some(opened + ABORT_BACKSTOP);
+            }
         }
         let mut warden = warden;
         // Launches journaled as intent only: ask the warden what became of them.
@@ -372,6 +388,7 @@ impl Mum {
                 holds_exit: warden.holds_exit(),
                 warden_name: warden.name(),
                 last_full_round: Mutex::new(Instant::now()),
+                kids: std::sync::OnceLock::new(),
                 warden: Mutex::new(warden),
                 stop: AtomicBool::new(false),
             }),
@@ -426,6 +443,27 @@ impl Mum {
                 err,
             }
         })?;
+        // Kids report over TCP as well as in their event logs; without a listener (`listen:
+        // off`, or none possible) the logs alone are tailed.
+        let (listen, local) = {
+            let s = self.shared.lock();
+            (
+                s.opts.listen.clone(),
+                s.opts.warden == WardenSettings::Local,
+            )
+        };
+        let waker = Arc::clone(&self.shared.waker);
+        match kids::KidListener::start(&workdir, &listen, local, Arc::new(move || waker.wake())) {
+            Ok(Some(l)) => {
+                let _ = self.shared.kids.set(l);
+            }
+            Ok(None) => tracing::info!(
+                "kids' reports over TCP are off (listen: off): event logs are tailed"
+            ),
+            Err(e) => tracing::error!(
+                "kids cannot report over TCP ({e}); their event logs are tailed instead"
+            ),
+        }
         // SIGTERM/SIGINT stop the loop (a thread blocked on the signals; no polling).
         let signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGTERM,
@@ -465,6 +503,7 @@ impl Mum {
             });
         }
         let mut idle_round = false;
+        let mut last_round = Instant::now();
         loop {
             // With nothing launched there are no logs to tail: a submit or a signal wakes the
             // loop; the idle check needs no more than a round a second.
@@ -473,6 +512,12 @@ impl Mum {
             } else {
                 tick_every
             });
+            // Kids' reports wake the loop as they arrive: rounds stay at least MIN_ROUND apart,
+            // so a thousand reporting kids share rounds (and journal fsyncs).
+            if let Some(left) = MIN_ROUND.checked_sub(last_round.elapsed()) {
+                std::thread::sleep(left);
+            }
+            last_round = Instant::now();
             if self.shared.stop.load(Ordering::SeqCst) {
                 tracing::info!("stopping (runs in flight keep running; the next mum adopts them)");
                 break;
@@ -489,6 +534,9 @@ impl Mum {
             }
         }
         let _ = std::fs::remove_file(&sock);
+        if let Some(k) = self.shared.kids.get() {
+            k.close();
+        }
         Ok(())
     }
 }
@@ -846,6 +894,7 @@ struct Watched {
 
 fn tick(shared: &Shared) {
     // 1. Under the lock: journal the intent to launch what fits, note what to watch.
+    let mut backstop: Vec<(String, JobRequest)> = Vec::new();
     let (to_launch, watched, throttle, all) = {
         let mut s = shared.lock();
         // A warden with a queue of its own takes every run; mum's limit becomes its hint.
@@ -897,6 +946,27 @@ fn tick(shared: &Shared) {
             }
             due
         };
+        // Aborts sent to kids directly whose jobs are still there: the warden cancels them.
+        let now = Instant::now();
+        for (run, r) in s.runs.iter_mut() {
+            if let (Some(due), Phase::Launched { job, .. }) = (r.cancel_due, &r.phase) {
+                if due <= now {
+                    r.cancel_due = None;
+                    backstop.push((job.clone(), r.request(run)));
+                }
+            }
+        }
+        if all {
+            if let Some(k) = shared.kids.get() {
+                let keep: std::collections::HashSet<&str> = s
+                    .runs
+                    .values()
+                    .filter(|r| r.phase != Phase::Ended)
+                    .map(|r| dir_name(&r.run_dir))
+                    .collect();
+                k.reports.retain(&keep);
+            }
+        }
         let watched: Vec<Watched> = s
             .runs
             .iter()
@@ -920,6 +990,18 @@ fn tick(shared: &Shared) {
     }
 
     // 2. Outside the lock: the warden and the kids' logs.
+    if !backstop.is_empty() {
+        let mut warden = shared.warden();
+        for (job, req) in &backstop {
+            if !job.is_empty() {
+                tracing::info!(
+                    "run {}: still there after the abort sent to its kid; cancelling job {job}",
+                    req.run
+                );
+                warden.cancel(job, req);
+            }
+        }
+    }
     let launched = if to_launch.is_empty() {
         Vec::new()
     } else {
@@ -946,12 +1028,11 @@ fn tick(shared: &Shared) {
     let news: Vec<RunNews> = watched
         .iter()
         .map(|w| {
-            if !all && w.job_pgid.is_none() && !w.abort_requested {
+            if !all && w.job_pgid.is_none() && !w.abort_requested && !reported(shared, w) {
                 return RunNews::default();
             }
             let state = states.get(&w.job).cloned().unwrap_or(JobState::Gone);
-            let mut offset = w.offset;
-            let events = tail_events(&w.req.run_dir, &mut offset);
+            let events = kid_events(shared, w);
             if shared.holds_exit {
                 warden_news(w, &events, &state, refreshed, shared.warden_name)
             } else {
@@ -1288,30 +1369,73 @@ fn warden_news(
     RunNews { items, lost, held }
 }
 
+/// The run directory's name: how kids name their run in reports.
+fn dir_name(run_dir: &Path) -> &str {
+    run_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+}
+
+/// Whether the kid of a run reported lines over TCP that this round has not journaled.
+fn reported(shared: &Shared, w: &Watched) -> bool {
+    shared.kids.get().is_some_and(|k| {
+        !k.reports
+            .contiguous(dir_name(&w.req.run_dir), w.offset)
+            .is_empty()
+    })
+}
+
+/// A run's new events past its journaled offset, each with the offset after it: what its kid
+/// reported over TCP, and — when a reported line is missing, the kid is quiet or does not
+/// report, and at least once a second — what its `events.jsonl` holds (the source of truth).
+fn kid_events(shared: &Shared, w: &Watched) -> Vec<(KidEvent, u64)> {
+    let run_dir = &w.req.run_dir;
+    let Some(kids) = shared.kids.get() else {
+        return tail_events(run_dir, w.offset);
+    };
+    let name = dir_name(run_dir);
+    let mut events = if kids.reports.plan(name, w.offset).read_file {
+        tail_events(run_dir, w.offset)
+    } else {
+        Vec::new()
+    };
+    let from = events.last().map_or(w.offset, |(_, o)| *o);
+    let more = kids.reports.contiguous(name, from);
+    parse_events(run_dir, &more, from, &mut events);
+    events
+}
+
 /// Complete new events in a run's `events.jsonl` past `offset`, each with the offset after it.
-fn tail_events(run_dir: &Path, offset: &mut u64) -> Vec<(KidEvent, u64)> {
+fn tail_events(run_dir: &Path, offset: u64) -> Vec<(KidEvent, u64)> {
     let mut out = Vec::new();
     let Ok(mut f) = std::fs::File::open(run_dir.join(EVENTS_FILE)) else {
         return out;
     };
-    if f.seek(SeekFrom::Start(*offset)).is_err() {
+    if f.seek(SeekFrom::Start(offset)).is_err() {
         return out;
     }
     let mut buf = Vec::new();
     if f.read_to_end(&mut buf).is_err() {
         return out;
     }
+    parse_events(run_dir, &buf, offset, &mut out);
+    out
+}
+
+/// The complete lines of `buf` (which starts at `offset` in the log) as events, each with the
+/// offset after its line. An unreadable line is skipped (with a warning), its offset passed.
+fn parse_events(run_dir: &Path, buf: &[u8], mut offset: u64, out: &mut Vec<(KidEvent, u64)>) {
     let mut pos = 0;
-    while let Some(nl) = buf[pos..].iter().position(|&b| b == b'\n') {
+    while let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) {
         let line = &buf[pos..pos + nl];
         pos += nl + 1;
-        *offset += (nl + 1) as u64;
+        offset += (nl + 1) as u64;
         match serde_json::from_slice::<KidEvent>(line) {
-            Ok(e) => out.push((e, *offset)),
+            Ok(e) => out.push((e, offset)),
             Err(e) => tracing::warn!("{}: unreadable kid event: {e}", run_dir.display()),
         }
     }
-    out
 }
 
 #[cfg(test)]
