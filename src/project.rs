@@ -335,7 +335,7 @@ impl Project {
             ));
         }
         if let Some(c) = self.config.clusters.get(&cluster) {
-            let check: Option<(&str, fn(&str, &str) -> Result<(), String>)> = match c.warden() {
+            let check: Option<(&str, OptionCheck)> = match c.warden() {
                 crate::config::Warden::Slurm => {
                     Some(("slurm.", crate::cluster::mum::slurm::check_option))
                 }
@@ -823,6 +823,9 @@ impl Project {
         })
     }
 }
+
+/// Checks a warden option cell (`slurm.<key>`, `sge.<key>`): key, value.
+type OptionCheck = fn(&str, &str) -> Result<(), String>;
 
 /// A `sge.<key>` cell as it becomes a qsub option (`true`/`false` are `y`/`n`).
 fn sge_cell_check(key: &str, value: &str) -> Result<(), String> {

@@ -39,6 +39,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a job gone from qstat is asked of qacct before the kid's record decides (the
 /// accounting file is written up to `accounting_flush_time` late, 15 s by default).
 const ACCOUNTING_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a task listed for its rerun counts as running while its old kid still stops.
+const RERUN_PATIENCE: Duration = Duration::from_secs(30);
 /// Options neromum sets itself: a run cannot give them.
 const RESERVED: [&str; 22] = [
     "t", "tc", "N", "o", "e", "j", "S", "terse", "sync", "b", "notify", "wd", "cwd", "i", "V", "v",
@@ -155,6 +157,10 @@ pub struct SgeWarden {
     submitted: HashMap<String, Instant>,
     /// Jobs seen deleted (`d` in their state): qdel'd, by mum or by someone else.
     deleted: HashSet<String>,
+    /// Jobs mum deleted itself (cancel): gone from qstat, they are decided at once.
+    cancelled: HashSet<String>,
+    /// Tasks listed waiting for their rerun (`Rq`): since when.
+    rerun_seen: HashMap<String, Instant>,
     /// Jobs gone from qstat whose accounting record is not there yet: since when.
     awaiting: HashMap<String, Instant>,
     last_poll: Option<Instant>,
@@ -177,6 +183,8 @@ impl SgeWarden {
             ended: HashMap::new(),
             submitted: HashMap::new(),
             deleted: HashSet::new(),
+            cancelled: HashSet::new(),
+            rerun_seen: HashMap::new(),
             awaiting: HashMap::new(),
             last_poll: None,
             answered: None,
@@ -257,7 +265,7 @@ impl SgeWarden {
         let mut states = HashMap::new();
         let mut ask = Vec::new();
         let mut errors = Vec::new();
-        for (job, _) in jobs {
+        for (job, req) in jobs {
             if let Some(s) = self.ended.get(job) {
                 states.insert(job.clone(), s.clone());
                 continue;
@@ -269,7 +277,18 @@ impl SgeWarden {
                         self.deleted.insert(job.clone());
                     }
                     self.awaiting.remove(job);
-                    states.insert(job.clone(), queue_state(&row.state));
+                    let mut state = queue_state(&row.state);
+                    // A rerun (`qmod -rj`) is listed `Rq` at once, while the old instance
+                    // still stops: running until its kid wrote its exit record (for a while).
+                    if row.state.starts_with('R') && state == JobState::Queued {
+                        let since = *self.rerun_seen.entry(job.clone()).or_insert(started);
+                        if since.elapsed() < RERUN_PATIENCE && kid_running(&req.run_dir) {
+                            state = JobState::Alive;
+                        }
+                    } else {
+                        self.rerun_seen.remove(job);
+                    }
+                    states.insert(job.clone(), state);
                 }
                 // Submitted after this qstat looked: it is new, not gone.
                 None if self.submitted.get(job).is_some_and(|t| *t > started) => {
@@ -300,13 +319,16 @@ impl SgeWarden {
         if !ask.is_empty() {
             let endings = self.endings(&ask);
             for job in ask {
-                let deleted = self.deleted.contains(&job);
+                let deleted = self.deleted.contains(&job) || self.cancelled.contains(&job);
                 let state = match endings.get(&job) {
                     Some(e) => ending_state(e, deleted),
                     None => {
                         let since = *self.awaiting.entry(job.clone()).or_insert(started);
-                        let waiting =
-                            self.accounting == Some(true) && since.elapsed() < ACCOUNTING_PATIENCE;
+                        // A task mum deleted has nothing more to say (one deleted while
+                        // pending has no record at all).
+                        let waiting = self.accounting == Some(true)
+                            && !self.cancelled.contains(&job)
+                            && since.elapsed() < ACCOUNTING_PATIENCE;
                         if waiting {
                             // Not decided yet: as it was last seen.
                             let last = self.states.get(&job).cloned().unwrap_or(JobState::Alive);
@@ -339,6 +361,8 @@ impl SgeWarden {
         self.ended.retain(|j, _| asked.contains(j.as_str()));
         self.submitted.retain(|j, _| asked.contains(j.as_str()));
         self.deleted.retain(|j| asked.contains(j.as_str()));
+        self.cancelled.retain(|j| asked.contains(j.as_str()));
+        self.rerun_seen.retain(|j, _| asked.contains(j.as_str()));
         self.awaiting.retain(|j, _| asked.contains(j.as_str()));
     }
 
@@ -510,6 +534,9 @@ impl Warden for SgeWarden {
             return false;
         }
         let ok = self.qdel(job);
+        if ok {
+            self.cancelled.insert(job.to_string());
+        }
         self.hurry();
         ok
     }
@@ -619,7 +646,7 @@ fn user_name() -> String {
 
 /// Run a scheduler command; its stdout, or an error with its stderr.
 fn run(cmd: &mut Command) -> Result<String, String> {
-    run_with_input(cmd.stdin(Stdio::null()), &[])
+    run_with_input(cmd, &[])
 }
 
 fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, String> {
@@ -628,6 +655,11 @@ fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut child = cmd
+        .stdin(if input.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -648,6 +680,21 @@ fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The run's kid has started and not written its exit record yet.
+fn kid_running(run_dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(run_dir.join(nerokid::report::EVENTS_FILE)) else {
+        return false;
+    };
+    match (
+        text.rfind(r#""event":"started""#),
+        text.rfind(r#""event":"exited""#),
+    ) {
+        (Some(s), Some(e)) => s > e,
+        (Some(_), None) => true,
+        _ => false,
+    }
 }
 
 fn job_of(job: &str) -> &str {
