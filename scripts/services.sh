@@ -5,14 +5,14 @@
 #
 # The tests need: LibreOffice (headless, to open the workbooks we write and to make .ods) with
 # its Python bridge (python3-uno, for LibreOffice editing a workbook), python3, tmpfs mounts
-# (root) for the full-disk tests, a single-node SLURM, two "login nodes" (sshd for the user
+# (root) for the full-disk tests, a single-node SLURM, a single-node Grid Engine, two "login nodes" (sshd for the user
 # `nerolab`, one here and one in a network namespace with its own hostname, sharing
 # /home/nerolab), the static (musl) build of the cluster binaries, and python3-aiosmtpd with
 # openssl for the alert tests' own SMTP servers.
 #
 # Daemons a run finds already running are reused and left running; `stop_services` stops only
 # what this run started. Each piece can also be stopped by hand: `. scripts/services.sh;
-# stop_login2; stop_sshd_lab; stop_slurm`.
+# stop_login2; stop_sshd_lab; stop_slurm; stop_sge`.
 
 APT_UPDATED=${APT_UPDATED:-0}
 
@@ -292,6 +292,112 @@ stop_slurm() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Grid Engine (Son of Grid Engine 8.1.9, Debian's gridengine-* packages), one node (this
+# machine), queue `all.q` with one slot per CPU, rerunnable, accounting flushed at once.
+# Daemons started directly (no systemd); settings: . /var/lib/gridengine/default/common/settings.sh
+
+SGE_SETTINGS=/var/lib/gridengine/default/common/settings.sh
+
+sge_up() {
+    qstat -f -q all.q 2>/dev/null | awk 'index($1,"all.q@")==1 { found=1; if ($6 != "") bad=1 }
+        END { exit !(found && !bad) }'
+}
+
+need_sge() {
+    local t0 host ip canon common ed
+    t0=$(date +%s%N)
+    host=$(hostname -s)
+    getent hosts "$host" >/dev/null || echo "127.0.0.1 $host" >>/etc/hosts
+    if ! [ -x /usr/lib/gridengine/sge_qmaster ] || ! [ -x /usr/lib/gridengine/sge_execd ] \
+        || ! command -v qsub >/dev/null 2>&1; then
+        echo "== installing Grid Engine (gridengine-master gridengine-exec gridengine-client)"
+        # Without the master's name preseeded, postinst leaves act_qmaster empty.
+        printf '%s\n' "gridengine-common shared/gridenginemaster string $host" \
+            "gridengine-common shared/gridenginecell string default" \
+            "gridengine-common shared/gridengineconfig boolean true" \
+            "gridengine-master shared/gridenginemaster string $host" \
+            "gridengine-client shared/gridenginemaster string $host" \
+            "gridengine-exec shared/gridenginemaster string $host" | debconf-set-selections
+        quietly /tmp/neronet-apt-sge.log apt_install gridengine-master gridengine-exec gridengine-client \
+            || return 1
+    fi
+    export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
+    if sge_up; then
+        echo "Grid Engine: already up (all.q@$host); left running"
+        return 0
+    fi
+    common=$SGE_ROOT/$SGE_CELL/common
+    # commlib refuses a client whose IP resolves to another name ("access denied ... localhost"):
+    # host_aliases makes them one host.
+    ip=$(getent ahostsv4 "$host" | awk 'NR==1 { print $1 }')
+    canon=$(getent hosts "$ip" | awk 'NR==1 { print $2 }')
+    if [ -n "$canon" ] && [ "$canon" != "$host" ]; then echo "$host $canon" >"$common/host_aliases"; fi
+    echo "$host" >"$common/act_qmaster"
+    install -d -o sgeadmin -g sgeadmin /var/run/gridengine
+    if ! pid_alive /var/spool/gridengine/qmaster/qmaster.pid; then
+        quietly /tmp/neronet-sge-qmaster.log /usr/sbin/sge_qmaster || return 1
+        NERONET_STARTED_SGE=1
+    fi
+    wait_for 20 'qconf -sh' || { echo "sge_qmaster does not answer" >&2; return 1; }
+    # Root jobs allowed, no login shells (they source ~/.profile: pyenv's lock deadlocks two
+    # tasks starting at once), fast load reports, accounting written at once, a 1 s scheduler.
+    ed=$(mktemp)
+    cat >"$ed" <<'EOS'
+#!/bin/sh
+sed -i -e 's/^min_uid .*/min_uid 0/' -e 's/^min_gid .*/min_gid 0/' \
+  -e 's/^load_report_time .*/load_report_time 00:00:05/' -e 's/^login_shells .*/login_shells none/' \
+  -e 's/^reporting_params .*/reporting_params accounting=true reporting=false flush_time=00:00:01 joblog=false sharelog=00:00:00 accounting_flush_time=00:00:00/' \
+  -e '/^ *flush_time=/d;/^ *joblog=/d;/^ *sharelog=/d;/^ *accounting_flush_time/d' "$1"
+EOS
+    chmod +x "$ed"
+    EDITOR=$ed quietly /tmp/neronet-sge-conf.log qconf -mconf global || { rm -f "$ed"; return 1; }
+    cat >"$ed" <<'EOS'
+#!/bin/sh
+sed -i -e 's/^schedule_interval .*/schedule_interval 0:0:1/' -e 's/^flush_submit_sec .*/flush_submit_sec 1/' -e 's/^flush_finish_sec .*/flush_finish_sec 1/' "$1"
+EOS
+    EDITOR=$ed quietly /tmp/neronet-sge-conf.log qconf -msconf || { rm -f "$ed"; return 1; }
+    rm -f "$ed"
+    qconf -as "$host" >/dev/null 2>&1 || true
+    qconf -ah "$host" >/dev/null 2>&1 || true
+    if ! pid_alive /var/run/gridengine/execd.pid; then
+        SGE_EXECD_PIDFILE=/var/run/gridengine/execd.pid quietly /tmp/neronet-sge-execd.log /usr/sbin/sge_execd \
+            || return 1
+        NERONET_STARTED_SGE=1
+    fi
+    wait_for 30 "qconf -se $host" || { echo "sge_execd did not register" >&2; return 1; }
+    if ! qconf -shgrp @allhosts >/dev/null 2>&1; then
+        printf 'group_name @allhosts\nhostlist %s\n' "$host" >/tmp/neronet-allhosts.hgrp
+        quietly /tmp/neronet-sge-conf.log qconf -Ahgrp /tmp/neronet-allhosts.hgrp || return 1
+    fi
+    if ! qconf -sq all.q >/dev/null 2>&1; then
+        qconf -sq | sed -e 's/^qname .*/qname all.q/' -e 's/^hostlist .*/hostlist @allhosts/' \
+            -e 's/^load_thresholds .*/load_thresholds NONE/' -e 's/^pe_list .*/pe_list NONE/' \
+            -e "s/^slots .*/slots $(nproc)/" -e 's/^rerun .*/rerun TRUE/' \
+            -e 's|^shell .*|shell /bin/bash|' >/tmp/neronet-all.q
+        quietly /tmp/neronet-sge-conf.log qconf -Aq /tmp/neronet-all.q || return 1
+    fi
+    # Usable once the first load report arrived (no `u`nknown state).
+    wait_for 60 sge_up || { echo "all.q@$host is not usable:" >&2; qstat -f >&2; return 1; }
+    echo "Grid Engine: up in $(since "$t0") s (all.q@$host; . $SGE_SETTINGS)"
+}
+
+# Delete every job first (sge_shepherd and job processes outlive an execd stop), then stop
+# sge_execd and sge_qmaster, by pidfile, never by name.
+stop_sge() {
+    if [ -r "$SGE_SETTINGS" ] && (. "$SGE_SETTINGS" && qstat >/dev/null 2>&1); then
+        (
+            . "$SGE_SETTINGS"
+            qdel -f -u '*' >/dev/null 2>&1 || true
+            wait_for 20 '[ -z "$(qstat -u "*" 2>/dev/null)" ]' || true
+            wait_for 5 '[ -z "$(ls /var/spool/gridengine/execd/*/active_jobs 2>/dev/null)" ]' || true
+        )
+    fi
+    stop_pidfile /var/run/gridengine/execd.pid
+    stop_pidfile /var/spool/gridengine/qmaster/qmaster.pid
+    echo "Grid Engine stopped"
+}
+
+# ---------------------------------------------------------------------------------------------
 # The first login node: sshd on 127.0.0.1:2222 for the user `nerolab` (its own config, host key
 # and pidfile; /etc/ssh is not touched). Keys and configs live in $NERONET_LAB (0700):
 #   ssh -F /tmp/neronet-sshlab/ssh_config nerolab 'cmd'    (and nerolab2 after need_login2)
@@ -558,5 +664,6 @@ stop_services() {
     if [ "${NERONET_STARTED_LOGIN2:-0}" = 1 ]; then stop_login2; fi
     if [ "${NERONET_STARTED_SSHD:-0}" = 1 ]; then stop_sshd_lab; fi
     if [ "${NERONET_STARTED_SLURM:-0}" = 1 ]; then stop_slurm; fi
+    if [ "${NERONET_STARTED_SGE:-0}" = 1 ]; then stop_sge; fi
     if [ "${NERONET_STARTED_MUNGE:-0}" = 1 ]; then stop_pidfile /run/munge/munged.pid; fi
 }

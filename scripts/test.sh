@@ -12,6 +12,7 @@ need_uno
 need_smtp
 need_tmpfs
 need_slurm
+need_sge
 need_sshd_lab
 need_login2
 need_musl

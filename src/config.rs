@@ -143,6 +143,19 @@ pub enum Scalar {
     Text(String),
 }
 
+impl Scalar {
+    /// The value of a Grid Engine option (`sge:`): `true`/`false` are qsub's `y`/`n`
+    /// (`R: true` → `-R y`).
+    pub fn option_text(&self) -> String {
+        match self {
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => (if *b { "y" } else { "n" }).to_string(),
+            Scalar::Text(t) => t.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -355,6 +368,10 @@ impl Config {
                 crate::cluster::mum::slurm::check_option(key, &text)
                     .map_err(|m| bad(format!("clusters.{name}.{m}")))?;
             }
+            for (key, value) in &c.sge {
+                crate::cluster::mum::sge::check_option(key, &value.option_text())
+                    .map_err(|m| bad(format!("clusters.{name}.{m}")))?;
+            }
             if let Some(l) = &c.listen {
                 crate::cluster::mum::kids::check_listen(l)
                     .map_err(|m| bad(format!("clusters.{name}.listen: {m}")))?;
@@ -421,10 +438,10 @@ impl Config {
 }
 
 impl ClusterConfig {
-    /// Whether this version can run jobs there: the `local` or `slurm` warden, with the mum on
-    /// this machine or on the login node named by `ssh:`.
+    /// Whether this version can run jobs there: the `local`, `slurm` or `sge` warden, with the
+    /// mum on this machine or on the login node named by `ssh:`.
     pub fn is_supported(&self) -> bool {
-        matches!(self.warden(), Warden::Local | Warden::Slurm)
+        matches!(self.warden(), Warden::Local | Warden::Slurm | Warden::Sge)
     }
 
     /// How often the SLURM warden asks squeue (`poll_interval`, default 5 s).
@@ -774,10 +791,33 @@ mod tests {
         )
         .unwrap();
         assert!(remote.clusters["hpc"].is_supported(), "SLURM over ssh runs");
+        assert!(remote.clusters["sge"].is_supported(), "so does Grid Engine");
+    }
+
+    /// A Grid Engine cluster runs; its `sge:` keys are checked, naming the key.
+    #[test]
+    fn sge_cluster_settings_are_checked() {
+        let check = |yaml: &str| {
+            let cfg = Config::parse(yaml, Path::new("n.yaml")).unwrap();
+            cfg.validate(Path::new("n.yaml"))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let ok = "clusters:\n  ge:\n    warden: sge\n    sge: {q: all.q, l: 'h_rt=0:10:00,mem_free=1G', l.s_rt: '0:09:00', pe: smp 4, R: true}\n";
+        assert!(check(ok).is_none(), "{:?}", check(ok));
+        let e = check("clusters:\n  ge:\n    warden: sge\n    sge: {t: 1-5}\n").unwrap();
         assert!(
-            !remote.clusters["sge"].is_supported(),
-            "Grid Engine is not here yet"
+            e.contains("clusters.ge.sge.t: neronet sets -t itself"),
+            "{e}"
         );
+        let e = check("clusters:\n  ge:\n    warden: sge\n    sge: {'-q': x}\n").unwrap();
+        assert!(e.contains("clusters.ge.sge.-q: an option name"), "{e}");
+        let e = check("clusters:\n  ge:\n    warden: sge\n    sge: {q: \"a\\nb\"}\n").unwrap();
+        assert!(
+            e.contains("clusters.ge.sge.q: ") && e.contains("line break"),
+            "{e}"
+        );
+        assert_eq!(Scalar::Bool(true).option_text(), "y");
     }
 
     #[test]

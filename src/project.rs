@@ -331,16 +331,23 @@ impl Project {
         {
             problems.push(problem(
                 &row.cluster_cell,
-                format!("cluster {cluster:?} uses Grid Engine (warden: sge): this version runs jobs with the local or slurm warden only"),
+                format!("cluster {cluster:?}: this version cannot run jobs there"),
             ));
         }
         if let Some(c) = self.config.clusters.get(&cluster) {
-            if c.warden() == crate::config::Warden::Slurm {
+            let check: Option<(&str, OptionCheck)> = match c.warden() {
+                crate::config::Warden::Slurm => {
+                    Some(("slurm.", crate::cluster::mum::slurm::check_option))
+                }
+                crate::config::Warden::Sge => Some(("sge.", sge_cell_check)),
+                crate::config::Warden::Local => None,
+            };
+            if let Some((prefix, check)) = check {
                 for (column, value) in &row.warden_options {
-                    let Some(key) = column.strip_prefix("slurm.") else {
+                    let Some(key) = column.strip_prefix(prefix) else {
                         continue;
                     };
-                    if let Err(m) = crate::cluster::mum::slurm::check_option(key, value) {
+                    if let Err(m) = check(key, value) {
                         let cell = row
                             .warden_option_cells
                             .get(column)
@@ -817,17 +824,63 @@ impl Project {
     }
 }
 
+/// Checks a warden option cell (`slurm.<key>`, `sge.<key>`): key, value.
+type OptionCheck = fn(&str, &str) -> Result<(), String>;
+
+/// A `sge.<key>` cell as it becomes a qsub option (`true`/`false` are `y`/`n`).
+fn sge_cell_check(key: &str, value: &str) -> Result<(), String> {
+    crate::cluster::mum::sge::check_option(key, &sge_cell_value(value))
+}
+
+fn sge_cell_value(value: &str) -> String {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => "y".into(),
+        "false" => "n".into(),
+        _ => value.to_string(),
+    }
+}
+
+/// A Grid Engine cluster's options for a row: the cluster's `sge:` map, overlaid (key by key,
+/// in place) by the row's `sge.<key>` cells (an empty cell is no cell); `true`/`false` are
+/// qsub's `y`/`n`; `requeue: true` adds `-r y` (rerunnable) unless `r` is given.
+fn sge_options(
+    cluster: &crate::config::ClusterConfig,
+    row: &crate::sheet::read::SheetRow,
+) -> Vec<(String, String)> {
+    let mut opts: Vec<(String, String)> = cluster
+        .sge
+        .iter()
+        .map(|(k, v)| (k.clone(), v.option_text()))
+        .collect();
+    let mut set = |key: &str, value: String| match opts.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value,
+        None => opts.push((key.to_string(), value)),
+    };
+    for (column, value) in &row.warden_options {
+        if let Some(key) = column.strip_prefix("sge.") {
+            set(key, sge_cell_value(value));
+        }
+    }
+    if cluster.requeue == Some(true) && !opts.iter().any(|(k, _)| k == "r") {
+        opts.push(("r".into(), "y".into()));
+    }
+    opts
+}
+
 /// A SLURM cluster's options for a row: the cluster's `slurm:` map, overlaid (key by key, in
 /// place) by the row's `slurm.<key>` cells, then `--requeue` and a USR1 warning `grace`
 /// seconds before the end when the cluster says `requeue: true`. `true` is a bare flag
-/// (`exclusive: true` → `--exclusive`), `false` leaves the option out. None for other wardens.
+/// (`exclusive: true` → `--exclusive`), `false` leaves the option out. A Grid Engine
+/// cluster's come from [`sge_options`]; none for the local warden.
 fn warden_options(
     cluster: &crate::config::ClusterConfig,
     row: &crate::sheet::read::SheetRow,
 ) -> Vec<(String, String)> {
     use crate::config::Scalar;
-    if cluster.warden() != crate::config::Warden::Slurm {
-        return Vec::new();
+    match cluster.warden() {
+        crate::config::Warden::Slurm => {}
+        crate::config::Warden::Sge => return sge_options(cluster, row),
+        crate::config::Warden::Local => return Vec::new(),
     }
     let mut opts: Vec<(String, Option<String>)> = cluster
         .slurm
@@ -1415,5 +1468,28 @@ mod tests {
         let given = warden_options(hpc, &row(&[("slurm.signal", "B:USR1@300")]));
         assert!(given.contains(&("signal".into(), "B:USR1@300".into())));
         assert!(warden_options(&cfg.clusters["local"], &row(&[("slurm.time", "1")])).is_empty());
+    }
+
+    /// The cluster's `sge:` map, overlaid key by key by the row's `sge.*` cells; `true` is
+    /// `y`; `requeue: true` adds `-r y`; `slurm.*` cells are not Grid Engine's.
+    #[test]
+    fn sge_options_come_from_the_cluster_and_the_row() {
+        let cfg = Config::parse(
+            "clusters:\n  ge:\n    warden: sge\n    requeue: true\n    sge: {q: all.q, l.h_rt: '0:10:00', R: true}\n",
+            Path::new("n.yaml"),
+        )
+        .unwrap();
+        let opts = warden_options(
+            &cfg.clusters["ge"],
+            &row(&[
+                ("sge.l.h_rt", "0:00:05"),
+                ("sge.P", "proj"),
+                ("slurm.time", "1"),
+            ]),
+        );
+        let shown: Vec<String> = opts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(shown, ["R=y", "l.h_rt=0:00:05", "q=all.q", "P=proj", "r=y"]);
+        let e = sge_cell_check("t", "1-3").unwrap_err();
+        assert!(e.contains("sge.t: neronet sets -t itself"), "{e}");
     }
 }

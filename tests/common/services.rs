@@ -1,5 +1,5 @@
 //! The real services the integration tests use, as `scripts/test.sh` starts them (functions in
-//! `scripts/services.sh`): a one-node SLURM, two sshd "login nodes" for the user `nerolab` that
+//! `scripts/services.sh`): a one-node SLURM, a one-node Grid Engine, two sshd "login nodes" for the user `nerolab` that
 //! share its home, and the static (musl) cluster binaries. Each accessor checks its service and
 //! panics saying what to run when it is missing: a test that needs a service fails, never skips.
 
@@ -33,6 +33,35 @@ pub fn slurm() {
     });
     if let Err(why) = up {
         panic!("SLURM is not running: run scripts/test.sh (need_slurm) ({why})");
+    }
+}
+
+/// Panics unless Grid Engine answers: `qstat -f` lists a usable `all.q` queue instance.
+pub fn sge() {
+    static UP: OnceLock<Result<(), String>> = OnceLock::new();
+    let up = UP.get_or_init(|| {
+        let out = Command::new("qstat")
+            .args(["-f", "-q", "all.q"])
+            .output()
+            .map_err(|e| format!("qstat: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `all.q@vm  BI  0/0/2  0.5  lx-amd64` and no state letters (`u`nknown, `d`isabled).
+        let usable = text.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.first().is_some_and(|q| q.starts_with("all.q@")) && f.len() == 5
+        });
+        if out.status.success() && usable {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}{}",
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    });
+    if let Err(why) = up {
+        panic!("Grid Engine is not running: run scripts/test.sh (need_sge) ({why})");
     }
 }
 
