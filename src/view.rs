@@ -434,7 +434,7 @@ pub fn status_table_with(
             .config
             .clusters
             .get(&c.exp.cluster)
-            .is_some_and(|k| k.warden() == crate::config::Warden::Slurm)
+            .is_some_and(|k| k.warden() != crate::config::Warden::Local)
     });
     if scheduled {
         header.extend(["job".to_string(), "node".to_string()]);

@@ -273,7 +273,7 @@ fn probe_script(warden: Warden) -> String {
         ),
         Warden::Sge => s.push_str(
             "if command -v qsub >/dev/null 2>&1; then echo \"@warden qsub at $(command -v qsub)\"; \
-             qstat 2>/dev/null | awk 'NR>2 {print $5}' | sort | uniq -c | sed 's/^/@queue /'; fi",
+             qstat 2>/dev/null | awk 'NR>2 && $3 ~ /^neronet-/ {print $5}' | sort | uniq -c | sed 's/^/@queue /'; fi",
         ),
     }
     s
