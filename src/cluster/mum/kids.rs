@@ -230,6 +230,13 @@ impl Reports {
         out
     }
 
+    /// Whether a reported line starts at `offset` of `run`'s log (news for the round).
+    pub fn has(&self, run: &str, offset: u64) -> bool {
+        self.lock()
+            .get(run)
+            .is_some_and(|r| r.lines.contains_key(&offset))
+    }
+
     /// Forget runs mum no longer follows.
     pub fn retain(&self, keep: &HashSet<&str>) {
         self.lock().retain(|run, _| keep.contains(run.as_str()));
@@ -421,6 +428,8 @@ fn serve(
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut ids: Vec<u64> = Vec::new();
     let mut last_sweep = Instant::now();
+    // What the log says once a minute while kids report: that TCP works, and how much.
+    let (mut lines_taken, mut last_summary) = (0u64, Instant::now());
     loop {
         fds.clear();
         ids.clear();
@@ -456,7 +465,7 @@ fn serve(
             }
             continue;
         }
-        let mut arrived = false;
+        let mut arrived = 0u64;
         // New connections.
         if fds[0].revents != 0 {
             loop {
@@ -541,8 +550,18 @@ fn serve(
                 }
             }
         }
-        if arrived {
+        if arrived > 0 {
+            lines_taken += arrived;
             news();
+        }
+        if last_summary.elapsed() >= Duration::from_secs(60) {
+            if lines_taken > 0 {
+                tracing::info!(
+                    "kids' listener: {} connection(s) open, {lines_taken} line(s) taken in the last minute",
+                    conns.len()
+                );
+            }
+            (lines_taken, last_summary) = (0, Instant::now());
         }
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
@@ -592,7 +611,7 @@ fn read_conn(
     runs_dir: &Path,
     known_runs: &mut HashSet<String>,
     complaints: &mut Complaints,
-    arrived: &mut bool,
+    arrived: &mut u64,
 ) -> Verdict {
     loop {
         match c.stream.read(buf) {
@@ -623,7 +642,7 @@ fn read_conn(
                     used += nl + 1;
                     match verdict {
                         Ok(true) => {
-                            *arrived = true;
+                            *arrived += 1;
                             c.last_valid = Some(Instant::now());
                         }
                         Ok(false) => {}

@@ -1379,11 +1379,10 @@ fn dir_name(run_dir: &Path) -> &str {
 
 /// Whether the kid of a run reported lines over TCP that this round has not journaled.
 fn reported(shared: &Shared, w: &Watched) -> bool {
-    shared.kids.get().is_some_and(|k| {
-        !k.reports
-            .contiguous(dir_name(&w.req.run_dir), w.offset)
-            .is_empty()
-    })
+    shared
+        .kids
+        .get()
+        .is_some_and(|k| k.reports.has(dir_name(&w.req.run_dir), w.offset))
 }
 
 /// A run's new events past its journaled offset, each with the offset after it: what its kid
