@@ -10,7 +10,7 @@
 //! the file, which the round still tails — at least once a second for a run that reports, every
 //! round for one that does not.
 //!
-//! One thread serves every connection (`poll(2)` over non-blocking sockets): 1,000 kids are
+//! One thread serves every connection (epoll over non-blocking sockets): 1,000 kids are
 //! 1,000 file descriptors, not 1,000 threads. What is refused is dropped and logged (at most one
 //! line per kind every 10 s, with counts): a wrong MAC or a malformed line closes its
 //! connection, a line over [`wire::MAX_LINE`] too, a connection that sends nothing valid within
@@ -413,6 +413,53 @@ enum Verdict {
     Close,
 }
 
+/// epoll's token for the listening socket and the wake-up pipe; connections count from 2.
+const LISTENER: u64 = 0;
+const WAKE: u64 = 1;
+
+/// An epoll instance: the kernel tells which of the thousand connections are ready, so a
+/// report costs the same with 10 kids as with 1,000 (poll(2) walks every one each time).
+struct Epoll(std::os::fd::OwnedFd);
+
+impl Epoll {
+    fn new() -> std::io::Result<Epoll> {
+        // SAFETY: epoll_create1 returns a new descriptor or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(Epoll(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+
+    fn ctl(&self, op: i32, fd: i32, events: u32, token: u64) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: ev is a valid epoll_event; the descriptors are open.
+        if unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> std::io::Result<usize> {
+        // SAFETY: events is a valid buffer of its length.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
 fn serve(
     me: &KidListener,
     listener: TcpListener,
@@ -420,135 +467,164 @@ fn serve(
     runs_dir: &Path,
     news: &(dyn Fn() + Send + Sync),
 ) {
+    let epoll = match Epoll::new().and_then(|e| {
+        e.ctl(
+            libc::EPOLL_CTL_ADD,
+            listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            LISTENER,
+        )?;
+        e.ctl(
+            libc::EPOLL_CTL_ADD,
+            wake_rx.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            WAKE,
+        )?;
+        Ok(e)
+    }) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(
+                "kids' listener: cannot set up epoll: {e}; stopping (event logs are tailed)"
+            );
+            me.close();
+            return;
+        }
+    };
     let mut conns: HashMap<u64, Conn> = HashMap::new();
-    let mut next_id: u64 = 1;
+    let mut next_id: u64 = 2;
     let mut complaints = Complaints::default();
     let mut known_runs: HashSet<String> = HashSet::new();
     let mut buf = vec![0u8; 64 << 10];
-    let mut fds: Vec<libc::pollfd> = Vec::new();
-    let mut ids: Vec<u64> = Vec::new();
+    let mut ready = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut last_sweep = Instant::now();
     // What the log says once a minute while kids report: that TCP works, and how much.
     let (mut lines_taken, mut last_summary) = (0u64, Instant::now());
+    let (readable, writable) = (
+        (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+        (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32,
+    );
     loop {
-        fds.clear();
-        ids.clear();
-        for fd in [listener.as_raw_fd(), wake_rx.as_raw_fd()] {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        for (id, c) in &conns {
-            let mut events = libc::POLLIN;
-            if !c.output.is_empty() {
-                events |= libc::POLLOUT;
-            }
-            fds.push(libc::pollfd {
-                fd: c.stream.as_raw_fd(),
-                events,
-                revents: 0,
-            });
-            ids.push(*id);
-        }
-        // SAFETY: fds is a valid array of pollfd for its length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
+        let n = match epoll.wait(&mut ready, 1000) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
                 tracing::error!(
-                    "kids' listener: poll failed: {e}; stopping (event logs are tailed)"
+                    "kids' listener: epoll failed: {e}; stopping (event logs are tailed)"
                 );
                 me.close();
                 return;
             }
-            continue;
-        }
+        };
         let mut arrived = 0u64;
-        // New connections.
-        if fds[0].revents != 0 {
-            loop {
-                match listener.accept() {
-                    Ok((stream, peer)) => {
-                        if stream.set_nonblocking(true).is_err() {
-                            continue;
+        let mut closing: Vec<u64> = Vec::new();
+        for ev in &ready[..n] {
+            let (token, flags) = (ev.u64, ev.events);
+            match token {
+                LISTENER => loop {
+                    match listener.accept() {
+                        Ok((stream, peer)) => {
+                            if stream.set_nonblocking(true).is_err() {
+                                continue;
+                            }
+                            let _ = stream.set_nodelay(true);
+                            let id = next_id;
+                            next_id += 1;
+                            if epoll
+                                .ctl(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), readable, id)
+                                .is_err()
+                            {
+                                continue;
+                            }
+                            conns.insert(
+                                id,
+                                Conn {
+                                    stream,
+                                    peer: peer.to_string(),
+                                    input: Vec::new(),
+                                    output: Vec::new(),
+                                    opened: Instant::now(),
+                                    last_valid: None,
+                                },
+                            );
                         }
-                        let _ = stream.set_nodelay(true);
-                        conns.insert(
-                            next_id,
-                            Conn {
-                                stream,
-                                peer: peer.to_string(),
-                                input: Vec::new(),
-                                output: Vec::new(),
-                                opened: Instant::now(),
-                                last_valid: None,
-                            },
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            // Out of descriptors: the oldest connections that never said
+                            // anything valid make room.
+                            complaints.say("accept", || format!("cannot accept: {e}"));
+                            closing.extend(silent_connections(&conns, 64));
+                            break;
+                        }
+                    }
+                },
+                WAKE => {
+                    // Lines for kids (aborts).
+                    let mut sink = [0u8; 256];
+                    while matches!(wake_rx.read(&mut sink), Ok(n) if n > 0) {}
+                    let queued =
+                        std::mem::take(&mut *me.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+                    for (id, line) in queued {
+                        if let Some(c) = conns.get_mut(&id) {
+                            c.output.extend_from_slice(&line);
+                            if !flush_output(c) {
+                                closing.push(id);
+                            } else if !c.output.is_empty() {
+                                let _ = epoll.ctl(
+                                    libc::EPOLL_CTL_MOD,
+                                    c.stream.as_raw_fd(),
+                                    writable,
+                                    id,
+                                );
+                            }
+                        }
+                    }
+                }
+                id => {
+                    let Some(c) = conns.get_mut(&id) else {
+                        continue;
+                    };
+                    let mut keep = true;
+                    if flags
+                        & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR)
+                            as u32
+                        != 0
+                    {
+                        keep = matches!(
+                            read_conn(
+                                me,
+                                id,
+                                c,
+                                &mut buf,
+                                runs_dir,
+                                &mut known_runs,
+                                &mut complaints,
+                                &mut arrived,
+                            ),
+                            Verdict::Keep
                         );
-                        next_id += 1;
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        // Out of descriptors: the oldest connections that never said anything
-                        // valid make room.
-                        complaints.say("accept", || format!("cannot accept: {e}"));
-                        close_silent(&mut conns, me, 64);
-                        break;
+                    if keep && flags & libc::EPOLLOUT as u32 != 0 {
+                        keep = flush_output(c);
+                        if keep && c.output.is_empty() {
+                            let _ =
+                                epoll.ctl(libc::EPOLL_CTL_MOD, c.stream.as_raw_fd(), readable, id);
+                        }
+                    }
+                    if !keep {
+                        closing.push(id);
                     }
                 }
             }
         }
-        // Lines for kids (aborts).
-        if fds[1].revents != 0 {
-            let mut sink = [0u8; 256];
-            while matches!(wake_rx.read(&mut sink), Ok(n) if n > 0) {}
-            let queued = std::mem::take(&mut *me.outbox.lock().unwrap_or_else(|p| p.into_inner()));
-            for (id, line) in queued {
-                if let Some(c) = conns.get_mut(&id) {
-                    c.output.extend_from_slice(&line);
-                }
-            }
-        }
-        for (i, id) in ids.iter().enumerate() {
-            let revents = fds[i + 2].revents;
-            let Some(c) = conns.get_mut(id) else { continue };
-            let mut verdict = Verdict::Keep;
-            if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                verdict = read_conn(
-                    me,
-                    *id,
-                    c,
-                    &mut buf,
-                    runs_dir,
-                    &mut known_runs,
-                    &mut complaints,
-                    &mut arrived,
-                );
-            }
-            if matches!(verdict, Verdict::Keep) && !c.output.is_empty() {
-                match c.stream.write(&c.output) {
-                    Ok(n) => {
-                        c.output.drain(..n);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(_) => verdict = Verdict::Close,
-                }
-            }
-            if matches!(verdict, Verdict::Close) {
-                conns.remove(id);
-                me.open.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-            }
-        }
-        // Also for any connection a flushed abort is waiting on (it may not have been polled
-        // for output this time).
-        for c in conns.values_mut() {
-            if !c.output.is_empty() {
-                if let Ok(n) = c.stream.write(&c.output) {
-                    c.output.drain(..n);
-                }
-            }
+        for id in closing {
+            // Closing the socket takes it out of the epoll set.
+            conns.remove(&id);
+            me.open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
         }
         if arrived > 0 {
             lines_taken += arrived;
@@ -585,21 +661,31 @@ fn serve(
     }
 }
 
-/// Out of descriptors: close up to `n` connections that never sent anything valid.
-fn close_silent(conns: &mut HashMap<u64, Conn>, me: &KidListener, n: usize) {
+/// Write what waits for a kid; false when the connection failed.
+fn flush_output(c: &mut Conn) -> bool {
+    while !c.output.is_empty() {
+        match c.stream.write(&c.output) {
+            Ok(0) => return false,
+            Ok(n) => {
+                c.output.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Up to `n` of the oldest connections that never sent anything valid.
+fn silent_connections(conns: &HashMap<u64, Conn>, n: usize) -> Vec<u64> {
     let mut silent: Vec<(Instant, u64)> = conns
         .iter()
         .filter(|(_, c)| c.last_valid.is_none())
         .map(|(id, c)| (c.opened, *id))
         .collect();
     silent.sort();
-    for (_, id) in silent.into_iter().take(n) {
-        conns.remove(&id);
-        me.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-    }
+    silent.into_iter().take(n).map(|(_, id)| id).collect()
 }
 
 #[allow(clippy::too_many_arguments)]
