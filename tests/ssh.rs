@@ -198,6 +198,18 @@ fn slurm_over_ssh_an_array_abort_and_restart() {
             "2 × (step, loss) + uid"
         );
     }
+    // Each task starts in its own run directory, not in the array's shared batch directory
+    // (trial regression: relative output files of two tasks collided there).
+    for id in ["1", "2"] {
+        let show: serde_json::Value = serde_json::from_str(&p.ok(&["show", id, "--json"])).unwrap();
+        let cwd = show["runs"][0]["environment"]["cwd"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            cwd.contains("/runs/") && cwd.ends_with(&format!("-{id}.1")),
+            "run {id} started in {cwd:?}: {show}"
+        );
+    }
     p.ok(&["start", "slow"]);
     p.wait_for_state("slow", "running");
     let job = p.status()[50]["job_id"].as_str().unwrap().to_string();

@@ -152,6 +152,8 @@ fn interface_address(name: &str) -> Result<IpAddr, String> {
 #[derive(Default)]
 pub struct Reports {
     runs: Mutex<HashMap<String, RunReports>>,
+    /// Runs with lines that arrived since [`Reports::take_dirty`] was last asked.
+    dirty: Mutex<HashSet<String>>,
 }
 
 struct RunReports {
@@ -190,6 +192,20 @@ impl Reports {
         }
         r.bytes += line.len();
         r.lines.insert(start, line);
+        drop(runs);
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        if !dirty.contains(run) {
+            dirty.insert(run.to_string());
+        }
+    }
+
+    /// The runs that reported lines since the last call.
+    pub fn take_dirty(&self) -> Vec<String> {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect()
     }
 
     /// Whether this round reads `run`'s file from `offset` (the journal's point): when it never

@@ -261,9 +261,14 @@ pub fn write_run_dir(run_dir: &Path, spec: &RunSpec, kid_binary: &Path) -> io::R
         }
         job.push_str(&format!("export {k}={}\n", quote(v)?));
     }
-    if let Some(cwd) = &spec.cwd {
-        job.push_str(&format!("cd {} || exit 125\n", quote(cwd)?));
-    }
+    // Where the command starts: the project directory on this machine (neroman sends it), else
+    // the run's own directory — not wherever the scheduler starts the array's script, which
+    // every task of the array shares (relative output files would collide there).
+    let cwd = spec
+        .cwd
+        .clone()
+        .unwrap_or_else(|| run_dir.display().to_string());
+    job.push_str(&format!("cd {} || exit 125\n", quote(&cwd)?));
     let shell = if bash { "/bin/bash" } else { "/bin/sh" };
     let script = quote(&run_dir.join("command.sh").display().to_string())?;
     // `bash -c TEXT` runs the last command of TEXT in its own process (exec), where `bash FILE`

@@ -155,6 +155,9 @@ struct State {
     workdir_health: Option<String>,
     /// Per project: every entry up to this one is stored by it.
     acks: BTreeMap<String, u64>,
+    /// Run directory name → run key (kids name their run by its directory); rebuilt when a
+    /// name is missing.
+    by_dir: HashMap<String, String>,
     served_first: bool,
 }
 
@@ -162,27 +165,35 @@ struct State {
 /// submitted, a signal came). Shared with the warden's reaper threads.
 #[derive(Default)]
 pub struct Waker {
-    pending: Mutex<bool>,
+    /// (a round is asked for, kids' reports arrived)
+    pending: Mutex<(bool, bool)>,
     signal: Condvar,
 }
 
 impl Waker {
     pub fn wake(&self) {
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
         self.signal.notify_all();
     }
 
-    /// Wait until woken or `timeout` passed; either way the wake-up is used up.
-    fn wait(&self, timeout: Duration) {
+    /// Kids reported lines: journal them (a whole round is not needed for that).
+    pub fn wake_reports(&self) {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.signal.notify_all();
+    }
+
+    /// Wait until woken or `timeout` passed; either way the wake-ups are used up. Returns
+    /// (a round was asked for, reports arrived).
+    fn wait(&self, timeout: Duration) -> (bool, bool) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if !*pending {
+        if !pending.0 && !pending.1 {
             pending = self
                 .signal
                 .wait_timeout(pending, timeout)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        *pending = false;
+        std::mem::take(&mut *pending)
     }
 }
 
@@ -378,6 +389,7 @@ impl Mum {
             workdir_health: None,
             acks,
             served_first: false,
+            by_dir: HashMap::new(),
         };
         Ok(Mum {
             shared: Arc::new(Shared {
@@ -453,7 +465,12 @@ impl Mum {
             )
         };
         let waker = Arc::clone(&self.shared.waker);
-        match kids::KidListener::start(&workdir, &listen, local, Arc::new(move || waker.wake())) {
+        match kids::KidListener::start(
+            &workdir,
+            &listen,
+            local,
+            Arc::new(move || waker.wake_reports()),
+        ) {
             Ok(Some(l)) => {
                 let _ = self.shared.kids.set(l);
             }
@@ -504,24 +521,35 @@ impl Mum {
         }
         let mut idle_round = false;
         let mut last_round = Instant::now();
+        let mut last_reports = Instant::now();
         loop {
             // With nothing launched there are no logs to tail: a submit or a signal wakes the
             // loop; the idle check needs no more than a round a second.
-            self.shared.waker.wait(if idle_round {
+            let every = if idle_round {
                 Duration::from_secs(1)
             } else {
                 tick_every
-            });
-            // Kids' reports wake the loop as they arrive: rounds stay at least MIN_ROUND apart,
-            // so a thousand reporting kids share rounds (and journal fsyncs).
-            if let Some(left) = MIN_ROUND.checked_sub(last_round.elapsed()) {
-                std::thread::sleep(left);
-            }
-            last_round = Instant::now();
+            };
+            let (asked, reported) = self
+                .shared
+                .waker
+                .wait(every.saturating_sub(last_round.elapsed()));
             if self.shared.stop.load(Ordering::SeqCst) {
                 tracing::info!("stopping (runs in flight keep running; the next mum adopts them)");
                 break;
             }
+            if !asked && reported && last_round.elapsed() < every {
+                // Kids' reports between rounds: journal what continues each run's log at once
+                // (at most every MIN_ROUND, so a thousand reporting kids share appends and
+                // fsyncs); the rest waits for the round.
+                if let Some(left) = MIN_ROUND.checked_sub(last_reports.elapsed()) {
+                    std::thread::sleep(left);
+                }
+                last_reports = Instant::now();
+                take_reports(&self.shared);
+                continue;
+            }
+            last_round = Instant::now();
             tick(&self.shared);
             let mut s = self.shared.lock();
             let busy = s.runs.values().any(|r| r.phase != Phase::Ended);
@@ -871,6 +899,19 @@ impl State {
             return Some(key);
         }
         self.runs.contains_key(run).then(|| run.to_string())
+    }
+
+    /// The run whose directory is named `name`.
+    fn run_of_dir(&mut self, name: &str) -> Option<String> {
+        if !self.by_dir.contains_key(name) {
+            self.by_dir = self
+                .runs
+                .iter()
+                .filter(|(_, r)| r.phase != Phase::Ended)
+                .map(|(k, r)| (dir_name(&r.run_dir).to_string(), k.clone()))
+                .collect();
+        }
+        self.by_dir.get(name).cloned()
     }
 
     fn in_flight(&self) -> usize {
@@ -1403,6 +1444,67 @@ fn kid_events(shared: &Shared, w: &Watched) -> Vec<(KidEvent, u64)> {
     let more = kids.reports.contiguous(name, from);
     parse_events(run_dir, &more, from, &mut events);
     events
+}
+
+/// Between rounds: journal the lines kids reported over TCP that continue their runs' logs —
+/// metrics, resource samples, rule events — in one append, touching only the runs that
+/// reported. A start or an exit record (and a run not launched for good) waits for the round,
+/// which weighs it against the warden's word; this asks for that round.
+fn take_reports(shared: &Shared) {
+    let Some(kids) = shared.kids.get() else {
+        return;
+    };
+    let dirty = kids.reports.take_dirty();
+    if dirty.is_empty() {
+        return;
+    }
+    let mut round_needed = false;
+    let mut s = shared.lock();
+    let mut items = Vec::new();
+    let mut moved: Vec<(String, u64)> = Vec::new();
+    for name in dirty {
+        let Some(key) = s.run_of_dir(&name) else {
+            continue;
+        };
+        let Some(r) = s.runs.get(&key) else { continue };
+        if !matches!(
+            r.phase,
+            Phase::Launched {
+                journaled: true,
+                ..
+            }
+        ) {
+            round_needed = true;
+            continue;
+        }
+        let bytes = kids.reports.contiguous(&name, r.kid_offset);
+        let mut events = Vec::new();
+        parse_events(&r.run_dir, &bytes, r.kid_offset, &mut events);
+        let mut last = None;
+        for (event, offset) in events {
+            if matches!(event, KidEvent::Started { .. } | KidEvent::Exited { .. }) {
+                round_needed = true;
+                break;
+            }
+            items.push((key.clone(), MumEvent::Kid { event }, Some(offset)));
+            last = Some(offset);
+        }
+        if let Some(o) = last {
+            moved.push((key, o));
+        }
+    }
+    if !items.is_empty() && s.journal(items) {
+        for (key, offset) in moved {
+            if let Some(r) = s.runs.get_mut(&key) {
+                r.kid_offset = offset;
+            }
+        }
+        shared.appended.notify_all();
+    }
+    drop(s);
+    if round_needed {
+        shared.wake();
+    }
 }
 
 /// Complete new events in a run's `events.jsonl` past `offset`, each with the offset after it.
