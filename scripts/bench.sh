@@ -22,3 +22,7 @@ need_sshd_lab
 need_musl
 cargo build --release --target x86_64-unknown-linux-musl --bin neromum --bin nerokid
 cargo bench -p neronet --bench cluster
+# Kids reporting over TCP (about 2 minutes): metric latency TCP vs file tailing on the same
+# SLURM over SSH (the services and static binaries above), then neromum with 1,000 simulated
+# kids reporting 10 lines/s each, `--listen auto` and `--listen off`.
+cargo bench -p neronet --bench kid_reports
