@@ -383,6 +383,33 @@ impl Config {
                 }
             }
         }
+        // One agent serves a workdir, with one warden: two clusters on one login node need
+        // workdirs of their own (a remote workdir defaults to `neronet`).
+        let mut agents: BTreeMap<(String, String, String), (&str, Warden)> = BTreeMap::new();
+        for (name, c) in &self.clusters {
+            let Some(host) = &c.ssh else { continue };
+            let key = (
+                host.clone(),
+                c.ssh_config
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                c.workdir.clone().unwrap_or_else(|| "neronet".into()),
+            );
+            match agents.get(&key) {
+                Some((other, w)) if *w != c.warden() => {
+                    return Err(bad(format!(
+                        "clusters.{name}: its agent would share the workdir {:?} on {host} with cluster {other}, which uses another warden ({} and {}); give one of them its own `workdir:`",
+                        key.2,
+                        c.warden().as_str(),
+                        w.as_str()
+                    )))
+                }
+                _ => {
+                    agents.insert(key, (name.as_str(), c.warden()));
+                }
+            }
+        }
         if let Some(w) = &self.watch {
             for (key, value) in [("poll", &w.poll), ("debounce", &w.debounce)] {
                 if let Some(v) = value {
@@ -725,6 +752,28 @@ mod tests {
     /// Regression: `warden: local` in a project could not override a user default of
     /// `warden: slurm`: an unwritten warden and `warden: local` were the same value, so the
     /// overlay kept the user's. The cluster stayed a SLURM one and its rows were refused.
+    #[test]
+    fn two_clusters_with_other_wardens_cannot_share_a_login_nodes_workdir() {
+        let check = |yaml: &str| {
+            let cfg = Config::parse(yaml, Path::new("n.yaml")).unwrap();
+            cfg.validate(Path::new("n.yaml"))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let e = check(
+            "clusters:\n  a:\n    ssh: login\n    warden: sge\n  b:\n    ssh: login\n    warden: slurm\n",
+        )
+        .expect("refused");
+        assert!(
+            e.contains("clusters.b") && e.contains("\"neronet\"") && e.contains("cluster a"),
+            "{e}"
+        );
+        // Their own workdirs, another host, or the same warden: fine.
+        assert_eq!(check("clusters:\n  a:\n    ssh: login\n    warden: sge\n  b:\n    ssh: login\n    warden: slurm\n    workdir: nn-slurm\n"), None);
+        assert_eq!(check("clusters:\n  a:\n    ssh: login\n    warden: sge\n  b:\n    ssh: other\n    warden: slurm\n"), None);
+        assert_eq!(check("clusters:\n  a:\n    ssh: login\n    warden: slurm\n  b:\n    ssh: login\n    warden: slurm\n"), None);
+    }
+
     #[test]
     fn a_project_warden_local_overrides_a_user_default() {
         let user = Config::parse(

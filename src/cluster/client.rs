@@ -54,6 +54,12 @@ pub enum ClientError {
     Preamble { transport: String, text: String },
     #[error("neromum refused: {0}")]
     Refused(String),
+    #[error("the agent of {workdir} drives {theirs}, not {ours}: two clusters share that workdir (give each its own `workdir:` in neronet.yaml)")]
+    OtherWarden {
+        workdir: PathBuf,
+        theirs: String,
+        ours: String,
+    },
     #[error("unexpected reply from neromum: {0}")]
     Unexpected(String),
     #[error(transparent)]
@@ -372,6 +378,16 @@ impl MumClient {
             Err(e) => return Ok(Err(Handshake::Failed(bridge_failure(m, &conn, wire(e))))),
         };
         match reply {
+            Response::Hello(h)
+                if h.version == PROTOCOL_VERSION
+                    && h.warden.as_deref().is_some_and(|w| w != m.warden.kind()) =>
+            {
+                Ok(Err(Handshake::Failed(ClientError::OtherWarden {
+                    workdir: m.workdir.clone(),
+                    theirs: h.warden.clone().unwrap_or_default(),
+                    ours: m.warden.kind().to_string(),
+                })))
+            }
             Response::Hello(h) if h.version == PROTOCOL_VERSION => Ok(Ok(MumClient {
                 workdir: m.workdir.clone(),
                 conn,

@@ -69,6 +69,10 @@ pub struct HelloReply {
     /// the journal got shorter (restored from a backup, cut by hand) and syncs from here.
     #[serde(default)]
     pub last_seq: u64,
+    /// The warden this mum drives (`local`, `slurm`, `sge`; absent from older mums): a cluster
+    /// configured with another one shares its workdir by mistake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warden: Option<String>,
     #[serde(default)]
     pub queued: u32,
     #[serde(default)]

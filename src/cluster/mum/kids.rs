@@ -55,8 +55,13 @@ pub fn check_listen(value: &str) -> Result<(), String> {
     }
 }
 
+/// `eth0`, `ib0`, `enp3s0f1`: starts with a letter; not a misspelt keyword (`OFF`) nor a
+/// mistyped address (`999.1.1.1`).
 fn is_interface_name(v: &str) -> bool {
-    !v.is_empty()
+    let lower = v.to_ascii_lowercase();
+    v.starts_with(|c: char| c.is_ascii_alphabetic())
+        && lower != "auto"
+        && lower != "off"
         && v.len() <= 15
         && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '@'))
@@ -286,9 +291,10 @@ impl KidListener {
     ) -> Result<Option<Arc<KidListener>>, String> {
         let addr_file = workdir.join(wire::ADDR_FILE);
         let secret_file = workdir.join(wire::SECRET_FILE);
+        // Until a new address is written, kids find none (and leave everything to the log).
+        let _ = std::fs::remove_file(&addr_file);
         let Some(ip) = listen_address(listen, local)? else {
-            // Kids find no address and leave everything to the event log.
-            let _ = std::fs::remove_file(&addr_file);
+            let _ = std::fs::remove_file(&secret_file);
             return Ok(None);
         };
         raise_fd_limit();
@@ -838,7 +844,15 @@ mod tests {
         for ok in ["auto", "off", "10.1.2.3", "::1", "eth0", "ib0", "enp3s0f1"] {
             assert!(check_listen(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a b", "eth0; rm -rf", "averyveryverylongname0"] {
+        for bad in [
+            "",
+            "a b",
+            "eth0; rm -rf",
+            "averyveryverylongname0",
+            "OFF",
+            "Auto",
+            "999.1.1.1",
+        ] {
             assert!(check_listen(bad).is_err(), "{bad}");
         }
         assert_eq!(listen_address("off", false).unwrap(), None);

@@ -153,6 +153,8 @@ struct State {
     health: Option<String>,
     /// ... or a run directory cannot be written (cleared when one can).
     workdir_health: Option<String>,
+    /// Kids cannot report over TCP as `listen:` asks (their logs are tailed instead).
+    listen_health: Option<String>,
     /// Per project: every entry up to this one is stored by it.
     acks: BTreeMap<String, u64>,
     /// Run directory name → run key (kids name their run by its directory); rebuilt when a
@@ -387,6 +389,7 @@ impl Mum {
             last_activity: Instant::now(),
             health: None,
             workdir_health: None,
+            listen_health: None,
             acks,
             served_first: false,
             by_dir: HashMap::new(),
@@ -477,9 +480,13 @@ impl Mum {
             Ok(None) => tracing::info!(
                 "kids' reports over TCP are off (listen: off): event logs are tailed"
             ),
-            Err(e) => tracing::error!(
-                "kids cannot report over TCP ({e}); their event logs are tailed instead"
-            ),
+            Err(e) => {
+                let why = format!(
+                    "neromum cannot listen for its kids' reports ({e}); their event logs are read instead, which is slower on a shared file system (see `listen:` in neronet.yaml)"
+                );
+                tracing::error!("{why}");
+                self.shared.lock().listen_health = Some(why);
+            }
         }
         // SIGTERM/SIGINT stop the loop (a thread blocked on the signals; no polling).
         let signals = signal_hook::iterator::Signals::new([
@@ -739,6 +746,13 @@ fn handle_request(shared: &Shared, project: Option<&str>, req: Request) -> Respo
 
 impl State {
     fn hello_reply(&mut self) -> HelloReply {
+        let started = self
+            .runs
+            .values()
+            .filter(|r| {
+                matches!(r.phase, Phase::Launching | Phase::Launched { .. }) && r.job_pgid.is_some()
+            })
+            .count();
         let first_connection = !self.served_first;
         self.served_first = true;
         HelloReply {
@@ -748,14 +762,12 @@ impl State {
             workdir: self.opts.workdir.display().to_string(),
             pid: std::process::id(),
             last_seq: self.journal.last_seq(),
-            queued: self.queue.len() as u32,
-            running: self
-                .runs
-                .values()
-                .filter(|r| matches!(r.phase, Phase::Launching | Phase::Launched { .. }))
-                .count() as u32,
+            // A run in a scheduler's queue is queued until its kid starts.
+            queued: (self.queue.len() + (self.in_flight() - started)) as u32,
+            running: started as u32,
             health: self.problem(),
             first_connection,
+            warden: Some(self.opts.warden.kind().to_string()),
         }
     }
 
@@ -885,10 +897,12 @@ impl State {
 
     /// What every hello and sync reply reports, if anything.
     fn problem(&self) -> Option<String> {
-        match (&self.health, &self.workdir_health) {
-            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-            (a, b) => a.clone().or_else(|| b.clone()),
-        }
+        let all: Vec<&str> = [&self.health, &self.workdir_health, &self.listen_health]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        (!all.is_empty()).then(|| all.join("; "))
     }
 
     /// The key of `project`'s run `run`: its own, or (a run submitted by a neroman of

@@ -113,6 +113,15 @@ pub enum WardenSettings {
 }
 
 impl WardenSettings {
+    /// `local`, `slurm` or `sge`, as neronet.yaml names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WardenSettings::Local => "local",
+            WardenSettings::Slurm { .. } => "slurm",
+            WardenSettings::Sge { .. } => "sge",
+        }
+    }
+
     /// The neromum arguments that choose this warden (none for the local one).
     pub fn args(&self) -> Vec<String> {
         match self {
