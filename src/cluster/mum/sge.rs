@@ -1451,6 +1451,9 @@ esac
 "#;
         assert!(s.starts_with(expected), "{s}");
         assert!(s.ends_with("exit \"$status\"\n"), "{s}");
+        // The kid learns it runs under Grid Engine (SIGUSR1 is a suspend there).
+        let export = format!("{0}=sge\nexport {0}\n", nerokid::run::WARDEN_ENV);
+        assert!(s.contains(&export), "{s}");
         // No throttle when it does not bind.
         let s = render("ab12", Path::new("/w/b"), &dirs, &[], Some(5)).unwrap();
         assert!(!s.contains("-tc"), "{s}");
