@@ -841,7 +841,8 @@ fn sge_cell_value(value: &str) -> String {
 }
 
 /// A Grid Engine cluster's options for a row: the cluster's `sge:` map, overlaid (key by key,
-/// in place) by the row's `sge.<key>` cells (an empty cell is no cell); `true`/`false` are
+/// in place) by the row's `sge.<key>` cells (an empty cell is no cell; the row's `l` and
+/// `l.<resource>` cells go last, so their resources win in the one `-l`); `true`/`false` are
 /// qsub's `y`/`n`; `requeue: true` adds `-r y` (rerunnable) unless `r` is given.
 fn sge_options(
     cluster: &crate::config::ClusterConfig,
@@ -852,13 +853,20 @@ fn sge_options(
         .iter()
         .map(|(k, v)| (k.clone(), v.option_text()))
         .collect();
-    let mut set = |key: &str, value: String| match opts.iter_mut().find(|(k, _)| k == key) {
-        Some(slot) => slot.1 = value,
-        None => opts.push((key.to_string(), value)),
-    };
     for (column, value) in &row.warden_options {
-        if let Some(key) = column.strip_prefix("sge.") {
-            set(key, sge_cell_value(value));
+        let Some(key) = column.strip_prefix("sge.") else {
+            continue;
+        };
+        let value = sge_cell_value(value);
+        match opts.iter_mut().find(|(k, _)| k == key) {
+            // Resources go after the cluster's: the warden joins them into one `-l`, a later
+            // resource replacing an earlier one of the same name, so the row's win.
+            Some(_) if key == "l" || key.starts_with("l.") => {
+                opts.retain(|(k, _)| k != key);
+                opts.push((key.to_string(), value));
+            }
+            Some(slot) => slot.1 = value,
+            None => opts.push((key.to_string(), value)),
         }
     }
     if cluster.requeue == Some(true) && !opts.iter().any(|(k, _)| k == "r") {
@@ -1470,8 +1478,8 @@ mod tests {
         assert!(warden_options(&cfg.clusters["local"], &row(&[("slurm.time", "1")])).is_empty());
     }
 
-    /// The cluster's `sge:` map, overlaid key by key by the row's `sge.*` cells; `true` is
-    /// `y`; `requeue: true` adds `-r y`; `slurm.*` cells are not Grid Engine's.
+    /// The cluster's `sge:` map, overlaid key by key by the row's `sge.*` cells (resources
+    /// last); `true` is `y`; `requeue: true` adds `-r y`; `slurm.*` cells are not Grid Engine's.
     #[test]
     fn sge_options_come_from_the_cluster_and_the_row() {
         let cfg = Config::parse(
@@ -1488,8 +1496,58 @@ mod tests {
             ]),
         );
         let shown: Vec<String> = opts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        assert_eq!(shown, ["R=y", "l.h_rt=0:00:05", "q=all.q", "P=proj", "r=y"]);
+        assert_eq!(shown, ["R=y", "q=all.q", "P=proj", "l.h_rt=0:00:05", "r=y"]);
         let e = sge_cell_check("t", "1-3").unwrap_err();
         assert!(e.contains("sge.t: neronet sets -t itself"), "{e}");
+        // Case is the option's (the sheet keeps it): `-V` and `-N` are neronet's, `-P` and
+        // `-p` are two options.
+        let e = sge_cell_check("V", "y").unwrap_err();
+        assert!(e.contains("sge.V: neronet sets -V itself"), "{e}");
+        assert!(sge_cell_check("N", "x").is_err());
+        let opts = warden_options(
+            &cfg.clusters["ge"],
+            &row(&[("sge.P", "proj"), ("sge.p", "-100")]),
+        );
+        assert!(
+            opts.contains(&("P".into(), "proj".into()))
+                && opts.contains(&("p".into(), "-100".into())),
+            "{opts:?}"
+        );
+    }
+
+    /// A row's `sge.l` list and `sge.l.<r>` cells come after the cluster's resources, so the
+    /// one `-l` line the warden writes holds the row's values.
+    #[test]
+    fn a_rows_resources_win_over_the_clusters() {
+        let cfg = Config::parse(
+            "clusters:\n  ge:\n    warden: sge\n    sge: {l: 'h_rt=1:00:00,mem_free=1G', l.h_rt: '0:10:00', l.h_vmem: 2G}\n",
+            Path::new("n.yaml"),
+        )
+        .unwrap();
+        let ge = &cfg.clusters["ge"];
+        let l_line = |cells: &[(&str, &str)]| {
+            let opts = warden_options(ge, &row(cells));
+            let dir = Path::new("/w/r/1");
+            let script =
+                crate::cluster::mum::sge::render("b", Path::new("/w/b"), &[dir], &opts, None)
+                    .unwrap();
+            let lines: Vec<String> = script
+                .lines()
+                .filter(|l| l.starts_with("#$ -l"))
+                .map(str::to_string)
+                .collect();
+            lines
+        };
+        assert_eq!(l_line(&[]), ["#$ -l h_rt=0:10:00,mem_free=1G,h_vmem=2G"]);
+        assert_eq!(
+            l_line(&[("sge.l.h_rt", "0:02:00")]),
+            ["#$ -l h_rt=0:02:00,mem_free=1G,h_vmem=2G"]
+        );
+        // A row's `sge.l` replaces the cluster's `l` (key by key), and its resources win over
+        // the cluster's `l.<r>` keys.
+        assert_eq!(
+            l_line(&[("sge.l", "h_rt=0:05:00,h_vmem=8G")]),
+            ["#$ -l h_rt=0:05:00,h_vmem=8G"]
+        );
     }
 }

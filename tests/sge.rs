@@ -398,3 +398,71 @@ fn mum_killed_while_jobs_queue_and_run_submits_nothing_twice() {
     }
     eprintln!("kill: {:?}", t.elapsed());
 }
+
+/// The state letter of each process in /proc/<pid>/stat (`T` when stopped).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Regression: `qmod -sj` crashed the run "killed by SIGUSR1 (signal 10)": with `-notify`
+/// Grid Engine sends SIGUSR1 to the script's group before a suspend, and the kid passed it on
+/// to the job as SLURM's checkpoint warning; the SIGSTOP/SIGCONT that follow reach the kid's
+/// group, not the job's. Under Grid Engine the kid now stops the job's group on USR1 and
+/// continues it on SIGCONT: the run stays `running` and ends with all its metrics.
+#[test]
+fn a_suspended_job_stops_and_resumes_and_finishes() {
+    let _turn = turn();
+    let t = Instant::now();
+    let p = sge_project("sge-suspend", &[("1", 100000.0, 0.1, 0.0)]);
+    p.ok(&["start", "1"]);
+    wait_state(&p, "1", "running", 60);
+    wait_until(
+        "metrics before the suspend",
+        Duration::from_secs(30),
+        || entry(&p, "1")["metrics"]["step"].as_f64().unwrap_or(0.0) >= 2.0,
+    );
+    let job = entry(&p, "1")["job_id"].as_str().unwrap().to_string();
+    let events = std::fs::read_to_string(run_dir(&p, "1.1").join("events.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
+    let pgid = first["job_pid"].as_i64().unwrap() as i32;
+    let all_stopped = |stopped: bool| {
+        let members = common::group_members(pgid);
+        !members.is_empty()
+            && members
+                .iter()
+                .all(|pid| proc_state(*pid).is_some_and(|s| (s == 'T') == stopped))
+    };
+    sge("qmod", &["-sj", &job]);
+    wait_until(
+        "the job's processes stopped (state T)",
+        Duration::from_secs(30),
+        || all_stopped(true),
+    );
+    assert_eq!(p.state_of("1"), "running", "{}", mum_log(&p));
+    sge("qmod", &["-usj", &job]);
+    wait_until(
+        "the job's processes running again",
+        Duration::from_secs(30),
+        || all_stopped(false),
+    );
+    let before = entry(&p, "1")["metrics"]["step"].as_f64().unwrap_or(0.0);
+    wait_until("metrics after the resume", Duration::from_secs(30), || {
+        entry(&p, "1")["metrics"]["step"].as_f64().unwrap_or(0.0) > before
+    });
+    assert_eq!(p.state_of("1"), "running");
+    release(&p, "1");
+    wait_state(&p, "1", "finished", 60);
+    let e = entry(&p, "1");
+    assert_eq!(e["exit_code"], 0, "{e}");
+    // Every step once, none lost: 0..=last.
+    let last = e["metrics"]["step"].as_f64().unwrap() as i64;
+    let steps = count(
+        &p,
+        "SELECT COUNT(DISTINCT value) FROM metrics WHERE run_uid = '1.1' AND name = 'step'",
+    );
+    assert_eq!(steps, last + 1, "{e}");
+    let log = std::fs::read_to_string(run_dir(&p, "1.1").join("kid.log")).unwrap_or_default();
+    assert!(log.contains("Grid Engine suspends the job"), "{log}");
+    eprintln!("suspend: {:?}", t.elapsed());
+}

@@ -231,3 +231,55 @@ fn a_duration_is_read_to_the_millisecond_it_is_shown_with() {
     assert_eq!(d.number, Some(86_400.0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Regression: `sge.<KEY>` headers were lower-cased, which changed the qsub option (Grid Engine
+/// options are case-sensitive): `sge.P` (project) became `-p` (priority), the reserved `sge.N`
+/// got through as `-n`, and `sge.P` beside `sge.p` was refused as a duplicate column. The
+/// part after `sge.` keeps its case; `slurm.` keys are lower case (sbatch's long options are).
+#[test]
+fn sge_option_headers_keep_their_case() {
+    let dir = std::env::temp_dir().join(format!("neronet-read-sge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("case.xlsx");
+    let mut book = Workbook::new();
+    let ws = book.add_worksheet();
+    ws.set_name("experiments").unwrap();
+    let header = [
+        "id",
+        "status",
+        "sge.P",
+        "sge.p",
+        "SGE.R",
+        "sge.l.H_RT",
+        "Slurm.Time",
+    ];
+    for (c, h) in header.iter().enumerate() {
+        ws.write_string(0, c as u16, *h).unwrap();
+        ws.write_string(1, c as u16, format!("v{c}")).unwrap();
+    }
+    ws.write_number(1, 0, 1.0).unwrap();
+    ws.write_string(1, 1, "").unwrap();
+    book.save(&path).unwrap();
+    let sheet = read_experiments(&path).unwrap();
+    let r = &sheet.rows[0];
+    let keys: Vec<&str> = r.warden_options.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["sge.P", "sge.R", "sge.l.H_RT", "sge.p", "slurm.time"],
+        "{r:?}"
+    );
+    assert_eq!(r.warden_options["sge.P"], "v2");
+    assert_eq!(r.warden_options["sge.p"], "v3");
+    assert_eq!(r.warden_option_cells["sge.R"], "experiments!E2");
+    // The same option twice is still a duplicate column, whatever the prefix's case.
+    let mut book = Workbook::new();
+    let ws = book.add_worksheet();
+    ws.set_name("experiments").unwrap();
+    for (c, h) in ["id", "status", "sge.q", "SGE.q"].iter().enumerate() {
+        ws.write_string(0, c as u16, *h).unwrap();
+    }
+    book.save(&path).unwrap();
+    let e = read_experiments(&path).unwrap_err().to_string();
+    assert!(e.contains("SGE.q"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

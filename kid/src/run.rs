@@ -635,6 +635,10 @@ fn signal_group(pgid: i32, sig: i32) {
     }
 }
 
+/// Names the warden that started the kid, where it changes how signals are handled: `sge`
+/// (set by the Grid Engine warden's qsub script) makes SIGUSR1 a suspend (see [`run`]).
+pub const WARDEN_ENV: &str = "NERONET_WARDEN";
+
 /// The kid's round: events reach the log at most this late; also bounds its wake-ups.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -685,14 +689,24 @@ pub fn run_reporting(
         log.report_to(r);
     }
     // SIGUSR1 (SLURM's warning before a time limit or preemption, `--signal=B:USR1@N`) and
-    // SIGUSR2 (Grid Engine's `-notify` warning before a kill or a suspend) are passed on to the
-    // job's group, so the job can checkpoint.
+    // SIGUSR2 (Grid Engine's `-notify` warning before a kill) are passed on to the job's group,
+    // so the job can checkpoint. Under Grid Engine (`NERONET_WARDEN=sge`, from the qsub
+    // script) SIGUSR1 is `-notify`'s warning before a suspend: its SIGSTOP and SIGCONT reach
+    // the script's group (the kid), not the job's own, so the kid stops the job's group itself
+    // and continues it on the kid's SIGCONT.
+    let suspend_on_usr1 = std::env::var(WARDEN_ENV).is_ok_and(|w| w == "sge");
     let usr1 = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
         .map_err(io_err("install signal handler"))?;
     let usr2 = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR2, Arc::clone(&usr2))
         .map_err(io_err("install signal handler"))?;
+    let cont = Arc::new(AtomicBool::new(false));
+    if suspend_on_usr1 {
+        signal_hook::flag::register(signal_hook::consts::SIGCONT, Arc::clone(&cont))
+            .map_err(io_err("install signal handler"))?;
+    }
+    let mut suspended = false;
     let open_log = |name: &str| {
         let p = dir.join(name);
         OpenOptions::new()
@@ -892,7 +906,19 @@ pub fn run_reporting(
             next_sample = now_i + Duration::from_secs_f64(spec.sample_secs.max(0.2));
         }
         if usr1.swap(false, Ordering::Relaxed) && exit_status.is_none() {
-            signal_group(job_pid, libc::SIGUSR1);
+            if suspend_on_usr1 {
+                eprintln!("nerokid: Grid Engine suspends the job (SIGUSR1): stopping it");
+                signal_group(job_pid, libc::SIGSTOP);
+                suspended = true;
+            } else {
+                signal_group(job_pid, libc::SIGUSR1);
+            }
+        }
+        // A suspend's USR1 and the resume's SIGCONT in one round: stopped, then continued.
+        if cont.swap(false, Ordering::Relaxed) && suspended {
+            eprintln!("nerokid: Grid Engine resumes the job (SIGCONT): continuing it");
+            signal_group(job_pid, libc::SIGCONT);
+            suspended = false;
         }
         if usr2.swap(false, Ordering::Relaxed) && exit_status.is_none() {
             signal_group(job_pid, libc::SIGUSR2);
@@ -937,6 +963,12 @@ pub fn run_reporting(
             }
             if abort.is_some() {
                 signal_group(job_pid, libc::SIGTERM);
+                // A stopped job would get its SIGTERM only when continued: after the grace,
+                // with the SIGKILL.
+                if suspended {
+                    signal_group(job_pid, libc::SIGCONT);
+                    suspended = false;
+                }
             }
         }
         if let Some((_, since)) = &abort {

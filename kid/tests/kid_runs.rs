@@ -239,3 +239,88 @@ fn a_short_job_does_not_wait_a_whole_tick() {
     assert!(best < Duration::from_millis(200), "{best:?}");
     assert_eq!(outcome(&d), Outcome::Exit { code: 0 });
 }
+
+/// The state letter in /proc/<pid>/stat (`T` when stopped); None once it is gone.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Regression: under Grid Engine (`NERONET_WARDEN=sge`), `qmod -sj` sends `-notify`'s SIGUSR1
+/// to the script's group (the kid) before its SIGSTOP; the kid passed it on and the job died
+/// "killed by SIGUSR1", and the SIGSTOP/SIGCONT never reached the job's own group. Now the kid
+/// stops the job's group on SIGUSR1, continues it on SIGCONT, and a SIGTERM while stopped
+/// reaches the job at once (not only with the SIGKILL after the grace).
+#[test]
+fn under_grid_engine_usr1_suspends_the_job_and_sigcont_resumes_it() {
+    let d = run_dir("sge-suspend");
+    std::fs::write(d.join("kid.json"), r#"{"id":"1","grace_secs":30}"#).unwrap();
+    let pid_file = d.join("job.pid");
+    let release = d.join("release");
+    let script = format!(
+        "trap 'echo got=term; exit 7' TERM; echo $$ > {}; i=0; while [ ! -e {} ]; do i=$((i+1)); echo step=$i; sleep 0.05; done; echo done=1",
+        pid_file.display(),
+        release.display()
+    );
+    let job_pid = |child: &mut std::process::Child| -> i32 {
+        wait_for("the job's pid", || {
+            std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+                || child.try_wait().unwrap().is_some()
+        });
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let signal = |child: &std::process::Child, sig: i32| unsafe {
+        libc::kill(child.id() as i32, sig);
+    };
+    let mut child = kid(&d, &[], &["sh", "-c", &script])
+        .env("NERONET_WARDEN", "sge")
+        .spawn()
+        .unwrap();
+    let pid = job_pid(&mut child);
+    signal(&child, libc::SIGUSR1);
+    wait_for("the job stopped", || proc_state(pid) == Some('T'));
+    signal(&child, libc::SIGCONT);
+    wait_for("the job continued", || {
+        proc_state(pid).is_some_and(|s| s != 'T')
+    });
+    std::fs::write(&release, "").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(outcome(&d), Outcome::Exit { code: 0 });
+    let out = std::fs::read_to_string(d.join("stdout.log")).unwrap();
+    assert!(out.ends_with("done=1\n"), "{out}");
+
+    // Stopped, then asked to stop (qdel's SIGUSR2 → the script's SIGTERM to the kid).
+    let d2 = run_dir("sge-suspend-term");
+    std::fs::write(d2.join("kid.json"), r#"{"id":"2","grace_secs":30}"#).unwrap();
+    let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_file(&release);
+    let mut child = kid(&d2, &[], &["sh", "-c", &script])
+        .env("NERONET_WARDEN", "sge")
+        .spawn()
+        .unwrap();
+    let pid = job_pid(&mut child);
+    signal(&child, libc::SIGUSR1);
+    wait_for("the job stopped", || proc_state(pid) == Some('T'));
+    let asked = Instant::now();
+    signal(&child, libc::SIGTERM);
+    child.wait().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the job got its SIGTERM only with the SIGKILL"
+    );
+    let out = std::fs::read_to_string(d2.join("stdout.log")).unwrap();
+    assert!(out.contains("got=term"), "{out}");
+}

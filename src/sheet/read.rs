@@ -119,7 +119,8 @@ pub struct SheetRow {
     pub command_cell: String,
     pub cluster_cell: String,
     pub abort_when_cell: String,
-    /// `slurm.time` → "2:00:00", ...
+    /// `slurm.time` → "2:00:00", `sge.P` → "proj", ...: `slurm.` keys in lower case, `sge.`
+    /// ones with the option's case as typed (see `warden_key`).
     pub warden_options: BTreeMap<String, String>,
     /// `slurm.time` → the address of its cell in this row (`experiments!F7`), for messages.
     pub warden_option_cells: BTreeMap<String, String>,
@@ -217,6 +218,18 @@ fn role(header: &str) -> Role {
     }
 }
 
+/// A warden column's key: `slurm.<key>` in lower case (sbatch's long options are), `sge.`
+/// followed by the rest as typed: qsub's options are case-sensitive (`-P` project, `-p`
+/// priority; `-N` is neronet's, `-n` no option).
+fn warden_key(header: &str) -> String {
+    let h = header.trim();
+    let lower = h.to_ascii_lowercase();
+    match lower.strip_prefix("sge.") {
+        Some(_) => format!("sge.{}", &h["sge.".len()..]),
+        None => lower,
+    }
+}
+
 /// Read and check the experiments workbook.
 pub fn read_experiments(path: &Path) -> Result<ExperimentSheet, SheetError> {
     let book = calamine::open_workbook_auto(path).map_err(|e| SheetError::Open {
@@ -298,7 +311,11 @@ fn read_book<RS: std::io::Read + std::io::Seek>(
         let h = display(cell).trim().to_string();
         let r = role(&h);
         if r.is_read() || r == Role::ToolOwned {
-            if let Some(first) = seen.insert(h.to_ascii_lowercase(), i) {
+            let key = match r {
+                Role::Warden => warden_key(&h),
+                _ => h.to_ascii_lowercase(),
+            };
+            if let Some(first) = seen.insert(key, i) {
                 return Err(SheetError::DuplicateColumn {
                     path: path.to_path_buf(),
                     sheet: sheet.clone(),
@@ -446,7 +463,7 @@ fn read_book<RS: std::io::Read + std::io::Seek>(
                 }
                 Role::Warden => {
                     if let Some(v) = opt() {
-                        let key = headers[i].to_ascii_lowercase();
+                        let key = warden_key(&headers[i]);
                         row.warden_option_cells.insert(key.clone(), at);
                         row.warden_options.insert(key, v);
                     }

@@ -984,6 +984,51 @@ fn qsub_quote(value: &str) -> String {
     }
 }
 
+/// The resources of every `l` and `l.<resource>` option, for one `-l` line: a resource given
+/// again replaces the earlier one in its place (names compared as Grid Engine does: case and
+/// all). A shortcut and its full name (`mf`, `mem_free`) are two names here; within one `-l`
+/// list Grid Engine itself takes the later of the two.
+#[derive(Debug, Default)]
+struct Resources(Vec<(String, String)>);
+
+impl Resources {
+    /// `h_vmem=4G,mem_free=4G` as qsub takes it (spaces around an item are dropped).
+    fn add_list(&mut self, list: &str) {
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let name = item.split_once('=').map_or(item, |(n, _)| n).trim();
+            self.set(name, item.to_string());
+        }
+    }
+
+    fn set(&mut self, name: &str, item: String) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = item,
+            None => self.0.push((name.to_string(), item)),
+        }
+    }
+
+    /// `-l h_rt=1:00:00,mem_free=1G`, quoted for qsub when an item needs it.
+    fn line(&self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let list = self
+            .0
+            .iter()
+            .map(|(_, item)| item.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let plain = list
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.,:=+/*@|!&".contains(c));
+        Some(if plain {
+            format!("-l {list}")
+        } else {
+            format!("-l {}", qsub_quote(&list))
+        })
+    }
+}
+
 /// The array script for these run directories.
 pub fn render(
     batch: &str,
@@ -993,19 +1038,21 @@ pub fn render(
     throttle: Option<u32>,
 ) -> Result<String, String> {
     let mut lines = Vec::new();
-    let mut resources = Vec::new();
+    let mut resources = Resources::default();
     for (k, v) in options {
         check_option(k, v)?;
-        if let Some(r) = k.strip_prefix("l.") {
-            resources.push(format!("{r}={v}"));
+        if k == "l" {
+            resources.add_list(v);
+        } else if let Some(r) = k.strip_prefix("l.") {
+            resources.set(r, format!("{r}={v}"));
         } else if v.is_empty() {
             lines.push(format!("-{k}"));
         } else {
             lines.push(format!("-{k} {}", qsub_quote(v)));
         }
     }
-    if !resources.is_empty() {
-        lines.push(format!("-l {}", resources.join(",")));
+    if let Some(line) = resources.line() {
+        lines.push(line);
     }
     let quote = |p: &Path| {
         shlex::try_quote(&p.display().to_string())
@@ -1315,6 +1362,52 @@ scheduling info:            Job is in error state\n";
         assert!(e.contains("sge.l.h_rt"), "{e}");
     }
 
+    /// Regression: `l` and `l.<resource>` keys made two `-l` lines (`-l "h_vmem=1G"` and
+    /// `-l h_rt=0:05:00`), and a cluster's `l: h_rt=1:00:00,...` with a row's `l.h_rt` gave
+    /// both h_rt values. They are one `-l` now, a later resource replacing an earlier one of the
+    /// same name (case-sensitive, as Grid Engine's names are).
+    #[test]
+    fn resources_merge_into_one_l_line() {
+        let dirs = [Path::new("/w/r/1")];
+        let opts = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let l_lines = |pairs: &[(&str, &str)]| -> Vec<String> {
+            render("b", Path::new("/w/b"), &dirs, &opts(pairs), None)
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("#$ -l "))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            l_lines(&[("l", "h_vmem=1G"), ("l.h_rt", "0:05:00")]),
+            ["#$ -l h_vmem=1G,h_rt=0:05:00"]
+        );
+        assert_eq!(
+            l_lines(&[
+                ("l", "h_rt=1:00:00, mem_free=4G"),
+                ("l.h_rt", "0:02:00"),
+                ("l.H_RT", "9"),
+            ]),
+            ["#$ -l h_rt=0:02:00,mem_free=4G,H_RT=9"]
+        );
+        // A later `l` list replaces resources of an earlier `l.<r>` too.
+        assert_eq!(
+            l_lines(&[("l.h_rt", "1:00:00"), ("l", "h_rt=0:01:00,arch=lx-amd64")]),
+            ["#$ -l h_rt=0:01:00,arch=lx-amd64"]
+        );
+        assert_eq!(
+            l_lines(&[("l", "h=node 1")]),
+            ["#$ -l \"h=node 1\""],
+            "quoted for qsub when it must be"
+        );
+        assert!(l_lines(&[("q", "all.q")]).is_empty());
+    }
+
     /// Snapshot of the script for two runs: options quoted for qsub's own reader, run
     /// directories quoted for the shell, shell metacharacters inert.
     #[test]
@@ -1347,9 +1440,8 @@ scheduling info:            Job is in error state\n";
 #$ -v PATH
 #$ -q "all.q"
 #$ -ac 'note=a "b" $(touch x); `id`'
-#$ -l "mem_free=1G"
 #$ -R
-#$ -l h_rt=0:10:00,s_rt=0:09:00
+#$ -l mem_free=1G,h_rt=0:10:00,s_rt=0:09:00
 
 case "$SGE_TASK_ID" in
 1) run_dir=/w/runs/a-1.1 ;;
@@ -1359,6 +1451,9 @@ esac
 "#;
         assert!(s.starts_with(expected), "{s}");
         assert!(s.ends_with("exit \"$status\"\n"), "{s}");
+        // The kid learns it runs under Grid Engine (SIGUSR1 is a suspend there).
+        let export = format!("{0}=sge\nexport {0}\n", nerokid::run::WARDEN_ENV);
+        assert!(s.contains(&export), "{s}");
         // No throttle when it does not bind.
         let s = render("ab12", Path::new("/w/b"), &dirs, &[], Some(5)).unwrap();
         assert!(!s.contains("-tc"), "{s}");
