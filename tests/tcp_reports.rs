@@ -264,3 +264,28 @@ fn a_mum_started_with_listen_off_mid_run_reads_the_logs_and_loses_nothing() {
     let log = std::fs::read_to_string(mum.join("mum.log")).unwrap();
     assert!(log.contains("listen: off"), "{log}");
 }
+
+#[test]
+fn a_listener_that_cannot_start_is_said_and_the_logs_are_read() {
+    let p = project(
+        "tcp-eth9",
+        "clusters:\n  local:\n    max_parallel: 2\n    grace: 2s\n    listen: nosuch9\n",
+    );
+    p.ok(&["start", "1"]);
+    wait_until("the first steps", Duration::from_secs(30), || {
+        step(&p, "1") >= 3.0
+    });
+    // Every command says it (not only mum.log): the interface, and what happens instead.
+    let out = p.neroman(&["status"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("cannot listen for its kids' reports")
+            && said.contains("no interface \"nosuch9\"")
+            && said.contains("event logs are read instead"),
+        "{said}"
+    );
+    assert!(!p.mum_dir().join(wire::ADDR_FILE).exists());
+    p.write("release-1", "");
+    p.wait_for_state("1", "finished");
+    every_step_once(&p, "1.1");
+}

@@ -243,11 +243,9 @@ fn user_defaults_merge_key_by_key_and_errors_name_their_file() {
     );
     let st = p.status();
     assert_eq!(st[1]["state"], "defined");
+    // The user's Grid Engine cluster is a valid place for row 2 (not started here).
     assert!(
-        st[1]["problems"][0]
-            .as_str()
-            .unwrap()
-            .contains("cluster \"hpc\" uses Grid Engine"),
+        st[1]["problems"].as_array().is_none_or(|a| a.is_empty()),
         "{st:?}"
     );
     p.user_config("clusters:\n  local:\n    grace: soon\n");
@@ -297,17 +295,18 @@ fn a_project_warden_local_overrides_the_users_slurm() {
     assert_eq!(p.ok(&["logs", "1"]), "ran\n");
     // It ran as a process here, not as a SLURM job (`<array>_<task>`).
     assert!(!p.status()[0]["job_id"].as_str().unwrap().contains('_'));
-    // Without the project's word the user's warden stands: with one this version cannot drive
-    // (Grid Engine; SLURM runs since issue 8), the row is refused.
+    // Without the project's word the user's warden stands: `neroman clusters` checks Grid
+    // Engine's commands for the `local` cluster.
     p.user_config("clusters:\n  local:\n    warden: sge\n");
     p.write("neronet.yaml", "command: echo ran\n");
-    let st = p.status();
-    assert!(
-        st[0]["problems"][0]
-            .as_str()
-            .is_some_and(|m| m.contains("cluster \"local\" uses Grid Engine")),
-        "{st:?}"
-    );
+    // (Its check may fail where Grid Engine is not installed: only the warden matters here.)
+    let out = p.neroman(&["clusters", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let local = report
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["cluster"] == "local"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(local["warden"]["kind"], "sge", "{report}");
 }
 
 fn fixture(name: &str) -> std::path::PathBuf {
