@@ -427,6 +427,20 @@ impl Complaints {
             e.1 += 1;
         }
     }
+
+    /// Whether a line of this kind may be logged now (then it counts as logged).
+    fn due(&mut self, kind: &'static str) -> bool {
+        let now = Instant::now();
+        let e = self
+            .last
+            .entry(kind)
+            .or_insert((now - Duration::from_secs(60), 0));
+        let due = now.duration_since(e.0) >= Duration::from_secs(10);
+        if due {
+            *e = (now, 0);
+        }
+        due
+    }
 }
 
 /// What to do with a connection after its input was read.
@@ -522,6 +536,7 @@ fn serve(
     let mut last_sweep = Instant::now();
     // What the log says once a minute while kids report: that TCP works, and how much.
     let (mut lines_taken, mut last_summary) = (0u64, Instant::now());
+    let mut idle_closed = 0u64;
     let (readable, writable) = (
         (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
         (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32,
@@ -675,9 +690,15 @@ fn serve(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .retain(|id| open.contains(id));
-                complaints.say("idle", || {
-                    format!("closed {closed} connection(s) that sent nothing valid in time")
-                });
+            }
+            // Counted over the sweeps since the last such line.
+            idle_closed += closed as u64;
+            if idle_closed > 0 && complaints.due("idle") {
+                tracing::warn!(
+                    "kids' listener: closed {idle_closed} connection(s) that sent nothing valid within {} s or went silent",
+                    HELLO_WITHIN.as_secs()
+                );
+                idle_closed = 0;
             }
         }
     }
