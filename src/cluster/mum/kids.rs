@@ -332,6 +332,11 @@ impl KidListener {
             .spawn(move || serve(&shared, listener, wake_rx, &runs_dir, &*news))
             .map_err(|e| format!("cannot start the listener thread: {e}"))?;
         tracing::info!("kids report over TCP to {addr}");
+        if !local && ip.is_loopback() {
+            tracing::warn!(
+                "kids' listener: {ip} is a loopback address (what this host's name resolves to): kids on other nodes cannot reach it and their event logs are read instead; set `listen:` to this login node's address or interface"
+            );
+        }
         Ok(Some(me))
     }
 
