@@ -828,3 +828,60 @@ fn clusters_reports_a_slurm_warden_and_its_queue() {
         "clusters started a local agent"
     );
 }
+
+/// Grid Engine behind the same sshd: the remote agent (user nerolab) submits with qsub, its
+/// kids report over TCP to the login node, an abort reaches the kid, and every metric line is
+/// stored once.
+#[test]
+fn grid_engine_over_ssh_runs_reports_and_aborts() {
+    common::services::sge();
+    let lab = Lab::new("sge");
+    let yaml = format!(
+        "clusters:\n  lab:\n    ssh: {ALIAS}\n    ssh_config: {}\n    workdir: {}\n    warden: sge\n    poll_interval: 1s\n    grace: 2s\n",
+        lab.cfg.display(),
+        lab.workdir
+    );
+    let p = project_with(
+        "ssh-sge",
+        &yaml,
+        &[
+            ("a", 4.0, 0.1, 0.0),
+            ("b", 4.0, 0.1, 0.0),
+            ("slow", 1000.0, 0.2, 0.0),
+        ],
+    );
+    let out = p.ok(&["start", "a,b"]);
+    assert!(out.contains("accepted by sge"), "{out}");
+    wait_until("a and b finished", Duration::from_secs(90), || {
+        p.status()
+            .iter()
+            .filter(|e| e["state"] == "finished")
+            .count()
+            == 2
+    });
+    let st = p.status();
+    for e in &st[..2] {
+        let job = e["job_id"].as_str().unwrap_or_default();
+        assert!(
+            job.split_once('.')
+                .is_some_and(|(j, t)| j.parse::<u64>().is_ok() && t.parse::<u64>().is_ok()),
+            "a Grid Engine task id: {e}"
+        );
+        assert!(!e["node"].as_str().unwrap_or_default().is_empty(), "{e}");
+    }
+    for run in ["a.1", "b.1"] {
+        assert_eq!(metric_rows(&p, run), 9, "{run}: 4 × (step, loss) + uid");
+    }
+    // The agent listens for its kids on the login node.
+    let addr = lab.ssh_ok(&format!("cat {}/kids.addr", lab.workdir));
+    assert!(addr.trim().contains(':'), "{addr}");
+    p.ok(&["start", "slow"]);
+    p.wait_for_state("slow", "running");
+    let out = p.neroman(&["abort", "slow", "--wait"]);
+    assert!(text(&out).contains("slow: aborted"), "{}", text(&out));
+    let kid_log = lab.ssh_ok(&format!("cat {}/runs/*-slow.1/kid.log", lab.workdir));
+    assert!(
+        kid_log.contains("mum asked to stop the job"),
+        "the abort came over TCP: {kid_log}"
+    );
+}

@@ -1087,7 +1087,7 @@ fn tick(shared: &Shared) {
                 return RunNews::default();
             }
             let state = states.get(&w.job).cloned().unwrap_or(JobState::Gone);
-            let events = kid_events(shared, w);
+            let events = kid_events(shared, w, !state.is_alive());
             if shared.holds_exit {
                 warden_news(w, &events, &state, refreshed, shared.warden_name)
             } else {
@@ -1442,14 +1442,15 @@ fn reported(shared: &Shared, w: &Watched) -> bool {
 
 /// A run's new events past its journaled offset, each with the offset after it: what its kid
 /// reported over TCP, and — when a reported line is missing, the kid is quiet or does not
-/// report, and at least once a second — what its `events.jsonl` holds (the source of truth).
-fn kid_events(shared: &Shared, w: &Watched) -> Vec<(KidEvent, u64)> {
+/// report, at least once a second, and always once its job is gone (`ended`: the last lines
+/// may still be on their way over TCP) — what its `events.jsonl` holds (the source of truth).
+fn kid_events(shared: &Shared, w: &Watched, ended: bool) -> Vec<(KidEvent, u64)> {
     let run_dir = &w.req.run_dir;
     let Some(kids) = shared.kids.get() else {
         return tail_events(run_dir, w.offset);
     };
     let name = dir_name(run_dir);
-    let mut events = if kids.reports.plan(name, w.offset).read_file {
+    let mut events = if kids.reports.plan(name, w.offset).read_file || ended {
         tail_events(run_dir, w.offset)
     } else {
         Vec::new()
