@@ -57,7 +57,7 @@ fn main() {
         latency_over_slurm();
     }
     if wants("load") {
-        raise_fd_limit();
+        neronet::cluster::mum::kids::raise_fd_limit();
         let auto = load("auto");
         let off = load("off");
         print_load(&[auto, off]);
@@ -751,20 +751,5 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     while !ok() {
         assert!(t.elapsed() < limit, "{what}: not after {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// 1,000 event logs and 1,000 connections need more descriptors than the usual soft limit.
-fn raise_fd_limit() {
-    // SAFETY: get/setrlimit on a local struct.
-    unsafe {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
     }
 }

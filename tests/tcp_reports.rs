@@ -73,21 +73,6 @@ fn every_step_once(p: &Project, run: &str) -> i64 {
     n
 }
 
-/// More descriptors for the thousand idle connections.
-fn raise_fd_limit() {
-    // SAFETY: get/setrlimit on a local struct.
-    unsafe {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
-}
-
 /// Whether mum closed `s` within `within` (reads end; whatever was unread is discarded).
 fn closed_by_mum(s: &mut TcpStream, within: Duration) -> bool {
     let deadline = Instant::now() + within;
@@ -112,7 +97,7 @@ fn closed_by_mum(s: &mut TcpStream, within: Duration) -> bool {
 
 #[test]
 fn reports_arrive_over_tcp_intruders_are_dropped_and_an_abort_reaches_the_kid() {
-    raise_fd_limit();
+    neronet::cluster::mum::kids::raise_fd_limit();
     let p = project("tcp", YAML);
     p.ok(&["start", "1"]);
     wait_until("the first steps", Duration::from_secs(30), || {

@@ -383,8 +383,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     result.map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// 1,000 kids need 1,000 descriptors: take the hard limit.
-fn raise_fd_limit() {
+/// 1,000 kids need 1,000 descriptors: take the hard limit (also for the tests and benches that
+/// play 1,000 kids).
+pub fn raise_fd_limit() {
     // SAFETY: plain get/setrlimit on a local struct.
     unsafe {
         let mut l = libc::rlimit {

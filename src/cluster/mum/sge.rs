@@ -20,10 +20,9 @@
 //! `$SGE_ROOT/bin/<arch>/`, with SGE_ROOT from the environment or a standard install
 //! (`/opt/sge`, `/opt/gridengine`, `/usr/share/gridengine`, `/var/lib/gridengine`, ...).
 
-use super::warden::{Found, JobRequest, JobState, Warden};
+use super::warden::{run_scheduler, Found, JobRequest, JobState, Warden};
 use crate::cluster::protocol::Verdict;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -226,7 +225,7 @@ impl SgeWarden {
         let path = dir.join("qsub.sh");
         std::fs::write(&path, &script).map_err(|e| io("cannot write", &path, e))?;
         tracing::debug!("sge: qsub call");
-        let out = run_with_input(
+        let out = run_scheduler(
             self.tools.command("qsub").arg("-terse").current_dir(&dir),
             script.as_bytes(),
         )?;
@@ -644,42 +643,9 @@ fn user_name() -> String {
     }
 }
 
-/// Run a scheduler command; its stdout, or an error with its stderr.
+/// Run a scheduler command; its stdout, or an error with its words.
 fn run(cmd: &mut Command) -> Result<String, String> {
-    run_with_input(cmd, &[])
-}
-
-fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, String> {
-    let program = Path::new(cmd.get_program())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut child = cmd
-        .stdin(if input.is_empty() {
-            Stdio::null()
-        } else {
-            Stdio::piped()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input);
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr).into_owned()
-            + &String::from_utf8_lossy(&out.stdout);
-        return Err(format!(
-            "{program} failed ({}): {}",
-            out.status,
-            err.trim().lines().take(5).collect::<Vec<_>>().join(" / ")
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run_scheduler(cmd, &[])
 }
 
 /// The run's kid has started and not written its exit record yet.

@@ -470,22 +470,9 @@ impl Warden for SlurmWarden {
     }
 }
 
-/// Run a scheduler command; its stdout, or an error with its stderr.
+/// Run a scheduler command; its stdout, or an error with its words.
 fn run(cmd: &mut Command) -> Result<String, String> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "{program} failed ({}): {}",
-            out.status,
-            err.trim().lines().take(5).collect::<Vec<_>>().join(" / ")
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    super::warden::run_scheduler(cmd, &[])
 }
 
 /// Every job of this user named `neronet`, one line per array task.

@@ -151,3 +151,38 @@ impl WardenSettings {
         }
     }
 }
+
+/// Run a scheduler command (`input` on its stdin, if any); its stdout, or an error with what it
+/// said (stderr, then stdout: qsub says some refusals there), at most 5 lines.
+pub fn run_scheduler(cmd: &mut std::process::Command, input: &[u8]) -> Result<String, String> {
+    let program = std::path::Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut child = cmd
+        .stdin(if input.is_empty() {
+            std::process::Stdio::null()
+        } else {
+            std::process::Stdio::piped()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = std::io::Write::write_all(&mut stdin, input);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        return Err(format!(
+            "{program} failed ({}): {}",
+            out.status,
+            err.trim().lines().take(5).collect::<Vec<_>>().join(" / ")
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
