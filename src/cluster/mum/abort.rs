@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The kid's grace between SIGTERM and SIGKILL, as its run directory says.
-fn grace(run_dir: &Path) -> Duration {
+pub(super) fn grace(run_dir: &Path) -> Duration {
     std::fs::read(run_dir.join(nerokid::report::SPEC_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice::<nerokid::report::KidSpec>(&b).ok())

@@ -336,7 +336,7 @@ impl Mum {
             // An abort that went to the kid directly before mum stopped: the warden cancels the
             // job later if it is still there.
             if r.abort_requested && matches!(r.phase, Phase::Launched { .. }) {
-                r.cancel_due = Some(opened + ABORT_BACKSTOP);
+                r.cancel_due = Some(opened + abort::grace(&r.run_dir) + ABORT_BACKSTOP);
             }
         }
         let mut warden = warden;
