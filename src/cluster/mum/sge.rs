@@ -20,7 +20,7 @@
 //! `$SGE_ROOT/bin/<arch>/`, with SGE_ROOT from the environment or a standard install
 //! (`/opt/sge`, `/opt/gridengine`, `/usr/share/gridengine`, `/var/lib/gridengine`, ...).
 
-use super::warden::{run_scheduler, Found, JobRequest, JobState, Warden};
+use super::warden::{run_scheduler, Batch, Found, JobRequest, JobState, Warden};
 use crate::cluster::protocol::Verdict;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -200,30 +200,13 @@ impl SgeWarden {
         &mut self,
         jobs: &[(&JobRequest, &[(String, String)])],
     ) -> Result<String, String> {
-        let batch =
-            crate::util::random_hex(6).map_err(|e| format!("cannot make a batch id: {e}"))?;
-        let dir = self.batches().join(&batch);
-        let io =
-            |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
-        std::fs::create_dir_all(&dir).map_err(|e| io("cannot create", &dir, e))?;
-        // Intent first: each run names its batch before qsub is asked, so `find` can look it up.
-        for (i, (req, _)) in jobs.iter().enumerate() {
-            let task = i + 1;
-            let marker = req.run_dir.join(MARKER);
-            std::fs::write(&marker, format!("{batch} {task}\n"))
-                .map_err(|e| io("cannot write", &marker, e))?;
-            let log = dir.join(format!("{task}.log"));
-            let _ = std::fs::remove_file(&log);
-            std::os::unix::fs::symlink(req.run_dir.join("kid.log"), &log)
-                .map_err(|e| io("cannot link", &log, e))?;
-            let script_link = req.run_dir.join("qsub.sh");
-            let _ = std::fs::remove_file(&script_link);
-            let _ = std::os::unix::fs::symlink(dir.join("qsub.sh"), &script_link);
-        }
         let run_dirs: Vec<&Path> = jobs.iter().map(|(r, _)| r.run_dir.as_path()).collect();
+        // Intent first: each run names its batch (tasks count from 1) before qsub is asked, so
+        // `find` can look it up.
+        let b = Batch::prepare(&self.batches(), &run_dirs, 1, MARKER, "qsub.sh")?;
+        let (batch, dir) = (b.id.clone(), b.dir.clone());
         let script = render(&batch, &dir, &run_dirs, jobs[0].1, self.throttle)?;
-        let path = dir.join("qsub.sh");
-        std::fs::write(&path, &script).map_err(|e| io("cannot write", &path, e))?;
+        b.write_script("qsub.sh", &script)?;
         tracing::debug!("sge: qsub call");
         let out = run_scheduler(
             self.tools.command("qsub").arg("-terse").current_dir(&dir),
@@ -234,7 +217,7 @@ impl SgeWarden {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
             return Err(format!("qsub answered {:?}, not a job id", out.trim()));
         }
-        let _ = crate::util::write_atomic(&dir.join("jobid"), format!("{id}\n").as_bytes());
+        Batch::note_job_id(&self.batches(), &batch, &id);
         tracing::info!(
             "sge: submitted {} run(s) as array job {id} (batch {batch})",
             jobs.len()
@@ -541,21 +524,11 @@ impl Warden for SgeWarden {
     }
 
     fn find(&mut self, req: &JobRequest) -> Found {
-        let Some((batch, task)) = std::fs::read_to_string(req.run_dir.join(MARKER))
-            .ok()
-            .and_then(|t| {
-                let mut w = t.split_whitespace();
-                Some((w.next()?.to_string(), w.next()?.parse::<u32>().ok()?))
-            })
-        else {
+        let Some((batch, task)) = Batch::of_run(&req.run_dir, MARKER) else {
             // qsub was never asked for this run.
             return Found::Never;
         };
-        let jobid = std::fs::read_to_string(self.batches().join(&batch).join("jobid"))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty());
-        if let Some(id) = jobid {
+        if let Some(id) = Batch::job_id(&self.batches(), &batch) {
             return Found::Running(format!("{id}.{task}"));
         }
         // qsub may have answered just before the crash: Grid Engine knows the batch by name.
@@ -576,10 +549,7 @@ impl Warden for SgeWarden {
                 Ok(rows) => {
                     if let Some(row) = rows.iter().find(|r| r.name == name) {
                         let array = job_of(&row.job).to_string();
-                        let _ = crate::util::write_atomic(
-                            &self.batches().join(&batch).join("jobid"),
-                            format!("{array}\n").as_bytes(),
-                        );
+                        Batch::note_job_id(&self.batches(), &batch, &array);
                         return Found::Running(format!("{array}.{task}"));
                     }
                     break;

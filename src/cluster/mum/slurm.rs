@@ -12,7 +12,7 @@
 //! After a crash between mum's "launching" and "launched" entries, `find` reads `slurm-batch`
 //! and looks the batch up by its job comment (`neronet:<batch>`): a run is never submitted twice.
 
-use super::warden::{Found, JobRequest, JobState, Warden};
+use super::warden::{Batch, Found, JobRequest, JobState, Warden};
 use crate::cluster::protocol::Verdict;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 const TEMPLATE: &str = include_str!("sbatch.sh.j2");
 /// Every job mum submits carries this name (`squeue --name` finds them).
 pub const JOB_NAME: &str = "neronet";
+/// The file in a run directory naming its batch and task (written before sbatch is asked).
+const MARKER: &str = "slurm-batch";
 /// The file in a run directory that holds its options for the warden (written by mum).
 pub const OPTIONS_FILE: &str = "warden_opts.json";
 /// The longest a poll interval grows to while nothing changes.
@@ -139,29 +141,12 @@ impl SlurmWarden {
         &mut self,
         jobs: &[(&JobRequest, &[(String, String)])],
     ) -> Result<String, String> {
-        let batch =
-            crate::util::random_hex(6).map_err(|e| format!("cannot make a batch id: {e}"))?;
-        let dir = self.batches().join(&batch);
-        let io =
-            |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
-        std::fs::create_dir_all(&dir).map_err(|e| io("cannot create", &dir, e))?;
-        // Intent first: each run names its batch before sbatch is asked, so `find` can look it up.
-        for (task, (req, _)) in jobs.iter().enumerate() {
-            let marker = req.run_dir.join("slurm-batch");
-            std::fs::write(&marker, format!("{batch} {task}\n"))
-                .map_err(|e| io("cannot write", &marker, e))?;
-            let log = dir.join(format!("{task}.log"));
-            let _ = std::fs::remove_file(&log);
-            std::os::unix::fs::symlink(req.run_dir.join("kid.log"), &log)
-                .map_err(|e| io("cannot link", &log, e))?;
-            let script_link = req.run_dir.join("sbatch.sh");
-            let _ = std::fs::remove_file(&script_link);
-            let _ = std::os::unix::fs::symlink(dir.join("sbatch.sh"), &script_link);
-        }
         let run_dirs: Vec<&Path> = jobs.iter().map(|(r, _)| r.run_dir.as_path()).collect();
+        // Intent first: each run names its batch before sbatch is asked, so `find` can look it up.
+        let b = Batch::prepare(&self.batches(), &run_dirs, 0, MARKER, "sbatch.sh")?;
+        let (batch, dir) = (b.id.clone(), b.dir.clone());
         let script = render(&batch, &dir, &run_dirs, jobs[0].1, self.throttle)?;
-        let path = dir.join("sbatch.sh");
-        std::fs::write(&path, script).map_err(|e| io("cannot write", &path, e))?;
+        let path = b.write_script("sbatch.sh", &script)?;
         self.calls.count(&self.calls.sbatch, "sbatch");
         let out = run(Command::new("sbatch")
             .arg("--parsable")
@@ -172,7 +157,7 @@ impl SlurmWarden {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
             return Err(format!("sbatch answered {out:?}, not a job id"));
         }
-        let _ = crate::util::write_atomic(&dir.join("jobid"), format!("{id}\n").as_bytes());
+        Batch::note_job_id(&self.batches(), &batch, &id);
         tracing::info!(
             "slurm: submitted {} run(s) as job array {id} (batch {batch})",
             jobs.len()
@@ -388,21 +373,11 @@ impl Warden for SlurmWarden {
     }
 
     fn find(&mut self, req: &JobRequest) -> Found {
-        let Some((batch, task)) = std::fs::read_to_string(req.run_dir.join("slurm-batch"))
-            .ok()
-            .and_then(|t| {
-                let mut w = t.split_whitespace();
-                Some((w.next()?.to_string(), w.next()?.parse::<u32>().ok()?))
-            })
-        else {
+        let Some((batch, task)) = Batch::of_run(&req.run_dir, MARKER) else {
             // sbatch was never asked for this run.
             return Found::Never;
         };
-        let jobid = std::fs::read_to_string(self.batches().join(&batch).join("jobid"))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty());
-        if let Some(id) = jobid {
+        if let Some(id) = Batch::job_id(&self.batches(), &batch) {
             return Found::Running(format!("{id}_{task}"));
         }
         // sbatch may have answered just before the crash: SLURM knows the batch by its comment.
@@ -424,10 +399,7 @@ impl Warden for SlurmWarden {
                 Ok(rows) => {
                     if let Some(row) = rows.iter().find(|r| r.comment == comment) {
                         let array = row.job.split('_').next().unwrap_or_default();
-                        let _ = crate::util::write_atomic(
-                            &self.batches().join(&batch).join("jobid"),
-                            format!("{array}\n").as_bytes(),
-                        );
+                        Batch::note_job_id(&self.batches(), &batch, array);
                         return Found::Running(format!("{array}_{task}"));
                     }
                     break;

@@ -186,3 +186,74 @@ pub fn run_scheduler(cmd: &mut std::process::Command, input: &[u8]) -> Result<St
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// The files of a batch (one job array) under `<workdir>/batches/<batch>/`, shared by the
+/// SLURM and Grid Engine wardens: written before the scheduler is asked (intent first), so that
+/// `find` can tell after a crash whether a run was submitted.
+pub struct Batch {
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+impl Batch {
+    /// A new batch for `run_dirs`, task numbers from `first_task`: each run directory gets
+    /// `marker` (`<batch> <task>`) and a `script` link to the batch's script; the batch gets
+    /// `<task>.log` links to each run's `kid.log` (the scheduler's output file).
+    pub fn prepare(
+        batches: &std::path::Path,
+        run_dirs: &[&std::path::Path],
+        first_task: usize,
+        marker: &str,
+        script: &str,
+    ) -> Result<Batch, String> {
+        let id = crate::util::random_hex(6).map_err(|e| format!("cannot make a batch id: {e}"))?;
+        let dir = batches.join(&id);
+        let io = |what: &str, path: &std::path::Path, e: std::io::Error| {
+            format!("{what} {}: {e}", path.display())
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io("cannot create", &dir, e))?;
+        for (i, run_dir) in run_dirs.iter().enumerate() {
+            let task = first_task + i;
+            let m = run_dir.join(marker);
+            std::fs::write(&m, format!("{id} {task}\n")).map_err(|e| io("cannot write", &m, e))?;
+            let log = dir.join(format!("{task}.log"));
+            let _ = std::fs::remove_file(&log);
+            std::os::unix::fs::symlink(run_dir.join("kid.log"), &log)
+                .map_err(|e| io("cannot link", &log, e))?;
+            let link = run_dir.join(script);
+            let _ = std::fs::remove_file(&link);
+            let _ = std::os::unix::fs::symlink(dir.join(script), &link);
+        }
+        Ok(Batch { id, dir })
+    }
+
+    /// Write the batch's script.
+    pub fn write_script(&self, name: &str, text: &str) -> Result<PathBuf, String> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Note the scheduler's job id (what `find` reads first).
+    pub fn note_job_id(batches: &std::path::Path, batch: &str, id: &str) {
+        let _ = crate::util::write_atomic(
+            &batches.join(batch).join("jobid"),
+            format!("{id}\n").as_bytes(),
+        );
+    }
+
+    /// A run's batch and task, from its marker (`None`: the scheduler was never asked).
+    pub fn of_run(run_dir: &std::path::Path, marker: &str) -> Option<(String, u32)> {
+        let text = std::fs::read_to_string(run_dir.join(marker)).ok()?;
+        let mut w = text.split_whitespace();
+        Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+    }
+
+    /// The job id noted for a batch, if the scheduler answered before a crash.
+    pub fn job_id(batches: &std::path::Path, batch: &str) -> Option<String> {
+        std::fs::read_to_string(batches.join(batch).join("jobid"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+}
